@@ -1,0 +1,191 @@
+"""One cell end to end: build → apply method → train → evaluate → measure. Runs inside the cell's process.
+
+It never raises: every outcome (ok, oom, diverged, error) comes back as a result dict that the
+runner turns into a record. The untuned model's quality is measured separately (evaluate_base)
+once per (model, dataset) and passed in.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import traceback
+
+from bench.errors import BenchError
+from bench.models.base import ModelSpec
+
+
+def model_spec(model_cfg: dict, zoo_path: str | None = None) -> ModelSpec:
+    """The family-facing spec; a zoo model becomes a local checkpoint directory."""
+    cfg = {k: model_cfg.get(k) for k in ("name", "family", "preset", "checkpoint", "weights", "backend", "trust_remote_code", "revision")}
+    if cfg["weights"] == "zoo":
+        cfg["checkpoint"], cfg["weights"] = zoo_path, "pretrained"
+    return ModelSpec(**cfg)
+
+
+def task_settings(train: dict, device: str):
+    from bench.tasks.base import TaskSettings
+
+    return TaskSettings(
+        max_seq_len=train["max_seq_len"], eval_batch_size=train["eval_batch_size"], max_new_tokens=train["max_new_tokens"],
+        num_beams=train["num_beams"], prompt_template=train["prompt_template"], device=device,
+    )
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise BenchError("device = \"cuda\" but no CUDA device is visible", fix='use device = "auto" or "cpu"')
+    return requested
+
+
+def _quality_dict(q) -> dict:
+    return {"metric": q.metric, "higher_is_better": q.higher_is_better, "value": round(float(q.value), 4), "extra": q.extra, "n": q.n}
+
+
+def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> dict:
+    """The untuned model's quality on the eval split (full precision, no adapters)."""
+    import torch
+
+    from bench.models import get_family
+    from bench.tasks import task_for_family
+
+    family = get_family(cell.model["family"])
+    task = task_for_family(cell.model["family"])
+    torch.manual_seed(cell.train["seed"])
+    loaded = family.build(model_spec(cell.model, zoo_path), device=device)
+    quality = task.evaluate(loaded, loaded.model, splits, task_settings(cell.train, device))
+    return _quality_dict(quality)
+
+
+def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_path: str | None = None,
+             oom_backoff: bool = False, min_batch_size: int = 1, on_step=None) -> dict:
+    """Train and evaluate one cell (with OOM back-off when asked); returns the record's variable part."""
+    settings = dict(cell.train)
+    attempts = []
+    while True:
+        outcome = _attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step)
+        attempts.append({"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"], "status": outcome["status"]})
+        gc.collect()
+        if outcome["status"] == "oom" and oom_backoff and settings["batch_size"] // 2 >= min_batch_size:
+            settings = {**settings, "batch_size": settings["batch_size"] // 2, "grad_accum": settings["grad_accum"] * 2}
+            _empty_cache()
+            continue
+        break
+    outcome["cost"]["attempts"] = attempts
+    outcome["fitted"] = {"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"]}
+    outcome["quality"] = _quality_record(cell, base, outcome.pop("tuned", None))
+    return outcome
+
+
+def _quality_record(cell, base: dict | None, tuned: dict | None) -> dict:
+    if cell.model["weights"] == "random":
+        return {"metric": None, "higher_is_better": None, "base": None, "tuned": None, "delta": None,
+                "applicable": False, "note": "random weights: cost is real, quality is not applicable"}
+    ref = tuned or base or {}
+    out = {"metric": ref.get("metric"), "higher_is_better": ref.get("higher_is_better"),
+           "base": base["value"] if base else None, "tuned": tuned["value"] if tuned else None,
+           "n_eval": ref.get("n"), "applicable": True, "extra": (tuned or {}).get("extra", {}),
+           "base_extra": (base or {}).get("extra", {})}
+    out["delta"] = round(out["tuned"] - out["base"], 4) if tuned and base else None
+    return out
+
+
+def _empty_cache():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step) -> dict:
+    import torch
+
+    from bench.methods import apply_method, count_params, quantization_config
+    from bench.models import get_family
+    from bench.profile import MemoryProbe, step_stats
+    from bench.tasks import task_for_family
+    from bench.train import Diverged, MemoryCapExceeded, train
+
+    probe = MemoryProbe(device)  # baseline before the model exists
+    out: dict = {"status": "ok", "message": "", "params": {}, "cost": {"device": device}, "loss_curve": [], "diverged_at_step": None}
+    try:
+        family = get_family(cell.model["family"])
+        task = task_for_family(cell.model["family"])
+        torch.manual_seed(seed)
+        loaded = family.build(model_spec(cell.model, zoo_path), device=device,
+                              quantization=quantization_config(cell.method, device))
+        model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
+        out["params"] = count_params(model, loaded.components)
+        ts = task_settings(settings, device)
+        encoded = task.encode(loaded, splits.train, ts, **_encode_extras(task, splits))
+        probe.start_region()
+        result = train(model, task, encoded, loaded, settings, device=device, seed=seed, probe=probe, on_step=on_step)
+        out["cost"].update(probe.peak())
+        out["cost"].update(_throughput(result, settings))
+        out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
+        out["loss_curve"] = _subsample(result.losses)
+        if cell.model["weights"] != "random":  # random weights: cost is real, quality is not
+            out["tuned"] = _quality_dict(task.evaluate(loaded, model, splits, ts))
+    except (torch.OutOfMemoryError, MemoryCapExceeded) as exc:
+        out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
+        out["cost"].update(probe.peak())
+    except Diverged as exc:
+        out.update(status="diverged", message=f"loss {exc.loss} at step {exc.step}", diverged_at_step=exc.step,
+                   loss_curve=[[s, l if math.isfinite(l) else None] for s, l in _subsample(exc.losses)])
+        out["cost"].update(probe.peak())
+    except BenchError as exc:
+        out.update(status="error", message=exc.render())
+    except Exception as exc:  # a cell's failure must never take the suite down
+        tb = traceback.format_exc().strip().splitlines()
+        out.update(status="error", message=f"{type(exc).__name__}: {exc}"[:500] + " | " + " / ".join(tb[-3:])[:500])
+    out["cost"].setdefault("peak_memory_mb", None)
+    return out
+
+
+def _encode_extras(task, splits) -> dict:
+    import inspect
+
+    return {"classnames": splits.classnames} if "classnames" in inspect.signature(task.encode).parameters else {}
+
+
+def _throughput(result, settings: dict) -> dict:
+    stats = step_stats(result.step_times, settings["timing_warmup_steps"])
+    timed = sum(result.step_times[stats["warmup_steps_excluded"]:]) or float("nan")
+    return {
+        "train_wall_s": round(sum(result.step_times), 4),
+        **stats,
+        "samples_per_s": round(result.samples / timed, 3) if result.samples else None,
+        "tokens_per_s": round(result.real_tokens / timed, 2) if result.real_tokens else None,
+        "padded_tokens_per_s": round(result.padded_tokens / timed, 2) if result.padded_tokens else None,
+        "optimizer_steps": result.steps,
+    }
+
+
+def _breakdown(model, result, peak_mb: float | None) -> dict:
+    """Where the memory went: parameter storage, trainable copy, gradients, optimizer state; activations = the rest."""
+    mb = 1024 * 1024
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / mb
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / mb
+    optimizer = result.optimizer_state_bytes / mb
+    known = weights + trainable + optimizer  # gradients take as much as the trainable parameters
+    return {
+        "weights": round(weights, 3),
+        "trainable": round(trainable, 3),
+        "gradients": round(trainable, 3),
+        "optimizer": round(optimizer, 3),
+        "activations": round(max(0.0, peak_mb - known), 3) if peak_mb is not None else None,
+    }
+
+
+def _subsample(losses: list, most: int = 100) -> list:
+    if len(losses) <= most:
+        return [list(x) for x in losses]
+    stride = len(losses) / most
+    picked = [losses[int(i * stride)] for i in range(most)]
+    if picked[-1] != losses[-1]:
+        picked.append(losses[-1])
+    return [list(x) for x in picked]

@@ -1,0 +1,478 @@
+"""On-disk dataset formats, read in two steps so a suite can be checked before any model is built.
+
+    read_<format>(...) -> list[Record]   every record's structure, and that its image file exists
+                                         and stays under the image root
+    check_images(records)                opens every image (cheap at benchmark sizes)
+    to_samples(records, classnames)      RGB PIL images in Samples
+
+Every problem raises DataError with file = the data file, where = "record i, field 'x'" (JSONL and
+CSV add the line number) and a fix. Record indices count from 0, as in `data[i]`.
+
+Formats: LLaVA conversations JSON, COCO captions JSON, image folders, CSV (image,label), VQA JSONL,
+and Hugging Face datasets (only when `datasets` is installed).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+USER_ROLES = ("human", "user")
+ASSISTANT_ROLES = ("gpt", "assistant")
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One validated record; its image is opened only by check_images / to_samples."""
+
+    file: str  # the data file (or folder) it came from
+    where: str  # "record 3" or "record 3 (line 5)"
+    image: Any  # a Path under the image root, encoded bytes, or a PIL image (Hugging Face datasets)
+    image_field: str = "image"
+    label: str | None = None  # class name; indices are given once all splits' names are known
+    captions: tuple[str, ...] = ()
+    question: str | None = None
+    answers: tuple[str, ...] = ()
+    turns: tuple[tuple[str, str], ...] = ()
+
+
+def _fail(message: str, *, file: str, where: str | None = None, fix: str | None = None):
+    raise DataError(message, file=file, where=where, fix=fix)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        _fail("file does not exist", file=str(path), fix="check the path; relative paths start at the suite file's folder")
+    if not path.is_file():
+        _fail("is a folder, not a file", file=str(path), fix="point `path` at the data file")
+    try:
+        return path.read_text(encoding="utf-8-sig")  # -sig: tolerate the BOM spreadsheet programs write
+    except UnicodeDecodeError as e:
+        _fail(f"is not UTF-8 text ({e.reason} at byte {e.start})", file=str(path), fix="save the file as UTF-8")
+
+
+def _read_json(path: Path) -> Any:
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(f"not valid JSON: {e.msg}", file=str(path), where=f"line {e.lineno}, column {e.colno}",
+              fix="fix the JSON syntax (a JSON linter shows the spot)")
+
+
+def resolve_image(value: Any, *, root: Path, file: str, where: str, field: str = "image") -> Path:
+    """A relative image path that must exist and must not leave `root` (no absolute paths, no '..')."""
+    at = f"{where}, field '{field}'"
+    if value is None:
+        _fail(f"missing field '{field}'", file=file, where=at, fix=f"give every record an '{field}' path relative to the image root")
+    if not isinstance(value, str) or not value.strip():
+        _fail(f"'{field}' must be a non-empty path string, got {_type_name(value)}", file=file, where=at,
+              fix=f"set '{field}' to the image's path relative to the image root")
+    rel = value.strip()
+    normal = os.path.normpath(rel)
+    if os.path.isabs(rel) or normal == ".." or normal.startswith(".." + os.sep):
+        _fail(f"image path {rel!r} escapes the image root {str(root)!r}", file=file, where=at,
+              fix="use a path relative to the image root without '..', or set image_root to a folder that holds it")
+    path = root / normal
+    if not path.is_file():
+        _fail(f"image file {str(path)!r} does not exist", file=file, where=at,
+              fix="check the path and image_root (image paths are relative to image_root, by default the data file's folder)")
+    return path
+
+
+# ---------------------------------------------------------------- LLaVA conversations
+
+
+def read_llava(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
+    """[{"id"?, "image": relpath, "conversations": [{"from": "human", "value": "<image>\\n..."},
+    {"from": "gpt", "value": ...}, ...]}, ...] -> vqa records; question/answers are the first turn."""
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    file = str(path)
+    data = _read_json(path)
+    if not isinstance(data, list):
+        _fail(f"expected a JSON list of records, got {_type_name(data)}", file=file, where="top level",
+              fix='a LLaVA file is a list: [{"image": "a.jpg", "conversations": [{"from": "human", "value": ...}, ...]}]')
+    if not data:
+        _fail("the file has no records", file=file, where="top level", fix="add records or point `path` at another file")
+    records = []
+    for i, rec in enumerate(data):
+        where = f"record {i}"
+        if not isinstance(rec, dict):
+            _fail(f"expected an object, got {_type_name(rec)}", file=file, where=where,
+                  fix='each record is {"image": ..., "conversations": [...]}')
+        if "id" in rec:
+            where += f" (id {rec['id']!r})"
+        turns = _llava_turns(rec, file=file, where=where)
+        image = resolve_image(rec.get("image"), root=root, file=file, where=where)
+        records.append(Record(file, where, image, question=turns[0][0], answers=(turns[0][1],), turns=turns))
+    return records
+
+
+def _llava_turns(rec: dict, *, file: str, where: str) -> tuple[tuple[str, str], ...]:
+    at = f"{where}, field 'conversations'"
+    fix = 'conversations alternate [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]'
+    if "conversations" not in rec:
+        _fail("missing field 'conversations'", file=file, where=at, fix=fix)
+    conv = rec["conversations"]
+    if not isinstance(conv, list):
+        _fail(f"'conversations' must be a list of turns, got {_type_name(conv)}", file=file, where=at, fix=fix)
+    if not conv:
+        _fail("empty conversation", file=file, where=at, fix="remove the record or give it a human turn and a gpt answer")
+    for j, turn in enumerate(conv):
+        turn_at = f"{where}, field 'conversations[{j}]'"
+        if not isinstance(turn, dict):
+            _fail(f"a turn must be an object, got {_type_name(turn)}", file=file, where=turn_at, fix=fix)
+        role = turn.get("from")
+        if role not in USER_ROLES + ASSISTANT_ROLES:
+            _fail(f"'from' is {role!r}; expected one of {USER_ROLES + ASSISTANT_ROLES}", file=file,
+                  where=f"{turn_at}.from", fix=fix)
+        if not isinstance(turn.get("value"), str):
+            _fail(f"'value' must be a string, got {_type_name(turn.get('value'))}", file=file,
+                  where=f"{turn_at}.value", fix=fix)
+        user_expected = j % 2 == 0
+        if (role in USER_ROLES) != user_expected:
+            expected = "a user (human)" if user_expected else "an assistant (gpt)"
+            _fail(f"turns do not alternate: turn {j} is from {role!r} but {expected} turn was expected",
+                  file=file, where=f"{turn_at}.from", fix=fix)
+        if not user_expected and not turn["value"].strip():
+            _fail("empty answer", file=file, where=f"{turn_at}.value", fix="give the assistant turn its answer text")
+    if len(conv) % 2:
+        _fail(f"the conversation ends with a user turn (turn {len(conv) - 1}) that has no answer", file=file,
+              where=at, fix="add the gpt answer or drop the last human turn")
+    # the <image> placeholder marks where the image goes; the task module inserts the model's own image tokens
+    return tuple(
+        (conv[k]["value"].replace(IMAGE_TOKEN, "").strip(), conv[k + 1]["value"].strip()) for k in range(0, len(conv), 2)
+    )
+
+
+# ---------------------------------------------------------------- COCO captions
+
+
+def read_coco_captions(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
+    """{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]} -> caption records,
+    all references of an image together, in the order of 'images'."""
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    file = str(path)
+    data = _read_json(path)
+    fix = 'COCO captions: {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "caption": "..."}]}'
+    if not isinstance(data, dict):
+        _fail(f"expected a JSON object with 'images' and 'annotations', got {_type_name(data)}", file=file,
+              where="top level", fix=fix)
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            _fail(f"'{key}' must be a list, got {_type_name(data.get(key))}", file=file, where=f"field '{key}'", fix=fix)
+    if not data["images"]:
+        _fail("'images' is empty", file=file, where="field 'images'", fix=fix)
+
+    images: dict[Any, tuple[int, Path]] = {}
+    for i, im in enumerate(data["images"]):
+        where = f"record {i} of 'images'"
+        if not isinstance(im, dict):
+            _fail(f"expected an object, got {_type_name(im)}", file=file, where=where, fix=fix)
+        image_id = im.get("id")
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+            _fail(f"'id' must be an integer or string, got {_type_name(image_id)}", file=file,
+                  where=f"{where}, field 'id'", fix=fix)
+        if image_id in images:
+            _fail(f"duplicate image id {image_id!r} (also record {images[image_id][0]})", file=file,
+                  where=f"{where}, field 'id'", fix="give every image a unique id")
+        images[image_id] = (i, resolve_image(im.get("file_name"), root=root, file=file, where=where, field="file_name"))
+
+    captions: dict[Any, list[str]] = {k: [] for k in images}
+    for j, ann in enumerate(data["annotations"]):
+        where = f"record {j} of 'annotations'"
+        if not isinstance(ann, dict):
+            _fail(f"expected an object, got {_type_name(ann)}", file=file, where=where, fix=fix)
+        if ann.get("image_id") not in images:
+            _fail(f"image_id {ann.get('image_id')!r} is not the id of any entry in 'images'", file=file,
+                  where=f"{where}, field 'image_id'", fix="add the image to 'images' or remove the annotation")
+        caption = ann.get("caption")
+        if not isinstance(caption, str) or not caption.strip():
+            _fail(f"'caption' must be a non-empty string, got {caption!r}", file=file, where=f"{where}, field 'caption'",
+                  fix="remove the annotation or write its caption")
+        captions[ann["image_id"]].append(" ".join(caption.split()))
+
+    records = []
+    for image_id, (i, image) in images.items():
+        if not captions[image_id]:
+            _fail(f"image id {image_id!r} has no captions in 'annotations'", file=file,
+                  where=f"record {i} of 'images', field 'id'", fix="add its captions or remove it from 'images'")
+        records.append(Record(file, f"record {i} of 'images'", image, "file_name", captions=tuple(captions[image_id])))
+    return records
+
+
+# ---------------------------------------------------------------- classification: image folder, CSV
+
+
+def read_image_folder(root: str | Path) -> list[Record]:
+    """root/<class>/<image>.png|jpg -> classification records, classes and files in sorted order."""
+    root = Path(root)
+    file = str(root)
+    if not root.is_dir():
+        _fail("folder does not exist" if not root.exists() else "is a file, not a folder", file=file,
+              fix="point `path` at a folder laid out as <class>/<image>.png")
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        _fail("has no class folders", file=file, fix="lay images out as path/<class name>/<image>.png")
+    records = []
+    for d in classes:
+        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            _fail(f"class folder has no images ({', '.join(IMAGE_EXTENSIONS)})", file=file, where=f"class '{d.name}'",
+                  fix="add images or remove the folder")
+        for f in files:
+            records.append(Record(file, f"record {len(records)} ({d.name}/{f.name})", f, label=d.name))
+    return records
+
+
+def read_csv(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
+    """A CSV with columns image,label (others ignored); images relative to image_root or the CSV's folder."""
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    file = str(path)
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if "image" not in header or "label" not in header:
+        _fail(f"the header is {','.join(header)!r}; expected the columns 'image' and 'label'", file=file,
+              where="header (line 1)", fix="make the first line 'image,label' and each row '<image path>,<class name>'")
+    reader.fieldnames = header
+    records = []
+    for i, row in enumerate(reader):
+        where = f"record {i} (line {reader.line_num})"
+        if None in row:
+            _fail(f"the row has {len(header) + len(row[None])} fields but the header has {len(header)}", file=file,
+                  where=where, fix="quote values that contain commas")
+        label = (row.get("label") or "").strip()
+        if not label:
+            _fail("empty label", file=file, where=f"{where}, field 'label'", fix="give every row a class name")
+        image = resolve_image((row.get("image") or "").strip() or None, root=root, file=file, where=where)
+        records.append(Record(file, where, image, label=label))
+    if not records:
+        _fail("the CSV has a header but no rows", file=file, fix="add rows '<image path>,<class name>'")
+    return records
+
+
+# ---------------------------------------------------------------- VQA JSONL
+
+
+def read_vqa_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
+    """One object per line: {"image", "question", "answers": [...]}; answers are strings or
+    {"answer": ...} objects as in the official VQA annotations. Blank lines are skipped."""
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    file = str(path)
+    fix = 'one JSON object per line: {"image": "a.jpg", "question": "what color is it ?", "answers": ["red", ...]}'
+    records = []
+    # split on "\n" only: str.splitlines would also break on U+2028, which JSON allows inside strings
+    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"record {len(records)} (line {lineno})"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            _fail(f"not valid JSON: {e.msg} (column {e.colno})", file=file, where=where, fix=fix)
+        if not isinstance(obj, dict):
+            _fail(f"expected an object, got {_type_name(obj)}", file=file, where=where, fix=fix)
+        question = obj.get("question")
+        if not isinstance(question, str) or not question.strip():
+            _fail(f"'question' must be a non-empty string, got {question!r}", file=file,
+                  where=f"{where}, field 'question'", fix=fix)
+        answers = _vqa_answers(obj.get("answers"), file=file, where=where, fix=fix)
+        image = resolve_image(obj.get("image"), root=root, file=file, where=where)
+        question = question.strip()
+        records.append(Record(file, where, image, question=question, answers=answers,
+                              turns=((question, majority_answer(answers)),)))
+    if not records:
+        _fail("the file has no records", file=file, fix=fix)
+    return records
+
+
+def _vqa_answers(value: Any, *, file: str, where: str, fix: str) -> tuple[str, ...]:
+    at = f"{where}, field 'answers'"
+    if not isinstance(value, list) or not value:
+        _fail(f"'answers' must be a non-empty list, got {value!r}", file=file, where=at, fix=fix)
+    answers = []
+    for k, a in enumerate(value):
+        text = a.get("answer") if isinstance(a, dict) else a
+        if not isinstance(text, str) or not text.strip():
+            _fail(f"answer {k} must be a non-empty string or {{\"answer\": ...}}, got {a!r}", file=file,
+                  where=f"{where}, field 'answers[{k}]'", fix=fix)
+        answers.append(text.strip())
+    return tuple(answers)
+
+
+def majority_answer(answers: tuple[str, ...]) -> str:
+    """The most common answer (first on ties): VQA's 'multiple_choice_answer', the training target."""
+    return Counter(answers).most_common(1)[0][0]
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+
+HF_COLUMNS = ("image", "label", "caption", "question", "answers")
+
+
+def read_hf(
+    *,
+    task: str,
+    name: str | None = None,
+    path: str | Path | None = None,
+    split: str = "train",
+    columns: dict[str, str] | None = None,
+    image_root: str | Path | None = None,
+) -> list[Record]:
+    """A Hugging Face dataset by hub name (from the local cache when offline) or a save_to_disk folder.
+    `columns` maps bench's fields (image, label, caption, question, answers) to the dataset's columns."""
+    file = str(path) if path is not None else f"hf:{name}"
+    try:
+        import datasets
+    except ImportError:
+        _fail("reading Hugging Face datasets needs the `datasets` library, which is not installed", file=file,
+              fix="pip install datasets")
+    cols = {k: k for k in HF_COLUMNS} | dict(columns or {})
+    try:
+        if path is not None:
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    _fail(f"split {split!r} is not in the saved dataset (it has {sorted(ds)})", file=file,
+                          where="hf_split", fix=f"set hf_split to one of {sorted(ds)}")
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(name, split=split)
+    except DataError:
+        raise
+    except Exception as e:  # offline hub misses, missing folders, bad splits: all become one clear message
+        _fail(f"cannot load the dataset: {type(e).__name__}: {e}", file=file,
+              fix="offline, save it where there is network with Dataset.save_to_disk and set `path` to that folder")
+
+    needed = ["image"] + {"classification": ["label"], "caption": ["caption"], "vqa": ["question", "answers"]}[task]
+    for key in needed:
+        if cols[key] not in ds.column_names:
+            _fail(f"column {cols[key]!r} (for {key}) is not in the dataset; it has {ds.column_names}", file=file,
+                  where=f"columns.{key}", fix=f"map it in the suite: columns = {{{key} = \"<column name>\"}}")
+    if isinstance(ds.features[cols["image"]], datasets.Image):
+        ds = ds.cast_column(cols["image"], datasets.Image(decode=False))  # decode only the records used
+    label_names = getattr(ds.features.get(cols["label"]), "names", None)
+    root = Path(image_root) if image_root is not None else (Path(path) if path is not None else Path.cwd())
+
+    records = []
+    for i, row in enumerate(ds.select_columns([cols[k] for k in needed])):
+        where = f"record {i}"
+        image = _hf_image(row[cols["image"]], root=root, file=file, where=where, field=cols["image"])
+        if task == "classification":
+            value = row[cols["label"]]
+            label = label_names[value] if label_names is not None and isinstance(value, int) else str(value)
+            records.append(Record(file, where, image, cols["image"], label=label))
+        elif task == "caption":
+            value = row[cols["caption"]]
+            caps = (value,) if isinstance(value, str) else tuple(value or ())
+            if not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+                _fail(f"captions must be a non-empty string or list of strings, got {value!r}", file=file,
+                      where=f"{where}, field '{cols['caption']}'", fix="drop rows without captions")
+            records.append(Record(file, where, image, cols["image"], captions=tuple(c.strip() for c in caps)))
+        else:
+            question = row[cols["question"]]
+            if not isinstance(question, str) or not question.strip():
+                _fail(f"question must be a non-empty string, got {question!r}", file=file,
+                      where=f"{where}, field '{cols['question']}'", fix="drop rows without a question")
+            value = row[cols["answers"]]
+            answers = _vqa_answers([value] if isinstance(value, str) else value, file=file, where=where,
+                                   fix="answers are a string, a list of strings or of {answer: ...} objects")
+            records.append(Record(file, where, image, cols["image"], question=question.strip(), answers=answers,
+                                  turns=((question.strip(), majority_answer(answers)),)))
+    if not records:
+        _fail(f"split {split!r} has no rows", file=file, where="hf_split", fix="pick another split")
+    return records
+
+
+def _hf_image(value: Any, *, root: Path, file: str, where: str, field: str) -> Any:
+    if isinstance(value, dict):  # an undecoded datasets.Image: {"bytes": ..., "path": ...}
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        value = value.get("path")
+    if isinstance(value, str):
+        return resolve_image(value, root=root, file=file, where=where, field=field)
+    if hasattr(value, "convert"):  # already a PIL image
+        return value
+    _fail(f"the image column holds {_type_name(value)}, not an image or a path", file=file,
+          where=f"{where}, field '{field}'", fix="map columns.image to the column that holds the images")
+
+
+# ---------------------------------------------------------------- images and samples
+
+
+def open_image(record: Record):
+    """The record's image as RGB PIL, fully decoded; a DataError naming the record if it cannot be read."""
+    from PIL import Image
+
+    try:
+        if hasattr(record.image, "convert"):
+            return record.image.convert("RGB")
+        source = io.BytesIO(record.image) if isinstance(record.image, bytes) else record.image
+        with Image.open(source) as im:
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError or DecompressionBombError
+        name = f" {str(record.image)!r}" if isinstance(record.image, Path) else ""
+        _fail(f"image{name} cannot be read: {type(e).__name__}: {e}", file=record.file,
+              where=f"{record.where}, field '{record.image_field}'",
+              fix="re-save it as PNG or JPEG, or remove the record")
+
+
+def check_images(records: list[Record]) -> None:
+    for record in records:
+        open_image(record)
+
+
+def to_samples(records: list[Record], classnames: tuple[str, ...] = ()):
+    from bench.data.sample import Sample
+
+    index = {name: i for i, name in enumerate(classnames)}
+    return [
+        Sample(
+            image=open_image(r),
+            label=index[r.label] if r.label is not None else None,
+            captions=r.captions,
+            question=r.question,
+            answers=r.answers,
+            turns=r.turns,
+        )
+        for r in records
+    ]
+
+
+def sorted_classnames(labels) -> tuple[str, ...]:
+    """Sorted class names; all-numeric names sort as numbers ("2" before "10")."""
+    names = set(labels)
+    if all(n.isdigit() for n in names):
+        return tuple(sorted(names, key=int))
+    return tuple(sorted(names))
+
+
+def fingerprint(task: str, train, eval, classnames=()) -> str:
+    """A content hash of a loaded dataset (pixels, labels and texts), stored in records for provenance."""
+    h = hashlib.sha256(json.dumps([task, list(classnames)]).encode())
+    for part, samples in (("train", train), ("eval", eval)):
+        h.update(f"|{part}:{len(samples)}|".encode())
+        for s in samples:
+            h.update(f"{s.image.mode}{s.image.size}".encode())
+            h.update(s.image.tobytes())
+            h.update(json.dumps([s.label, s.captions, s.question, s.answers, s.turns]).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,291 @@
+"""The regression gate: short rule strings checked against a baseline, cell by cell, for CI.
+
+A rule is `FIELD:SIGN AMOUNT[%]`; the sign names the bad direction:
+
+    peak_memory_mb:+5%    fail when new > old * 1.05
+    tokens_per_s:-10%     fail when new < old * 0.90
+    delta:-0.5            fail when new < old - 0.5   (points)
+    train_wall_s:+2       fail when new > old + 2     (seconds)
+    status:ok             fail when a cell that was ok is not ok now
+
+FIELD is a short name (see SHORT_FIELDS) or a dotted name in cost., quality. or params.
+Percentages are of |old|. Quality rules are read on the metric's own scale: for a metric whose
+`higher_is_better` is false the sign is mirrored, so `delta:-0.5` always means "0.5 points worse".
+
+Each side is the mean over its repeats. A rule fails only when the change is beyond its threshold
+AND beyond the measured noise: the larger max-min spread of the repeats of either side
+(bench/stats.py), where repeats exist. A numeric value that existed in the baseline and is gone
+now fails (with `status:ok` among the rules that cell is reported once, by the status rule);
+a baseline cell missing from the current records fails; a new cell is only a warning.
+Reads records only; never imports torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from bench import stats
+from bench.compare import env_differences, fmt_value
+from bench.errors import BenchError
+from bench.report import cell_text
+from bench.stats import Group, Summary
+
+DEFAULT_RULES = [
+    "status:ok",
+    "peak_memory_mb:+5%",
+    "step_s_median:+10%",
+    "train_wall_s:+20%",
+    "tokens_per_s:-10%",
+    "delta:-0.5",
+]
+SHORT_FIELDS = {
+    **{k: f"cost.{k}" for k in (
+        "peak_memory_mb", "peak_reserved_mb", "nvml_used_mb", "estimate_mb", "train_wall_s", "step_s_median",
+        "step_s_iqr", "samples_per_s", "tokens_per_s", "padded_tokens_per_s", "mfu")},
+    **{k: f"quality.{k}" for k in ("delta", "tuned", "base")},
+    **{k: f"params.{k}" for k in ("trainable", "trainable_pct", "total")},
+}
+SECTIONS = ("cost", "quality", "params")
+ACCEPTED = (
+    "accepted forms: FIELD:+N% / FIELD:-N% (relative), FIELD:+N / FIELD:-N (absolute, in the field's unit), "
+    "status:ok; the sign is the direction that fails. FIELD is one of "
+    + ", ".join(sorted(SHORT_FIELDS)) + " or a dotted name in " + ", ".join(f"{s}." for s in SECTIONS)
+)
+_RULE_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*:\s*([+-])\s*(\d+(?:\.\d*)?|\.\d+)\s*(%?)\s*$")
+
+
+class RuleError(BenchError):
+    """A gate rule string that cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A numeric rule: fails when `new` moves past `old` by more than `amount` in the direction `sign`."""
+
+    text: str
+    field: str  # dotted, e.g. "cost.peak_memory_mb"
+    sign: int  # +1: an increase is bad; -1: a decrease is bad
+    amount: float
+    percent: bool
+
+    def limit(self, old: float) -> float:
+        margin = abs(old) * self.amount / 100 if self.percent else self.amount
+        return old + self.sign * margin
+
+    def fails(self, old: float, new: float) -> bool:
+        limit = self.limit(old)
+        return new > limit if self.sign > 0 else new < limit
+
+
+@dataclass(frozen=True)
+class StatusRule:
+    """`status:ok`: fails when a cell that finished in the baseline does not finish now."""
+
+    text: str = "status:ok"
+    field: str = "status"
+
+    def fails(self, old: str, new: str) -> bool:
+        return old == "ok" and new != "ok"
+
+
+Rule = Threshold | StatusRule
+
+
+def parse_rule(text: str, *, file: str | None = None, where: str | None = None) -> Rule:
+    if not isinstance(text, str):
+        raise RuleError(f"gate rule {text!r} is not a string", file=file, where=where, fix=ACCEPTED)
+    if re.fullmatch(r"\s*status\s*:\s*ok\s*", text):
+        return StatusRule(text.replace(" ", ""))
+    m = _RULE_RE.match(text)
+    if not m:
+        raise RuleError(f"cannot parse gate rule {text!r}", file=file, where=where, fix=ACCEPTED)
+    name, sign, amount, percent = m.groups()
+    if name in SHORT_FIELDS:
+        dotted = SHORT_FIELDS[name]
+    elif "." in name and name.split(".", 1)[0] in SECTIONS and name.split(".", 1)[1]:
+        dotted = name
+    else:
+        raise RuleError(f"gate rule {text!r}: unknown field {name!r}", file=file, where=where, fix=ACCEPTED)
+    return Threshold(text.strip(), dotted, 1 if sign == "+" else -1, float(amount), bool(percent))
+
+
+def parse_rules(texts, *, file: str | None = None) -> list[Rule]:
+    """A suite's `[gate] rules = [...]` (or the command line's) as check objects."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise RuleError(f"gate rules must be a list of strings, not {type(texts).__name__}", file=file,
+                        where="[gate] rules", fix='rules = ["peak_memory_mb:+5%", "delta:-0.5"]')
+    return [parse_rule(t, file=file, where=f"[gate] rules[{i}]") for i, t in enumerate(texts)]
+
+
+@dataclass
+class GateRow:
+    cell_id: str
+    model: str
+    dataset: str
+    method: str
+    rule: Rule
+    old: float | str | None
+    new: float | str | None
+    noise: float | None
+    verdict: str  # "pass" | "fail" | "n/a"
+    note: str = ""
+
+    @property
+    def change(self) -> str:
+        if not isinstance(self.old, float) or not isinstance(self.new, float):
+            return "—" if self.old == self.new or self.old is None or self.new is None else f"{self.old} → {self.new}"
+        diff = self.new - self.old
+        text = ("+" if diff >= 0 else "") + fmt_value(diff)
+        if self.old != 0:
+            text += f" ({diff / abs(self.old) * 100:+.1f} %)"
+        return text
+
+    @property
+    def label(self) -> str:
+        return f"{self.cell_id} ({self.model} / {self.dataset} / {self.method})"
+
+    def message(self) -> str:
+        text = (f"{self.label}: rule {self.rule.text} {'failed' if self.verdict == 'fail' else self.verdict}: "
+                f"{_show(self.old)} → {_show(self.new)}")
+        if isinstance(self.old, float) and isinstance(self.new, float):
+            text += f", change {self.change}"
+        if self.noise is not None:
+            text += f", repeat spread {fmt_value(self.noise)}"
+        return text + (f"; {self.note}" if self.note else "")
+
+
+def _show(v) -> str:
+    return fmt_value(v) if isinstance(v, float) else ("—" if v is None else str(v))
+
+
+@dataclass
+class GateResult:
+    rows: list[GateRow]
+    missing: list[Group]
+    extra: list[Group]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[GateRow]:
+        return [r for r in self.rows if r.verdict == "fail"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and not self.missing
+
+    def messages(self) -> list[str]:
+        """One line per failure: cell, rule, old and new values."""
+        out = [r.message() for r in self.failures]
+        out += [f"{g.cell_id} ({g.model} / {g.dataset} / {g.method}): missing from the current records" for g in self.missing]
+        return out
+
+    def _counts(self) -> str:
+        count = {v: sum(1 for r in self.rows if r.verdict == v) for v in ("pass", "fail", "n/a")}
+        return f"{count['pass']} of {len(self.rows)} checks passed, {count['fail']} failed, {count['n/a']} not applicable"
+
+    def render_markdown(self) -> str:
+        lines = ["# Gate: " + ("passed" if self.passed else f"FAILED ({len(self.messages())} failures)"), ""]
+        lines += [f"> ⚠ **Environment differs** — {w}" for w in self.warnings]
+        if self.warnings:
+            lines.append("")
+        if self.messages():
+            lines += ["## Failures", ""] + [f"- {cell_text(m)}" for m in self.messages()] + [""]
+        if self.rows:
+            lines += [self._counts() + ".", "",
+                      "<details><summary>Every check</summary>", "",
+                      "| Cell | Model | Dataset | Method | Rule | Old | New | Change | Spread | Verdict |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for r in self.rows:
+                verdict = "**FAIL**" if r.verdict == "fail" else r.verdict
+                noise = "—" if r.noise is None else fmt_value(r.noise)
+                cells = [f"`{r.cell_id}`", r.model, r.dataset, r.method, f"`{r.rule.text}`", _show(r.old),
+                         _show(r.new), r.change, noise, verdict + (f" ({r.note})" if r.note else "")]
+                lines.append("| " + " | ".join(cell_text(c) for c in cells) + " |")
+            lines += ["", "</details>", ""]
+        if self.extra:
+            lines += ["## New cells (not gated)", ""]
+            lines += [f"- `{g.cell_id}` {g.model} / {g.dataset} / {g.method}" for g in self.extra] + [""]
+        return "\n".join(lines)
+
+    def render_terminal(self, console=None, *, show_all: bool = False) -> None:
+        """A rich table of the failed checks (every check with `show_all`), then the verdict."""
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console or Console()
+        for w in self.warnings:
+            console.print(f"[bold red]⚠ environment differs:[/] {w}")
+        table = Table(title="bench gate")
+        for name in ("Cell", "Rule", "Old", "New", "Change", "Spread", "Verdict"):
+            table.add_column(name, justify="right" if name in ("Old", "New", "Change", "Spread") else "left")
+        shown = [r for r in self.rows if show_all or r.verdict == "fail"]
+        for r in shown:
+            style = {"fail": "bold red", "pass": "green"}.get(r.verdict, "dim")
+            table.add_row(f"{r.model} / {r.dataset} / {r.method}\n[dim]{r.cell_id}[/]", r.rule.text, _show(r.old),
+                          _show(r.new), r.change, "—" if r.noise is None else fmt_value(r.noise),
+                          f"[{style}]{r.verdict}[/]" + (f" [dim]{r.note}[/]" if r.note else ""))
+        if shown:
+            console.print(table)
+        console.print(self._counts())
+        for g in self.missing:
+            console.print(f"[bold red]missing:[/] {g.cell_id} {g.model} / {g.dataset} / {g.method}")
+        for g in self.extra:
+            console.print(f"[yellow]new (not gated):[/] {g.cell_id} {g.model} / {g.dataset} / {g.method}")
+        if self.passed:
+            console.print("[bold green]gate passed[/]")
+        else:
+            console.print(f"[bold red]gate FAILED[/] ({len(self.messages())} failures)")
+            for m in self.messages():
+                console.print(f"  [red]✗[/] {m}", highlight=False)
+
+
+def _check(rule: Rule, old: Group, new: Group, status_gated: bool) -> tuple[object, object, float | None, str, str]:
+    """(old, new, noise, verdict, note) of one rule on one pair of cells.
+
+    `status_gated`: a status rule is in force, so a value that vanished because the cell stopped
+    finishing is reported once, by that rule, instead of once per numeric rule."""
+    if isinstance(rule, StatusRule):
+        return old.status, new.status, None, "fail" if rule.fails(old.status, new.status) else "pass", new.message if new.status != "ok" else ""
+    if rule.field.startswith("quality.") and (old.random_weights or new.random_weights):
+        return None, None, None, "n/a", "random weights"
+    o, n = old.summary(rule.field), new.summary(rule.field)
+    if o is None:
+        return None, _mean(n), None, "n/a", "no baseline value"
+    if n is None:
+        if status_gated and new.status != "ok" and old.status == "ok":
+            return o.mean, None, None, "n/a", f"cell is {new.status} now (see status:ok)"
+        return o.mean, None, None, "fail", f"no value now (status {new.status})"
+    noise = stats.noise(o, n)
+    # mirror quality rules of lower-is-better metrics so the sign always means "worse"
+    flip = -1.0 if rule.field.startswith("quality.") and not new.higher_is_better else 1.0
+    beyond_threshold = rule.fails(flip * o.mean, flip * n.mean)
+    if beyond_threshold and not stats.differs(o, n):
+        return o.mean, n.mean, noise, "pass", "within noise"
+    return o.mean, n.mean, noise, "fail" if beyond_threshold else "pass", ""
+
+
+def _mean(s: Summary | None) -> float | None:
+    return s.mean if s else None
+
+
+def gate(baseline_records: list[dict], current_records: list[dict], rules=None) -> GateResult:
+    """Check every rule on every cell present in both; `rules` are strings or parsed rules (default DEFAULT_RULES)."""
+    rules = [r if isinstance(r, (Threshold, StatusRule)) else parse_rule(r) for r in (rules or DEFAULT_RULES)]
+    old_groups = stats.group_by_cell(baseline_records)
+    new_groups = stats.group_by_cell(current_records)
+    status_gated = any(isinstance(r, StatusRule) for r in rules)
+    rows = []
+    for cell_id, old in old_groups.items():
+        new = new_groups.get(cell_id)
+        if new is None:
+            continue
+        for rule in rules:
+            o, n, noise, verdict, note = _check(rule, old, new, status_gated)
+            rows.append(GateRow(cell_id, new.model, new.dataset, new.method, rule, o, n, noise, verdict, note))
+    return GateResult(
+        rows,
+        missing=[g for cid, g in old_groups.items() if cid not in new_groups],
+        extra=[g for cid, g in new_groups.items() if cid not in old_groups],
+        warnings=env_differences(baseline_records, current_records),
+    )

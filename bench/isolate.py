@@ -1,0 +1,100 @@
+"""Run one function in its own process, with a wall-clock limit and a channel for progress events.
+
+The child is forked from a parent that has imported torch and the model libraries but has run no
+torch computation and never touched CUDA, so each cell starts in milliseconds instead of paying
+~10 s of imports, and its memory high-water mark is its own. A crash, a kill or a hang stays in the
+child: the parent sees an outcome, never an exception.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass
+class Outcome:
+    kind: str  # "ok" | "raised" | "timeout" | "crashed"
+    value: Any = None
+    message: str = ""
+    elapsed_s: float = 0.0
+
+
+def _child(conn, fn, args, kwargs):
+    try:
+        def emit(*event):
+            conn.send(("event", event))
+
+        value = fn(*args, emit=emit, **kwargs)
+        conn.send(("ok", value))
+    except BaseException as exc:  # report, don't die silently
+        conn.send(("raised", f"{type(exc).__name__}: {exc} | {' / '.join(traceback.format_exc().splitlines()[-3:])}"))
+    finally:
+        conn.close()
+
+
+def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | None = None, isolate: bool = True, **kwargs) -> Outcome:
+    """Call fn(*args, emit=..., **kwargs) in a forked child; `emit(*event)` reaches `on_event` in the parent."""
+    start = time.monotonic()
+    if not isolate:
+        try:
+            value = fn(*args, emit=lambda *e: on_event and on_event(e), **kwargs)
+            return Outcome("ok", value, elapsed_s=time.monotonic() - start)
+        except Exception as exc:
+            return Outcome("raised", message=f"{type(exc).__name__}: {exc}", elapsed_s=time.monotonic() - start)
+
+    ctx = mp.get_context("fork")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child_conn, fn, args, kwargs), daemon=True)
+    proc.start()
+    child_conn.close()
+    try:
+        while True:
+            remaining = timeout_s - (time.monotonic() - start)
+            if remaining <= 0:
+                _kill(proc)
+                return Outcome("timeout", message=f"no result after {timeout_s:g} s; the cell's process was killed", elapsed_s=time.monotonic() - start)
+            if parent_conn.poll(min(remaining, 0.25)):
+                try:
+                    kind, payload = parent_conn.recv()
+                except (EOFError, OSError):
+                    proc.join(5)
+                    return _crashed(proc, start)
+                if kind == "event":
+                    if on_event:
+                        on_event(payload)
+                    continue
+                proc.join(30)
+                if proc.is_alive():
+                    _kill(proc)
+                if kind == "ok":
+                    return Outcome("ok", payload, elapsed_s=time.monotonic() - start)
+                return Outcome("raised", message=payload, elapsed_s=time.monotonic() - start)
+            if not proc.is_alive() and not parent_conn.poll(0):
+                return _crashed(proc, start)
+    finally:
+        parent_conn.close()
+
+
+def _crashed(proc, start: float) -> Outcome:
+    code = proc.exitcode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        why = f"the cell's process was killed by {name}" + (" (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else "")
+    else:
+        why = f"the cell's process exited with code {code} before reporting a result"
+    return Outcome("crashed", message=why, value=code, elapsed_s=time.monotonic() - start)
+
+
+def _kill(proc) -> None:
+    if proc.is_alive():
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.join(10)

@@ -1,0 +1,102 @@
+"""Every key a suite may hold, with its type, default, allowed values and one line of documentation.
+
+One table here drives validation (bench/suite.py), the README's key reference and the record's
+resolved config, so a documented key and a checked key cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type | tuple  # accepted Python types after TOML parsing
+    default: Any = None
+    doc: str = ""
+    choices: tuple = ()
+    min: float | None = None  # inclusive lower bound
+    above: float | None = None  # exclusive lower bound
+    required: bool = False
+
+
+SUITE_KEYS = {
+    "name": Key(str, None, "suite name; records go to results/<name>.jsonl (default: the file name)"),
+    "description": Key(str, "", "free text shown on the report page"),
+    "repeats": Key(int, 1, "runs per cell with seeds seed, seed+1, ...; reports show mean ± spread", min=1),
+    "seeds": Key(list, None, "explicit seeds per cell (instead of repeats)"),
+    "device": Key(str, "auto", "where cells run", choices=("auto", "cpu", "cuda")),
+    "isolate": Key(bool, True, "run each cell in its own process (crash and memory isolation)"),
+    "oom_backoff": Key(bool, False, "on out-of-memory halve the micro-batch and double accumulation, keeping the effective batch"),
+    "min_batch_size": Key(int, 1, "smallest micro-batch the OOM back-off tries", min=1),
+}
+
+TRAIN_KEYS = {
+    "steps": Key(int, 60, "optimizer steps per cell (ignored when epochs is set)", min=1),
+    "epochs": Key(NUMBER, None, "passes over the training split instead of a step count", above=0),
+    "batch_size": Key(int, 8, "micro-batch size per step", min=1),
+    "grad_accum": Key(int, 1, "gradient accumulation steps; effective batch = batch_size × grad_accum", min=1),
+    "lr": Key(NUMBER, 1e-3, "peak learning rate", above=0),
+    "schedule": Key(str, "cosine", "learning-rate schedule after warm-up", choices=("constant", "linear", "cosine")),
+    "warmup_steps": Key(int, 0, "linear learning-rate warm-up steps", min=0),
+    "weight_decay": Key(NUMBER, 0.0, "AdamW weight decay", min=0),
+    "max_grad_norm": Key(NUMBER, 1.0, "gradient clipping norm (0 disables)", min=0),
+    "optimizer": Key(str, "adamw", "optimizer", choices=("adamw", "sgd", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit")),
+    "precision": Key(str, "fp32", "compute precision (bf16/fp16 autocast; fp32 on the CPU is fastest here)", choices=("fp32", "bf16", "fp16")),
+    "gradient_checkpointing": Key(bool, False, "recompute activations in backward to save memory"),
+    "seed": Key(int, 0, "seed for weights, data order and dropout"),
+    "max_seq_len": Key(int, 48, "maximum text tokens per sample (prompt + answer, image tokens excluded)", min=1),
+    "eval_batch_size": Key(int, 32, "batch size for evaluation", min=1),
+    "max_new_tokens": Key(int, 8, "generation length for captioning and VQA evaluation", min=1),
+    "num_beams": Key(int, 1, "beam width for generation (1 = greedy)", min=1),
+    "prompt_template": Key(str, "a photo of a {}", "CLIP zero-shot class prompt; {} is the class name"),
+    "timing_warmup_steps": Key(int, 3, "first steps left out of step-time statistics", min=0),
+    "timeout_s": Key(NUMBER, 1800, "wall-clock limit per cell; past it the cell is recorded as timeout", above=0),
+    "diverge_loss": Key(NUMBER, 1e4, "a loss above this (or NaN/inf) stops the cell as diverged", above=0),
+    "memory_cap_mb": Key(NUMBER, None, "treat memory above this (MB above the cell's baseline) as out-of-memory", above=0),
+}
+
+MODEL_KEYS = {
+    "family": Key(str, None, "model family", choices=("clip", "blip2", "llava"), required=True),
+    "preset": Key(str, "tiny", "embedded architecture: tiny / small (CPU) or full (the real checkpoint's shape)"),
+    "checkpoint": Key(str, None, "Hugging Face id or local directory of real weights"),
+    "weights": Key(str, None, "pretrained (load checkpoint), random (architecture only: cost is real, quality n/a), zoo (bench's pretrained tiny base); default: pretrained with a checkpoint, zoo without", choices=("pretrained", "random", "zoo")),
+    "backend": Key(str, "transformers", "implementation (CLIP also: open_clip)", choices=("transformers", "open_clip")),
+    "revision": Key(str, None, "checkpoint revision (branch, tag or commit)"),
+    "trust_remote_code": Key(bool, False, "allow the checkpoint's own Python code to run (marked in reports)"),
+    "train": Key(dict, None, "training-setting overrides for cells of this model"),
+}
+
+METHOD_KEYS = {
+    "kind": Key(str, None, "fine-tuning method", choices=("full", "lora", "dora", "qlora", "ia3", "loha", "lokr", "vera"), required=True),
+    "r": Key(int, 8, "adapter rank (lora, dora, qlora, loha, lokr, vera)", min=1),
+    "alpha": Key(NUMBER, None, "LoRA scaling numerator (default 2·r)", above=0),
+    "dropout": Key(NUMBER, 0.05, "adapter dropout", min=0),
+    "targets": Key(dict, None, "component → module leaf names, e.g. {language = [\"q_proj\", \"v_proj\"]}; default: the family's recipe"),
+    "train_full": Key(list, None, "components trained in full beside the adapters (default [\"projector\"]; [] for none)"),
+    "freeze": Key(list, [], "components kept frozen under kind = \"full\" (e.g. [\"vision\"])"),
+    "quant_type": Key(str, "nf4", "QLoRA 4-bit data type", choices=("nf4", "fp4")),
+    "double_quant": Key(bool, True, "QLoRA double quantisation of the quantisation constants"),
+    "compute_dtype": Key(str, "auto", "QLoRA compute dtype (auto: bf16 on CUDA, fp32 on the CPU)", choices=("auto", "float32", "bfloat16", "float16")),
+    "train": Key(dict, None, "training-setting overrides for cells of this method"),
+}
+
+GRID_KEYS = {
+    "models": Key(list, None, "model names", required=True),
+    "datasets": Key(list, None, "dataset names", required=True),
+    "methods": Key(list, None, "method names", required=True),
+    "exclude": Key(list, [], "tables {model?, dataset?, method?} of combinations to skip"),
+    "train": Key(dict, None, "training-setting overrides for this grid's cells"),
+}
+
+GATE_KEYS = {
+    "rules": Key(list, None, "regression rules, e.g. [\"peak_memory_mb:+5%\", \"delta:-0.5\", \"status:ok\"]"),
+    "baseline": Key(str, None, "baseline results file for `bench gate` (relative to the suite file)"),
+}
+
+EXCLUDE_KEYS = {"model": Key(str), "dataset": Key(str), "method": Key(str)}
+
+TOP_LEVEL = ("suite", "defaults", "models", "datasets", "methods", "grid", "gate")

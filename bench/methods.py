@@ -1,0 +1,146 @@
+"""Fine-tuning methods: each turns a loaded model into a trainable one through peft / bitsandbytes.
+
+Targets are component-aware: a method names leaf modules per component ({language = ["q_proj",
+"v_proj"]}) and they are matched by module path under that component's prefixes, so LLaVA's
+vision tower, which also has q_proj/v_proj, is never adapted by accident.
+"""
+
+from __future__ import annotations
+
+import re
+
+from bench.errors import BenchError
+from bench.models.base import LoadedModel, component_of
+
+PEFT_PREFIX = "base_model.model."
+
+
+def target_regex(components: dict[str, tuple[str, ...]], targets: dict[str, list[str]]) -> str:
+    """A full-match regex for peft's target_modules: leaf names, only under the named components."""
+    alternatives = []
+    for comp, leaves in targets.items():
+        prefixes = "|".join(re.escape(p) for p in components[comp])
+        names = "|".join(re.escape(leaf) for leaf in leaves)
+        alternatives.append(rf"(?:{prefixes})(?:\..+)?\.(?:{names})")
+    return "^(?:" + "|".join(alternatives) + ")$"
+
+
+def resolve_targets(method: dict, family, backend: str) -> dict[str, list[str]]:
+    kind = "lora" if method["kind"] in ("dora", "qlora", "loha", "lokr", "vera") else method["kind"]
+    targets = method.get("targets") or family.default_targets(kind, backend)
+    return {comp: list(leaves) for comp, leaves in targets.items()}
+
+
+def check_targets(model, components: dict, targets: dict[str, list[str]], method_name: str) -> None:
+    """Every (component, leaf) pair must match at least one module; say which leaf names exist if not."""
+    unknown = [c for c in targets if c not in components]
+    if unknown:
+        raise BenchError(
+            f"method '{method_name}': unknown component(s) {unknown} in targets",
+            fix=f"use components of this model: {', '.join(components)}",
+        )
+    names = [n for n, _ in model.named_modules()]
+    for comp, leaves in targets.items():
+        under = [n for n in names if component_of(n, {comp: components[comp]}) == comp]
+        present = {n.rsplit(".", 1)[-1] for n in under}
+        missing = [leaf for leaf in leaves if leaf not in present]
+        if missing:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n in set(under) and type(m).__name__.endswith(("Linear", "Linear4bit", "MultiheadAttention", "Conv1D"))})
+            raise BenchError(
+                f"method '{method_name}': targets.{comp} = {missing} match no module in the {comp} component",
+                fix=f"layer names found there: {', '.join(linear[:20])}",
+            )
+
+
+def quantization_config(method: dict, device: str):
+    """A BitsAndBytesConfig for QLoRA (NF4, double quantisation, compute dtype), else None."""
+    if method["kind"] != "qlora":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(method["compute_dtype"])
+    if dtype is None:  # auto: bf16 on CUDA; fp32 on the CPU, where bf16 compute is ~30x slower here
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=method["quant_type"],
+        bnb_4bit_use_double_quant=method["double_quant"],
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpointing: bool = False):
+    """Freeze / adapt `loaded.model` as the method says; returns the model to train."""
+    import peft
+
+    model, components, kind = loaded.model, loaded.components, method["kind"]
+    if gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if kind == "full":
+        frozen = set(method.get("freeze") or ())
+        for name, p in model.named_parameters():
+            p.requires_grad_(component_of(name, components) not in frozen)
+        return model
+
+    targets = resolve_targets(method, family, loaded.backend)
+    check_targets(model, components, targets, method["name"])
+    regex = target_regex(components, targets)
+    if kind == "qlora":
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if kind in ("lora", "dora", "qlora"):
+        config = peft.LoraConfig(r=method["r"], lora_alpha=method["alpha"], lora_dropout=method["dropout"],
+                                 target_modules=regex, use_dora=kind == "dora", bias="none")
+    elif kind == "ia3":
+        ff = family.feedforward_modules(loaded.backend)
+        ff_targets = {c: [leaf for leaf in leaves if leaf in ff] for c, leaves in targets.items()}
+        ff_targets = {c: v for c, v in ff_targets.items() if v}
+        config = peft.IA3Config(target_modules=regex, feedforward_modules=target_regex(components, ff_targets) if ff_targets else [])
+    elif kind == "loha":
+        config = peft.LoHaConfig(r=method["r"], alpha=method["alpha"], rank_dropout=method["dropout"], target_modules=regex)
+    elif kind == "lokr":
+        config = peft.LoKrConfig(r=method["r"], alpha=method["alpha"], rank_dropout=method["dropout"], target_modules=regex)
+    elif kind == "vera":
+        config = peft.VeraConfig(r=method["r"], vera_dropout=method["dropout"], target_modules=regex)
+    else:
+        raise BenchError(f"unknown method kind {kind!r}")
+    model = peft.get_peft_model(model, config)
+    train_full = method.get("train_full")
+    train_full = ["projector"] if train_full is None else train_full
+    unknown = [c for c in train_full if c not in components]
+    if unknown:
+        raise BenchError(f"method '{method['name']}': train_full names unknown component(s) {unknown}",
+                         fix=f"use components of this model: {', '.join(components)}")
+    for name, p in model.get_base_model().named_parameters():
+        if component_of(name, components) in train_full and p.is_floating_point():
+            p.requires_grad_(True)
+    return model
+
+
+def _numel(p) -> int:
+    # bitsandbytes packs two 4-bit values per byte: count the parameters the layer stands for
+    if type(p).__name__ == "Params4bit":
+        return p.numel() * 2
+    return p.numel()
+
+
+def count_params(model, components: dict[str, tuple[str, ...]]) -> dict:
+    """Total / trainable parameters, overall and per component (adapter weights count in their component)."""
+    by_comp: dict[str, dict[str, int]] = {c: {"total": 0, "trainable": 0} for c in components}
+    total = trainable = 0
+    for name, p in model.named_parameters():
+        name = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+        n = _numel(p)
+        total += n
+        comp = component_of(name, components) or "other"
+        slot = by_comp.setdefault(comp, {"total": 0, "trainable": 0})
+        slot["total"] += n
+        if p.requires_grad:
+            trainable += n
+            slot["trainable"] += n
+    return {
+        "total": total,
+        "trainable": trainable,
+        "trainable_pct": round(100.0 * trainable / total, 4) if total else 0.0,
+        "by_component": by_comp,
+    }

@@ -1,0 +1,227 @@
+"""Quality metrics as the field reports them, each on a 0-100 scale with its direction declared.
+
+- Captions: CIDEr, BLEU-4, ROUGE-L (and METEOR) through pycocoevalcap's own scorers, after its
+  PTB tokenizer (Java) as the COCO caption evaluation does, or a plain lower-case split without Java.
+- VQA: the official accuracy (min(1, matching humans / 3), averaged over the leave-one-annotator-out
+  subsets) after the official answer normalisation (GT-Vision-Lab/VQA, vqaEval.py).
+- Classification: plain accuracy.
+
+pycocoevalcap is imported only when caption scores are asked for, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Sequence
+
+# name -> higher is better; every metric a task can report is declared here
+METRICS: dict[str, bool] = {
+    "CIDEr": True,
+    "BLEU-4": True,
+    "ROUGE-L": True,
+    "METEOR": True,
+    "vqa_acc": True,
+    "exact_match": True,
+    "accuracy": True,
+    "zero_shot_acc": True,
+}
+
+
+def higher_is_better(name: str) -> bool:
+    if name not in METRICS:
+        raise KeyError(f"unknown metric {name!r}; known: {sorted(METRICS)}")
+    return METRICS[name]
+
+
+# ---------------------------------------------------------------- captions
+
+
+def caption_scores(
+    predictions: list[str],
+    references: list[list[str]],
+    *,
+    tokenize: str = "ptb",
+    meteor: bool = False,
+) -> dict[str, float]:
+    """Corpus-level caption metrics ×100. CIDEr's IDF comes from these references, so scores on
+    different subsets are not comparable. METEOR needs Java and takes ~10 s; it is left out
+    (not zeroed) when Java is missing."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+    names = ["CIDEr", "BLEU-4", "ROUGE-L"] + (["METEOR"] if meteor and _has_java() else [])
+    if not predictions:
+        return {n: 0.0 for n in names}
+    for i, refs in enumerate(references):
+        if isinstance(refs, str) or not refs:
+            raise ValueError(f"references[{i}] must be a non-empty list of strings, got {refs!r}")
+
+    # str.split() also breaks on \r, \x0b, \u2028...: the PTB tokenizer reads one caption per line,
+    # so a stray line break inside a caption would shift every caption after it
+    gts = {i: [" ".join(r.split()) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [" ".join((p or "").split())] for i, p in enumerate(predictions)}
+    if tokenize == "ptb":
+        if not _has_java():
+            raise RuntimeError("tokenize='ptb' needs Java (pycocoevalcap's PTBTokenizer); use tokenize='simple'")
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        gts = PTBTokenizer().tokenize({i: [{"caption": c} for c in caps] for i, caps in gts.items()})
+        res = PTBTokenizer().tokenize({i: [{"caption": c} for c in caps] for i, caps in res.items()})
+    elif tokenize == "simple":
+        gts = {i: [c.lower() for c in caps] for i, caps in gts.items()}
+        res = {i: [c.lower() for c in caps] for i, caps in res.items()}
+    else:
+        raise ValueError(f"tokenize must be 'ptb' or 'simple', not {tokenize!r}")
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    rouge, _ = Rouge().compute_score(gts, res)
+    scores = {"CIDEr": 100 * float(cider), "BLEU-4": 100 * float(bleu[3]), "ROUGE-L": 100 * float(rouge)}
+    if "METEOR" in names:
+        scores["METEOR"] = 100 * _meteor(gts, res)
+    return scores
+
+
+def _has_java() -> bool:
+    return shutil.which("java") is not None
+
+
+def _meteor(gts: dict, res: dict) -> float:
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    scorer = Meteor()  # starts a Java process; stop it here rather than whenever GC runs __del__
+    try:
+        score, _ = scorer.compute_score(gts, res)
+    finally:
+        scorer.meteor_p.stdin.close()
+        scorer.meteor_p.kill()
+        scorer.meteor_p.wait()
+    return float(score)
+
+
+# ---------------------------------------------------------------- VQA answer normalisation
+# Reimplemented from the official evaluation (GT-Vision-Lab/VQA vqaEval.py), quirks included, so
+# that numbers are comparable with published VQA accuracies.
+
+# Punctuation the official script removes (or turns into a space); the apostrophe is kept for contractions.
+_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+_COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
+# The official pattern is "(?!<=\d)(\.)(?!\d)": its first group is a lookahead (a typo for a
+# lookbehind) that never fires, so in effect: drop every period that is not followed by a digit.
+_PERIOD = re.compile(r"\.(?!\d)")
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+_ARTICLES = frozenset({"a", "an", "the"})
+
+# The official table maps a contraction written with one apostrophe missing to its proper form
+# ("dont" -> "don't", "couldnt've" and "couldn'tve" -> "couldn't've"). It is generated here from
+# the proper forms; the official keys starting with a capital ("Im", "Ive", "Id've") never match
+# lower-cased text, so they are left out, as is its no-op "let's"/"she's" entries.
+_PROPER_CONTRACTIONS = (
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't "
+    "haven't he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't mightn't've "
+    "might've mustn't must've needn't not've o'clock oughtn't 'ow's'at shan't she'd've should've "
+    "shouldn't shouldn't've somebody'd've somebody'll somebody's someone'd someone'd've someone'll "
+    "someone's something'd something'd've something'll that's there'd there'd've there're there's "
+    "they'd they'd've they'll they're they've 'twas wasn't we'd've we've weren't what'll what're "
+    "what's what've when's where'd where's where've who'd who'd've who'll who's who've why'll why're "
+    "why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll "
+    "you're you've"
+).split()
+
+
+def _one_apostrophe_missing(word: str) -> list[str]:
+    return [word[:i] + word[i + 1 :] for i, ch in enumerate(word) if ch == "'"]
+
+
+_CONTRACTIONS = {typo: proper for proper in _PROPER_CONTRACTIONS for typo in _one_apostrophe_missing(proper)}
+_CONTRACTIONS["somebody'd"] = "somebodyd"  # an inverted entry in the official table, kept for parity
+
+
+def _strip_punctuation(text: str) -> str:
+    # The official rule: a mark next to a space (or any text with a digit,digit comma) is deleted,
+    # otherwise it becomes a space ("black-and-white" -> "black and white", "yes !" -> "yes ").
+    delete_all = _COMMA_BETWEEN_DIGITS.search(text) is not None
+    out = text
+    for p in _PUNCT:
+        if delete_all or (p + " ") in text or (" " + p) in text:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD.sub("", out)
+
+
+def normalize_vqa_answer(answer: str) -> str:
+    """The official VQA normalisation: punctuation, number words -> digits, no articles, contractions."""
+    text = " ".join(answer.replace("\n", " ").replace("\t", " ").split())
+    text = _strip_punctuation(text)
+    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
+    return " ".join(words)
+
+
+# ---------------------------------------------------------------- VQA accuracy, exact match, accuracy
+
+
+def _as_references(refs) -> list[str]:
+    return [refs] if isinstance(refs, str) else list(refs)
+
+
+def vqa_answer_score(prediction: str, answers: Sequence[str]) -> float:
+    """One question's VQA accuracy in [0, 1].
+
+    With n answers: the average, over the n subsets that leave one annotator out, of
+    min(1, matches in the subset / 3). For n = 10 this is the official metric. Fewer answers
+    (small or user-made sets) would make the threshold of 3 unreachable (one reference can
+    never give more than 0), so the threshold becomes min(3, n - 1), and a single reference is
+    an exact match.
+    """
+    refs = [normalize_vqa_answer(a) for a in _as_references(answers)]
+    if not refs:
+        raise ValueError("a VQA question needs at least one reference answer")
+    pred = normalize_vqa_answer(prediction or "")
+    if len(refs) == 1:
+        return float(pred == refs[0])
+    need = min(3, len(refs) - 1)
+    matches = sum(r == pred for r in refs)
+    # leaving out annotator i removes one match exactly when that annotator agreed with the prediction
+    return sum(min(1.0, (matches - (r == pred)) / need) for r in refs) / len(refs)
+
+
+def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> float:
+    """Mean VQA accuracy over questions, 0-100."""
+    _same_length(predictions, answers)
+    if not predictions:
+        return 0.0
+    return 100 * sum(vqa_answer_score(p, a) for p, a in zip(predictions, answers)) / len(predictions)
+
+
+def exact_match(predictions: Sequence[str], answers: Sequence[Sequence[str] | str]) -> float:
+    """Share of predictions equal to any reference after VQA normalisation, 0-100."""
+    _same_length(predictions, answers)
+    if not predictions:
+        return 0.0
+    hits = 0
+    for pred, refs in zip(predictions, answers):
+        norm = normalize_vqa_answer(pred or "")
+        hits += any(norm == normalize_vqa_answer(r) for r in _as_references(refs))
+    return 100 * hits / len(predictions)
+
+
+def accuracy(pred_labels: Sequence[int], labels: Sequence[int]) -> float:
+    """Share of correct labels, 0-100."""
+    _same_length(pred_labels, labels)
+    if not labels:
+        return 0.0
+    return 100 * sum(int(p) == int(t) for p, t in zip(pred_labels, labels)) / len(labels)
+
+
+def _same_length(a: Sequence, b: Sequence) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} predictions but {len(b)} references")

@@ -1,0 +1,68 @@
+"""What every model family provides, and what a built model looks like to the rest of bench.
+
+A family module (bench/models/clip.py, blip2.py, llava.py) defines at module level:
+
+    FAMILY: str                       # "clip" | "blip2" | "llava"
+    TASK: str                         # the dataset task it trains on: classification | caption | vqa
+    PRESETS: dict[str, dict]          # preset name -> embedded architecture config; "tiny" and "small"
+                                      # for the CPU, "full" matching the real checkpoint's architecture
+    DEFAULT_CHECKPOINTS: dict[str, str]  # preset -> Hugging Face id whose architecture it copies
+    BACKENDS: tuple[str, ...]         # e.g. ("transformers", "open_clip") for CLIP
+
+    def build(spec: ModelSpec, *, device: str = "cpu", dtype=torch.float32,
+              quantization=None) -> LoadedModel
+        # quantization: a transformers.BitsAndBytesConfig or None. With a checkpoint, the real
+        # weights load with from_pretrained; with weights="random" the architecture of the preset
+        # (or of the checkpoint's config.json) is built with random weights.
+    def build_meta(spec: ModelSpec) -> torch.nn.Module
+        # the same architecture on the meta device: parameter counts without memory or weights
+    def components(model, backend) -> dict[str, tuple[str, ...]]   # see LoadedModel.components
+
+A task module (bench/tasks/*.py) turns samples into batches, a loss and a quality score for one
+family; see bench/tasks/base.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+COMPONENTS = ("vision", "projector", "language")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A suite's [models.NAME] table, resolved."""
+
+    name: str
+    family: str
+    preset: str | None = "tiny"
+    checkpoint: str | None = None  # Hugging Face id or local directory; None builds the preset from config
+    weights: str = "pretrained"  # "pretrained" (load the checkpoint), "random" (architecture only), "zoo" (bench's own tiny base)
+    backend: str = "transformers"  # "transformers" | "open_clip" (CLIP only)
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # torch.nn.Module
+    processor: Any  # a real transformers processor (CLIPProcessor, Blip2Processor, LlavaProcessor) or open_clip's pair
+    family: str
+    backend: str
+    # component -> module-name prefixes (as in model.named_modules()), e.g. for LLaVA in transformers 5:
+    # {"vision": ("model.vision_tower",), "projector": ("model.multi_modal_projector",),
+    #  "language": ("model.language_model", "lm_head")}. Methods use these to target modules
+    # by path, so a bare "q_proj" never silently adapts the vision tower as well.
+    components: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # provenance: checkpoint, revision, preset, config hash, image size
+
+
+def component_of(module_name: str, components: dict[str, tuple[str, ...]]) -> str | None:
+    """Which component a module or parameter name belongs to (longest matching prefix wins)."""
+    best, best_len = None, -1
+    for comp, prefixes in components.items():
+        for prefix in prefixes:
+            if (module_name == prefix or module_name.startswith(prefix + ".")) and len(prefix) > best_len:
+                best, best_len = comp, len(prefix)
+    return best

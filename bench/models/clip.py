@@ -1,0 +1,544 @@
+"""CLIP, the contrastive image-text family, on two backends: transformers' CLIPModel and open_clip's CLIP.
+
+Presets are plain data (importing this module loads neither torch nor transformers, so the CLI can
+validate suites against PRESETS). "full" is openai/clip-vit-large-patch14 exactly (427,616,513
+parameters on both backends); "tiny" and "small" share its shape at CPU scale and use bench's
+word-level tokenizer, to which this module adds the <s> ... </s> template CLIP pools on.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tempfile
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from bench.data.vocabulary import WORDS
+from bench.errors import SuiteError
+from bench.models.base import LoadedModel, ModelSpec
+from bench.models.hub import checkpoint_error, local_config, preflight_checkpoint
+from bench.models.tokenizer import SPECIAL_TOKENS
+
+FAMILY = "clip"
+TASK = "classification"
+BACKENDS = ("transformers", "open_clip")
+DEFAULT_CHECKPOINTS = {"full": "openai/clip-vit-large-patch14"}
+
+# The tiny tokenizer's size and special ids, counted the way bench.models.tokenizer builds its vocabulary,
+# so PRESETS stay plain data without loading `tokenizers` (a test checks they agree with tiny_tokenizer()).
+TINY_VOCAB_SIZE = len(SPECIAL_TOKENS) + sum(w not in SPECIAL_TOKENS for w in WORDS)
+_PAD, _BOS, _EOS = (SPECIAL_TOKENS.index(t) for t in ("<pad>", "<s>", "</s>"))
+_TINY_IDS = {"pad_token_id": _PAD, "bos_token_id": _BOS, "eos_token_id": _EOS}
+
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "vision_config": {"image_size": 32, "patch_size": 8, "hidden_size": 64, "intermediate_size": 128,
+                          "num_hidden_layers": 2, "num_attention_heads": 4},
+        "text_config": {"vocab_size": TINY_VOCAB_SIZE, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "max_position_embeddings": 64, **_TINY_IDS},
+        "projection_dim": 64,
+    },
+    "small": {
+        "vision_config": {"image_size": 64, "patch_size": 16, "hidden_size": 256, "intermediate_size": 1024,
+                          "num_hidden_layers": 4, "num_attention_heads": 4},
+        "text_config": {"vocab_size": TINY_VOCAB_SIZE, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
+                        "num_attention_heads": 4, "max_position_embeddings": 64, **_TINY_IDS},
+        "projection_dim": 256,
+    },
+    # openai/clip-vit-large-patch14's config.json, architecture fields as published
+    "full": {
+        "vision_config": {"image_size": 224, "patch_size": 14, "hidden_size": 1024, "intermediate_size": 4096,
+                          "num_hidden_layers": 24, "num_attention_heads": 16, "projection_dim": 768,
+                          "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+        "text_config": {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                        "num_attention_heads": 12, "max_position_embeddings": 77, "projection_dim": 768,
+                        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+                        "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
+        "projection_dim": 768,
+        "logit_scale_init_value": 2.6592,
+    },
+}
+
+# open_clip's own registry name for a preset, built with open_clip.create_model (the others are built from a dict)
+OPEN_CLIP_NAMES = {"full": "ViT-L-14"}
+TINY_TOKENIZER_NAME = "bench-tiny-word-level"  # recorded in saved open_clip configs; the files sit beside the weights
+
+# Component -> name prefixes. logit_scale is the contrastive head's temperature: it goes with the projections.
+_COMPONENTS = {
+    "transformers": {
+        "vision": ("vision_model",),
+        "projector": ("visual_projection", "text_projection", "logit_scale"),
+        "language": ("text_model",),
+    },
+    "open_clip": {  # open_clip keeps the text tower's parts at the top level, beside `visual`
+        "vision": ("visual",),
+        "projector": ("visual.proj", "text_projection", "logit_scale", "logit_bias"),
+        "language": ("transformer", "token_embedding", "positional_embedding", "ln_final"),
+    },
+}
+
+# Default adapter targets (leaf module names, within a component), after the seeds' recipe: the text side's
+# attention q/v for LoRA; k/v and the feed-forward output for IA3. open_clip's attention is one
+# nn.MultiheadAttention whose projections are not Linear children (LoRA on `out_proj` changes nothing), so
+# LoRA targets the whole `attn` (PEFT wraps MultiheadAttention) and the other kinds the MLP's c_fc/c_proj.
+_LORA_LIKE = ("lora", "qlora", "dora", "loha", "lokr", "vera", "oft")
+_TARGETS = {
+    "transformers": {**{k: {"language": ("q_proj", "v_proj")} for k in _LORA_LIKE},
+                     "ia3": {"language": ("k_proj", "v_proj", "fc2")}},
+    "open_clip": {"lora": {"language": ("attn",)},
+                  **{k: {"language": ("c_fc", "c_proj")} for k in ("dora", "loha", "lokr", "vera", "oft", "ia3")}},
+}
+_FEEDFORWARD = {"transformers": ("fc2",), "open_clip": ("c_proj",)}
+# Kept in full precision under 4-bit loading: trainable as a component, and transformers' default would
+# quantise visual_projection but not text_projection (it skips only the last module).
+QUANTIZATION_SKIP = ("visual_projection", "text_projection")
+
+
+# ---------------------------------------------------------------- interface
+
+
+def components(model, backend: str) -> dict[str, tuple[str, ...]]:
+    """Component -> prefixes that exist in `model` (a parameter or module name matches by prefix)."""
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_modules()}
+    return {
+        comp: tuple(p for p in prefixes if any(n == p or n.startswith(p + ".") for n in names))
+        for comp, prefixes in _COMPONENTS[_check_backend(backend)].items()
+    }
+
+
+def default_targets(kind: str, backend: str = "transformers") -> dict[str, tuple[str, ...]]:
+    """Component -> leaf module names a PEFT method of `kind` adapts by default."""
+    table = _TARGETS[_check_backend(backend)]
+    if kind not in table:
+        raise SuiteError(
+            f"method kind {kind!r} has no default CLIP targets on the {backend} backend",
+            fix=f"use one of {sorted(table)}, or give the method explicit `targets`",
+        )
+    return dict(table[kind])
+
+
+def feedforward_modules(backend: str = "transformers") -> tuple[str, ...]:
+    """IA3's feed-forward leaves (scaled on their input rather than their output)."""
+    return _FEEDFORWARD[_check_backend(backend)]
+
+
+def backend_of(model) -> str:
+    """Which backend built `model`, looking through a PEFT wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "open_clip" if type(base).__module__.startswith("open_clip") else "transformers"
+
+
+def build(spec: ModelSpec, *, device: str = "cpu", dtype=None, quantization=None, seed: int = 0) -> LoadedModel:
+    """The model and its processor. Random weights are drawn from `seed` without touching the global RNG."""
+    import torch
+
+    dtype = dtype or torch.float32
+    backend = _check_backend(spec.backend)
+    if backend == "open_clip":
+        return _build_open_clip(spec, device=device, dtype=dtype, quantization=quantization, seed=seed)
+    if _wants_checkpoint(spec):
+        return _load_transformers(spec, device=device, dtype=dtype, quantization=quantization)
+    return _random_transformers(spec, device=device, dtype=dtype, quantization=quantization, seed=seed)
+
+
+def build_meta(spec: ModelSpec):
+    """The same architecture on the meta device: parameter counts with no memory and no weights."""
+    import torch
+
+    if _check_backend(spec.backend) == "open_clip":
+        with torch.device("meta"):
+            return _open_clip_from_config(*_open_clip_cfg_for(spec), device="meta")
+    from transformers import CLIPModel
+
+    config, _ = _transformers_config(spec)
+    with torch.device("meta"):
+        return CLIPModel(config)
+
+
+def save(loaded: LoadedModel, path) -> None:
+    """Write weights, config and processor so that build(checkpoint=path, weights="pretrained") restores them."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if loaded.backend == "transformers":
+        loaded.model.save_pretrained(path)
+        loaded.processor.save_pretrained(path)
+        return
+    from safetensors.torch import save_file
+
+    model_cfg = copy.deepcopy(loaded.info["open_clip_cfg"])
+    if loaded.processor.is_hf_tokenizer:
+        model_cfg["text_cfg"]["hf_tokenizer_name"] = TINY_TOKENIZER_NAME  # open_clip's get_tokenizer then reads this dir
+    config = {"model_cfg": model_cfg, "preprocess_cfg": loaded.processor.preprocess_cfg}
+    (path / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().contiguous().cpu() for k, v in loaded.model.state_dict().items()}
+    save_file(state, str(path / "open_clip_model.safetensors"))
+    loaded.processor.save_pretrained(path)
+
+
+# ---------------------------------------------------------------- tokenizer and processors
+
+
+@lru_cache(maxsize=4)
+def clip_tokenizer(model_max_length: int = 64):
+    """bench's tiny tokenizer plus `<s> ... </s>` around every text: CLIP pools the text at </s>."""
+    from tokenizers import processors
+
+    from bench.models.tokenizer import tiny_tokenizer
+
+    base = tiny_tokenizer()
+    tok = copy.deepcopy(base)  # the shared instance stays as the other families expect it
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B </s>",
+        special_tokens=[("<s>", base.bos_token_id), ("</s>", base.eos_token_id)],
+    )
+    tok.model_max_length = model_max_length
+    return tok
+
+
+def _tiny_processor(image_size: int, max_length: int):
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(max_length))
+
+
+class OpenClipProcessor:
+    """open_clip's image transform and a tokenizer behind CLIPProcessor's call shape.
+
+    processor(images=[PIL...]) -> {"pixel_values"}; processor(text=[...], max_length=n) ->
+    {"input_ids", "attention_mask"}, padded to the model's fixed context length (open_clip adds its
+    positional table whole); the mask marks the tokens up to and including end-of-text.
+    """
+
+    def __init__(self, transform, tokenizer, *, context_length: int, preprocess_cfg: dict):
+        self.transform = transform
+        self.tokenizer = tokenizer  # a transformers tokenizer (tiny presets) or an open_clip tokenizer
+        self.context_length = context_length
+        self.preprocess_cfg = preprocess_cfg
+        self.is_hf_tokenizer = hasattr(tokenizer, "save_pretrained")
+        if hasattr(tokenizer, "eot_token_id"):  # open_clip's SimpleTokenizer pads with 0 and ends every text with eot
+            self.pad_token_id, self.eos_token_id = 0, tokenizer.eot_token_id
+        else:  # a transformers tokenizer, bare or inside open_clip's HFTokenizer
+            inner = tokenizer if self.is_hf_tokenizer else tokenizer.tokenizer
+            self.pad_token_id, self.eos_token_id = inner.pad_token_id or 0, inner.eos_token_id
+
+    def __call__(self, images=None, text=None, *, max_length: int | None = None, **_ignored) -> dict:
+        import torch
+        import torch.nn.functional as F
+
+        out = {}
+        if images is not None:
+            images = images if isinstance(images, (list, tuple)) else [images]
+            out["pixel_values"] = torch.stack([self.transform(im) for im in images])
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            length = min(max_length or self.context_length, self.context_length)
+            if self.is_hf_tokenizer:
+                ids = self.tokenizer(texts, padding="max_length", truncation=True, max_length=length,
+                                     return_tensors="pt")["input_ids"]
+            else:
+                ids = self.tokenizer(texts, context_length=length)
+            ids = F.pad(ids, (0, self.context_length - length), value=self.pad_token_id)
+            out["input_ids"] = ids
+            out["attention_mask"] = (
+                mask_through_eos(ids, self.eos_token_id) if self.eos_token_id is not None
+                else (ids != self.pad_token_id).long()
+            )
+        return out
+
+    def save_pretrained(self, path) -> None:
+        if self.is_hf_tokenizer:
+            self.tokenizer.save_pretrained(path)
+
+
+def mask_through_eos(input_ids, eos_token_id: int):
+    """1 up to and including each row's first end-of-text token, 0 after (all ones when it has none)."""
+    import torch
+
+    is_eos = input_ids == eos_token_id
+    last = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(input_ids[:, 0], input_ids.shape[1] - 1))
+    return (torch.arange(input_ids.shape[1], device=input_ids.device)[None] <= last[:, None]).long()
+
+
+# ---------------------------------------------------------------- transformers backend
+
+
+def _load_transformers(spec: ModelSpec, *, device, dtype, quantization) -> LoadedModel:
+    from transformers import AutoProcessor, CLIPModel
+
+    where = f"models.{spec.name}"
+    preflight_checkpoint(spec.checkpoint, revision=spec.revision, where=where, file=None)
+    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code, "dtype": dtype}
+    if quantization is not None:
+        kwargs.update(quantization_config=_with_skips(quantization), device_map={"": device})
+    try:
+        model = CLIPModel.from_pretrained(spec.checkpoint, **kwargs)
+        processor = AutoProcessor.from_pretrained(
+            spec.checkpoint, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except OSError as exc:  # config present but weights or processor files missing
+        raise checkpoint_error(spec.checkpoint, f"cannot be loaded ({exc})", where=where) from None
+    if quantization is None:
+        model.to(device)
+    info = _info(spec, weights="pretrained", config=model.config.to_dict(), source=spec.checkpoint,
+                 image_size=model.config.vision_config.image_size,
+                 context_length=model.config.text_config.max_position_embeddings,
+                 tokenizer="checkpoint", quantized=quantization is not None)
+    return LoadedModel(model, processor, FAMILY, "transformers", components(model, "transformers"), info)
+
+
+def _random_transformers(spec: ModelSpec, *, device, dtype, quantization, seed: int) -> LoadedModel:
+    from transformers import AutoProcessor, CLIPModel
+
+    config, source = _transformers_config(spec)
+    processor, tokenizer_kind = None, "tiny"
+    if spec.checkpoint and not source.startswith("preset"):
+        try:  # the checkpoint's own processor, when its files are in the cache too
+            processor = AutoProcessor.from_pretrained(spec.checkpoint, revision=spec.revision, local_files_only=True)
+            tokenizer_kind = "checkpoint"
+        except (OSError, ValueError):
+            processor = None
+    if processor is None:
+        # The tiny tokenizer's special ids are not architecture; the text tower must pool at its </s>.
+        for key, value in _TINY_IDS.items():
+            setattr(config.text_config, key, value)
+        processor = _tiny_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
+    with _seeded(seed):
+        model = CLIPModel(config)
+    if quantization is not None:
+        model = _requantize(model, quantization, device=device, dtype=dtype)
+    else:
+        model.to(device=device, dtype=dtype)
+    info = _info(spec, weights="random", config=config.to_dict(), source=source, seed=seed,
+                 image_size=config.vision_config.image_size,
+                 context_length=config.text_config.max_position_embeddings,
+                 tokenizer=tokenizer_kind, quantized=quantization is not None)
+    return LoadedModel(model, processor, FAMILY, "transformers", components(model, "transformers"), info)
+
+
+def _transformers_config(spec: ModelSpec):
+    """(CLIPConfig, where it came from): the checkpoint's config.json when it is here, else the preset."""
+    from transformers import CLIPConfig
+
+    if spec.checkpoint:
+        raw = local_config(spec.checkpoint, revision=spec.revision)
+        if raw is not None:
+            if raw.get("model_type") not in (None, "clip"):
+                raise SuiteError(
+                    f"checkpoint {spec.checkpoint!r} is a {raw.get('model_type')!r} model, not CLIP",
+                    where=f"models.{spec.name}", fix="use a CLIP checkpoint or another model family",
+                )
+            return CLIPConfig.from_dict(raw), f"config.json of {spec.checkpoint}"
+        if spec.preset is None:
+            raise checkpoint_error(spec.checkpoint, "its config.json is not here and no `preset` is named",
+                                   where=f"models.{spec.name}")
+    return CLIPConfig(**copy.deepcopy(_preset(spec))), f"preset {spec.preset}"
+
+
+def _requantize(model, quantization, *, device, dtype):
+    """Load a config-built model through from_pretrained so bitsandbytes quantises it as it would real weights."""
+    from transformers import CLIPModel
+
+    with tempfile.TemporaryDirectory(prefix="bench-clip-") as tmp:
+        model.save_pretrained(tmp)
+        return CLIPModel.from_pretrained(tmp, quantization_config=_with_skips(quantization),
+                                         device_map={"": device}, dtype=dtype)
+
+
+def _with_skips(quantization):
+    if getattr(quantization, "llm_int8_skip_modules", None):
+        return quantization
+    quantization = copy.deepcopy(quantization)
+    quantization.llm_int8_skip_modules = list(QUANTIZATION_SKIP)
+    return quantization
+
+
+# ---------------------------------------------------------------- open_clip backend
+
+
+def _build_open_clip(spec: ModelSpec, *, device, dtype, quantization, seed: int) -> LoadedModel:
+    if quantization is not None:
+        raise SuiteError(
+            "4-bit quantisation (QLoRA) needs the transformers backend: open_clip's attention is one "
+            "nn.MultiheadAttention whose weights bitsandbytes cannot replace",
+            where=f"models.{spec.name}", fix='set backend = "transformers" for this model, or use lora instead of qlora',
+        )
+    if _wants_checkpoint(spec):
+        model, processor, model_cfg = _load_open_clip(spec)
+        weights, source, tokenizer_kind = "pretrained", spec.checkpoint, "checkpoint"
+    else:
+        model_cfg, name = _open_clip_cfg_for(spec)
+        with _seeded(seed):
+            model = _open_clip_from_config(model_cfg, name)
+        processor = _open_clip_processor(model_cfg, _preprocess_cfg(model_cfg["vision_cfg"]["image_size"]))
+        weights, source = "random", name or f"preset {spec.preset}"
+        tokenizer_kind = "tiny" if processor.is_hf_tokenizer else "open_clip"
+    model.to(device=device, dtype=dtype)
+    info = _info(spec, weights=weights, config=model_cfg, source=source, seed=seed if weights == "random" else None,
+                 image_size=processor.preprocess_cfg["size"], context_length=processor.context_length,
+                 tokenizer=tokenizer_kind, quantized=False)
+    info["open_clip_cfg"] = model_cfg
+    return LoadedModel(model, processor, FAMILY, "open_clip", components(model, "open_clip"), info)
+
+
+def open_clip_config(preset: dict) -> dict:
+    """An open_clip model config with the same architecture as a transformers preset."""
+    v, t = preset["vision_config"], preset["text_config"]
+    cfg = {
+        "embed_dim": preset["projection_dim"],
+        "quick_gelu": v.get("hidden_act", "quick_gelu") == "quick_gelu",
+        "vision_cfg": {"image_size": v["image_size"], "patch_size": v["patch_size"], "width": v["hidden_size"],
+                       "layers": v["num_hidden_layers"], "head_width": v["hidden_size"] // v["num_attention_heads"],
+                       "mlp_ratio": v["intermediate_size"] / v["hidden_size"]},
+        "text_cfg": {"context_length": t["max_position_embeddings"], "vocab_size": t["vocab_size"],
+                     "width": t["hidden_size"], "heads": t["num_attention_heads"], "layers": t["num_hidden_layers"],
+                     "mlp_ratio": t["intermediate_size"] / t["hidden_size"]},
+    }
+    if t["vocab_size"] == TINY_VOCAB_SIZE:  # the word-level tokenizer: pool at its </s>, not at the highest id
+        cfg["text_cfg"].update(pad_id=_PAD, eos_id=_EOS, pool_type="eos")
+    return cfg
+
+
+def _open_clip_cfg_for(spec: ModelSpec) -> tuple[dict, str | None]:
+    """(model config, open_clip registry name or None): a saved directory's config, else the preset's."""
+    if spec.checkpoint:
+        raw = local_config(spec.checkpoint, revision=spec.revision, config_name="open_clip_config.json")
+        if raw is not None and "model_cfg" in raw:
+            return raw["model_cfg"], None
+    preset = _preset(spec)
+    name = OPEN_CLIP_NAMES.get(spec.preset)
+    if name is None:
+        return open_clip_config(preset), None
+    import open_clip
+
+    cfg = copy.deepcopy(open_clip.get_model_config(name))
+    cfg["quick_gelu"] = open_clip_config(preset)["quick_gelu"]  # OpenAI's ViT-L/14 was trained with QuickGELU
+    return cfg, name
+
+
+def _open_clip_from_config(model_cfg: dict, name: str | None, *, device="cpu"):
+    """An open_clip CLIP with random weights: by registry name when there is one, else from the dict."""
+    import open_clip
+    from open_clip.model import CLIP
+
+    if name is not None:
+        return open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(model_cfg.get("quick_gelu")),
+                                      output_dict=True, device=device)
+    cfg = copy.deepcopy(model_cfg)
+    cfg["text_cfg"].pop("hf_tokenizer_name", None)  # a tokenizer setting, not a model argument
+    cfg.pop("custom_text", None)
+    return CLIP(**cfg, output_dict=True)
+
+
+def _preprocess_cfg(image_size: int) -> dict:
+    from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg
+
+    return asdict(PreprocessCfg(size=image_size))
+
+
+def _open_clip_processor(model_cfg: dict, preprocess_cfg: dict, tokenizer=None) -> OpenClipProcessor:
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    text_cfg = model_cfg["text_cfg"]
+    context_length = text_cfg.get("context_length", 77)
+    if tokenizer is None:
+        if text_cfg.get("vocab_size") == TINY_VOCAB_SIZE:
+            tokenizer = clip_tokenizer(context_length)
+        else:
+            tokenizer = open_clip.SimpleTokenizer(context_length=context_length)
+    transform = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
+    return OpenClipProcessor(transform, tokenizer, context_length=context_length, preprocess_cfg=preprocess_cfg)
+
+
+def _load_open_clip(spec: ModelSpec):
+    """(model, processor, model_cfg) from a saved directory, an `hf-hub:` id, or a pretrained tag/file of the preset."""
+    import open_clip
+
+    where, ck = f"models.{spec.name}", spec.checkpoint
+    directory = Path(ck).expanduser()
+    if ck.startswith("hf-hub:"):
+        preflight_checkpoint(ck[len("hf-hub:"):], revision=spec.revision, where=where, file=None,
+                             config_name="open_clip_config.json")
+        name, pretrained, quick = ck, None, False
+    elif directory.is_dir():
+        preflight_checkpoint(str(directory), where=where, file=None, config_name="open_clip_config.json")
+        name, pretrained, quick = f"local-dir:{directory}", None, False
+    else:  # a pretrained tag of the preset's architecture ("openai", "laion2b_s32b_b82k") or a weights file
+        name = OPEN_CLIP_NAMES.get(spec.preset)
+        if name is None:
+            raise SuiteError(
+                f"checkpoint {ck!r} is not a directory or an `hf-hub:` id, and preset {spec.preset!r} has no "
+                f"open_clip pretrained tags", where=where,
+                fix=f"use a saved directory, an `hf-hub:org/name` id, or preset one of {sorted(OPEN_CLIP_NAMES)}",
+            )
+        pretrained = ck
+        quick = bool((open_clip.get_pretrained_cfg(name, ck) or {}).get("quick_gelu", False))
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick, output_dict=True)
+    except (RuntimeError, OSError, ValueError) as exc:  # open_clip reports failed downloads as RuntimeError
+        raise checkpoint_error(ck, f"open_clip cannot load it ({exc})", where=where,
+                               config_name="open_clip_config.json") from None
+
+    if pretrained is not None:
+        model_cfg = {**copy.deepcopy(open_clip.get_model_config(name)), "quick_gelu": quick}
+    else:  # the directory's (or, now cached, the hub's) open_clip_config.json
+        source = str(directory) if directory.is_dir() else ck[len("hf-hub:"):]
+        model_cfg = local_config(source, revision=spec.revision, config_name="open_clip_config.json")["model_cfg"]
+    tokenizer = None
+    if directory.is_dir() and (directory / "tokenizer_config.json").is_file():  # a tiny model bench saved
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    elif model_cfg["text_cfg"].get("vocab_size") != TINY_VOCAB_SIZE:
+        tokenizer = open_clip.get_tokenizer(name)
+    processor = _open_clip_processor(model_cfg, dict(model.visual.preprocess_cfg), tokenizer)
+    return model, processor, model_cfg
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise SuiteError(f"CLIP has no backend {backend!r}", fix=f"set backend to one of {list(BACKENDS)}")
+    return backend
+
+
+def _wants_checkpoint(spec: ModelSpec) -> bool:
+    # "zoo" names bench's own trained base: by the time a model is built it is a saved directory
+    return bool(spec.checkpoint) and spec.weights in ("pretrained", "zoo")
+
+
+def _preset(spec: ModelSpec) -> dict:
+    if spec.preset not in PRESETS:
+        raise SuiteError(f"CLIP has no preset {spec.preset!r}", where=f"models.{spec.name}",
+                         fix=f"set preset to one of {list(PRESETS)}, or name a `checkpoint`")
+    return PRESETS[spec.preset]
+
+
+@contextmanager
+def _seeded(seed: int):
+    """Same seed, same random weights; the caller's RNG stream is left where it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _info(spec: ModelSpec, *, weights: str, config: dict, source: str, image_size, context_length,
+          tokenizer: str, quantized: bool, seed: int | None = None) -> dict:
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return {
+        "checkpoint": spec.checkpoint, "revision": spec.revision, "preset": spec.preset, "weights": weights,
+        "config_source": source, "config_hash": hashlib.sha256(blob).hexdigest()[:12], "seed": seed,
+        "image_size": image_size, "context_length": context_length, "tokenizer": tokenizer, "quantized": quantized,
+    }

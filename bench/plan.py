@@ -1,0 +1,85 @@
+"""Expand a suite into cells. A cell is one (model, dataset, method, training settings) point.
+
+Its id is a stable hash of its resolved configuration (names included), so a re-run skips
+what is already recorded and any changed setting gives a new id. Repeats share the cell id
+and differ by `repeat` (and seed). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.models.catalog import FAMILIES
+
+
+@dataclass(frozen=True)
+class Cell:
+    cell_id: str
+    model: dict
+    dataset: dict
+    method: dict
+    train: dict
+    skip_reason: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model['name']} × {self.dataset['name']} × {self.method['name']}"
+
+    def matches(self, pattern: str) -> bool:
+        """--only: a glob over the cell id or 'model/dataset/method'."""
+        key = f"{self.model['name']}/{self.dataset['name']}/{self.method['name']}"
+        return fnmatch.fnmatch(self.cell_id, pattern) or fnmatch.fnmatch(key, pattern) or pattern in key
+
+
+def stable_hash(obj, length: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def expand(suite) -> list[Cell]:
+    cells: dict[str, Cell] = {}
+    for grid in suite.grids:
+        for m in grid.models:
+            model = suite.models[m]
+            for d in grid.datasets:
+                dataset = suite.datasets[d]
+                for k in grid.methods:
+                    if any(_match(ex, m, d, k) for ex in grid.exclude):
+                        continue
+                    method = suite.methods[k]
+                    train = {**suite.defaults, **model.train, **dataset.train, **method.train, **grid.train}
+                    cell = make_cell(model.config, dataset.config, method.config, train)
+                    cells.setdefault(cell.cell_id, cell)  # the same point named by two grids runs once
+    return list(cells.values())
+
+
+def make_cell(model: dict, dataset: dict, method: dict, train: dict) -> Cell:
+    cell_id = stable_hash({"model": model, "dataset": dataset, "method": method, "train": train})
+    return Cell(cell_id, model, dataset, method, train, _skip_reason(model, method))
+
+
+def _skip_reason(model: dict, method: dict) -> str | None:
+    if method["kind"] in FAMILIES[model["family"]].unsupported_methods:
+        return f"{method['kind']} does not support the {model['family']} family through peft"
+    return None
+
+
+def _match(ex: dict, model: str, dataset: str, method: str) -> bool:
+    return all(ex.get(k) in (None, v) for k, v in (("model", model), ("dataset", dataset), ("method", method)))
+
+
+def base_key(cell: Cell) -> str:
+    """Identifies the untuned model's evaluation, shared by every method and repeat on the same (model, dataset).
+
+    Pretrained and zoo weights are fixed, so the seed plays no part; random weights have no quality at all.
+    """
+    evaluation = {k: cell.train[k] for k in ("max_new_tokens", "num_beams", "prompt_template", "max_seq_len", "eval_batch_size")}
+    return stable_hash({"model": cell.model, "dataset": cell.dataset, "eval": evaluation})
+
+
+def results_path(results_dir: str | Path, suite_name: str) -> Path:
+    return Path(results_dir) / f"{suite_name}.jsonl"

@@ -1,0 +1,41 @@
+"""The terminal table of `bench plan`."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+_STATE_STYLE = {"done": "green", "pending": "yellow", "skip": "dim"}
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, estimate: bool = False) -> Table:
+    table = Table(title=f"suite {suite_name}: {len(rows)} cells")
+    for col in ("cell", "model", "dataset", "method", "state"):
+        table.add_column(col)
+    if params:
+        table.add_column("total", justify="right")
+        table.add_column("trainable", justify="right")
+        table.add_column("%", justify="right")
+        table.add_column("trainable by component")
+    if estimate:
+        table.add_column("est. peak MB", justify="right")
+    for r in rows:
+        state = r["state"] + (f" ({r['pending_repeats']}/{r['repeats']})" if r["state"] == "pending" and r["repeats"] > 1 else "")
+        cols = [r["cell_id"], r["model"], r["dataset"], r["method"], f"[{_STATE_STYLE[r['state']]}]{state}[/]"]
+        if params:
+            p = r.get("params") or {}
+            comps = ", ".join(f"{c} {_count(v['trainable'])}/{_count(v['total'])}" for c, v in (p.get("by_component") or {}).items() if v["total"])
+            cols += [_count(p.get("total")), _count(p.get("trainable")), f"{p['trainable_pct']:.3f}" if p.get("trainable_pct") is not None else p.get("error", "-"), comps]
+        if estimate:
+            e = r.get("estimate") or {}
+            cols.append(f"{e['total_mb']:.0f}" if e.get("total_mb") is not None else "-")
+        table.add_row(*cols)
+    return table

@@ -1,0 +1,187 @@
+"""Memory and time probes, and the environment fingerprint stored with every record.
+
+Memory is measured above a baseline taken before the model is built:
+- CUDA: peak allocated and reserved from the caching allocator's counters (reset at the start of
+  the measured region) and device-level used memory (cudaMemGetInfo, what NVML reports).
+- CPU: the process high-water mark. Writing 5 to /proc/self/clear_refs resets VmHWM to the current
+  RSS, so the peak of one region can be read from VmHWM afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class MemoryProbe:
+    """Baseline first (before the model exists), then `start_region()` / `peak()` around the measured work."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.kind = "cuda_allocated" if self.cuda else "cpu_rss_hwm"
+        self.baseline_mb = self._current_mb()
+        self.device_used_baseline_mb = self._device_used_mb()
+
+    def _current_mb(self) -> float:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            return torch.cuda.memory_allocated() / MB
+        rss = _proc_status_kb("VmRSS")
+        return (rss or 0) / 1024
+
+    def _device_used_mb(self) -> float | None:
+        if not self.cuda:
+            return None
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / MB
+
+    def start_region(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            _reset_hwm()
+
+    def current_above_baseline_mb(self) -> float:
+        return self._current_mb() - self.baseline_mb
+
+    def peak(self) -> dict:
+        """Peak figures in MB above the baseline since start_region()."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            used = self._device_used_mb()
+            return {
+                "memory_kind": self.kind,
+                "peak_memory_mb": round(torch.cuda.max_memory_allocated() / MB - self.baseline_mb, 2),
+                "peak_reserved_mb": round(torch.cuda.max_memory_reserved() / MB, 2),
+                "nvml_used_mb": round(used - self.device_used_baseline_mb, 2) if used is not None else None,
+            }
+        hwm = _proc_status_kb("VmHWM")
+        return {
+            "memory_kind": self.kind,
+            "peak_memory_mb": round((hwm or 0) / 1024 - self.baseline_mb, 2),
+            "peak_reserved_mb": None,
+            "nvml_used_mb": None,
+        }
+
+
+class StepTimer:
+    """Per-step wall times with the device synchronised before each clock read."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def _sync(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def start(self):
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        self._sync()
+        dt = time.perf_counter() - self._t0
+        self.times.append(dt)
+        return dt
+
+
+def step_stats(times: list[float], warmup: int) -> dict:
+    """Median and inter-quartile range of step times, warm-up steps excluded (all kept if too few)."""
+    timed = times[warmup:] if len(times) > warmup else times
+    if not timed:
+        return {"step_s_median": None, "step_s_iqr": None, "steps_timed": 0, "warmup_steps_excluded": 0}
+    if len(timed) >= 4:
+        q = statistics.quantiles(timed, n=4)
+        iqr = q[2] - q[0]
+    else:
+        iqr = max(timed) - min(timed)
+    return {
+        "step_s_median": round(statistics.median(timed), 6),
+        "step_s_iqr": round(iqr, 6),
+        "steps_timed": len(timed),
+        "warmup_steps_excluded": len(times) - len(timed),
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_state(cwd: str | Path | None = None) -> tuple[str | None, bool | None]:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None, None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def environment(device: str, cwd: str | Path | None = None) -> dict:
+    """The fingerprint of where a number was measured."""
+    import torch
+
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    sha, dirty = git_state(cwd)
+    return {
+        "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "device_count": torch.cuda.device_count() if cuda else 0,
+        "cpu": f"{platform.machine()} {os.cpu_count()} cores",
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if cuda else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "peft": _version("peft"),
+        "bitsandbytes": _version("bitsandbytes"),
+        "accelerate": _version("accelerate"),
+        "open_clip": _version("open_clip_torch"),
+        "bench": _version("bench"),
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+    }

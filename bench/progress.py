@@ -1,0 +1,63 @@
+"""The live display of `bench run`: cells done/total with ETA, the current cell, its step and loss.
+
+On a terminal it is a rich live progress display; elsewhere (CI logs) one line per finished cell.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+_STATUS_STYLE = {"ok": "green", "skipped": "dim", "oom": "yellow", "timeout": "yellow", "diverged": "magenta", "error": "red"}
+
+
+class SuiteProgress:
+    def __init__(self, total: int, *, console: Console | None = None, enabled: bool = True):
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled
+        self.total = total
+        self.done = 0
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, disable=not enabled, transient=False,
+        )
+        self._cells = self.progress.add_task("cells", total=total, info="")
+        self._item = self.progress.add_task("", total=None, info="")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def start_item(self, label: str, steps: int | None) -> None:
+        self.progress.reset(self._item, total=steps or None, description=f"  {label}", info="")
+
+    def event(self, event: tuple) -> None:
+        if event and event[0] == "step":
+            _, step, steps, loss = event
+            self.progress.update(self._item, completed=step, total=steps, info=f"loss {loss:.4f}")
+
+    def log(self, text: str) -> None:
+        self.console.print(text)
+
+    def finish_item(self, record: dict) -> None:
+        self.done += 1
+        self.progress.advance(self._cells)
+        status = record["status"]
+        style = _STATUS_STYLE.get(status, "white")
+        q = record.get("quality") or {}
+        cost = record.get("cost") or {}
+        parts = [f"[{style}]{status}[/]", f"{record['model']['name']} × {record['dataset']['name']} × {record['method']['name']}"]
+        if record.get("repeat"):
+            parts.append(f"repeat {record['repeat']}")
+        if q.get("delta") is not None:
+            parts.append(f"Δ {q['metric']} {q['delta']:+.2f}")
+        if cost.get("peak_memory_mb") is not None:
+            parts.append(f"{cost['peak_memory_mb']:.0f} MB")
+        if cost.get("train_wall_s") is not None:
+            parts.append(f"{cost['train_wall_s']:.1f} s")
+        if status != "ok" and record.get("message"):
+            parts.append(f"— {record['message'][:160]}")
+        self.console.print(f"[{self.done}/{self.total}] " + "  ".join(parts), highlight=False)

@@ -1,0 +1,244 @@
+"""Aggregation over repeats, the noise rule and Pareto fronts, shared by report, compare and gate.
+
+A *group* is every (latest) record of one cell_id: its repeats. Numbers are summarised over the
+repeats that finished (status "ok"); a cell whose repeats all failed has no numbers.
+
+The noise rule (`differs`): two groups differ on a field beyond noise when
+
+    |mean_new - mean_old| > noise,   noise = max(range_old, range_new),   range = max - min
+
+i.e. the change is larger than the spread any one configuration showed between its own repeats.
+A side with a single value has no range and contributes nothing (a baseline run three times
+still gives its spread to a one-off current run). With no repeats on either side nothing was
+measured: noise is None and every change counts (the thresholds alone decide). The rule is deliberately conservative for a CI gate (it never
+calls a shift inside the observed run-to-run spread a regression) and explainable in one line,
+which a t-test on 2-3 repeats is not. `welch_p` gives the Welch t-test p-value as extra
+information for readers who have more repeats.
+
+This module never imports torch; scipy is imported lazily by `welch_p` only.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from bench.records import latest_per_cell
+
+# Every numeric field report/compare/gate look at, as dotted paths into a record.
+NUMERIC_FIELDS = (
+    "cost.peak_memory_mb", "cost.peak_reserved_mb", "cost.nvml_used_mb", "cost.estimate_mb",
+    "cost.train_wall_s", "cost.step_s_median", "cost.step_s_iqr", "cost.samples_per_s",
+    "cost.tokens_per_s", "cost.padded_tokens_per_s", "cost.mfu",
+    "quality.base", "quality.tuned", "quality.delta",
+    "params.total", "params.trainable", "params.trainable_pct",
+)
+
+
+def get(record: dict, dotted: str):
+    """The value at a dotted path ("cost.peak_memory_mb"), or None where any part is absent or null."""
+    value = record
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _number(value) -> float | None:
+    # bools are ints in Python; a flag is not a measurement
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if math.isnan(value) or math.isinf(value):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One field over the repeats of one cell."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (n - 1); None for a single value."""
+        return statistics.stdev(self.values) if self.n >= 2 else None
+
+    @property
+    def min(self) -> float:
+        return min(self.values)
+
+    @property
+    def max(self) -> float:
+        return max(self.values)
+
+    @property
+    def spread(self) -> float | None:
+        """max - min over the repeats; None when there is one value (no spread was measured)."""
+        return self.max - self.min if self.n >= 2 else None
+
+
+def summarize(records: list[dict], dotted: str, *, ok_only: bool = True) -> Summary | None:
+    """The field over `records` (ok ones unless told otherwise); None when no record has a number."""
+    values = []
+    for r in records:
+        if ok_only and r.get("status") != "ok":
+            continue
+        v = _number(get(r, dotted))
+        if v is not None:
+            values.append(v)
+    return Summary(tuple(values)) if values else None
+
+
+@dataclass
+class Group:
+    """The repeats of one cell (latest record per repeat), ordered by repeat."""
+
+    cell_id: str
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def first(self) -> dict:
+        return self.records[0]
+
+    @property
+    def ok(self) -> list[dict]:
+        return [r for r in self.records if r.get("status") == "ok"]
+
+    @property
+    def status(self) -> str:
+        """"ok" when every repeat is ok, else the first status that is not."""
+        for r in self.records:
+            if r.get("status") != "ok":
+                return r.get("status", "error")
+        return "ok"
+
+    @property
+    def message(self) -> str:
+        for r in self.records:
+            if r.get("status") != "ok" and r.get("message"):
+                return str(r["message"])
+        return ""
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    def summary(self, dotted: str) -> Summary | None:
+        return summarize(self.records, dotted)
+
+    def mean(self, dotted: str) -> float | None:
+        s = self.summary(dotted)
+        return s.mean if s else None
+
+    # names used by every table
+    @property
+    def model(self) -> str:
+        return str(get(self.first, "model.name") or "?")
+
+    @property
+    def dataset(self) -> str:
+        return str(get(self.first, "dataset.name") or "?")
+
+    @property
+    def method(self) -> str:
+        return str(get(self.first, "method.name") or "?")
+
+    @property
+    def metric(self) -> str | None:
+        return get(self.first, "quality.metric")
+
+    @property
+    def higher_is_better(self) -> bool:
+        hib = get(self.first, "quality.higher_is_better")
+        return True if hib is None else bool(hib)
+
+    @property
+    def random_weights(self) -> bool:
+        return get(self.first, "model.weights") == "random"
+
+
+def group_by_cell(records: list[dict]) -> dict[str, Group]:
+    """cell_id -> Group, in first-seen order; a re-run repeat replaces the older record of that repeat."""
+    groups: dict[str, Group] = {}
+    for r in latest_per_cell(records):
+        groups.setdefault(r["cell_id"], Group(r["cell_id"])).records.append(r)
+    for g in groups.values():
+        g.records.sort(key=lambda r: r.get("repeat", 0) or 0)
+    return groups
+
+
+def noise(a: Summary | None, b: Summary | None) -> float | None:
+    """The larger repeat spread of the two sides; None when neither side has two values."""
+    spreads = [s.spread for s in (a, b) if s is not None and s.spread is not None]
+    return max(spreads) if spreads else None
+
+
+def differs(a: Summary | None, b: Summary | None) -> bool:
+    """Whether the means differ beyond noise (module docstring). Unmeasured noise: any difference counts."""
+    if a is None or b is None:
+        return False
+    n = noise(a, b)
+    delta = abs(b.mean - a.mean)
+    return delta > 0 if n is None else delta > n
+
+
+def welch_p(a: Summary | None, b: Summary | None) -> float | None:
+    """Two-sided Welch t-test p-value; None with fewer than two values a side or no variance at all."""
+    if a is None or b is None or a.n < 2 or b.n < 2 or (a.std == 0 and b.std == 0):
+        return None
+    from scipy import stats as sps
+
+    return float(sps.ttest_ind(a.values, b.values, equal_var=False).pvalue)
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:
+    """Names of the points not dominated when cost (x) is minimised and gain (y) maximised.
+
+    A point is dominated when another has cost <= and gain >= with at least one strictly better.
+    Equal points are both kept.
+    """
+    front = set()
+    for name, x, y in points:
+        dominated = any(
+            (ox <= x and oy >= y) and (ox < x or oy > y) for oname, ox, oy in points if oname != name
+        )
+        if not dominated:
+            front.add(name)
+    return front
+
+
+def gain(group: Group) -> float | None:
+    """Mean Δ quality oriented so that larger is better (a lower-is-better metric's delta is negated)."""
+    d = group.mean("quality.delta")
+    if d is None or group.random_weights:
+        return None
+    return d if group.higher_is_better else -d
+
+
+def pareto_cells(groups: list[Group], cost_field: str) -> set[str]:
+    """cell_ids on the (cost, Δ quality) front among `groups` (one model x dataset); needs both numbers."""
+    points = []
+    for g in groups:
+        x, y = g.mean(cost_field), gain(g)
+        if x is not None and y is not None:
+            points.append((g.cell_id, x, y))
+    return pareto_front(points)
+
+
+def by_model_dataset(groups) -> dict[tuple[str, str], list[Group]]:
+    """(model, dataset) -> its groups, in first-seen order."""
+    out: dict[tuple[str, str], list[Group]] = {}
+    for g in groups:
+        out.setdefault((g.model, g.dataset), []).append(g)
+    return out

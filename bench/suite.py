@@ -1,0 +1,308 @@
+"""Suite files: TOML → a validated, frozen Suite. Nothing here imports torch.
+
+Every problem is reported as a SuiteError naming the file, the table and the key, with a fix;
+unknown keys get a "did you mean". Validation happens before any model is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError, SuiteError
+from bench.keys import (
+    EXCLUDE_KEYS, GATE_KEYS, GRID_KEYS, METHOD_KEYS, MODEL_KEYS, SUITE_KEYS, TOP_LEVEL, TRAIN_KEYS, Key,
+)
+from bench.models.catalog import FAMILIES
+
+ADAPTER_KINDS = ("lora", "dora", "qlora", "ia3", "loha", "lokr", "vera")
+RANKED_KINDS = ("lora", "dora", "qlora", "loha", "lokr", "vera")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A named [models.X] / [datasets.X] / [methods.X] table with defaults filled in (train overrides apart)."""
+
+    name: str
+    config: dict
+    train: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Grid:
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    methods: tuple[str, ...]
+    exclude: tuple[dict, ...] = ()
+    train: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    settings: dict  # [suite] with defaults
+    defaults: dict  # [defaults] merged over TRAIN_KEYS defaults
+    models: dict[str, Entry]
+    datasets: dict[str, Entry]
+    methods: dict[str, Entry]
+    grids: tuple[Grid, ...]
+    gate: dict
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        if self.settings.get("seeds"):
+            return tuple(self.settings["seeds"])
+        return tuple(self.defaults["seed"] + i for i in range(self.settings["repeats"]))
+
+
+class _Checker:
+    """Validation helpers bound to one file, so every message names it."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, where: str, message: str, fix: str | None = None) -> SuiteError:
+        return SuiteError(message, file=self.file, where=where, fix=fix)
+
+    def table(self, value: Any, where: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"must be a table, got {_type_name(value)}", f"write it as [{where}] with key = value lines")
+        return value
+
+    def keys(self, table: dict, spec: dict, where: str) -> dict:
+        """Check names, types and ranges of `table` against `spec`; return it with defaults filled in."""
+        for key in table:
+            if key not in spec:
+                close = difflib.get_close_matches(key, list(spec), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(sorted(spec))}"
+                raise self.fail(f"[{where}] key '{key}'", "unknown key", hint)
+        out = {}
+        for key, k in spec.items():
+            if key not in table:
+                if k.required:
+                    raise self.fail(f"[{where}] key '{key}'", "missing required key", f"add {key} = ... ({k.doc})")
+                out[key] = k.default
+                continue
+            out[key] = self.value(table[key], k, f"[{where}] key '{key}'")
+        return out
+
+    def value(self, value: Any, k: Key, where: str):
+        types = k.type if isinstance(k.type, tuple) else (k.type,)
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+            raise self.fail(where, f"must be {want}, got {_type_name(value)} {value!r}", k.doc or None)
+        if float in types and isinstance(value, int):
+            value = float(value)
+        if k.choices and value not in k.choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in k.choices], n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise self.fail(where, f"{value!r} is not one of {', '.join(map(str, k.choices))}", f"{hint}{k.doc}")
+        if k.min is not None and value < k.min:
+            raise self.fail(where, f"must be ≥ {k.min}, got {value}", k.doc or None)
+        if k.above is not None and value <= k.above:
+            raise self.fail(where, f"must be > {k.above}, got {value}", k.doc or None)
+        return value
+
+    def names(self, value: Any, known: dict, kind: str, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(where, f"must be a list of {kind} names", f'e.g. {kind}s = ["name"]')
+        if not value:
+            raise self.fail(where, "is empty", f"name at least one of: {', '.join(known) or '(none defined)'}")
+        for v in value:
+            if v not in known:
+                close = difflib.get_close_matches(v, list(known), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"define it as [{kind}s.{v}] or use one of: {', '.join(known) or '(none defined)'}"
+                raise self.fail(where, f"unknown {kind} '{v}'", hint)
+        return tuple(value)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
+
+
+def _type_name(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file. Raises SuiteError (or DataError for dataset files) on any problem."""
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise SuiteError("no such suite file", file=file, fix="check the path; suites live in suites/*.toml")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"not valid TOML: {exc}", file=file, fix="fix the syntax at the line and column named") from None
+    return parse_suite(raw, path.resolve(), display=file)
+
+
+def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
+    c = _Checker(display or str(path))
+    for key in raw:
+        if key not in TOP_LEVEL:
+            close = difflib.get_close_matches(key, TOP_LEVEL, n=1)
+            raise c.fail(f"table [{key}]", "unknown table", f"did you mean [{close[0]}]?" if close else f"allowed tables: {', '.join(TOP_LEVEL)}")
+
+    settings = c.keys(c.table(raw.get("suite", {}), "suite"), SUITE_KEYS, "suite")
+    settings["name"] = settings["name"] or path.stem
+    if settings["seeds"] is not None:
+        if not settings["seeds"] or not all(isinstance(s, int) and not isinstance(s, bool) for s in settings["seeds"]):
+            raise c.fail("[suite] key 'seeds'", "must be a non-empty list of integers", "e.g. seeds = [0, 1]")
+    defaults = c.keys(c.table(raw.get("defaults", {}), "defaults"), TRAIN_KEYS, "defaults")
+
+    models = _entries(c, raw, "models", lambda name, t: _model(c, name, t))
+    datasets = _entries(c, raw, "datasets", lambda name, t: _dataset(c, name, t, path.parent))
+    methods = _entries(c, raw, "methods", lambda name, t: _method(c, name, t))
+
+    grids_raw = raw.get("grid", [])
+    if isinstance(grids_raw, dict):
+        grids_raw = [grids_raw]
+    if not isinstance(grids_raw, list) or not grids_raw:
+        raise c.fail("[[grid]]", "the suite has no grid, so it expands to zero cells", "add [[grid]] with models, datasets and methods lists")
+    grids = tuple(_grid(c, i, g, models, datasets, methods) for i, g in enumerate(grids_raw))
+
+    gate = c.keys(c.table(raw.get("gate", {}), "gate"), GATE_KEYS, "gate")
+    if gate["rules"] is not None:
+        from bench.gate import parse_rules
+
+        try:
+            parse_rules(gate["rules"])
+        except BenchError as exc:
+            raise c.fail("[gate] key 'rules'", exc.message, exc.fix) from None
+    suite = Suite(settings["name"], path, settings, defaults, models, datasets, methods, grids, gate)
+
+    from bench.plan import expand  # a suite must expand to at least one cell
+
+    if not expand(suite):
+        raise c.fail("[[grid]]", "every combination is excluded, so the suite expands to zero cells", "remove or narrow the exclude entries")
+    return suite
+
+
+def _entries(c: _Checker, raw: dict, kind: str, build) -> dict[str, Entry]:
+    table = c.table(raw.get(kind, {}), kind)
+    return {name: build(name, c.table(t, f"{kind}.{name}")) for name, t in table.items()}
+
+
+def _train(c: _Checker, value, where: str) -> dict:
+    if value is None:
+        return {}
+    table = c.table(value, where)
+    checked = c.keys(table, TRAIN_KEYS, where)
+    return {k: checked[k] for k in table}  # only the keys the entry sets: they override, the rest inherit
+
+
+def _model(c: _Checker, name: str, table: dict) -> Entry:
+    where = f"models.{name}"
+    cfg = c.keys(table, MODEL_KEYS, where)
+    info = FAMILIES[cfg["family"]]
+    if cfg["preset"] not in info.presets:
+        raise c.fail(f"[{where}] key 'preset'", f"family {cfg['family']} has no preset '{cfg['preset']}'", f"use one of: {', '.join(info.presets)}")
+    if cfg["backend"] not in info.backends:
+        raise c.fail(f"[{where}] key 'backend'", f"family {cfg['family']} has no backend '{cfg['backend']}'", f"use one of: {', '.join(info.backends)}")
+    if cfg["weights"] is None:
+        cfg["weights"] = "pretrained" if cfg["checkpoint"] else ("zoo" if cfg["preset"] == "tiny" else "random")
+    if cfg["weights"] == "pretrained" and not cfg["checkpoint"]:
+        raise c.fail(f"[{where}] key 'weights'", "weights = \"pretrained\" needs a checkpoint", 'set checkpoint = "<hf id or local dir>", or weights = "random" to measure cost only')
+    if cfg["weights"] == "zoo" and (cfg["preset"] != "tiny" or cfg["checkpoint"]):
+        raise c.fail(f"[{where}] key 'weights'", "weights = \"zoo\" is bench's own pretrained base for the tiny preset only", 'use preset = "tiny" without a checkpoint, or weights = "random"/"pretrained"')
+    if cfg["weights"] == "zoo" and cfg["backend"] != "transformers":
+        raise c.fail(f"[{where}] key 'backend'", "the zoo bases are built with the transformers backend", 'use weights = "random" with backend = "open_clip"')
+    train = _train(c, cfg.pop("train"), f"{where}.train")
+    return Entry(name, {"name": name, **cfg}, train)
+
+
+def _dataset(c: _Checker, name: str, table: dict, base_dir: Path) -> Entry:
+    from bench.data.loader import DATASET_KEYS, FORMATS, check_dataset
+
+    where = f"datasets.{name}"
+    spec = {k: Key(t, None, doc) for k, (t, doc) in DATASET_KEYS.items()}
+    spec["format"] = Key(str, None, DATASET_KEYS["format"][1], choices=tuple(FORMATS), required=True)
+    spec["train"] = Key(dict, None, "training-setting overrides for cells of this dataset")
+    cfg = c.keys(table, spec, where)
+    cfg = {k: v for k, v in cfg.items() if v is not None or k in table}
+    tasks = FORMATS[cfg["format"]]
+    if cfg.get("task") is None:
+        if len(tasks) > 1:
+            raise c.fail(f"[{where}] key 'task'", f"format {cfg['format']} offers several tasks", f"set task to one of: {', '.join(tasks)}")
+        cfg["task"] = tasks[0]
+    elif cfg["task"] not in tasks:
+        raise c.fail(f"[{where}] key 'task'", f"format {cfg['format']} has no task '{cfg['task']}'", f"use one of: {', '.join(tasks)}")
+    train = _train(c, cfg.pop("train", None), f"{where}.train")
+    check_dataset(cfg, base_dir=base_dir, file=c.file, where=f"[{where}]")
+    return Entry(name, {"name": name, **cfg}, train)
+
+
+def _method(c: _Checker, name: str, table: dict) -> Entry:
+    where = f"methods.{name}"
+    cfg = c.keys(table, METHOD_KEYS, where)
+    kind = cfg["kind"]
+    if kind in RANKED_KINDS and cfg["alpha"] is None:
+        cfg["alpha"] = float(2 * cfg["r"])
+    if cfg["targets"] is not None:
+        for comp, leaves in cfg["targets"].items():
+            if not isinstance(leaves, list) or not leaves or not all(isinstance(x, str) for x in leaves):
+                raise c.fail(f"[{where}] key 'targets'", f"targets.{comp} must be a non-empty list of module names", f'e.g. targets = {{ {comp} = ["q_proj", "v_proj"] }}')
+    for key in ("train_full", "freeze"):
+        if cfg[key] is not None and not all(isinstance(x, str) for x in cfg[key]):
+            raise c.fail(f"[{where}] key '{key}'", "must be a list of component names", f'e.g. {key} = ["projector"]')
+    if kind not in ADAPTER_KINDS:
+        for key in ("targets", "train_full"):
+            if key in table:
+                raise c.fail(f"[{where}] key '{key}'", f"has no meaning for kind = \"{kind}\"", f"remove it, or use an adapter kind ({', '.join(ADAPTER_KINDS)})")
+    # keep only what matters for this kind, so equal methods hash equal and records stay readable
+    keep = {"kind", "train_full", "targets"}
+    if kind in RANKED_KINDS:
+        keep |= {"r", "alpha", "dropout"}
+    if kind == "qlora":
+        keep |= {"quant_type", "double_quant", "compute_dtype"}
+    if kind == "full":
+        keep = {"kind", "freeze"}
+    train = _train(c, cfg.pop("train"), f"{where}.train")
+    return Entry(name, {"name": name, **{k: v for k, v in cfg.items() if k in keep}}, train)
+
+
+def _grid(c: _Checker, i: int, table, models, datasets, methods) -> Grid:
+    where = f"grid[{i}]"
+    cfg = c.keys(c.table(table, where), GRID_KEYS, where)
+    g_models = c.names(cfg["models"], models, "model", f"[{where}] key 'models'")
+    g_datasets = c.names(cfg["datasets"], datasets, "dataset", f"[{where}] key 'datasets'")
+    g_methods = c.names(cfg["methods"], methods, "method", f"[{where}] key 'methods'")
+    excludes = []
+    for j, ex in enumerate(cfg["exclude"]):
+        ew = f"{where}.exclude[{j}]"
+        ex = {k: v for k, v in c.keys(c.table(ex, ew), EXCLUDE_KEYS, ew).items() if v is not None}
+        if not ex:
+            raise c.fail(f"[{ew}]", "an empty exclude matches every cell", "name a model, dataset and/or method")
+        for k, known in (("model", models), ("dataset", datasets), ("method", methods)):
+            if k in ex:
+                c.names([ex[k]], known, k, f"[{ew}] key '{k}'")
+        excludes.append(ex)
+    for m in g_models:
+        family = models[m].config["family"]
+        for d in g_datasets:
+            if datasets[d].config["task"] != FAMILIES[family].task and not any(_excludes(ex, m, d, None) for ex in excludes):
+                raise c.fail(
+                    f"[{where}]",
+                    f"model '{m}' ({family}) trains on {FAMILIES[family].task} data, dataset '{d}' is {datasets[d].config['task']}",
+                    f"pair {family} models with a {FAMILIES[family].task} dataset, or add exclude = [{{model = \"{m}\", dataset = \"{d}\"}}]",
+                )
+    return Grid(g_models, g_datasets, g_methods, tuple(excludes), _train(c, cfg["train"], f"{where}.train"))
+
+
+def _excludes(ex: dict, model: str, dataset: str, method: str | None) -> bool:
+    """True when the exclude entry matches; method=None means 'whatever the method' (it must not name one)."""
+    if "model" in ex and ex["model"] != model:
+        return False
+    if "dataset" in ex and ex["dataset"] != dataset:
+        return False
+    if "method" in ex:
+        return method is not None and ex["method"] == method
+    return True

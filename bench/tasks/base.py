@@ -1,0 +1,44 @@
+"""The contract of a task module (bench/tasks/contrastive.py, captioning.py, instruct.py).
+
+A task module defines at module level:
+
+    TASK: str                 # classification | caption | vqa  (must equal the family's TASK)
+    METRIC: str               # the headline metric's name, e.g. "zero_shot_acc", "CIDEr", "vqa_acc"
+    HIGHER_IS_BETTER: bool
+
+    def encode(loaded: LoadedModel, samples: list[Sample], settings: TaskSettings) -> list[dict]
+        # per-sample tensors (CPU), done once before training; the images go through the
+        # processor here so the timed loop measures the model, not PIL.
+    def collate(encoded: list[dict], loaded: LoadedModel) -> dict
+        # one micro-batch: the keyword arguments of the model's forward, padded, on CPU
+    def loss(model, batch: dict) -> torch.Tensor
+        # scalar training loss (CLIP: contrastive; BLIP-2: caption LM loss; LLaVA: SFT loss
+        # with the user turn and image tokens masked to -100)
+    def count_tokens(batch: dict) -> tuple[int, int]
+        # (real tokens, padded tokens) in the batch, for tokens/s
+    def evaluate(loaded: LoadedModel, model, splits: DatasetSplits, settings: TaskSettings) -> Quality
+        # quality on splits.eval with the model as it is now (base or tuned)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    max_seq_len: int = 32
+    eval_batch_size: int = 16
+    max_new_tokens: int = 8  # captioning / VQA generation
+    num_beams: int = 1  # 1 = greedy
+    prompt_template: str = "a photo of a {}"  # CLIP zero-shot class prompt
+    device: str = "cpu"
+
+
+@dataclass
+class Quality:
+    metric: str
+    value: float  # on a 0-100 scale ("points"), as the field reports accuracy and CIDEr
+    higher_is_better: bool
+    extra: dict = field(default_factory=dict)  # other metrics of the same evaluation (BLEU-4, ROUGE-L, ...)
+    n: int = 0  # evaluated samples

@@ -1,0 +1,148 @@
+"""One explicit training loop: accumulation, schedule, precision, clipping, timing, divergence.
+
+It reads top to bottom; everything that can move a number comes in through `settings`
+(the cell's resolved training table) and goes back out in the record.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+from bench.errors import BenchError
+from bench.profile import MemoryProbe, StepTimer
+
+
+class Diverged(Exception):
+    def __init__(self, step: int, loss: float, losses: list | None = None):
+        self.step, self.loss, self.losses = step, loss, losses or []
+        super().__init__(f"loss {loss} at step {step}")
+
+
+class MemoryCapExceeded(Exception):
+    """The suite's memory_cap_mb was passed: treated exactly like an out-of-memory error."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    step_times: list[float] = field(default_factory=list)
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    samples: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    optimizer_state_bytes: int = 0
+
+
+def total_steps(settings: dict, n_samples: int) -> int:
+    if settings.get("epochs"):
+        per_step = settings["batch_size"] * settings["grad_accum"]
+        return max(1, math.ceil(settings["epochs"] * n_samples / per_step))
+    return settings["steps"]
+
+
+def make_optimizer(params, settings: dict, device: str):
+    import torch
+
+    name, lr, wd = settings["optimizer"], settings["lr"], settings["weight_decay"]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    if not device.startswith("cuda"):
+        raise BenchError(f"optimizer '{name}' (bitsandbytes) needs a CUDA device", fix='use optimizer = "adamw" on the CPU')
+    import bitsandbytes as bnb
+
+    cls = {"paged_adamw_8bit": bnb.optim.PagedAdamW8bit, "paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "adamw_8bit": bnb.optim.AdamW8bit}[name]
+    return cls(params, lr=lr, weight_decay=wd)
+
+
+def _autocast(settings: dict, device: str):
+    import torch
+
+    if settings["precision"] == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if settings["precision"] == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+def _to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def train(model, task, encoded: list, loaded, settings: dict, *, device: str, seed: int,
+          probe: MemoryProbe | None = None, on_step=None) -> TrainResult:
+    """Train `model` in place for the cell's steps; raises Diverged or MemoryCapExceeded, lets OOM propagate."""
+    import torch
+    from transformers import get_scheduler
+
+    steps = total_steps(settings, len(encoded))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise BenchError("the method left no trainable parameter", fix="check the method's targets and train_full")
+    optimizer = make_optimizer(params, settings, device)
+    scheduler = get_scheduler(settings["schedule"], optimizer, num_warmup_steps=settings["warmup_steps"], num_training_steps=steps)
+    scaler = torch.amp.GradScaler("cuda") if settings["precision"] == "fp16" and device.startswith("cuda") else None
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    bs, accum = settings["batch_size"], settings["grad_accum"]
+    result = TrainResult(steps=steps)
+    timer = StepTimer(device)
+    cap = settings.get("memory_cap_mb")
+
+    def next_batch():
+        nonlocal order
+        if len(order) < bs:  # reshuffle each pass; a short tail joins the next pass
+            order += torch.randperm(len(encoded), generator=generator).tolist()
+        idx, order = order[:bs], order[bs:]
+        return task.collate([encoded[i] for i in idx], loaded)
+
+    model.train()
+    for step in range(1, steps + 1):
+        timer.start()
+        step_loss = 0.0
+        for _ in range(accum):
+            batch = next_batch()
+            real, padded = task.count_tokens(batch)
+            batch = _to_device(batch, device)
+            with _autocast(settings, device):
+                loss = task.loss(model, batch) / accum
+            (scaler.scale(loss) if scaler else loss).backward()
+            step_loss += loss.item()
+            if step > settings["timing_warmup_steps"]:
+                result.samples += bs
+                result.real_tokens += real
+                result.padded_tokens += padded
+        if not math.isfinite(step_loss) or step_loss > settings["diverge_loss"]:
+            raise Diverged(step, step_loss, result.losses + [(step, step_loss)])
+        if scaler:
+            scaler.unscale_(optimizer)
+        if settings["max_grad_norm"]:
+            torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        timer.stop()
+        result.losses.append((step, round(step_loss, 6)))
+        if step == 1:
+            result.optimizer_state_bytes = _state_bytes(optimizer)
+        if cap and probe is not None and probe.current_above_baseline_mb() > cap:
+            raise MemoryCapExceeded(f"memory {probe.current_above_baseline_mb():.1f} MB above baseline passed memory_cap_mb = {cap:g}")
+        if on_step:
+            on_step(step, steps, step_loss)
+    result.step_times = timer.times
+    return result
+
+
+def _state_bytes(optimizer) -> int:
+    total = 0
+    for state in optimizer.state.values():
+        for v in state.values():
+            if hasattr(v, "element_size") and hasattr(v, "numel"):
+                total += v.element_size() * v.numel()
+    return total

@@ -1,0 +1,49 @@
+"""Process isolation: results, events, crashes, kills and hangs all come back as outcomes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from bench.isolate import call_isolated
+
+
+def _ok(x, *, emit):
+    emit("step", 1, 2, 0.5)
+    return {"pid": os.getpid(), "x": x}
+
+
+def _raise(*, emit):
+    raise RuntimeError("boom")
+
+
+def _die(*, emit):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hang(*, emit):
+    time.sleep(60)
+
+
+def test_result_and_events_cross_the_process_boundary():
+    events = []
+    out = call_isolated(_ok, 3, timeout_s=30, on_event=events.append)
+    assert out.kind == "ok" and out.value["x"] == 3 and out.value["pid"] != os.getpid()
+    assert events == [("step", 1, 2, 0.5)]
+
+
+def test_exception_is_reported_not_raised():
+    out = call_isolated(_raise, timeout_s=30)
+    assert out.kind == "raised" and "RuntimeError: boom" in out.message
+
+
+def test_killed_child_is_a_crash_outcome():
+    out = call_isolated(_die, timeout_s=30)
+    assert out.kind == "crashed" and "SIGKILL" in out.message
+
+
+def test_hang_past_the_timeout_is_killed():
+    start = time.monotonic()
+    out = call_isolated(_hang, timeout_s=1.0)
+    assert out.kind == "timeout" and time.monotonic() - start < 15
