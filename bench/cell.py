@@ -7,7 +7,6 @@ once per (model, dataset) and passed in.
 
 from __future__ import annotations
 
-import gc
 import math
 import traceback
 
@@ -62,21 +61,11 @@ def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> 
 
 
 def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_path: str | None = None,
-             oom_backoff: bool = False, min_batch_size: int = 1, on_step=None) -> dict:
-    """Train and evaluate one cell (with OOM back-off when asked); returns the record's variable part."""
-    settings = dict(cell.train)
-    attempts = []
-    while True:
-        outcome = _attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step)
-        attempts.append({"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"], "status": outcome["status"]})
-        gc.collect()
-        if outcome["status"] == "oom" and oom_backoff and settings["batch_size"] // 2 >= min_batch_size:
-            settings = {**settings, "batch_size": settings["batch_size"] // 2, "grad_accum": settings["grad_accum"] * 2}
-            _empty_cache()
-            continue
-        break
-    outcome["cost"]["attempts"] = attempts
-    outcome["fitted"] = {"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"]}
+             settings: dict | None = None, on_step=None) -> dict:
+    """Train and evaluate one cell once (OOM back-off is the runner's: each attempt gets a fresh process);
+    returns the record's variable part."""
+    settings = settings or dict(cell.train)
+    outcome = _attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step)
     outcome["quality"] = _quality_record(cell, base, outcome.pop("tuned", None))
     return outcome
 
@@ -94,11 +83,16 @@ def _quality_record(cell, base: dict | None, tuned: dict | None) -> dict:
     return out
 
 
-def _empty_cache():
+def _warm_runtime(device: str) -> None:
+    """One tiny forward/backward/AdamW step, so thread pools and kernel workspaces that torch allocates on
+    first use are part of the baseline rather than charged to the first cell's peak memory."""
     import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    layer = torch.nn.Linear(64, 64).to(device)
+    opt = torch.optim.AdamW(layer.parameters())
+    layer(torch.randn(8, 64, device=device)).square().mean().backward()
+    opt.step()
+    del layer, opt
 
 
 def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step) -> dict:
@@ -106,20 +100,25 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
 
     from bench.methods import apply_method, count_params, quantization_config
     from bench.models import get_family
-    from bench.profile import MemoryProbe, step_stats
+    from bench.profile import MemoryProbe
     from bench.tasks import task_for_family
     from bench.train import Diverged, MemoryCapExceeded, train
 
-    probe = MemoryProbe(device)  # baseline before the model exists
+    _warm_runtime(device)
+    probe = MemoryProbe(device)  # baseline before the model exists, after the runtime's one-off allocations
     out: dict = {"status": "ok", "message": "", "params": {}, "cost": {"device": device}, "loss_curve": [], "diverged_at_step": None}
     try:
         family = get_family(cell.model["family"])
         task = task_for_family(cell.model["family"])
         torch.manual_seed(seed)
-        loaded = family.build(model_spec(cell.model, zoo_path), device=device,
+        # bf16 runs keep frozen weights in bf16 (what users do on GPUs); fp16 autocasts over fp32 weights
+        dtype = torch.bfloat16 if settings["precision"] == "bf16" else torch.float32
+        loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=dtype,
                               quantization=quantization_config(cell.method, device))
         model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
         out["params"] = count_params(model, loaded.components)
+        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings)
+        out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         ts = task_settings(settings, device)
         encoded = task.encode(loaded, splits.train, ts, **_encode_extras(task, splits))
         probe.start_region()
@@ -133,6 +132,12 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
     except (torch.OutOfMemoryError, MemoryCapExceeded) as exc:
         out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
         out["cost"].update(probe.peak())
+    except RuntimeError as exc:
+        if not _is_oom(exc):
+            out.update(status="error", message=_error_message(exc))
+        else:  # the CPU allocator's and some CUDA paths' out-of-memory arrive as plain RuntimeError
+            out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
+            out["cost"].update(probe.peak())
     except Diverged as exc:
         out.update(status="diverged", message=f"loss {exc.loss} at step {exc.step}", diverged_at_step=exc.step,
                    loss_curve=[[s, l if math.isfinite(l) else None] for s, l in _subsample(exc.losses)])
@@ -140,10 +145,30 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
     except BenchError as exc:
         out.update(status="error", message=exc.render())
     except Exception as exc:  # a cell's failure must never take the suite down
-        tb = traceback.format_exc().strip().splitlines()
-        out.update(status="error", message=f"{type(exc).__name__}: {exc}"[:500] + " | " + " / ".join(tb[-3:])[:500])
+        out.update(status="error", message=_error_message(exc))
     out["cost"].setdefault("peak_memory_mb", None)
     return out
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _error_message(exc: BaseException) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno} in {where.name})" if where else ""
+    return f"{type(exc).__name__}: {str(exc)[:600]}{at}"
+
+
+def _estimate(cell, loaded, params: dict, settings: dict) -> dict | None:
+    """The up-front memory prediction for this cell, kept beside the measurement (None where no memory model exists)."""
+    from bench.estimate import estimate_memory
+
+    config = getattr(loaded.model, "config", None)
+    if config is None or not hasattr(config, "vision_config"):
+        return None
+    return estimate_memory(cell.model["family"], config, params, {**settings, **cell.method}, cell.method["kind"])
 
 
 def _encode_extras(task, splits) -> dict:
@@ -153,6 +178,8 @@ def _encode_extras(task, splits) -> dict:
 
 
 def _throughput(result, settings: dict) -> dict:
+    from bench.profile import step_stats
+
     stats = step_stats(result.step_times, settings["timing_warmup_steps"])
     timed = sum(result.step_times[stats["warmup_steps_excluded"]:]) or float("nan")
     return {

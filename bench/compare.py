@@ -206,7 +206,7 @@ def render_markdown(result: CompareResult, *, show_all: bool = False) -> str:
     if result.env_warnings:
         lines.append("")
     worse = result.worse()
-    lines += [f"{len(result.cells)} cells paired, {len(worse)} changes for the worse beyond noise, "
+    lines += [f"{len(result.cells)} cell(s) paired, {len(worse)} change(s) for the worse beyond noise, "
               f"{len(result.missing)} missing, {len(result.extra)} new.", ""]
     rows = []
     for c in result.cells:
@@ -233,35 +233,37 @@ def render_markdown(result: CompareResult, *, show_all: bool = False) -> str:
 
 def render_terminal(result: CompareResult, console=None, *, show_all: bool = False) -> None:
     """A rich table: green = better beyond noise, red = worse beyond noise, dim = within noise.
-    Unchanged metrics are left out unless `show_all`."""
+    Unchanged metrics are left out unless `show_all`. Names and values are printed as plain Text,
+    never as markup, so a "[...]" in a model name or message prints as itself."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     for w in result.env_warnings:
-        console.print(f"[bold red]⚠ environment differs:[/] {w}")
-    table = Table(title="bench compare", show_lines=False)
-    for name, justify in (("Cell", "left"), ("Metric", "left"), ("Baseline", "right"), ("Current", "right"),
-                          ("Change", "right"), ("Verdict", "left")):
-        table.add_column(name, justify=justify)
+        console.print(Text.assemble(("⚠ environment differs: ", "bold red"), w))
+    table = Table(title="bench compare")
+    table.add_column("Cell")
+    table.add_column("Metric", no_wrap=True)
+    for name in ("Baseline", "Current", "Change"):
+        table.add_column(name, justify="right")
+    table.add_column("Verdict")
     for c in result.cells:
-        if c.status_changed:
-            style = "red" if c.new_status != "ok" else "green"
-            table.add_row(c.label, "status", c.old_status, c.new_status, "", f"[{style}]{c.new_status}[/]")
         shown = [m for m in c.changes if _shown(c, m, show_all)]
         if not shown and not c.status_changed:
             continue
+        if c.status_changed:
+            style = "red" if c.new_status != "ok" else "green"
+            table.add_row(Text(c.label), "status", Text(c.old_status), Text(c.new_status), "", Text(c.new_status, style))
         for m in shown:
             style = {"better": "green", "worse": "red"}.get(m.direction, "") if m.beyond_noise else "dim"
-            change = f"[{style}]{fmt_change(m)}[/]" if style else fmt_change(m)
-            verdict = f"[{style}]{_verdict(m)}[/]" if style else _verdict(m)
-            table.add_row(c.label, m.field, fmt_value(m.old_mean), fmt_value(m.new_mean), change, verdict)
+            table.add_row(Text(c.label), Text(m.field.removeprefix("cost.")), fmt_value(m.old_mean), fmt_value(m.new_mean),
+                          Text(fmt_change(m), style), Text(_verdict(m), style))
         table.add_section()
     console.print(table)
     worse = result.worse()
-    console.print(f"{len(result.cells)} cells paired; "
-                  + (f"[red]{len(worse)} changes for the worse beyond noise[/]" if worse else "[green]nothing worse beyond noise[/]"))
-    for g in result.missing:
-        console.print(f"[red]missing:[/] {g.cell_id} {g.model} / {g.dataset} / {g.method}")
-    for g in result.extra:
-        console.print(f"[yellow]new:[/] {g.cell_id} {g.model} / {g.dataset} / {g.method}")
+    summary = (f"{len(worse)} change(s) for the worse beyond noise", "red") if worse else ("nothing worse beyond noise", "green")
+    console.print(Text.assemble(f"{len(result.cells)} cell(s) paired; ", summary))
+    for label, style, groups in (("missing: ", "red", result.missing), ("new: ", "yellow", result.extra)):
+        for g in groups:
+            console.print(Text.assemble((label, style), f"{g.cell_id} {g.model} / {g.dataset} / {g.method}"))

@@ -115,7 +115,8 @@ def parse_rules(texts, *, file: str | None = None) -> list[Rule]:
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise RuleError(f"gate rules must be a list of strings, not {type(texts).__name__}", file=file,
                         where="[gate] rules", fix='rules = ["peak_memory_mb:+5%", "delta:-0.5"]')
-    return [parse_rule(t, file=file, where=f"[gate] rules[{i}]") for i, t in enumerate(texts)]
+    # with a file the rules came from a suite's [gate] table; without one, from the command line
+    return [parse_rule(t, file=file, where=f"[gate] rules[{i}]" if file else None) for i, t in enumerate(texts)]
 
 
 @dataclass
@@ -155,6 +156,10 @@ class GateRow:
         return text + (f"; {self.note}" if self.note else "")
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _show(v) -> str:
     return fmt_value(v) if isinstance(v, float) else ("—" if v is None else str(v))
 
@@ -185,7 +190,7 @@ class GateResult:
         return f"{count['pass']} of {len(self.rows)} checks passed, {count['fail']} failed, {count['n/a']} not applicable"
 
     def render_markdown(self) -> str:
-        lines = ["# Gate: " + ("passed" if self.passed else f"FAILED ({len(self.messages())} failures)"), ""]
+        lines = ["# Gate: " + ("passed" if self.passed else f"FAILED ({_plural(len(self.messages()), 'failure')})"), ""]
         lines += [f"> ⚠ **Environment differs** — {w}" for w in self.warnings]
         if self.warnings:
             lines.append("")
@@ -209,35 +214,51 @@ class GateResult:
         return "\n".join(lines)
 
     def render_terminal(self, console=None, *, show_all: bool = False) -> None:
-        """A rich table of the failed checks (every check with `show_all`), then the verdict."""
+        """A rich table of the failed checks (every check with `show_all`), then the verdict.
+        Names, values and messages are plain Text, never markup."""
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         console = console or Console()
         for w in self.warnings:
-            console.print(f"[bold red]⚠ environment differs:[/] {w}")
+            console.print(Text.assemble(("⚠ environment differs: ", "bold red"), w))
         table = Table(title="bench gate")
-        for name in ("Cell", "Rule", "Old", "New", "Change", "Spread", "Verdict"):
-            table.add_column(name, justify="right" if name in ("Old", "New", "Change", "Spread") else "left")
+        # the rule never wraps (it is what a reader greps for); the rest wraps on a narrow terminal
+        table.add_column("Cell")
+        table.add_column("Rule", no_wrap=True)
+        for name in ("Old → new", "Change", "Spread"):
+            table.add_column(name, justify="right")
+        table.add_column("Verdict")
         shown = [r for r in self.rows if show_all or r.verdict == "fail"]
         for r in shown:
             style = {"fail": "bold red", "pass": "green"}.get(r.verdict, "dim")
-            table.add_row(f"{r.model} / {r.dataset} / {r.method}\n[dim]{r.cell_id}[/]", r.rule.text, _show(r.old),
-                          _show(r.new), r.change, "—" if r.noise is None else fmt_value(r.noise),
-                          f"[{style}]{r.verdict}[/]" + (f" [dim]{r.note}[/]" if r.note else ""))
+            table.add_row(Text(f"{r.model} / {r.dataset} / {r.method}"), Text(r.rule.text),
+                          Text(f"{_show(r.old)} → {_show(r.new)}"), Text(r.change),
+                          "—" if r.noise is None else fmt_value(r.noise),
+                          Text.assemble((r.verdict, style), (f" {r.note}" if r.note else "", "dim")))
         if shown:
             console.print(table)
-        console.print(self._counts())
-        for g in self.missing:
-            console.print(f"[bold red]missing:[/] {g.cell_id} {g.model} / {g.dataset} / {g.method}")
-        for g in self.extra:
-            console.print(f"[yellow]new (not gated):[/] {g.cell_id} {g.model} / {g.dataset} / {g.method}")
+        console.print(Text(self._counts()))
+        for label, style, groups in (("missing: ", "bold red", self.missing), ("new (not gated): ", "yellow", self.extra)):
+            for g in groups:
+                console.print(Text.assemble((label, style), f"{g.cell_id} {g.model} / {g.dataset} / {g.method}"))
         if self.passed:
-            console.print("[bold green]gate passed[/]")
+            console.print(Text("gate passed", "bold green"))
         else:
-            console.print(f"[bold red]gate FAILED[/] ({len(self.messages())} failures)")
+            console.print(Text.assemble(("gate FAILED", "bold red"), f" ({_plural(len(self.messages()), 'failure')})"))
             for m in self.messages():
-                console.print(f"  [red]✗[/] {m}", highlight=False)
+                console.print(Text.assemble(("  ✗ ", "red"), m))
+
+
+def render_markdown(result: GateResult) -> str:
+    """Module-level form of GateResult.render_markdown (the same shape as bench.compare's)."""
+    return result.render_markdown()
+
+
+def render_terminal(result: GateResult, console=None, *, show_all: bool = False) -> None:
+    """Module-level form of GateResult.render_terminal."""
+    result.render_terminal(console, show_all=show_all)
 
 
 def _check(rule: Rule, old: Group, new: Group, status_gated: bool) -> tuple[object, object, float | None, str, str]:

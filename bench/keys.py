@@ -100,3 +100,57 @@ GATE_KEYS = {
 EXCLUDE_KEYS = {"model": Key(str), "dataset": Key(str), "method": Key(str)}
 
 TOP_LEVEL = ("suite", "defaults", "models", "datasets", "methods", "grid", "gate")
+
+
+def _fmt_default(k: Key) -> str:
+    if k.required:
+        return "required"
+    if k.default is None:
+        return "—"
+    if isinstance(k.default, bool):
+        return "true" if k.default else "false"
+    if isinstance(k.default, str):
+        return f'"{k.default}"'
+    return str(k.default)
+
+
+def _fmt_doc(k: Key) -> str:
+    doc = k.doc.replace("|", "\\|")
+    if k.choices:
+        doc += " (" + " / ".join(f"`{c}`" for c in k.choices) + ")"
+    return doc
+
+
+def markdown_tables() -> str:
+    """The README's key reference, generated from the tables above (a test keeps the README in sync)."""
+    from bench.data.loader import DATASET_KEYS
+
+    datasets = {name: Key(t, None, doc) for name, (t, doc) in DATASET_KEYS.items()}
+    sections = [("[suite]", SUITE_KEYS), ("[defaults] (and every `train = {...}` override)", TRAIN_KEYS),
+                ("[models.NAME]", MODEL_KEYS), ("[datasets.NAME]", datasets), ("[methods.NAME]", METHOD_KEYS),
+                ("[[grid]]", GRID_KEYS), ("[gate]", GATE_KEYS)]
+    out = []
+    for title, spec in sections:
+        out += [f"#### {title}", "", "| key | default | meaning |", "|---|---|---|"]
+        out += [f"| `{name}` | {_fmt_default(k)} | {_fmt_doc(k)} |" for name, k in spec.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def sync_readme(path: str = "README.md") -> bool:
+    """Rewrite the block between the keys markers; True when it changed."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text()
+    begin, end = "<!-- keys:begin -->", "<!-- keys:end -->"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{markdown_tables()}\n{end}{tail}"
+    if new != text:
+        p.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    print("README.md updated" if sync_readme() else "README.md already up to date")

@@ -199,7 +199,7 @@ def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -
     _same_length(predictions, answers)
     if not predictions:
         return 0.0
-    return 100 * sum(vqa_answer_score(p, a) for p, a in zip(predictions, answers)) / len(predictions)
+    return 100 * sum(vqa_answer_score(p, a) for p, a in zip(predictions, answers, strict=True)) / len(predictions)
 
 
 def exact_match(predictions: Sequence[str], answers: Sequence[Sequence[str] | str]) -> float:
@@ -208,7 +208,7 @@ def exact_match(predictions: Sequence[str], answers: Sequence[Sequence[str] | st
     if not predictions:
         return 0.0
     hits = 0
-    for pred, refs in zip(predictions, answers):
+    for pred, refs in zip(predictions, answers, strict=True):
         norm = normalize_vqa_answer(pred or "")
         hits += any(norm == normalize_vqa_answer(r) for r in _as_references(refs))
     return 100 * hits / len(predictions)
@@ -219,7 +219,7 @@ def accuracy(pred_labels: Sequence[int], labels: Sequence[int]) -> float:
     _same_length(pred_labels, labels)
     if not labels:
         return 0.0
-    return 100 * sum(int(p) == int(t) for p, t in zip(pred_labels, labels)) / len(labels)
+    return 100 * sum(int(p) == int(t) for p, t in zip(pred_labels, labels, strict=True)) / len(labels)
 
 
 def _same_length(a: Sequence, b: Sequence) -> None:

@@ -49,12 +49,18 @@ def _log_if_wide(ax, values, axis: str) -> None:
 
 
 def pareto_plot(records: list[dict], x: str, path: str | Path) -> Path | None:
+    """`pareto_figure` saved as a PNG at `path`; None (nothing written) when no cell has the cost."""
+    fig = pareto_figure(records, x)
+    return None if fig is None else _save(fig, path)
+
+
+def pareto_figure(records: list[dict], x: str):
     """Cost (`x`: "peak_memory_mb" or "train_wall_s") against Δ quality, one facet per model x dataset.
 
     One point per method (mean over ok repeats, error bars = sample std when repeats exist), each
     annotated with the method's name, and the Pareto front (lower cost, higher gain) drawn as a
     dashed line through the starred points. A facet without quality (random weights) shows the
-    cost per method as bars instead. Returns None when no cell has the cost at all.
+    cost per method as bars instead. A matplotlib Figure, or None when no cell has the cost.
     """
     if x not in AXES:
         raise ValueError(f"x must be one of {sorted(AXES)}, not {x!r}")
@@ -77,7 +83,8 @@ def pareto_plot(records: list[dict], x: str, path: str | Path) -> Path | None:
         else:
             _cost_bars(ax, groups, field, colours)
             ax.set_xlabel(xlabel)
-            ax.set_title(f"{model} / {dataset}\n(quality n/a: random weights)", fontsize=10)
+            why = "random weights" if groups[0].random_weights else "no quality recorded"
+            ax.set_title(f"{model} / {dataset}\n(quality n/a: {why})", fontsize=10)
             continue
         ax.set_title(f"{model} / {dataset}", fontsize=10)
     for ax, key in zip(axes, facets):
@@ -87,7 +94,7 @@ def pareto_plot(records: list[dict], x: str, path: str | Path) -> Path | None:
             ax.text(0.01, 0.01, "not finished: " + ", ".join(missing), transform=ax.transAxes,
                     fontsize=7, color="firebrick", va="bottom")
     fig.suptitle(f"{xlabel.split(' (')[0].split(',')[0]} vs Δ quality  (★ = Pareto-optimal)", fontsize=11)
-    return _save(fig, path)
+    return fig
 
 
 def _pareto_facet(ax, groups, field: str, colours) -> None:
@@ -126,10 +133,16 @@ def _cost_bars(ax, groups, field: str, colours) -> None:
 
 
 def loss_curves_plot(records: list[dict], path: str | Path, *, title: str | None = None) -> Path | None:
+    """`loss_curves_figure` saved as a PNG at `path`; None (nothing written) when no record has a curve."""
+    fig = loss_curves_figure(records, title=title)
+    return None if fig is None else _save(fig, path)
+
+
+def loss_curves_figure(records: list[dict], *, title: str | None = None):
     """Training loss against step, one line per method (repeats beyond the first drawn thin).
 
     Records of any status are drawn (a diverged run's curve is the interesting one), marked with
-    an x at its last point. Returns None when no record has a loss curve.
+    an x at its last point. A matplotlib Figure, or None when no record has a loss curve.
     """
     curves = [(r, _finite_points(r)) for r in latest_per_cell(records)]
     curves = [(r, pts) for r, pts in curves if pts]
@@ -158,14 +171,14 @@ def loss_curves_plot(records: list[dict], path: str | Path, *, title: str | None
     ax.legend(fontsize=8, loc="best")
     if title:
         ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 def _finite_points(record: dict) -> list[tuple[float, float]]:
-    # a diverged run logs nan/inf as its last losses; matplotlib would silently drop or mis-scale them
+    # a diverged run's last losses are nan/inf (or null, as JSON records cannot hold nan): drop them
     return [
         (p[0], p[1]) for p in record.get("loss_curve") or []
-        if isinstance(p[1], (int, float)) and math.isfinite(p[1])
+        if isinstance(p, (list, tuple)) and len(p) >= 2 and isinstance(p[1], (int, float)) and math.isfinite(p[1])
     ]
 
 

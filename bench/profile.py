@@ -160,12 +160,12 @@ def git_state(cwd: str | Path | None = None) -> tuple[str | None, bool | None]:
         return None, None
 
 
-def environment(device: str, cwd: str | Path | None = None) -> dict:
-    """The fingerprint of where a number was measured."""
+def environment(device: str) -> dict:
+    """The fingerprint of where a number was measured (git state of the bench checkout that measured it)."""
     import torch
 
     cuda = device.startswith("cuda") and torch.cuda.is_available()
-    sha, dirty = git_state(cwd)
+    sha, dirty = git_state(Path(__file__).resolve().parent)
     return {
         "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
         "device_count": torch.cuda.device_count() if cuda else 0,

@@ -77,17 +77,25 @@ def preflight(suite, jobs: list[Job]) -> None:
         )
 
 
-def _warm_imports() -> None:
+def _warm_imports(families) -> None:
     """Import the heavy libraries once in the parent so every forked cell starts warm (no torch compute here)."""
+    import logging
+    import warnings
+
+    # deprecation chatter from the libraries is not the user's to act on; keep the progress display readable
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+    # bitsandbytes tries to fetch an optional CPU kernel from the hub and warns when it can't; the fallback is fine
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     import peft  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
     from bench import cell, methods, train  # noqa: F401
-    from bench.models import FAMILY_MODULES, get_family
+    from bench.models import get_family
     from bench.tasks import task_for_family
 
-    for family in FAMILY_MODULES:
+    for family in families:
         get_family(family)
         task_for_family(family)
 
@@ -111,7 +119,8 @@ class Runner:
 
         key = dataset["name"]
         if key not in self._splits:
-            self._splits[key] = load_dataset(dataset, base_dir=self.suite.base_dir, seed=dataset.get("seed") or 0)
+            cfg = {k: v for k, v in dataset.items() if k != "name"}
+            self._splits[key] = load_dataset(cfg, base_dir=self.suite.base_dir, seed=dataset.get("seed") or 0)
         return self._splits[key]
 
     # -- the run ---------------------------------------------------------------------------
@@ -121,7 +130,7 @@ class Runner:
         summary = RunSummary(skipped_done=done, results=self.results)
         if jobs:
             preflight(self.suite, jobs)
-            _warm_imports()
+            _warm_imports(sorted({j.cell.model['family'] for j in jobs}))
             with self._progress(len(jobs)) as progress:
                 self._ensure_zoo(jobs, progress)
                 bases = self._known_bases()
@@ -205,23 +214,42 @@ class Runner:
         key, base, base_note = self._base_for(cell, bases, progress)
         progress.start_item(f"{cell.label} (repeat {job.repeat})" if len(self.suite.seeds) > 1 else cell.label, None)
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
-        s = self.suite.settings
-        out = call_isolated(_cell_job, cell, job.seed, s["device"], splits, base, zpath, s["oom_backoff"], s["min_batch_size"],
-                            timeout_s=cell.train["timeout_s"], on_event=progress.event, isolate=self.isolate)
+        out, settings, attempts = self._attempts(job, splits, base, zpath, progress)
+        record["cost"]["attempts"] = attempts
         if out.kind == "ok":
             result = out.value
-            record.update(status=result["status"], message=result["message"], params=result["params"], cost=result["cost"],
+            record.update(status=result["status"], message=result["message"], params=result["params"],
                           quality=result["quality"], loss_curve=result["loss_curve"], diverged_at_step=result["diverged_at_step"],
                           env=result["env"])
-            record["train"]["fitted_batch_size"] = result["fitted"]["batch_size"]
-            record["train"]["fitted_grad_accum"] = result["fitted"]["grad_accum"]
+            record["cost"].update(result["cost"])
         else:
             record.update(status="timeout" if out.kind == "timeout" else "error", message=out.message)
             record["cost"]["train_wall_s"] = round(out.elapsed_s, 3)
+        record["train"]["fitted_batch_size"] = settings["batch_size"]
+        record["train"]["fitted_grad_accum"] = settings["grad_accum"]
         record["quality"]["base_key"] = key
         if base_note:
             record["quality"]["note"] = base_note
         return self._append(record, progress)
+
+    def _attempts(self, job: Job, splits, base, zpath, progress):
+        """Run the cell; on OOM with back-off on, again in a fresh process with half the micro-batch and twice the
+        accumulation (same effective batch) until it fits or min_batch_size is reached."""
+        from bench.isolate import call_isolated
+
+        s = self.suite.settings
+        settings, attempts = dict(job.cell.train), []
+        while True:
+            out = call_isolated(_cell_job, job.cell, job.seed, s["device"], splits, base, zpath, settings,
+                                timeout_s=settings["timeout_s"], on_event=progress.event, isolate=self.isolate)
+            status = out.value["status"] if out.kind == "ok" else out.kind
+            attempts.append({"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"], "status": status,
+                             "peak_memory_mb": out.value["cost"].get("peak_memory_mb") if out.kind == "ok" else None})
+            if status == "oom" and s["oom_backoff"] and settings["batch_size"] // 2 >= s["min_batch_size"]:
+                settings = {**settings, "batch_size": settings["batch_size"] // 2, "grad_accum": settings["grad_accum"] * 2}
+                progress.log(f"  out of memory: retrying with batch_size {settings['batch_size']} × grad_accum {settings['grad_accum']}")
+                continue
+            return out, settings, attempts
 
     def _record_head(self, job: Job, started: str) -> dict:
         cell = job.cell
@@ -260,7 +288,7 @@ def _light_env() -> dict:
 
     import platform
 
-    sha, dirty = git_state()
+    sha, dirty = git_state(Path(__file__).resolve().parent)
     return {"device_name": None, "device_count": None, "python": platform.python_version(), "torch": _version("torch"),
             "transformers": _version("transformers"), "peft": _version("peft"), "bitsandbytes": _version("bitsandbytes"),
             "accelerate": _version("accelerate"), "open_clip": _version("open_clip_torch"), "git_sha": sha, "git_dirty": dirty}
@@ -280,12 +308,12 @@ def _base_job(cell: Cell, device: str, splits, zoo_path, *, emit):
     return evaluate_base(cell, device=resolve_device(device), splits=splits, zoo_path=zoo_path)
 
 
-def _cell_job(cell: Cell, seed: int, device: str, splits, base, zoo_path, oom_backoff: bool, min_batch_size: int, *, emit):
+def _cell_job(cell: Cell, seed: int, device: str, splits, base, zoo_path, settings: dict, *, emit):
     from bench.cell import resolve_device, run_cell
     from bench.profile import environment
 
     device = resolve_device(device)
-    result = run_cell(cell, seed=seed, device=device, splits=splits, base=base, zoo_path=zoo_path, oom_backoff=oom_backoff,
-                      min_batch_size=min_batch_size, on_step=lambda s, n, loss: emit("step", s, n, loss))
+    result = run_cell(cell, seed=seed, device=device, splits=splits, base=base, zoo_path=zoo_path, settings=settings,
+                      on_step=lambda s, n, loss: emit("step", s, n, loss))
     result["env"] = environment(device)
     return result

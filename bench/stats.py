@@ -137,6 +137,11 @@ class Group:
     def summary(self, dotted: str) -> Summary | None:
         return summarize(self.records, dotted)
 
+    def summaries(self, fields=NUMERIC_FIELDS) -> dict[str, Summary]:
+        """n, mean, sample std, min and max of every numeric field that has a value."""
+        out = {f: self.summary(f) for f in fields}
+        return {f: s for f, s in out.items() if s is not None}
+
     def mean(self, dotted: str) -> float | None:
         s = self.summary(dotted)
         return s.mean if s else None
@@ -191,6 +196,11 @@ def differs(a: Summary | None, b: Summary | None) -> bool:
     n = noise(a, b)
     delta = abs(b.mean - a.mean)
     return delta > 0 if n is None else delta > n
+
+
+def groups_differ(old: Group, new: Group, dotted: str) -> bool:
+    """`differs` on one field of two cells' repeats."""
+    return differs(old.summary(dotted), new.summary(dotted))
 
 
 def welch_p(a: Summary | None, b: Summary | None) -> float | None:

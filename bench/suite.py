@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, SuiteError
+from bench.errors import BenchError, DataError, SuiteError
 from bench.keys import (
     EXCLUDE_KEYS, GATE_KEYS, GRID_KEYS, METHOD_KEYS, MODEL_KEYS, SUITE_KEYS, TOP_LEVEL, TRAIN_KEYS, Key,
 )
@@ -83,6 +83,8 @@ class _Checker:
             if key not in spec:
                 close = difflib.get_close_matches(key, list(spec), n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(sorted(spec))}"
+                if isinstance(table[key], dict) and "train" not in (key,):
+                    hint += f' (a name with a dot must be quoted: [{where.rsplit(".", 1)[0]}."{where.rsplit(".", 1)[-1]}.{key}"])'
                 raise self.fail(f"[{where}] key '{key}'", "unknown key", hint)
         out = {}
         for key, k in spec.items():
@@ -236,7 +238,14 @@ def _dataset(c: _Checker, name: str, table: dict, base_dir: Path) -> Entry:
     elif cfg["task"] not in tasks:
         raise c.fail(f"[{where}] key 'task'", f"format {cfg['format']} has no task '{cfg['task']}'", f"use one of: {', '.join(tasks)}")
     train = _train(c, cfg.pop("train", None), f"{where}.train")
-    check_dataset(cfg, base_dir=base_dir, file=c.file, where=f"[{where}]")
+    try:
+        check_dataset(cfg, base_dir=base_dir, file=c.file, where=f"[{where}]")
+    except DataError as exc:
+        if exc.file == c.file:
+            raise
+        # a problem inside a data file: name the suite entry that points at it, then the file and record
+        inner = ": ".join(p for p in (exc.file, exc.where, exc.message) if p)
+        raise DataError(inner, file=c.file, where=f"[{where}]", fix=exc.fix) from None
     return Entry(name, {"name": name, **cfg}, train)
 
 

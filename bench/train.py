@@ -110,6 +110,8 @@ def train(model, task, encoded: list, loaded, settings: dict, *, device: str, se
                 loss = task.loss(model, batch) / accum
             (scaler.scale(loss) if scaler else loss).backward()
             step_loss += loss.item()
+            if cap and probe is not None and probe.current_above_baseline_mb() > cap:  # after backward: the activation peak
+                raise MemoryCapExceeded(f"{probe.current_above_baseline_mb():.1f} MB above the baseline passed memory_cap_mb = {cap:g}")
             if step > settings["timing_warmup_steps"]:
                 result.samples += bs
                 result.real_tokens += real
@@ -131,8 +133,6 @@ def train(model, task, encoded: list, loaded, settings: dict, *, device: str, se
         result.losses.append((step, round(step_loss, 6)))
         if step == 1:
             result.optimizer_state_bytes = _state_bytes(optimizer)
-        if cap and probe is not None and probe.current_above_baseline_mb() > cap:
-            raise MemoryCapExceeded(f"memory {probe.current_above_baseline_mb():.1f} MB above baseline passed memory_cap_mb = {cap:g}")
         if on_step:
             on_step(step, steps, step_loss)
     result.step_times = timer.times

@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from bench.errors import BenchError
-from bench.gate import DEFAULT_RULES, StatusRule, Threshold, gate, parse_rule, parse_rules
+from bench.gate import DEFAULT_RULES, StatusRule, Threshold, gate, parse_rule, parse_rules, render_markdown, render_terminal
 
 EXAMPLE = json.loads((Path(__file__).parents[1] / "docs" / "record-example.json").read_text())
 
@@ -95,6 +95,9 @@ def test_a_bad_rule_string_raises_a_bench_error_naming_it_and_the_accepted_forms
 def test_parse_rules_names_the_position_and_rejects_a_bare_string():
     with pytest.raises(BenchError, match=r"suites/q.toml: \[gate\] rules\[1\]"):
         parse_rules(["delta:-0.5", "delta:0.5"], file="suites/q.toml")
+    with pytest.raises(BenchError) as err:
+        parse_rules(["delta:0.5"])
+    assert "[gate]" not in str(err.value)  # from the command line: no suite table to name
     with pytest.raises(BenchError, match="list of strings"):
         parse_rules("delta:-0.5")
 
@@ -164,10 +167,31 @@ def test_renderings_name_the_failure():
     current = cells(lora={"cost.peak_memory_mb": 120.0}, ia3={"cost.peak_memory_mb": 80.0})
     result = gate(BASE, current, ["peak_memory_mb:+5%"])
     md = result.render_markdown()
-    assert md.startswith("# Gate: FAILED (1 failures)")
+    assert md.startswith("# Gate: FAILED (1 failure)")
     assert "**FAIL**" in md and "`peak_memory_mb:+5%`" in md
+    assert render_markdown(result) == md
     console = Console(record=True, width=200, color_system=None)
-    result.render_terminal(console)
+    render_terminal(result, console)
     text = console.export_text()
     assert "gate FAILED" in text and "lora" in text and "120" in text
     assert "ia3" not in text.split("checks passed")[0]  # passing checks are left out of the table
+
+
+def test_terminal_prints_brackets_in_messages_literally():
+    current = cells(lora={"status": "error", "message": "[Errno 2] No such file: [bold]x[/]", "method.name": "lora[r=8]"},
+                    ia3={"cost.peak_memory_mb": 80.0})
+    console = Console(record=True, width=200, color_system=None)
+    gate(BASE, current).render_terminal(console)
+    text = console.export_text()
+    assert "[Errno 2] No such file: [bold]x[/]" in text and "lora[r=8]" in text
+
+
+def test_terminal_table_fits_an_80_column_terminal():
+    current = cells(lora={"cost.peak_memory_mb": 120.0, "model.name": "a-rather-long-model-name",
+                          "dataset.name": "coco-captions-2017"}, ia3={"cost.peak_memory_mb": 80.0})
+    base = [dict(r, model=dict(r["model"], name="a-rather-long-model-name") if r["cell_id"] == "lora" else r["model"],
+                 dataset=dict(r["dataset"], name="coco-captions-2017") if r["cell_id"] == "lora" else r["dataset"]) for r in BASE]
+    console = Console(record=True, width=80, color_system=None)
+    gate(base, current).render_terminal(console)
+    table = [line for line in console.export_text().splitlines() if line[:1] in "┏┃┡│└"]
+    assert table and all(line[-1] in "┓┃┩│┘" for line in table)  # the right border is not cut off

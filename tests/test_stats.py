@@ -105,3 +105,13 @@ def test_pareto_cells_orient_lower_is_better_metrics_and_skip_random_weights():
     assert stats.pareto_cells(groups, "cost.peak_memory_mb") == {"x"}  # cheaper and a larger improvement
     rand = record(cell_id="z", **{"model.weights": "random"})
     assert stats.gain(stats.group_by_cell([rand])["z"]) is None
+
+
+def test_group_summaries_cover_every_numeric_field_with_a_value_and_groups_differ():
+    old = stats.group_by_cell([record(cell_id="a", repeat=i, **{"cost.peak_memory_mb": v}) for i, v in enumerate([40.0, 42.0])])["a"]
+    new = stats.group_by_cell([record(cell_id="a", repeat=i, **{"cost.peak_memory_mb": v}) for i, v in enumerate([50.0, 51.0])])["a"]
+    summaries = old.summaries()
+    assert summaries["cost.peak_memory_mb"].mean == 41.0 and summaries["cost.peak_memory_mb"].n == 2
+    assert "cost.mfu" not in summaries and "quality.delta" in summaries  # null on the CPU: left out
+    assert stats.groups_differ(old, new, "cost.peak_memory_mb")
+    assert not stats.groups_differ(old, new, "cost.train_wall_s")

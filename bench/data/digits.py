@@ -64,9 +64,8 @@ def digits_dataset(
                          f"got {train_size} + {eval_size}")
     pixels, targets = _digits()
     order = np.random.default_rng(np.random.SeedSequence([seed, 0xD161])).permutation(len(targets))
-    pick = lambda idx: [_sample(pixels[i], int(targets[i]), task, image_size) for i in idx]  # noqa: E731
-    train = pick(order[:train_size])
-    evals = pick(order[train_size : train_size + eval_size])
+    train = [_sample(pixels[i], int(targets[i]), task, image_size) for i in order[:train_size]]
+    evals = [_sample(pixels[i], int(targets[i]), task, image_size) for i in order[train_size : train_size + eval_size]]
     return DatasetSplits(
         task=task,
         train=train,

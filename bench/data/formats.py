@@ -52,12 +52,14 @@ def _fail(message: str, *, file: str, where: str | None = None, fix: str | None 
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(value), type(value).__name__)
+    names = {dict: "an object", list: "a list", str: "a string", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _read_text(path: Path) -> str:
     if not path.exists():
-        _fail("file does not exist", file=str(path), fix="check the path; relative paths start at the suite file's folder")
+        _fail("file does not exist", file=str(path),
+              fix="check the path; relative paths start at the suite file's folder")
     if not path.is_file():
         _fail("is a folder, not a file", file=str(path), fix="point `path` at the data file")
     try:
@@ -79,7 +81,8 @@ def resolve_image(value: Any, *, root: Path, file: str, where: str, field: str =
     """A relative image path that must exist and must not leave `root` (no absolute paths, no '..')."""
     at = f"{where}, field '{field}'"
     if value is None:
-        _fail(f"missing field '{field}'", file=file, where=at, fix=f"give every record an '{field}' path relative to the image root")
+        _fail(f"missing field '{field}'", file=file, where=at,
+              fix=f"give every record an '{field}' path relative to the image root")
     if not isinstance(value, str) or not value.strip():
         _fail(f"'{field}' must be a non-empty path string, got {_type_name(value)}", file=file, where=at,
               fix=f"set '{field}' to the image's path relative to the image root")
@@ -91,7 +94,8 @@ def resolve_image(value: Any, *, root: Path, file: str, where: str, field: str =
     path = root / normal
     if not path.is_file():
         _fail(f"image file {str(path)!r} does not exist", file=file, where=at,
-              fix="check the path and image_root (image paths are relative to image_root, by default the data file's folder)")
+              fix="check the path and image_root (image paths are relative to image_root, "
+              "by default the data file's folder)")
     return path
 
 
@@ -107,9 +111,10 @@ def read_llava(path: str | Path, image_root: str | Path | None = None) -> list[R
     data = _read_json(path)
     if not isinstance(data, list):
         _fail(f"expected a JSON list of records, got {_type_name(data)}", file=file, where="top level",
-              fix='a LLaVA file is a list: [{"image": "a.jpg", "conversations": [{"from": "human", "value": ...}, ...]}]')
+              fix='a LLaVA file is a list: [{"image": "a.jpg", "conversations": [{"from": "human", ...}, ...]}, ...]')
     if not data:
-        _fail("the file has no records", file=file, where="top level", fix="add records or point `path` at another file")
+        _fail("the file has no records", file=file, where="top level",
+              fix="add records or point `path` at another file")
     records = []
     for i, rec in enumerate(data):
         where = f"record {i}"
@@ -133,32 +138,32 @@ def _llava_turns(rec: dict, *, file: str, where: str) -> tuple[tuple[str, str], 
     if not isinstance(conv, list):
         _fail(f"'conversations' must be a list of turns, got {_type_name(conv)}", file=file, where=at, fix=fix)
     if not conv:
-        _fail("empty conversation", file=file, where=at, fix="remove the record or give it a human turn and a gpt answer")
+        _fail("empty conversation", file=file, where=at,
+              fix="remove the record or give it a human turn and a gpt answer")
     for j, turn in enumerate(conv):
-        turn_at = f"{where}, field 'conversations[{j}]'"
+        turn_at = f"{where}, field 'conversations[{j}]"  # + "'" or ".from'" / ".value'" below
         if not isinstance(turn, dict):
-            _fail(f"a turn must be an object, got {_type_name(turn)}", file=file, where=turn_at, fix=fix)
+            _fail(f"a turn must be an object, got {_type_name(turn)}", file=file, where=f"{turn_at}'", fix=fix)
         role = turn.get("from")
         if role not in USER_ROLES + ASSISTANT_ROLES:
             _fail(f"'from' is {role!r}; expected one of {USER_ROLES + ASSISTANT_ROLES}", file=file,
-                  where=f"{turn_at}.from", fix=fix)
+                  where=f"{turn_at}.from'", fix=fix)
         if not isinstance(turn.get("value"), str):
             _fail(f"'value' must be a string, got {_type_name(turn.get('value'))}", file=file,
-                  where=f"{turn_at}.value", fix=fix)
+                  where=f"{turn_at}.value'", fix=fix)
         user_expected = j % 2 == 0
         if (role in USER_ROLES) != user_expected:
             expected = "a user (human)" if user_expected else "an assistant (gpt)"
             _fail(f"turns do not alternate: turn {j} is from {role!r} but {expected} turn was expected",
-                  file=file, where=f"{turn_at}.from", fix=fix)
+                  file=file, where=f"{turn_at}.from'", fix=fix)
         if not user_expected and not turn["value"].strip():
-            _fail("empty answer", file=file, where=f"{turn_at}.value", fix="give the assistant turn its answer text")
+            _fail("empty answer", file=file, where=f"{turn_at}.value'", fix="give the assistant turn its answer text")
     if len(conv) % 2:
         _fail(f"the conversation ends with a user turn (turn {len(conv) - 1}) that has no answer", file=file,
               where=at, fix="add the gpt answer or drop the last human turn")
     # the <image> placeholder marks where the image goes; the task module inserts the model's own image tokens
-    return tuple(
-        (conv[k]["value"].replace(IMAGE_TOKEN, "").strip(), conv[k + 1]["value"].strip()) for k in range(0, len(conv), 2)
-    )
+    pairs = zip(conv[0::2], conv[1::2], strict=True)
+    return tuple((user["value"].replace(IMAGE_TOKEN, "").strip(), reply["value"].strip()) for user, reply in pairs)
 
 
 # ---------------------------------------------------------------- COCO captions
@@ -171,13 +176,15 @@ def read_coco_captions(path: str | Path, image_root: str | Path | None = None) -
     root = Path(image_root) if image_root is not None else path.parent
     file = str(path)
     data = _read_json(path)
-    fix = 'COCO captions: {"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1, "caption": "..."}]}'
+    fix = ('COCO captions: {"images": [{"id": 1, "file_name": "a.jpg"}], '
+           '"annotations": [{"image_id": 1, "caption": "..."}]}')
     if not isinstance(data, dict):
         _fail(f"expected a JSON object with 'images' and 'annotations', got {_type_name(data)}", file=file,
               where="top level", fix=fix)
     for key in ("images", "annotations"):
         if not isinstance(data.get(key), list):
-            _fail(f"'{key}' must be a list, got {_type_name(data.get(key))}", file=file, where=f"field '{key}'", fix=fix)
+            _fail(f"'{key}' must be a list, got {_type_name(data.get(key))}", file=file, where=f"field '{key}'",
+                  fix=fix)
     if not data["images"]:
         _fail("'images' is empty", file=file, where="field 'images'", fix=fix)
 
@@ -205,8 +212,8 @@ def read_coco_captions(path: str | Path, image_root: str | Path | None = None) -
                   where=f"{where}, field 'image_id'", fix="add the image to 'images' or remove the annotation")
         caption = ann.get("caption")
         if not isinstance(caption, str) or not caption.strip():
-            _fail(f"'caption' must be a non-empty string, got {caption!r}", file=file, where=f"{where}, field 'caption'",
-                  fix="remove the annotation or write its caption")
+            _fail(f"'caption' must be a non-empty string, got {caption!r}", file=file,
+                  where=f"{where}, field 'caption'", fix="remove the annotation or write its caption")
         captions[ann["image_id"]].append(" ".join(caption.split()))
 
     records = []
@@ -375,7 +382,7 @@ def read_hf(
 
     records = []
     for i, row in enumerate(ds.select_columns([cols[k] for k in needed])):
-        where = f"record {i}"
+        where = f"split {split!r}, record {i}"
         image = _hf_image(row[cols["image"]], root=root, file=file, where=where, field=cols["image"])
         if task == "classification":
             value = row[cols["label"]]

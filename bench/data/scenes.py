@@ -7,9 +7,12 @@ vqa (colour / shape / count / position questions with ten annotator answers).
 
 Two distributions:
 - "source": colour-shape pairs outside HELD_OUT, dark or gray backgrounds, mostly large shapes;
-- "target" (shifted): half the scenes use the held-out pairs, light or gray backgrounds, mostly
-  small shapes, and sensor-like noise. The shapes themselves look the same, so a model trained on
-  source is above chance on target, and gains from fine-tuning there.
+- "target" (shifted): half the scenes use the held-out pairs, gray (2/3) or light backgrounds,
+  mostly small shapes, and pixel noise. The shapes themselves look the same, so a model trained on
+  source is above chance on target and gains from fine-tuning there. Measured with a 3-layer CNN
+  (3 seeds): trained on 1,024 source scenes it scores 30-38% on target (chance 25%), 48-76% after
+  fine-tuning on 128 target scenes. (All-light target backgrounds put it below chance: the inverted
+  contrast defeats it, hence the gray share.)
 
 Scene content depends only on (split, seed, part, index), never on the task or image size, so the
 views and sizes of one seed show the same scenes.
@@ -53,6 +56,20 @@ QUESTION_KINDS = ("color", "shape", "count", "position")
 
 
 @dataclass(frozen=True)
+class Distribution:
+    backgrounds: tuple[str, ...]  # drawn uniformly (repeat one to weight it)
+    held_out: float  # probability of a HELD_OUT colour-shape pair; 0 means never one
+    small: float  # probability that the main group is small
+    noise: float  # pixel noise std on the 0-255 scale
+
+
+DISTRIBUTIONS = {
+    "source": Distribution(backgrounds=("dark", "gray"), held_out=0.0, small=0.25, noise=0.0),
+    "target": Distribution(backgrounds=("gray", "gray", "light"), held_out=0.5, small=0.6, noise=6.0),
+}
+
+
+@dataclass(frozen=True)
 class Item:
     shape: str
     color: str
@@ -84,19 +101,19 @@ def _choose(rng: np.random.Generator, options):
 
 
 def make_scene(rng: np.random.Generator, split: str) -> Scene:
-    target = split == "target"
-    background = _choose(rng, ("light", "light", "gray") if target else ("dark", "gray"))
+    dist = DISTRIBUTIONS[split]
+    background = _choose(rng, dist.backgrounds)
     shape = _choose(rng, SHAPES)
-    if target and rng.random() < 0.5:
+    if dist.held_out > 0 and rng.random() < dist.held_out:  # source draws nothing here: its scenes stay put
         pool = [c for c in COLORS if (shape, c) in HELD_OUT]
     else:
-        pool = [c for c in COLORS if target or (shape, c) not in HELD_OUT]
+        pool = [c for c in COLORS if dist.held_out > 0 or (shape, c) not in HELD_OUT]
     if background == "light":
         pool = [c for c in pool if c != "white"] or ["red"]  # white on light grey would be invisible
     color = _choose(rng, pool)
     count = int(rng.integers(1, 4))
     position = _choose(rng, tuple(SLOTS))
-    size = "small" if rng.random() < (0.6 if target else 0.25) else "large"
+    size = "small" if rng.random() < dist.small else "large"
 
     radius = RADIUS[size]
     items = [
@@ -115,7 +132,7 @@ def make_scene(rng: np.random.Generator, split: str) -> Scene:
     return Scene(
         background=background, shape=shape, color=color, count=count, position=position, size=size,
         distractor=distractor, items=tuple(items),
-        noise=6.0 if target else 0.0, noise_seed=int(rng.integers(2**31)),
+        noise=dist.noise, noise_seed=int(rng.integers(2**31)),
         question_kind=_choose(rng, QUESTION_KINDS),
         n_captions=n_captions, caption_order=tuple(int(i) for i in rng.permutation(4)),
         n_synonyms=int(rng.integers(0, 4)),

@@ -150,7 +150,8 @@ def build_meta(spec: ModelSpec):
 
     if _check_backend(spec.backend) == "open_clip":
         with torch.device("meta"):
-            return _open_clip_from_config(*_open_clip_cfg_for(spec), device="meta")
+            model_cfg, name, _ = _open_clip_cfg_for(spec)
+            return _open_clip_from_config(model_cfg, name, device="meta")
     from transformers import CLIPModel
 
     config, _ = _transformers_config(spec)
@@ -372,11 +373,11 @@ def _build_open_clip(spec: ModelSpec, *, device, dtype, quantization, seed: int)
         model, processor, model_cfg = _load_open_clip(spec)
         weights, source, tokenizer_kind = "pretrained", spec.checkpoint, "checkpoint"
     else:
-        model_cfg, name = _open_clip_cfg_for(spec)
+        model_cfg, name, source = _open_clip_cfg_for(spec)
         with _seeded(seed):
             model = _open_clip_from_config(model_cfg, name)
         processor = _open_clip_processor(model_cfg, _preprocess_cfg(model_cfg["vision_cfg"]["image_size"]))
-        weights, source = "random", name or f"preset {spec.preset}"
+        weights = "random"
         tokenizer_kind = "tiny" if processor.is_hf_tokenizer else "open_clip"
     model.to(device=device, dtype=dtype)
     info = _info(spec, weights=weights, config=model_cfg, source=source, seed=seed if weights == "random" else None,
@@ -404,21 +405,21 @@ def open_clip_config(preset: dict) -> dict:
     return cfg
 
 
-def _open_clip_cfg_for(spec: ModelSpec) -> tuple[dict, str | None]:
-    """(model config, open_clip registry name or None): a saved directory's config, else the preset's."""
+def _open_clip_cfg_for(spec: ModelSpec) -> tuple[dict, str | None, str]:
+    """(model config, open_clip registry name or None, where the config came from)."""
     if spec.checkpoint:
         raw = local_config(spec.checkpoint, revision=spec.revision, config_name="open_clip_config.json")
         if raw is not None and "model_cfg" in raw:
-            return raw["model_cfg"], None
+            return raw["model_cfg"], None, f"open_clip_config.json of {spec.checkpoint}"
     preset = _preset(spec)
     name = OPEN_CLIP_NAMES.get(spec.preset)
     if name is None:
-        return open_clip_config(preset), None
+        return open_clip_config(preset), None, f"preset {spec.preset}"
     import open_clip
 
     cfg = copy.deepcopy(open_clip.get_model_config(name))
     cfg["quick_gelu"] = open_clip_config(preset)["quick_gelu"]  # OpenAI's ViT-L/14 was trained with QuickGELU
-    return cfg, name
+    return cfg, name, f"preset {spec.preset} (open_clip {name})"
 
 
 def _open_clip_from_config(model_cfg: dict, name: str | None, *, device="cpu"):
@@ -429,10 +430,7 @@ def _open_clip_from_config(model_cfg: dict, name: str | None, *, device="cpu"):
     if name is not None:
         return open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(model_cfg.get("quick_gelu")),
                                       output_dict=True, device=device)
-    cfg = copy.deepcopy(model_cfg)
-    cfg["text_cfg"].pop("hf_tokenizer_name", None)  # a tokenizer setting, not a model argument
-    cfg.pop("custom_text", None)
-    return CLIP(**cfg, output_dict=True)
+    return CLIP(**copy.deepcopy(model_cfg), output_dict=True)
 
 
 def _preprocess_cfg(image_size: int) -> dict:
@@ -536,9 +534,18 @@ def _seeded(seed: int):
 
 def _info(spec: ModelSpec, *, weights: str, config: dict, source: str, image_size, context_length,
           tokenizer: str, quantized: bool, seed: int | None = None) -> dict:
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    blob = json.dumps(_without_provenance(config), sort_keys=True, default=str).encode()
     return {
         "checkpoint": spec.checkpoint, "revision": spec.revision, "preset": spec.preset, "weights": weights,
         "config_source": source, "config_hash": hashlib.sha256(blob).hexdigest()[:12], "seed": seed,
         "image_size": image_size, "context_length": context_length, "tokenizer": tokenizer, "quantized": quantized,
     }
+
+
+def _without_provenance(config):
+    """The config minus what does not shape the model (library version, source path), for a stable hash."""
+    if isinstance(config, dict):
+        return {k: _without_provenance(v) for k, v in config.items()
+                if k not in ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype",
+                              "hf_tokenizer_name")}
+    return config

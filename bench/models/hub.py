@@ -77,7 +77,7 @@ def checkpoint_error(
     if looks_like_path(checkpoint) or not _valid_repo_id(checkpoint):
         fix = (
             f"point `checkpoint` at an existing directory saved with save_pretrained (it needs {config_name}), "
-            f"or set weights = \"random\" to measure cost only"
+            "or set weights = \"random\" to measure cost only"
         )
     else:
         fix = (

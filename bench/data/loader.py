@@ -1,0 +1,292 @@
+"""The one entry point to datasets: a suite's [datasets.NAME] table -> DatasetSplits.
+
+    check_dataset(cfg, base_dir=..., file=..., where=...)   before any model is built: keys, types,
+                                                            paths, every record, every image
+    load_dataset(cfg, base_dir=..., seed=...)               records -> train/eval split -> limits -> samples
+
+Mistakes in the table itself raise SuiteError naming the suite file, the table and the key; mistakes
+in a data file raise DataError naming the data file, the record and the field. Relative paths resolve
+against base_dir, the suite file's folder. numpy and PIL only: no torch here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bench.data import formats
+from bench.data.sample import TASKS, DatasetSplits
+from bench.errors import DataError, SuiteError
+
+GENERATED = ("scenes", "digits")  # bundled, made in memory
+# format -> the tasks (dataset views) it can give
+FORMATS: dict[str, tuple[str, ...]] = {
+    "scenes": TASKS,
+    "digits": TASKS,
+    "llava": ("vqa",),
+    "coco_captions": ("caption",),
+    "image_folder": ("classification",),
+    "csv": ("classification",),
+    "vqa_jsonl": ("vqa",),
+    "hf": TASKS,
+}
+
+# every key a [datasets.NAME] table may hold: (type(s), one-line doc)
+DATASET_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "format": (str, f"the dataset format: {', '.join(FORMATS)}"),
+    "task": (str, "the view to load: classification | caption | vqa (optional when the format has one)"),
+    "path": (str, "data file or folder, relative to the suite file; for hf, a save_to_disk folder"),
+    "eval_path": (str, "a separate evaluation file or folder of the same format (else eval_fraction is held out)"),
+    "image_root": (str, "folder that image paths in the data file are relative to (default: the file's folder)"),
+    "split": (str, "scenes: 'source' or the shifted 'target' distribution (default 'target')"),
+    "train_size": (int, "training samples: exactly this many for bundled data (default 256), at most for files"),
+    "eval_size": (int, "evaluation samples: exactly this many for bundled data (default 64), at most for files"),
+    "eval_fraction": ((float, int), "share of the records held out for evaluation without eval_path (default 0.2)"),
+    "shuffle": (bool, "shuffle the records with the seed before splitting and limiting (default true)"),
+    "seed": (int, "data seed: which scenes/digits, which records are held out (default: the caller's seed)"),
+    "image_size": (int, "scenes/digits: image side in pixels (default 32)"),
+    "hf_name": (str, "hf: a Hugging Face dataset id, read from the local cache"),
+    "hf_split": (str, "hf: the split to train on (default 'train')"),
+    "hf_eval_split": (str, "hf: the split to evaluate on (else eval_fraction of hf_split is held out)"),
+    "columns": (dict, "hf: bench field -> dataset column, e.g. {image = \"img\", label = \"fine_label\"}"),
+}
+
+_COMMON = {"format", "task", "train_size", "eval_size", "seed"}
+_FILES = _COMMON | {"path", "eval_path", "image_root", "eval_fraction", "shuffle"}
+FORMAT_KEYS: dict[str, set[str]] = {
+    "scenes": _COMMON | {"split", "image_size"},
+    "digits": _COMMON | {"image_size"},
+    "llava": _FILES,
+    "coco_captions": _FILES,
+    "image_folder": _FILES - {"image_root"},
+    "csv": _FILES,
+    "vqa_jsonl": _FILES,
+    "hf": (_FILES - {"eval_path"}) | {"hf_name", "hf_split", "hf_eval_split", "columns"},
+}
+_READERS = {
+    "llava": formats.read_llava,
+    "coco_captions": formats.read_coco_captions,
+    "csv": formats.read_csv,
+    "vqa_jsonl": formats.read_vqa_jsonl,
+}
+DEFAULT_BUNDLED_SIZES = {"train_size": 256, "eval_size": 64}
+
+
+# ---------------------------------------------------------------- the table
+
+
+def _task(cfg: dict, *, file: str, where: str) -> str:
+    fmt = cfg["format"]
+    task = cfg.get("task")
+    if task is None:
+        if len(FORMATS[fmt]) == 1:
+            return FORMATS[fmt][0]
+        raise SuiteError(f"format {fmt!r} gives several tasks; say which", file=file, where=f"{where}, key 'task'",
+                         fix=f"add task = one of {', '.join(FORMATS[fmt])}")
+    if task not in FORMATS[fmt]:
+        raise SuiteError(f"format {fmt!r} does not give task {task!r}", file=file, where=f"{where}, key 'task'",
+                         fix=f"use task = one of {', '.join(FORMATS[fmt])}, or another format")
+    return task
+
+
+def check_keys(cfg: dict, *, file: str, where: str, require_task: bool = False) -> None:
+    """The table alone: known keys of the right types, keys that apply to the format, sane values."""
+
+    def fail(key: str, message: str, fix: str) -> None:
+        raise SuiteError(message, file=file, where=f"{where}, key '{key}'" if key else where, fix=fix)
+
+    if not isinstance(cfg, dict):
+        fail("", f"a dataset must be a table, got {type(cfg).__name__}",
+             "write it as [datasets.NAME] with format = ...")
+    for key, value in cfg.items():
+        if key not in DATASET_KEYS:
+            fail(key, f"unknown key {key!r}", f"use one of: {', '.join(DATASET_KEYS)}")
+        types, doc = DATASET_KEYS[key]
+        # bool is an int in Python; `train_size = true` is still a mistake
+        if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
+            fail(key, f"{key!r} must be {_type_words(types)}, got {value!r}", f"{key}: {doc}")
+    fmt = cfg.get("format")
+    if fmt is None:
+        fail("format", "missing key 'format'", f"add format = one of {', '.join(FORMATS)}")
+    if fmt not in FORMATS:
+        fail("format", f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    for key in cfg:
+        if key not in FORMAT_KEYS[fmt]:
+            fail(key, f"key {key!r} does not apply to format {fmt!r}",
+                 f"remove it; format {fmt!r} takes {', '.join(sorted(FORMAT_KEYS[fmt]))}")
+    if "task" in cfg or require_task:
+        _task(cfg, file=file, where=where)
+    for key, least in (("train_size", 0), ("eval_size", 1)):
+        if key in cfg and cfg[key] < least:
+            fail(key, f"{key!r} must be at least {least}, got {cfg[key]}", "use a positive count")
+    if "eval_fraction" in cfg and not 0 < cfg["eval_fraction"] < 1:
+        fail("eval_fraction", f"'eval_fraction' must be between 0 and 1, got {cfg['eval_fraction']}", "e.g. 0.2")
+    if "image_size" in cfg and not 8 <= cfg["image_size"] <= 1024:
+        fail("image_size", f"'image_size' must be 8..1024, got {cfg['image_size']}", "e.g. 32 for tiny models")
+    if "split" in cfg and cfg["split"] not in ("source", "target"):
+        fail("split", f"'split' must be 'source' or 'target', got {cfg['split']!r}", "target is the shifted one")
+    if fmt == "digits":
+        from bench.data.digits import N_IMAGES
+
+        total = sum(cfg.get(k, v) for k, v in DEFAULT_BUNDLED_SIZES.items())
+        if total > N_IMAGES:
+            fail("train_size", f"train_size + eval_size = {total}, but digits has {N_IMAGES} images", "ask for fewer")
+    if fmt not in GENERATED:
+        has_path, has_name = "path" in cfg, "hf_name" in cfg
+        if fmt == "hf" and has_path == has_name:
+            fail("path", "an hf dataset needs exactly one of 'path' (a save_to_disk folder) and 'hf_name'",
+                 "set hf_name = \"owner/name\" or path = \"folder\"")
+        if fmt != "hf" and not has_path:
+            fail("path", f"format {fmt!r} needs 'path'", "set path to the data file or folder")
+        for held in ("eval_path", "hf_eval_split"):
+            if held in cfg and "eval_fraction" in cfg:
+                fail("eval_fraction", f"'eval_fraction' has no effect with '{held}'", "remove one of them")
+    for field, column in cfg.get("columns", {}).items():
+        if field not in formats.HF_COLUMNS or not isinstance(column, str):
+            fail("columns", f"columns.{field} = {column!r}: fields are {', '.join(formats.HF_COLUMNS)}, "
+                 "each mapped to a column name", "e.g. columns = {image = \"img\", label = \"fine_label\"}")
+
+
+def _type_words(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    words = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table"}
+    return " or ".join(words.get(t, t.__name__) for t in types)
+
+
+def _path(value: str, base_dir: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def _check_paths(cfg: dict, base_dir: Path, *, file: str | None, where: str) -> None:
+    """The table's paths exist: a wrong path is the suite's mistake, so it is named by its key."""
+    for key in ("path", "eval_path", "image_root"):
+        if key not in cfg:
+            continue
+        path = _path(cfg[key], base_dir)
+        if not path.exists():
+            raise SuiteError(f"{key} {cfg[key]!r} does not exist (looked for {str(path)!r})", file=file,
+                             where=f"{where}, key '{key}'",
+                             fix="relative paths start at the suite file's folder; check the spelling")
+        if key == "image_root" and not path.is_dir():
+            raise SuiteError(f"image_root {str(path)!r} is not a folder", file=file, where=f"{where}, key '{key}'",
+                             fix="point image_root at the folder that image paths are relative to")
+
+
+# ---------------------------------------------------------------- records
+
+
+def _read(cfg: dict, task: str, path_key: str, base_dir: Path) -> list[formats.Record]:
+    fmt = cfg["format"]
+    image_root = _path(cfg["image_root"], base_dir) if "image_root" in cfg else None
+    if fmt == "image_folder":
+        return formats.read_image_folder(_path(cfg[path_key], base_dir))
+    if fmt == "hf":
+        split = cfg.get("hf_split", "train") if path_key == "path" else cfg["hf_eval_split"]
+        local = _path(cfg["path"], base_dir) if "path" in cfg else None
+        return formats.read_hf(task=task, name=cfg.get("hf_name"), path=local, split=split,
+                               columns=cfg.get("columns"), image_root=image_root)
+    return _READERS[fmt](_path(cfg[path_key], base_dir), image_root)
+
+
+def _records(cfg: dict, task: str, base_dir: Path):
+    """(train records, eval records or None when eval is held out of train)."""
+    train = _read(cfg, task, "path", base_dir)
+    if "eval_path" in cfg:
+        return train, _read(cfg, task, "eval_path", base_dir)
+    if cfg["format"] == "hf" and "hf_eval_split" in cfg:
+        return train, _read(cfg, task, "hf_eval_split", base_dir)
+    return train, None
+
+
+def _classnames(records: list[formats.Record], task: str, file: str) -> tuple[str, ...]:
+    if task != "classification":
+        return ()
+    names = formats.sorted_classnames(r.label for r in records)
+    if len(names) < 2:
+        raise DataError(f"classification needs at least 2 classes, found {list(names)}", file=file,
+                        fix="add images of other classes")
+    return names
+
+
+def check_dataset(cfg: dict, *, base_dir: Path, file: str, where: str) -> None:
+    """Everything that can be checked before a model is built; raises SuiteError / DataError."""
+    check_keys(cfg, file=file, where=where, require_task=isinstance(cfg, dict) and cfg.get("format") == "hf")
+    if cfg["format"] in GENERATED:
+        return
+    _check_paths(cfg, Path(base_dir), file=file, where=where)
+    task = cfg.get("task") or FORMATS[cfg["format"]][0]
+    train, evals = _records(cfg, task, Path(base_dir))
+    all_records = train + (evals or [])
+    _classnames(all_records, task, train[0].file)
+    formats.check_images(all_records)
+
+
+def load_dataset(
+    cfg: dict, *, base_dir: Path, seed: int = 0, file: str | None = None, where: str = "dataset"
+) -> DatasetSplits:
+    """Train/eval samples of one [datasets.NAME] table. The table's own `seed` wins over `seed`.
+
+    Files: eval is eval_path (or hf_eval_split), else the last eval_fraction of the (shuffled)
+    records; then train_size/eval_size cut each part. Class indices come from all records, so
+    they do not depend on the limits. `file`/`where` name the suite table in error messages."""
+    check_keys(cfg, file=file, where=where, require_task=True)
+    task = _task(cfg, file=file, where=where)
+    data_seed = cfg.get("seed", seed)
+    fmt = cfg["format"]
+    if fmt in GENERATED:
+        return _generated(cfg, task, data_seed)
+    _check_paths(cfg, Path(base_dir), file=file, where=where)
+
+    train, evals = _records(cfg, task, Path(base_dir))
+    data_file = train[0].file
+    classnames = _classnames(train + (evals or []), task, data_file)
+    shuffle = cfg.get("shuffle", True)
+    rng = np.random.default_rng(np.random.SeedSequence([data_seed, 0x10AD]))
+
+    def order(records):
+        return [records[i] for i in rng.permutation(len(records))] if shuffle else list(records)
+
+    n_records = len(train) + len(evals or [])
+    if evals is None:
+        fraction = cfg.get("eval_fraction", 0.2)
+        eval_from = f"{fraction} of {data_file}"
+        pool = order(train)
+        n_eval = max(1, round(len(pool) * fraction))
+        if len(pool) - n_eval < 1:
+            raise DataError(f"{len(pool)} record(s) cannot be split into train and eval", file=data_file,
+                            fix="add records, or give eval_path")
+        train, evals = pool[: len(pool) - n_eval], pool[len(pool) - n_eval :]
+    else:
+        eval_from = f"{evals[0].file} [{cfg['hf_eval_split']}]" if "hf_eval_split" in cfg else evals[0].file
+        train, evals = order(train), order(evals)
+    train = train[: cfg.get("train_size", len(train))]
+    evals = evals[: cfg.get("eval_size", len(evals))]
+
+    train_samples = formats.to_samples(train, classnames)
+    eval_samples = formats.to_samples(evals, classnames)
+    info = {
+        "format": fmt, "path": data_file, "eval_from": eval_from, "seed": data_seed, "shuffle": shuffle,
+        "n_records": n_records, "n_train": len(train_samples), "n_eval": len(eval_samples),
+    }
+    return DatasetSplits(
+        task=task,
+        train=train_samples,
+        eval=eval_samples,
+        classnames=classnames,
+        fingerprint=formats.fingerprint(task, train_samples, eval_samples, classnames),
+        info=info,
+    )
+
+
+def _generated(cfg: dict, task: str, seed: int) -> DatasetSplits:
+    sizes = {k: cfg.get(k, v) for k, v in DEFAULT_BUNDLED_SIZES.items()}
+    image_size = cfg.get("image_size", 32)
+    if cfg["format"] == "scenes":
+        from bench.data.scenes import scenes_dataset
+
+        return scenes_dataset(task, split=cfg.get("split", "target"), image_size=image_size, seed=seed, **sizes)
+    from bench.data.digits import digits_dataset
+
+    return digits_dataset(task, image_size=image_size, seed=seed, **sizes)

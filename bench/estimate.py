@@ -1,0 +1,115 @@
+"""Predicted peak training memory per cell, before any GPU is rented (seed 001's arithmetic).
+
+    weights      = Σ params × bytes/param (2 for bf16, 4 for fp32; QLoRA: 4-bit language linears
+                   at 0.5 B/param + quantisation constants, 0.127 bit/param with double quantisation,
+                   0.5 bit/param without)
+    gradients    = trainable params × bytes/param
+    optimizer    = trainable params × 2 states × bytes/param (AdamW; SGD keeps one momentum)
+    activations  = Σ over transformer blocks that backward passes through of
+                   tokens × hidden × (34 + 5·heads·seq/hidden) × act_bytes / 2      (Korthikanti et al. 2022)
+                   with gradient checkpointing: 2 × tokens × hidden × act_bytes per block + one full block
+                 + the language model's logits: tokens × vocab × 4 B × 3 (fp32 logits, softmax, grad)
+A block is counted when gradients flow through it: it holds trainable parameters or something
+trainable sits before it (the vision tower under LoRA on the language model holds no activations).
+Records keep estimate and measurement side by side so the estimate's error is visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One transformer stack of a model, as the activation formula sees it."""
+
+    component: str
+    layers: int
+    hidden: int
+    heads: int
+    seq: int  # tokens per sample through this stack
+    vocab: int = 0  # > 0 for the stack whose logits feed the loss
+
+
+def stacks(family: str, config, max_seq_len: int) -> list[Stack]:
+    """The transformer stacks of a family's config, in forward order."""
+    v = config.vision_config
+    patches = (v.image_size // v.patch_size) ** 2
+    vision = Stack("vision", v.num_hidden_layers, v.hidden_size, v.num_attention_heads, patches + 1)
+    t = config.text_config
+    if family == "clip":
+        return [vision, Stack("language", t.num_hidden_layers, t.hidden_size, t.num_attention_heads, max_seq_len)]
+    if family == "blip2":
+        q = config.qformer_config
+        n_query = config.num_query_tokens
+        return [vision, Stack("qformer", q.num_hidden_layers, q.hidden_size, q.num_attention_heads, n_query),
+                Stack("language", t.num_hidden_layers, t.hidden_size, t.num_attention_heads, n_query + max_seq_len, t.vocab_size)]
+    if family == "llava":
+        return [vision, Stack("language", t.num_hidden_layers, t.hidden_size, t.num_attention_heads, patches + max_seq_len, t.vocab_size)]
+    raise ValueError(f"no memory model for family {family!r}")
+
+
+def _block_activation_bytes(s: Stack, batch: int, act_bytes: int, checkpointing: bool) -> float:
+    tokens = batch * s.seq
+    full_block = tokens * s.hidden * (34 + 5 * s.heads * s.seq / s.hidden) * act_bytes / 2
+    if checkpointing:
+        return s.layers * 2 * tokens * s.hidden * act_bytes / 2 + full_block
+    return s.layers * full_block
+
+
+def estimate_memory(family: str, config, params: dict, train: dict, method_kind: str) -> dict:
+    """Predicted peak MB for one cell; `params` is bench.methods.count_params output (per component)."""
+    bf16 = train["precision"] == "bf16"
+    wbytes = 2 if bf16 else 4
+    act_bytes = 2 if train["precision"] in ("bf16", "fp16") else 4
+    by_comp = params["by_component"]
+    total, trainable = params["total"], params["trainable"]
+
+    if method_kind == "qlora":
+        quantised = by_comp.get("language", {}).get("total", 0) - by_comp.get("language", {}).get("trainable", 0)
+        quantised -= getattr(config.text_config, "vocab_size", 0) * getattr(config.text_config, "hidden_size", 0) * 2  # embeddings + lm_head stay
+        quantised = max(0, quantised)
+        const_bits = 0.127 if train.get("double_quant", True) else 0.5
+        weights = quantised * (0.5 + const_bits / 8) + (total - quantised) * wbytes
+    else:
+        weights = total * wbytes
+    grad_bytes = wbytes if method_kind == "full" else 4 if not bf16 else 2
+    gradients = trainable * grad_bytes
+    states = 1 if train["optimizer"] == "sgd" else 2
+    opt_bytes = 1 if "8bit" in train["optimizer"] else grad_bytes
+    optimizer = trainable * states * opt_bytes
+
+    activations, flowing = 0.0, False
+    batch = train["batch_size"]
+    for s in stacks(family, config, train["max_seq_len"]):
+        flowing = flowing or by_comp.get(s.component, {}).get("trainable", 0) > 0
+        if flowing:
+            activations += _block_activation_bytes(s, batch, act_bytes, train["gradient_checkpointing"])
+        if s.vocab and flowing:
+            activations += batch * train["max_seq_len"] * s.vocab * 4 * 3  # logits are scored on the text positions
+
+    parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations}
+    out = {k: round(v / MB, 2) for k, v in parts.items()}
+    out["total_mb"] = round(sum(parts.values()) / MB, 2)
+    return out
+
+
+def estimate_cells(cells, counts: dict | None = None) -> dict[str, dict]:
+    """cell_id -> estimate, from meta-device parameter counts (computed here when not given)."""
+    from bench.models import get_family
+    from bench.params import count_cells
+
+    counts = counts or count_cells(cells)
+    out = {}
+    for cell in cells:
+        p = counts.get(cell.cell_id)
+        if not p or "error" in p:
+            continue
+        family = get_family(cell.model["family"])
+        from bench.cell import model_spec
+
+        config = family.build_meta(model_spec({**cell.model, "weights": "random"})).config
+        out[cell.cell_id] = estimate_memory(cell.model["family"], config, p, {**cell.train, **cell.method}, cell.method["kind"])
+    return out

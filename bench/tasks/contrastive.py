@@ -1,0 +1,193 @@
+"""CLIP's task: train with the contrastive image-text loss, score by zero-shot classification.
+
+Both backends look the same from here: the processor (CLIPProcessor or bench's OpenClipProcessor)
+turns images into `pixel_values` and texts into `input_ids` + `attention_mask`, and `loss` picks
+the backend's own loss (CLIPModel's return_loss, open_clip's ClipLoss).
+"""
+
+from __future__ import annotations
+
+from bench.data.sample import DatasetSplits, Sample
+from bench.errors import DataError
+from bench.models.clip import backend_of
+from bench.tasks.base import Quality, TaskSettings
+
+TASK = "classification"
+METRIC = "zero_shot_acc"
+HIGHER_IS_BETTER = True
+
+_IMAGE_CHUNK = 64  # images per processor call in encode: bounds the PIL -> tensor working set
+
+
+def training_text(sample: Sample, index: int, settings: TaskSettings, classnames) -> str:
+    """The sample's first caption, else its class prompt ("a photo of a {}")."""
+    if sample.captions:
+        return sample.captions[0]
+    if sample.label is None or not classnames:
+        raise DataError(
+            "a CLIP training sample needs a caption or a class label", where=f"train[{index}]",
+            fix="give every sample a label (with the dataset's classnames) or at least one caption",
+        )
+    if not 0 <= sample.label < len(classnames):
+        raise DataError(f"label {sample.label} is outside the {len(classnames)} classnames", where=f"train[{index}].label",
+                        fix="labels index DatasetSplits.classnames from 0")
+    return settings.prompt_template.format(classnames[sample.label])
+
+
+def encode(loaded, samples: list[Sample], settings: TaskSettings, classnames=()) -> list[dict]:
+    """Per-sample CPU tensors: pixel values (through the processor once) and unpadded text tokens."""
+    texts = [training_text(s, i, settings, classnames) for i, s in enumerate(samples)]
+    pixels = pixel_values(loaded.processor, [s.image for s in samples])
+    ids, mask = tokenize(loaded.processor, texts, settings.max_seq_len)
+    lengths = mask.sum(1).tolist()
+    return [
+        {"pixel_values": pixels[i], "input_ids": ids[i, :n].clone(), "attention_mask": mask[i, :n].clone()}
+        for i, n in enumerate(lengths)
+    ]
+
+
+def collate(encoded: list[dict], loaded) -> dict:
+    """One micro-batch; text padded to the longest (or to open_clip's fixed context length)."""
+    import torch
+
+    length = getattr(loaded.processor, "context_length", None) or max(len(e["input_ids"]) for e in encoded)
+    pad = pad_token_id(loaded.processor)
+    ids = torch.full((len(encoded), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), length), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        n = len(e["input_ids"])
+        ids[row, :n] = e["input_ids"]
+        mask[row, :n] = e["attention_mask"]
+    return {"pixel_values": torch.stack([e["pixel_values"] for e in encoded]), "input_ids": ids, "attention_mask": mask}
+
+
+def loss(model, batch: dict):
+    """The symmetric image-text contrastive loss of the backend that built `model`."""
+    if backend_of(model) == "open_clip":
+        from open_clip.loss import ClipLoss
+
+        image_features, text_features, logit_scale = _open_clip_features(model, batch)
+        return ClipLoss()(image_features, text_features, logit_scale)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                pixel_values=batch["pixel_values"], return_loss=True)
+    return out.loss
+
+
+def count_tokens(batch: dict) -> tuple[int, int]:
+    return int(batch["attention_mask"].sum()), int(batch["input_ids"].numel())
+
+
+def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Quality:
+    """Zero-shot accuracy on splits.eval (0-100): each image gets the class whose prompt embeds closest."""
+    import torch
+
+    classnames = tuple(splits.classnames)
+    if not classnames:
+        raise DataError("zero-shot evaluation needs class names, and this dataset has none",
+                        where="classnames", fix="use a classification dataset (one with classnames) for CLIP")
+    labels = []
+    for i, s in enumerate(splits.eval):
+        if s.label is None or not 0 <= s.label < len(classnames):
+            raise DataError(f"eval sample has label {s.label!r}, not an index into {len(classnames)} classnames",
+                            where=f"eval[{i}].label", fix="give every eval sample a label in range")
+        labels.append(s.label)
+
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            prompts = [settings.prompt_template.format(c) for c in classnames]
+            class_emb = torch.cat([
+                _text_embeddings(model, loaded.processor, prompts[i:i + settings.eval_batch_size], settings, device)
+                for i in range(0, len(prompts), settings.eval_batch_size)
+            ])
+            hits1 = hits5 = 0
+            k = min(5, len(classnames))
+            for start in range(0, len(splits.eval), settings.eval_batch_size):
+                chunk = splits.eval[start:start + settings.eval_batch_size]
+                image_emb = _image_embeddings(model, loaded.processor, [s.image for s in chunk], device)
+                scores = image_emb @ class_emb.T
+                truth = torch.tensor(labels[start:start + len(chunk)], device=scores.device)
+                top = scores.topk(k, dim=1).indices
+                hits1 += int((top[:, 0] == truth).sum())
+                hits5 += int((top == truth[:, None]).any(1).sum())
+    finally:
+        model.train(was_training)
+
+    n = len(splits.eval)
+    top1 = 100.0 * hits1 / n if n else 0.0
+    extra = {"top1": top1}
+    if len(classnames) > 5:
+        extra["top5"] = 100.0 * hits5 / n if n else 0.0
+    return Quality(metric=METRIC, value=top1, higher_is_better=HIGHER_IS_BETTER, extra=extra, n=n)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def pixel_values(processor, images):
+    import torch
+
+    chunks = [processor(images=images[i:i + _IMAGE_CHUNK], return_tensors="pt")["pixel_values"]
+              for i in range(0, len(images), _IMAGE_CHUNK)]
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def tokenize(processor, texts: list[str], max_length: int):
+    """(input_ids, attention_mask) as right-padded LongTensors, truncated to max_length (end token kept)."""
+    out = processor(text=texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return out["input_ids"], out["attention_mask"]
+
+
+def pad_token_id(processor) -> int:
+    pad = getattr(processor, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(getattr(processor, "tokenizer", None), "pad_token_id", None)
+    return 0 if pad is None else int(pad)
+
+
+def _device_of(model):
+    return next(p.device for p in model.parameters())
+
+
+def _float_dtype(module):
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
+def _open_clip_features(model, batch: dict):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    pixels = batch["pixel_values"].to(_float_dtype(base.visual))
+    out = model(image=pixels, text=batch["input_ids"])
+    if isinstance(out, dict):
+        return out["image_features"], out["text_features"], out["logit_scale"]
+    return out[0], out[1], out[2]
+
+
+def _text_embeddings(model, processor, texts, settings: TaskSettings, device):
+    import torch.nn.functional as F
+
+    ids, mask = tokenize(processor, texts, settings.max_seq_len)
+    ids, mask = ids.to(device), mask.to(device)
+    if backend_of(model) == "open_clip":
+        emb = model.encode_text(ids)
+    else:
+        emb = _pooled(model.get_text_features(input_ids=ids, attention_mask=mask))
+    return F.normalize(emb.float(), dim=-1)
+
+
+def _image_embeddings(model, processor, images, device):
+    import torch.nn.functional as F
+
+    pixels = pixel_values(processor, images).to(device)
+    if backend_of(model) == "open_clip":
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        emb = model.encode_image(pixels.to(_float_dtype(base.visual)))
+    else:
+        emb = _pooled(model.get_image_features(pixel_values=pixels))
+    return F.normalize(emb.float(), dim=-1)
+
+
+def _pooled(out):
+    # transformers 5 returns a ModelOutput whose pooler_output is the projected embedding; 4.x returned the tensor
+    return out.pooler_output if hasattr(out, "pooler_output") else out
