@@ -55,7 +55,7 @@ def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> 
     family = get_family(cell.model["family"])
     task = task_for_family(cell.model["family"])
     torch.manual_seed(cell.train["seed"])
-    loaded = family.build(model_spec(cell.model, zoo_path), device=device)
+    loaded = family.build(model_spec(cell.model, zoo_path), device=device, seed=cell.train["seed"])
     quality = task.evaluate(loaded, loaded.model, splits, task_settings(cell.train, device))
     return _quality_dict(quality)
 
@@ -114,7 +114,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         # bf16 runs keep frozen weights in bf16 (what users do on GPUs); fp16 autocasts over fp32 weights
         dtype = torch.bfloat16 if settings["precision"] == "bf16" else torch.float32
         loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=dtype,
-                              quantization=quantization_config(cell.method, device))
+                              quantization=quantization_config(cell.method, device), seed=seed)
         model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
         out["params"] = count_params(model, loaded.components)
         out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings)

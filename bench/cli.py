@@ -161,7 +161,7 @@ def cmd_zoo_build(args) -> int:
         if zoo.is_built(family) and not args.force:
             print(f"{family}: cached at {zoo.zoo_path(family)}")
             continue
-        out = call_isolated(_zoo_job, family, timeout_s=zoo.RECIPES[family]["train"]["timeout_s"])
+        out = call_isolated(_zoo_job, family, args.threads, timeout_s=zoo.RECIPES[family]["train"]["timeout_s"])
         if out.kind != "ok":
             raise BenchError(f"zoo build for {family} failed: {out.message}")
         q = out.value["source_quality"]
@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     z = zsub.add_parser("build", help="pretrain the tiny bases on the source split (cached)")
     z.add_argument("--family", action="append", choices=["clip", "blip2", "llava"])
     z.add_argument("--force", action="store_true", help="rebuild even when cached")
+    z.add_argument("--threads", type=int, default=1, help="CPU threads (tiny models train fastest on 1)")
     z.set_defaults(fn=cmd_zoo_build)
     return p
 

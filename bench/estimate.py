@@ -1,16 +1,19 @@
 """Predicted peak training memory per cell, before any GPU is rented (seed 001's arithmetic).
 
-    weights      = Σ params × bytes/param (2 for bf16, 4 for fp32; QLoRA: 4-bit language linears
-                   at 0.5 B/param + quantisation constants, 0.127 bit/param with double quantisation,
+    weights      = Σ params × bytes/param (2 for bf16, 4 for fp32; QLoRA: the 4-bit linears, params["quantized"]
+                   (every Linear outside the family's QUANTIZATION_SKIP: CLIP's vision tower too), at
+                   0.5 B/param + quantisation constants, 0.127 bit/param with double quantisation,
                    0.5 bit/param without)
     gradients    = trainable params × bytes/param
-    optimizer    = trainable params × 2 states × bytes/param (AdamW; SGD keeps one momentum)
+    optimizer    = trainable params × 2 states × bytes/param (AdamW; SGD keeps one momentum; bitsandbytes'
+                   8-bit optimizers 1 B per state, its 32-bit ones 4 B)
     activations  = Σ over transformer blocks that backward passes through of
                    tokens × hidden × (34 + 5·heads·seq/hidden) × act_bytes / 2      (Korthikanti et al. 2022)
                    with gradient checkpointing: 2 × tokens × hidden × act_bytes per block + one full block
                  + the language model's logits: tokens × vocab × 4 B × 3 (fp32 logits, softmax, grad)
 A block is counted when gradients flow through it: it holds trainable parameters or something
 trainable sits before it (the vision tower under LoRA on the language model holds no activations).
+CLIP's two towers run side by side, not one after the other: each counts only when it is trainable.
 Records keep estimate and measurement side by side so the estimate's error is visible.
 """
 
@@ -68,9 +71,11 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
     total, trainable = params["total"], params["trainable"]
 
     if method_kind == "qlora":
-        quantised = by_comp.get("language", {}).get("total", 0) - by_comp.get("language", {}).get("trainable", 0)
-        quantised -= getattr(config.text_config, "vocab_size", 0) * getattr(config.text_config, "hidden_size", 0) * 2  # embeddings + lm_head stay
-        quantised = max(0, quantised)
+        quantised = params.get("quantized")
+        if quantised is None:  # counts without the 4-bit figure: the language model's frozen part less embeddings + lm_head
+            quantised = by_comp.get("language", {}).get("total", 0) - by_comp.get("language", {}).get("trainable", 0)
+            quantised -= getattr(config.text_config, "vocab_size", 0) * getattr(config.text_config, "hidden_size", 0) * 2
+            quantised = max(0, quantised)
         const_bits = 0.127 if train.get("double_quant", True) else 0.5
         weights = quantised * (0.5 + const_bits / 8) + (total - quantised) * wbytes
     else:
@@ -78,13 +83,14 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
     grad_bytes = wbytes if method_kind == "full" else 4 if not bf16 else 2
     gradients = trainable * grad_bytes
     states = 1 if train["optimizer"] == "sgd" else 2
-    opt_bytes = 1 if "8bit" in train["optimizer"] else grad_bytes
+    opt_bytes = 1 if "8bit" in train["optimizer"] else 4 if "32bit" in train["optimizer"] else grad_bytes
     optimizer = trainable * states * opt_bytes
 
     activations, flowing = 0.0, False
     batch = train["batch_size"]
+    parallel = family == "clip"  # image and text towers: gradients never pass from one into the other
     for s in stacks(family, config, train["max_seq_len"]):
-        flowing = flowing or by_comp.get(s.component, {}).get("trainable", 0) > 0
+        flowing = (flowing and not parallel) or by_comp.get(s.component, {}).get("trainable", 0) > 0
         if flowing:
             activations += _block_activation_bytes(s, batch, act_bytes, train["gradient_checkpointing"])
         if s.vocab and flowing:
@@ -98,18 +104,23 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
 
 def estimate_cells(cells, counts: dict | None = None) -> dict[str, dict]:
     """cell_id -> estimate, from meta-device parameter counts (computed here when not given)."""
+    from bench.cell import model_spec
     from bench.models import get_family
     from bench.params import count_cells
 
     counts = counts or count_cells(cells)
+    configs: dict = {}  # one meta build per model
     out = {}
     for cell in cells:
         p = counts.get(cell.cell_id)
         if not p or "error" in p:
             continue
-        family = get_family(cell.model["family"])
-        from bench.cell import model_spec
-
-        config = family.build_meta(model_spec({**cell.model, "weights": "random"})).config
+        key = tuple(cell.model.get(k) for k in ("family", "preset", "checkpoint", "backend", "revision"))
+        if key not in configs:
+            meta = get_family(cell.model["family"]).build_meta(model_spec({**cell.model, "weights": "random"}))
+            configs[key] = getattr(meta, "config", None)
+        config = configs[key]
+        if config is None or not hasattr(config, "vision_config"):  # open_clip models: no memory model (as in cell.py)
+            continue
         out[cell.cell_id] = estimate_memory(cell.model["family"], config, p, {**cell.train, **cell.method}, cell.method["kind"])
     return out

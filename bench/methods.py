@@ -7,6 +7,7 @@ vision tower, which also has q_proj/v_proj, is never adapted by accident.
 
 from __future__ import annotations
 
+import math
 import re
 
 from bench.errors import BenchError
@@ -22,6 +23,8 @@ def target_regex(components: dict[str, tuple[str, ...]], targets: dict[str, list
         prefixes = "|".join(re.escape(p) for p in components[comp])
         names = "|".join(re.escape(leaf) for leaf in leaves)
         alternatives.append(rf"(?:{prefixes})(?:\..+)?\.(?:{names})")
+        # a leaf that is the component's own root module (LLaVA's lm_head, CLIP's visual_projection)
+        alternatives += [re.escape(p) for p in components[comp] if p.rsplit(".", 1)[-1] in leaves]
     return "^(?:" + "|".join(alternatives) + ")$"
 
 
@@ -45,7 +48,8 @@ def check_targets(model, components: dict, targets: dict[str, list[str]], method
         present = {n.rsplit(".", 1)[-1] for n in under}
         missing = [leaf for leaf in leaves if leaf not in present]
         if missing:
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n in set(under) and type(m).__name__.endswith(("Linear", "Linear4bit", "MultiheadAttention", "Conv1D"))})
+            under_set = set(under)
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n in under_set and type(m).__name__.endswith(("Linear", "Linear4bit", "MultiheadAttention", "Conv1D"))})
             raise BenchError(
                 f"method '{method_name}': targets.{comp} = {missing} match no module in the {comp} component",
                 fix=f"layer names found there: {', '.join(linear[:20])}",
@@ -79,6 +83,10 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if kind == "full":
         frozen = set(method.get("freeze") or ())
+        unknown = sorted(frozen - set(components))
+        if unknown:  # a misspelt component would otherwise freeze nothing, silently
+            raise BenchError(f"method '{method['name']}': freeze names unknown component(s) {unknown}",
+                             fix=f"use components of this model: {', '.join(components)}")
         for name, p in model.named_parameters():
             p.requires_grad_(component_of(name, components) not in frozen)
         return model
@@ -118,29 +126,36 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
 
 
 def _numel(p) -> int:
-    # bitsandbytes packs two 4-bit values per byte: count the parameters the layer stands for
-    if type(p).__name__ == "Params4bit":
-        return p.numel() * 2
+    # bitsandbytes packs two 4-bit values per byte: count the parameters the layer stands for, from the
+    # original shape it keeps (exact for odd sizes; a Params4bit not yet quantised has no quant_state)
+    state = getattr(p, "quant_state", None) if type(p).__name__ == "Params4bit" else None
+    if state is not None:
+        return math.prod(state.shape)
     return p.numel()
 
 
 def count_params(model, components: dict[str, tuple[str, ...]]) -> dict:
     """Total / trainable parameters, overall and per component (adapter weights count in their component)."""
     by_comp: dict[str, dict[str, int]] = {c: {"total": 0, "trainable": 0} for c in components}
-    total = trainable = 0
+    total = trainable = quantized = 0
     for name, p in model.named_parameters():
         name = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
         n = _numel(p)
         total += n
+        if type(p).__name__ == "Params4bit":
+            quantized += n
         comp = component_of(name, components) or "other"
         slot = by_comp.setdefault(comp, {"total": 0, "trainable": 0})
         slot["total"] += n
         if p.requires_grad:
             trainable += n
             slot["trainable"] += n
-    return {
+    out = {
         "total": total,
         "trainable": trainable,
         "trainable_pct": round(100.0 * trainable / total, 4) if total else 0.0,
         "by_component": by_comp,
     }
+    if quantized:  # 4-bit weights (QLoRA): the memory estimate prices them at 0.5 B/param
+        out["quantized"] = quantized
+    return out

@@ -30,7 +30,21 @@ def count_cell(cell, meta_models: dict) -> dict:
     method = {**cell.method, "kind": "lora" if cell.method["kind"] == "qlora" else cell.method["kind"]}
     with torch.device("meta"):
         adapted = apply_method(loaded, method, family)
-    return count_params(adapted, loaded.components)
+    counts = count_params(adapted, loaded.components)
+    if cell.method["kind"] == "qlora":
+        counts["quantized"] = quantized_params(meta_models[key], getattr(family, "QUANTIZATION_SKIP", ()))
+    return counts
+
+
+def quantized_params(model, skip: tuple[str, ...]) -> int:
+    """Weights bitsandbytes would store in 4 bits: every nn.Linear whose path no skip key matches (transformers'
+    rule: a key matches from the path's start up to a '.' boundary, or as a suffix)."""
+    import torch
+
+    def skipped(name: str) -> bool:
+        return any(name == k or name.startswith(k + ".") or name.endswith(k) for k in skip)
+
+    return sum(m.weight.numel() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not skipped(name))
 
 
 def count_cells(cells) -> dict[str, dict]:

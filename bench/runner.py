@@ -87,6 +87,10 @@ def _warm_imports(families) -> None:
 
     # bitsandbytes tries to fetch an optional CPU kernel from the hub and warns when it can't; the fallback is fine
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    import transformers.utils.logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # re-quantised loads would draw shard bars through the live display
+    hf_logging.set_verbosity_error()
     import peft  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
@@ -167,7 +171,7 @@ class Runner:
             if zoo.is_built(family):
                 continue
             progress.start_item(f"pretraining the tiny {family} base (zoo, once)", zoo.RECIPES[family]["train"]["steps"])
-            out = call_isolated(_zoo_job, family, timeout_s=zoo.RECIPES[family]["train"]["timeout_s"], on_event=progress.event, isolate=self.isolate)
+            out = call_isolated(_zoo_job, family, self.suite.settings["threads"], timeout_s=zoo.RECIPES[family]["train"]["timeout_s"], on_event=progress.event, isolate=self.isolate)
             if out.kind != "ok":
                 raise BenchError(f"building the tiny {family} zoo base failed: {out.message}", fix="run `bench zoo build` to see the full error")
             progress.log(f"zoo: tiny {family} base ready ({out.value['source_quality']['metric']} on source = {out.value['source_quality']['value']:.1f})")
@@ -193,7 +197,7 @@ class Runner:
         progress.start_item(f"{cell.model['name']} × {cell.dataset['name']}: untuned quality", 0)
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
         out = call_isolated(_base_job, cell, self.suite.settings["device"], self.splits(cell.dataset), zpath,
-                            timeout_s=cell.train["timeout_s"], isolate=self.isolate)
+                            self.suite.settings["threads"], timeout_s=cell.train["timeout_s"], isolate=self.isolate)
         if out.kind == "ok":
             bases[key] = out.value
             return key, out.value, ""
@@ -240,7 +244,7 @@ class Runner:
         s = self.suite.settings
         settings, attempts = dict(job.cell.train), []
         while True:
-            out = call_isolated(_cell_job, job.cell, job.seed, s["device"], splits, base, zpath, settings,
+            out = call_isolated(_cell_job, job.cell, job.seed, s["device"], splits, base, zpath, settings, s["threads"],
                                 timeout_s=settings["timeout_s"], on_event=progress.event, isolate=self.isolate)
             status = out.value["status"] if out.kind == "ok" else out.kind
             attempts.append({"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"], "status": status,
@@ -296,22 +300,33 @@ def _light_env() -> dict:
 
 # -- what runs inside the forked processes ------------------------------------------------------
 
-def _zoo_job(family: str, *, emit):
+def _set_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _zoo_job(family: str, threads: int = 0, *, emit):
     from bench import zoo
+
+    _set_threads(threads)
 
     return zoo.build(family, emit=emit)
 
 
-def _base_job(cell: Cell, device: str, splits, zoo_path, *, emit):
+def _base_job(cell: Cell, device: str, splits, zoo_path, threads: int = 0, *, emit):
     from bench.cell import evaluate_base, resolve_device
 
+    _set_threads(threads)
     return evaluate_base(cell, device=resolve_device(device), splits=splits, zoo_path=zoo_path)
 
 
-def _cell_job(cell: Cell, seed: int, device: str, splits, base, zoo_path, settings: dict, *, emit):
+def _cell_job(cell: Cell, seed: int, device: str, splits, base, zoo_path, settings: dict, threads: int = 0, *, emit):
     from bench.cell import resolve_device, run_cell
     from bench.profile import environment
 
+    _set_threads(threads)
     device = resolve_device(device)
     result = run_cell(cell, seed=seed, device=device, splits=splits, base=base, zoo_path=zoo_path, settings=settings,
                       on_step=lambda s, n, loss: emit("step", s, n, loss))

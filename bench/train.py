@@ -33,6 +33,7 @@ class TrainResult:
     real_tokens: int = 0
     padded_tokens: int = 0
     optimizer_state_bytes: int = 0
+    lrs: list[float] = field(default_factory=list)  # the learning rate each optimizer step used (the schedule as run)
 
 
 def total_steps(settings: dict, n_samples: int) -> int:
@@ -82,7 +83,9 @@ def train(model, task, encoded: list, loaded, settings: dict, *, device: str, se
     if not params:
         raise BenchError("the method left no trainable parameter", fix="check the method's targets and train_full")
     optimizer = make_optimizer(params, settings, device)
-    scheduler = get_scheduler(settings["schedule"], optimizer, num_warmup_steps=settings["warmup_steps"], num_training_steps=steps)
+    # transformers' "constant" ignores warm-up; bench's schedule is what follows warm-up, so constant means constant_with_warmup
+    schedule = "constant_with_warmup" if settings["schedule"] == "constant" else settings["schedule"]
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=settings["warmup_steps"], num_training_steps=steps)
     scaler = torch.amp.GradScaler("cuda") if settings["precision"] == "fp16" and device.startswith("cuda") else None
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
@@ -122,6 +125,7 @@ def train(model, task, encoded: list, loaded, settings: dict, *, device: str, se
             scaler.unscale_(optimizer)
         if settings["max_grad_norm"]:
             torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
+        result.lrs.append(optimizer.param_groups[0]["lr"])
         if scaler:
             scaler.step(optimizer)
             scaler.update()

@@ -25,8 +25,9 @@ _COMMON = {"schedule": "cosine", "warmup_steps": 20, "weight_decay": 0.0, "max_g
            "max_new_tokens": 8, "num_beams": 1, "prompt_template": "a photo of a {}", "timeout_s": 900}
 
 RECIPES = {
-    "clip": {"dataset": {"format": "scenes", "task": "classification", "split": "source", "train_size": 2048, "eval_size": 128},
-             "train": {**_COMMON, "steps": 400, "batch_size": 32, "lr": 2e-3, "max_seq_len": 16}},
+    "clip": {"dataset": {"format": "scenes", "task": "classification", "split": "source", "label": "object", "train_size": 2048,
+                         "eval_size": 128},
+             "train": {**_COMMON, "steps": 600, "batch_size": 32, "lr": 2e-3, "max_seq_len": 16}},
     "blip2": {"dataset": {"format": "scenes", "task": "caption", "split": "source", "train_size": 2048, "eval_size": 64},
               "train": {**_COMMON, "steps": 500, "batch_size": 32, "lr": 2e-3, "max_seq_len": 24}},
     "llava": {"dataset": {"format": "scenes", "task": "vqa", "split": "source", "train_size": 2048, "eval_size": 64},
@@ -72,6 +73,7 @@ def build(family: str, *, emit=None) -> dict:
     ts = task_settings(settings, "cpu")
     encoded = task.encode(loaded, splits.train, ts, **({"classnames": splits.classnames} if family == "clip" else {}))
     on_step = (lambda s, n, loss: emit("step", s, n, loss)) if emit else None
+    torch.manual_seed(settings["seed"])
     result = train(model, task, encoded, loaded, settings, device="cpu", seed=settings["seed"], on_step=on_step)
     quality = task.evaluate(loaded, model, splits, ts)
     target = zoo_path(family)

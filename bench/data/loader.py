@@ -46,6 +46,7 @@ DATASET_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "shuffle": (bool, "shuffle the records with the seed before splitting and limiting (default true)"),
     "seed": (int, "data seed: which scenes/digits, which records are held out (default: the caller's seed)"),
     "image_size": (int, "scenes/digits: image side in pixels (default 32)"),
+    "label": (str, "scenes classification: 'shape' (4 classes, default) or 'object' (colour + shape, 32 classes)"),
     "hf_name": (str, "hf: a Hugging Face dataset id, read from the local cache"),
     "hf_split": (str, "hf: the split to train on (default 'train')"),
     "hf_eval_split": (str, "hf: the split to evaluate on (else eval_fraction of hf_split is held out)"),
@@ -55,7 +56,7 @@ DATASET_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
 _COMMON = {"format", "task", "train_size", "eval_size", "seed"}
 _FILES = _COMMON | {"path", "eval_path", "image_root", "eval_fraction", "shuffle"}
 FORMAT_KEYS: dict[str, set[str]] = {
-    "scenes": _COMMON | {"split", "image_size"},
+    "scenes": _COMMON | {"split", "image_size", "label"},
     "digits": _COMMON | {"image_size"},
     "llava": _FILES,
     "coco_captions": _FILES,
@@ -124,6 +125,8 @@ def check_keys(cfg: dict, *, file: str, where: str, require_task: bool = False) 
         fail("eval_fraction", f"'eval_fraction' must be between 0 and 1, got {cfg['eval_fraction']}", "e.g. 0.2")
     if "image_size" in cfg and not 8 <= cfg["image_size"] <= 1024:
         fail("image_size", f"'image_size' must be 8..1024, got {cfg['image_size']}", "e.g. 32 for tiny models")
+    if "label" in cfg and cfg["label"] not in ("shape", "object"):
+        fail("label", f"'label' must be 'shape' or 'object', got {cfg['label']!r}", "object = colour + shape, 32 classes")
     if "split" in cfg and cfg["split"] not in ("source", "target"):
         fail("split", f"'split' must be 'source' or 'target', got {cfg['split']!r}", "target is the shifted one")
     if fmt == "digits":
@@ -286,7 +289,8 @@ def _generated(cfg: dict, task: str, seed: int) -> DatasetSplits:
     if cfg["format"] == "scenes":
         from bench.data.scenes import scenes_dataset
 
-        return scenes_dataset(task, split=cfg.get("split", "target"), image_size=image_size, seed=seed, **sizes)
+        return scenes_dataset(task, split=cfg.get("split", "target"), image_size=image_size, seed=seed,
+                              label=cfg.get("label", "shape"), **sizes)
     from bench.data.digits import digits_dataset
 
     return digits_dataset(task, image_size=image_size, seed=seed, **sizes)

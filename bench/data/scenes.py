@@ -246,8 +246,20 @@ def question_answers(scene: Scene) -> tuple[str, tuple[str, ...]]:
     return question, (answer,) * (10 - n_syn) + (synonym,) * n_syn
 
 
-def to_sample(scene: Scene, task: str, image_size: int) -> Sample:
+LABELS = ("shape", "object")
+# "object" classes: every colour-shape pair; the target split's held-out pairs are new combinations
+OBJECT_CLASSES = tuple(f"{c} {s}" for s in SHAPES for c in COLORS)
+
+
+def classnames_for(label: str) -> tuple[str, ...]:
+    return SHAPES if label == "shape" else OBJECT_CLASSES
+
+
+def to_sample(scene: Scene, task: str, image_size: int, label: str = "shape") -> Sample:
     image = render(scene, image_size)
+    if task == "classification" and label == "object":
+        # no caption: CLIP trains on its prompt template over the class name, exactly what zero-shot evaluates
+        return Sample(image=image, label=OBJECT_CLASSES.index(f"{scene.color} {scene.shape}"))
     label = SHAPES.index(scene.shape)
     if task == "classification":
         return Sample(image=image, label=label, captions=(class_caption(scene),))
@@ -275,21 +287,26 @@ def scenes_dataset(
     eval_size: int = 64,
     image_size: int = 32,
     seed: int = 0,
+    label: str = "shape",
 ) -> DatasetSplits:
+    """`label` (classification view): "shape" (4 classes) or "object" (colour + shape, 32 classes)."""
+    if label not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, not {label!r}")
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     if train_size < 0 or eval_size < 0 or image_size < 8:
         raise ValueError("train_size and eval_size must be >= 0 and image_size >= 8")
-    train = [to_sample(s, task, image_size) for s in generate_scenes(train_size, split=split, seed=seed, part="train")]
-    evals = [to_sample(s, task, image_size) for s in generate_scenes(eval_size, split=split, seed=seed, part="eval")]
+    train = [to_sample(s, task, image_size, label) for s in generate_scenes(train_size, split=split, seed=seed, part="train")]
+    evals = [to_sample(s, task, image_size, label) for s in generate_scenes(eval_size, split=split, seed=seed, part="eval")]
+    classnames = classnames_for(label)
     return DatasetSplits(
         task=task,
         train=train,
         eval=evals,
-        classnames=SHAPES,
-        fingerprint=fingerprint(task, train, evals, SHAPES),
-        info={"format": "scenes", "split": split, "seed": seed, "image_size": image_size,
+        classnames=classnames,
+        fingerprint=fingerprint(task, train, evals, classnames),
+        info={"format": "scenes", "split": split, "seed": seed, "image_size": image_size, "label": label,
               "n_train": len(train), "n_eval": len(evals)},
     )

@@ -16,6 +16,16 @@ from bench.models.base import ModelSpec, component_of
 from bench.models.tokenizer import tiny_tokenizer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine a second OpenMP
+    # thread that is descheduled stalls every op (measured: 30 ms -> 3 s per BLIP-2 tiny step).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def spec(**kw) -> ModelSpec:
     return ModelSpec(**{"name": "b", "family": "blip2", "preset": "tiny", "weights": "random", **kw})
 

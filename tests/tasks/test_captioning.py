@@ -19,6 +19,16 @@ from bench.tasks.base import TaskSettings
 SETTINGS = TaskSettings(max_seq_len=16, eval_batch_size=4, max_new_tokens=6)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine a second OpenMP
+    # thread that is descheduled stalls every op (measured: 30 ms -> 3 s per BLIP-2 tiny step).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def solid(rgb) -> Image.Image:
     return Image.fromarray(np.full((30, 40, 3), rgb, dtype=np.uint8))
 

@@ -1,0 +1,180 @@
+"""bench.train: the loop on a real tiny LLaVA (scenes VQA) — learning, accumulation, divergence, determinism, schedule."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from bench.cell import task_settings
+from bench.data.scenes import scenes_dataset
+from bench.errors import BenchError
+from bench.keys import TRAIN_KEYS
+from bench.methods import apply_method
+from bench.models import llava
+from bench.models.base import ModelSpec
+from bench.tasks import instruct as task
+from bench.train import Diverged, total_steps, train
+
+FULL = {"name": "full", "kind": "full", "freeze": []}
+LORA = {"name": "lora", "kind": "lora", "r": 4, "alpha": 8.0, "dropout": 0.1, "targets": None, "train_full": None}
+SETTINGS = {**{k: v.default for k, v in TRAIN_KEYS.items()}, "steps": 3, "batch_size": 4, "max_seq_len": 24,
+            "timing_warmup_steps": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two torch threads on a 2-core machine shared with other jobs spin-wait badly (2 s steps instead of 20 ms)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return llava.build(ModelSpec(name="llava-t", family="llava", preset="tiny", weights="random"))
+
+
+@pytest.fixture(scope="module")
+def encoded(base):
+    samples = scenes_dataset("vqa", train_size=16, eval_size=0).train
+    out = task.encode(base, samples, task_settings(SETTINGS, "cpu"))
+    # every scenes answer is one word + </s>: equal label counts make the mean of micro-batch means the batch mean
+    assert {int((e["labels"] != -100).sum()) for e in out} == {2}
+    return out
+
+
+def fresh(base, method=FULL, seed: int = 0):
+    """A copy of the base model with the method applied (adapter init drawn from `seed`, as bench.cell does)."""
+    loaded = copy.deepcopy(base)
+    torch.manual_seed(seed)
+    return loaded, apply_method(loaded, method, llava)
+
+
+def run(base, encoded, model_and_loaded=None, *, seed: int = 0, **settings):
+    loaded, model = model_and_loaded or fresh(base)
+    return model, train(model, task, encoded, loaded, {**SETTINGS, **settings}, device="cpu", seed=seed)
+
+
+def batch_loss(model, loaded, encoded) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(task.loss(model, task.collate(encoded, loaded)))
+
+
+def test_a_few_steps_lower_the_loss(base, encoded):
+    loaded, model = fresh(base)
+    before = batch_loss(model, loaded, encoded)
+    _, result = run(base, encoded, (loaded, model), steps=12, lr=3e-3)
+    after = batch_loss(model, loaded, encoded)
+    assert after < 0.8 * before, (before, after)
+    assert [s for s, _ in result.losses] == list(range(1, 13))
+    assert result.losses[-1][1] < result.losses[0][1]
+    assert result.samples == 12 * 4 and result.real_tokens > 0 and result.padded_tokens >= result.real_tokens
+    assert len(result.step_times) == 12 and all(t > 0 for t in result.step_times)
+
+
+def parameter_update(base, encoded, **settings) -> torch.Tensor:
+    """All parameters after one optimizer step minus before, flattened."""
+    loaded, model = fresh(base)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    run(base, encoded, (loaded, model), steps=1, **settings)
+    return torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+
+
+def test_accumulation_4x2_makes_the_same_first_update_as_8x1(base, encoded):
+    # SGD: the first update is lr × gradient, so a wrong accumulation scale shows (AdamW's first step is
+    # ~lr × sign(g) and would hide it). No clipping, constant lr; the tiny LLaVA has no dropout.
+    common = {"optimizer": "sgd", "lr": 0.5, "max_grad_norm": 0, "schedule": "constant", "warmup_steps": 0}
+    one = parameter_update(base, encoded, batch_size=8, grad_accum=1, **common)
+    accumulated = parameter_update(base, encoded, batch_size=4, grad_accum=2, **common)
+    first_half = parameter_update(base, encoded, batch_size=4, grad_accum=1, **common)
+    assert one.norm() > 0
+    assert (one - accumulated).norm() / one.norm() < 1e-4
+    assert (one - first_half).norm() / one.norm() > 0.05  # the test can tell four samples from eight
+
+
+def test_accumulation_reports_the_mean_micro_batch_loss(base, encoded):
+    _, eight = run(base, encoded, steps=1, batch_size=8, grad_accum=1)
+    _, four_by_two = run(base, encoded, steps=1, batch_size=4, grad_accum=2)
+    assert four_by_two.losses[0][1] == pytest.approx(eight.losses[0][1], abs=1e-5)
+    assert four_by_two.samples == eight.samples == 8
+
+
+def test_a_nan_producing_learning_rate_raises_diverged_at_that_step(base, encoded):
+    with pytest.raises(Diverged) as info:
+        run(base, encoded, steps=6, lr=1e20, optimizer="sgd", max_grad_norm=0, schedule="constant")
+    exc = info.value
+    assert exc.step == 2 and math.isnan(exc.loss)  # step 1 scores the initial weights; its update blows them up
+    assert exc.losses[-1][0] == 2 and math.isfinite(exc.losses[0][1])
+
+
+def test_a_loss_above_diverge_loss_raises_diverged(base, encoded):
+    with pytest.raises(Diverged) as info:
+        run(base, encoded, steps=6, lr=1e3, optimizer="sgd", max_grad_norm=0, schedule="constant", diverge_loss=100.0)
+    assert info.value.step == 2 and 100.0 < info.value.loss < math.inf
+    assert [s for s, _ in info.value.losses] == [1, 2]
+
+
+def curve(base, encoded, *, init_seed: int, seed: int) -> list:
+    _, result = run(base, encoded, fresh(base, LORA, seed=init_seed), seed=seed, steps=5, lr=5e-3)
+    return result.losses
+
+
+def test_the_same_seed_gives_the_same_loss_curve_and_another_seed_another(base, encoded):
+    first = curve(base, encoded, init_seed=0, seed=0)
+    assert curve(base, encoded, init_seed=0, seed=0) == first  # bit-identical on the CPU, adapter dropout included
+    assert curve(base, encoded, init_seed=1, seed=1) != first
+    other_order = curve(base, encoded, init_seed=0, seed=1)  # the seed alone reshuffles the batches
+    assert other_order != first and other_order[0] != first[0]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_the_schedule_warms_up_then_decays(base, encoded, schedule):
+    lr, warmup, steps = 1e-3, 3, 10
+    _, result = run(base, encoded, steps=steps, lr=lr, warmup_steps=warmup, schedule=schedule)
+
+    def expected(step: int) -> float:  # transformers' get_scheduler; step k uses the value after k-1 scheduler steps
+        k = step - 1
+        if k < warmup:
+            return lr * k / warmup  # linear warm-up from 0: the first step does not move the weights
+        progress = (k - warmup) / (steps - warmup)
+        return {"cosine": lr * 0.5 * (1 + math.cos(math.pi * progress)), "linear": lr * (1 - progress), "constant": lr}[schedule]
+
+    assert result.lrs == pytest.approx([expected(s) for s in range(1, steps + 1)], abs=1e-12)
+    assert result.lrs[warmup] == pytest.approx(lr)  # the peak is reached right after warm-up
+
+
+def test_epochs_become_optimizer_steps(base, encoded):
+    assert total_steps({"epochs": 2, "batch_size": 4, "grad_accum": 2, "steps": 99}, 16) == 4  # 2 × 16 / 8
+    assert total_steps({"epochs": 1, "batch_size": 4, "grad_accum": 1, "steps": 99}, 10) == 3  # a short tail is a step
+    assert total_steps({"epochs": 0.1, "batch_size": 8, "grad_accum": 1, "steps": 99}, 16) == 1  # never zero
+    assert total_steps({"epochs": None, "batch_size": 8, "grad_accum": 1, "steps": 7}, 16) == 7
+    _, result = run(base, encoded, epochs=1.0, steps=50)
+    assert result.steps == 4 and len(result.losses) == 4 and len(result.lrs) == 4
+
+
+def test_the_optimizer_state_is_measured_after_the_first_step(base, encoded):
+    # LoRA + projector: every trainable tensor gets a gradient (under full fine-tuning the vision tower's last
+    # layer gets none, since LLaVA reads the second-to-last, and AdamW keeps no state for it)
+    model, result = run(base, encoded, fresh(base, {**LORA, "dropout": 0.0}), steps=1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(params) == 4 + 8  # projector weights and biases, lora_A and lora_B on 2 layers × (q_proj, v_proj)
+    # AdamW keeps exp_avg and exp_avg_sq (fp32) per parameter, plus a 4-byte float32 `step` tensor per tensor
+    assert result.optimizer_state_bytes == sum(2 * 4 * p.numel() for p in params) + 4 * len(params)
+
+
+def test_a_method_that_trains_nothing_is_a_bench_error(base, encoded):
+    loaded, model = fresh(base)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(BenchError, match="no trainable parameter"):
+        train(model, task, encoded, loaded, SETTINGS, device="cpu", seed=0)
+
+
+def test_bitsandbytes_optimizers_need_cuda(base, encoded):
+    with pytest.raises(BenchError, match="needs a CUDA device"):
+        run(base, encoded, optimizer="paged_adamw_8bit")
