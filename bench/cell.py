@@ -125,6 +125,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         result = train(model, task, encoded, loaded, settings, device=device, seed=seed, probe=probe, on_step=on_step)
         out["cost"].update(probe.peak())
         out["cost"].update(_throughput(result, settings))
+        out["cost"].update(_mfu(out["params"], out["cost"], settings, device))
         out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
         out["loss_curve"] = _subsample(result.losses)
         if cell.model["weights"] != "random":  # random weights: cost is real, quality is not
@@ -190,6 +191,20 @@ def _throughput(result, settings: dict) -> dict:
         "padded_tokens_per_s": round(result.padded_tokens / timed, 2) if result.padded_tokens else None,
         "optimizer_steps": result.steps,
     }
+
+
+def _mfu(params: dict, cost: dict, settings: dict, device: str) -> dict:
+    """Model FLOPs utilisation against the device's dense bf16 peak (GPU only: a CPU has no such figure)."""
+    from bench.profile import device_peak_tflops, model_flops_per_token
+
+    if not device.startswith("cuda") or not cost.get("padded_tokens_per_s"):
+        return {"mfu": None, "model_tflops_per_s": None}
+    import torch
+
+    flops = model_flops_per_token(params["total"], params["trainable"], settings["gradient_checkpointing"])
+    achieved = flops * cost["padded_tokens_per_s"] / 1e12
+    peak = device_peak_tflops(torch.cuda.get_device_name(0))
+    return {"mfu": round(achieved / peak, 4) if peak else None, "model_tflops_per_s": round(achieved, 2)}
 
 
 def _breakdown(model, result, peak_mb: float | None) -> dict:

@@ -231,23 +231,34 @@ def render_markdown(result: CompareResult, *, show_all: bool = False) -> str:
     return "\n".join(lines)
 
 
-def render_terminal(result: CompareResult, console=None, *, show_all: bool = False) -> None:
-    """A rich table: green = better beyond noise, red = worse beyond noise, dim = within noise.
-    Unchanged metrics are left out unless `show_all`. Names and values are printed as plain Text,
-    never as markup, so a "[...]" in a model name or message prints as itself."""
+def terminal_table(console, env_warnings, title: str, key: str, numbers: tuple[str, ...]):
+    """(console, table) for a terminal verdict, compare's or gate's: `console` (a new one if None) with the
+    environment warnings printed on it, and an empty table with columns Cell, `key`, `numbers`, Verdict."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     console = console or Console()
-    for w in result.env_warnings:
+    for w in env_warnings:
         console.print(Text.assemble(("⚠ environment differs: ", "bold red"), w))
-    table = Table(title="bench compare")
+    table = Table(title=title)
+    # the key (metric, rule) never wraps: it is what a reader greps for; the rest wraps on a narrow terminal
     table.add_column("Cell")
-    table.add_column("Metric", no_wrap=True)
-    for name in ("Baseline", "Current", "Change"):
+    table.add_column(key, no_wrap=True)
+    for name in numbers:
         table.add_column(name, justify="right")
     table.add_column("Verdict")
+    return console, table
+
+
+def render_terminal(result: CompareResult, console=None, *, show_all: bool = False) -> None:
+    """A rich table: green = better beyond noise, red = worse beyond noise, dim = within noise.
+    Unchanged metrics are left out unless `show_all`. Names and values are printed as plain Text,
+    never as markup, so a "[...]" in a model name or message prints as itself."""
+    from rich.text import Text
+
+    console, table = terminal_table(console, result.env_warnings, "bench compare", "Metric",
+                                    ("Baseline", "Current", "Change"))
     for c in result.cells:
         shown = [m for m in c.changes if _shown(c, m, show_all)]
         if not shown and not c.status_changed:

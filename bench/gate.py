@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from bench import stats
-from bench.compare import env_differences, fmt_value
+from bench.compare import env_differences, fmt_value, terminal_table
 from bench.errors import BenchError
 from bench.report import cell_text
 from bench.stats import Group, Summary
@@ -216,20 +216,9 @@ class GateResult:
     def render_terminal(self, console=None, *, show_all: bool = False) -> None:
         """A rich table of the failed checks (every check with `show_all`), then the verdict.
         Names, values and messages are plain Text, never markup."""
-        from rich.console import Console
-        from rich.table import Table
         from rich.text import Text
 
-        console = console or Console()
-        for w in self.warnings:
-            console.print(Text.assemble(("⚠ environment differs: ", "bold red"), w))
-        table = Table(title="bench gate")
-        # the rule never wraps (it is what a reader greps for); the rest wraps on a narrow terminal
-        table.add_column("Cell")
-        table.add_column("Rule", no_wrap=True)
-        for name in ("Old → new", "Change", "Spread"):
-            table.add_column(name, justify="right")
-        table.add_column("Verdict")
+        console, table = terminal_table(console, self.warnings, "bench gate", "Rule", ("Old → new", "Change", "Spread"))
         shown = [r for r in self.rows if show_all or r.verdict == "fail"]
         for r in shown:
             style = {"fail": "bold red", "pass": "green"}.get(r.verdict, "dim")

@@ -116,7 +116,7 @@ def _fmt_default(k: Key) -> str:
 
 
 def _fmt_doc(k: Key) -> str:
-    doc = k.doc.replace("|", "\\|")
+    doc = k.doc.replace("|", "\\|").replace("<", "&lt;")  # a bare <name> would render as an HTML tag and vanish
     if k.choices:
         doc += " (" + " / ".join(f"`{c}`" for c in k.choices) + ")"
     return doc

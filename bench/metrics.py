@@ -11,7 +11,10 @@ pycocoevalcap is imported only when caption scores are asked for, so importing t
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from contextlib import contextmanager
 import shutil
 from collections.abc import Sequence
 
@@ -35,6 +38,21 @@ def higher_is_better(name: str) -> bool:
 
 
 # ---------------------------------------------------------------- captions
+
+
+@contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (a child process's stderr too) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
 
 
 def caption_scores(
@@ -65,8 +83,9 @@ def caption_scores(
             raise RuntimeError("tokenize='ptb' needs Java (pycocoevalcap's PTBTokenizer); use tokenize='simple'")
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        gts = PTBTokenizer().tokenize({i: [{"caption": c} for c in caps] for i, caps in gts.items()})
-        res = PTBTokenizer().tokenize({i: [{"caption": c} for c in caps] for i, caps in res.items()})
+        with _quiet_stderr():  # the Java tokenizer reports its speed on stderr for every call
+            gts = PTBTokenizer().tokenize({i: [{"caption": c} for c in caps] for i, caps in gts.items()})
+            res = PTBTokenizer().tokenize({i: [{"caption": c} for c in caps] for i, caps in res.items()})
     elif tokenize == "simple":
         gts = {i: [c.lower() for c in caps] for i, caps in gts.items()}
         res = {i: [c.lower() for c in caps] for i, caps in res.items()}

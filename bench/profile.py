@@ -47,6 +47,14 @@ class MemoryProbe:
         self.kind = "cuda_allocated" if self.cuda else "cpu_rss_hwm"
         self.baseline_mb = self._current_mb()
         self.device_used_baseline_mb = self._device_used_mb()
+        self.reserved_baseline_mb = self._reserved_mb()
+
+    def _reserved_mb(self) -> float | None:
+        if not self.cuda:
+            return None
+        import torch
+
+        return torch.cuda.memory_reserved() / MB
 
     def _current_mb(self) -> float:
         if self.cuda:
@@ -87,7 +95,7 @@ class MemoryProbe:
             return {
                 "memory_kind": self.kind,
                 "peak_memory_mb": round(torch.cuda.max_memory_allocated() / MB - self.baseline_mb, 2),
-                "peak_reserved_mb": round(torch.cuda.max_memory_reserved() / MB, 2),
+                "peak_reserved_mb": round(torch.cuda.max_memory_reserved() / MB - self.reserved_baseline_mb, 2),
                 "nvml_used_mb": round(used - self.device_used_baseline_mb, 2) if used is not None else None,
             }
         hwm = _proc_status_kb("VmHWM")
@@ -185,3 +193,23 @@ def environment(device: str) -> dict:
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
     }
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, for MFU.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
+                    "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0, "RTX 4090": 165.0}
+
+
+def device_peak_tflops(device_name: str | None) -> float | None:
+    if not device_name:
+        return None
+    for key, peak in BF16_PEAK_TFLOPS.items():  # most specific names first
+        if key in device_name:
+            return peak
+    return None
+
+
+def model_flops_per_token(total_params: int, trainable_params: int, checkpointing: bool) -> float:
+    """Forward 2N, backward 2N for activation gradients + 2N_trainable for weight gradients (frozen weights
+    need none), and one more forward when activations are recomputed."""
+    return (2 + 2 + (2 if checkpointing else 0)) * total_params + 2 * trainable_params

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_RECORD = json.loads((REPO / "docs" / "record-example.json").read_text())
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -83,3 +86,60 @@ def write_suite(tmp_path):
 @pytest.fixture
 def mini_suite(write_suite):
     return write_suite(MINI_SUITE, "mini.toml")
+
+
+# ---------------------------------------------------------------- records (tests of compare, gate, stats, plots, report)
+
+
+def record(changes: dict | None = None, **top) -> dict:
+    """The documented example record with dotted-path overrides ({"cost.peak_memory_mb": 50})."""
+    r = copy.deepcopy(EXAMPLE_RECORD)
+    for dotted, value in {**(changes or {}), **top}.items():
+        *parents, last = dotted.split(".")
+        node = r
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return r
+
+
+# ---------------------------------------------------------------- tiny vision-language models (tests/models, tests/tasks)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module, restored afterwards: `pytestmark = pytest.mark.usefixtures("one_thread")`.
+
+    Tiny models gain nothing from intra-op threads, and on a shared 2-core machine a second OpenMP
+    thread that is descheduled stalls every op (measured: 30 ms -> 3 s per BLIP-2 tiny step; a 0.2 ms
+    benchmark forward swings to 50 ms)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def noise_image(seed: int, height: int, width: int):
+    """A random RGB PIL image of an odd size, so processors must resize it."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def solid(rgb):
+    """A one-colour 40x30 RGB PIL image."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.full((30, 40, 3), rgb, dtype=np.uint8))
+
+
+def lm_batch(loaded, images, texts) -> dict:
+    """A processor batch whose labels are the input ids with padding and image tokens masked (-100)."""
+    enc = loaded.processor(images=images, text=texts, padding=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    labels[enc["input_ids"] == loaded.model.config.image_token_id] = -100
+    return {**enc, "labels": labels}

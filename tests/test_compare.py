@@ -1,26 +1,11 @@
 import copy
-import json
 import re
-from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from bench.compare import FIELDS, compare, env_differences, render_markdown, render_terminal
-
-EXAMPLE = json.loads((Path(__file__).parents[1] / "docs" / "record-example.json").read_text())
-
-
-def record(changes: dict | None = None, **top) -> dict:
-    """The documented example record with dotted-path overrides ({"cost.peak_memory_mb": 50})."""
-    r = copy.deepcopy(EXAMPLE)
-    for dotted, value in {**(changes or {}), **top}.items():
-        *parents, last = dotted.split(".")
-        node = r
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return r
+from conftest import record
 
 
 def change(result, cell_id, field):

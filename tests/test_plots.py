@@ -1,25 +1,11 @@
 import copy
-import json
-from pathlib import Path
 
 import pytest
 
 from bench import plots
+from conftest import record
 
-EXAMPLE = json.loads((Path(__file__).parents[1] / "docs" / "record-example.json").read_text())
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def record(changes: dict | None = None, **top) -> dict:
-    """The documented example record with dotted-path overrides ({"cost.peak_memory_mb": 50})."""
-    r = copy.deepcopy(EXAMPLE)
-    for dotted, value in {**(changes or {}), **top}.items():
-        *parents, last = dotted.split(".")
-        node = r
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return r
 
 
 def method(name, memory, wall, delta, **more):

@@ -1,5 +1,3 @@
-import copy
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,21 +5,9 @@ from pathlib import Path
 import pytest
 
 from bench import report
+from conftest import record
 
 ROOT = Path(__file__).parents[1]
-EXAMPLE = json.loads((ROOT / "docs" / "record-example.json").read_text())
-
-
-def record(changes: dict | None = None, **top) -> dict:
-    """The documented example record with dotted-path overrides ({"cost.peak_memory_mb": 50})."""
-    r = copy.deepcopy(EXAMPLE)
-    for dotted, value in {**(changes or {}), **top}.items():
-        *parents, last = dotted.split(".")
-        node = r
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return r
 
 
 def method(name, memory, wall, delta, **more):

@@ -134,3 +134,28 @@ def test_killed_cell_process_is_recorded_and_the_suite_goes_on(write_suite, tmp_
     assert statuses == ["error", "ok"], out
     killed = next(r for r in records if r["status"] == "error")
     assert "SIGKILL" in killed["message"]
+
+
+def test_same_suite_and_seed_give_the_same_losses(mini_suite, tmp_path):
+    _, first = run_suite(mini_suite, tmp_path / "a")
+    _, second = run_suite(mini_suite, tmp_path / "b")
+    curves = [[r["loss_curve"] for r in read_records(x.results)] for x in (first, second)]
+    assert curves[0] == curves[1] and all(curves[0])
+    env = read_records(first.results)[0]["env"]
+    assert {"torch", "torch_threads", "device_name", "git_sha"} <= set(env)  # what makes runs differ elsewhere
+
+
+def test_missing_checkpoints_stop_before_training_with_one_message_each(tmp_path, monkeypatch):
+    from bench.errors import BenchError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # nothing cached
+    runner = Runner(load_suite(REPO / "suites" / "vlm_costs.toml"), results_dir=tmp_path / "results",
+                    reports_dir=tmp_path / "reports", show_progress=False)
+    with pytest.raises(BenchError) as err:
+        runner.run()
+    message = err.value.render()
+    for checkpoint in ("openai/clip-vit-large-patch14", "Salesforce/blip2-opt-2.7b", "llava-hf/llava-1.5-7b-hf"):
+        assert message.count(checkpoint) >= 1
+    assert message.startswith("3 checkpoint(s) cannot be loaded")
+    assert not (tmp_path / "results").exists()  # nothing written

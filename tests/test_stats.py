@@ -1,24 +1,7 @@
-import copy
-import json
-from pathlib import Path
-
 import pytest
 
 from bench import stats
-
-EXAMPLE = json.loads((Path(__file__).parents[1] / "docs" / "record-example.json").read_text())
-
-
-def record(changes: dict | None = None, **top) -> dict:
-    """The documented example record with dotted-path overrides ({"cost.peak_memory_mb": 50})."""
-    r = copy.deepcopy(EXAMPLE)
-    for dotted, value in {**(changes or {}), **top}.items():
-        *parents, last = dotted.split(".")
-        node = r
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return r
+from conftest import record
 
 
 def test_get_follows_dotted_paths_and_returns_none_for_absent_or_null():

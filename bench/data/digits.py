@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from bench.data.formats import fingerprint
+from bench.data.formats import dataset_splits
 from bench.data.sample import TASKS, DatasetSplits, Sample
 from bench.data.vocabulary import COUNTS
 
@@ -66,12 +66,5 @@ def digits_dataset(
     order = np.random.default_rng(np.random.SeedSequence([seed, 0xD161])).permutation(len(targets))
     train = [_sample(pixels[i], int(targets[i]), task, image_size) for i in order[:train_size]]
     evals = [_sample(pixels[i], int(targets[i]), task, image_size) for i in order[train_size : train_size + eval_size]]
-    return DatasetSplits(
-        task=task,
-        train=train,
-        eval=evals,
-        classnames=CLASSNAMES,
-        fingerprint=fingerprint(task, train, evals, CLASSNAMES),
-        info={"format": "digits", "source": "sklearn.datasets.load_digits", "seed": seed,
-              "image_size": image_size, "n_train": len(train), "n_eval": len(evals)},
-    )
+    info = {"format": "digits", "source": "sklearn.datasets.load_digits", "seed": seed, "image_size": image_size}
+    return dataset_splits(task, train, evals, CLASSNAMES, info)

@@ -483,3 +483,17 @@ def fingerprint(task: str, train, eval, classnames=()) -> str:
             h.update(s.image.tobytes())
             h.update(json.dumps([s.label, s.captions, s.question, s.answers, s.turns]).encode())
     return h.hexdigest()[:16]
+
+
+def dataset_splits(task: str, train, evals, classnames, info: dict):
+    """The loaded DatasetSplits: its content fingerprint computed, the split sizes appended to `info`."""
+    from bench.data.sample import DatasetSplits
+
+    return DatasetSplits(
+        task=task,
+        train=train,
+        eval=evals,
+        classnames=classnames,
+        fingerprint=fingerprint(task, train, evals, classnames),
+        info={**info, "n_train": len(train), "n_eval": len(evals)},
+    )

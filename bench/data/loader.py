@@ -269,18 +269,9 @@ def load_dataset(
 
     train_samples = formats.to_samples(train, classnames)
     eval_samples = formats.to_samples(evals, classnames)
-    info = {
-        "format": fmt, "path": data_file, "eval_from": eval_from, "seed": data_seed, "shuffle": shuffle,
-        "n_records": n_records, "n_train": len(train_samples), "n_eval": len(eval_samples),
-    }
-    return DatasetSplits(
-        task=task,
-        train=train_samples,
-        eval=eval_samples,
-        classnames=classnames,
-        fingerprint=formats.fingerprint(task, train_samples, eval_samples, classnames),
-        info=info,
-    )
+    info = {"format": fmt, "path": data_file, "eval_from": eval_from, "seed": data_seed, "shuffle": shuffle,
+            "n_records": n_records}
+    return formats.dataset_splits(task, train_samples, eval_samples, classnames, info)
 
 
 def _generated(cfg: dict, task: str, seed: int) -> DatasetSplits:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bench.data.formats import fingerprint
+from bench.data.formats import dataset_splits
 from bench.data.sample import TASKS, DatasetSplits, Sample
 from bench.data.vocabulary import COLORS, COUNTS, POSITION_SYNONYMS, SHAPES, SHAPES_PLURAL
 
@@ -300,13 +300,5 @@ def scenes_dataset(
         raise ValueError("train_size and eval_size must be >= 0 and image_size >= 8")
     train = [to_sample(s, task, image_size, label) for s in generate_scenes(train_size, split=split, seed=seed, part="train")]
     evals = [to_sample(s, task, image_size, label) for s in generate_scenes(eval_size, split=split, seed=seed, part="eval")]
-    classnames = classnames_for(label)
-    return DatasetSplits(
-        task=task,
-        train=train,
-        eval=evals,
-        classnames=classnames,
-        fingerprint=fingerprint(task, train, evals, classnames),
-        info={"format": "scenes", "split": split, "seed": seed, "image_size": image_size, "label": label,
-              "n_train": len(train), "n_eval": len(evals)},
-    )
+    info = {"format": "scenes", "split": split, "seed": seed, "image_size": image_size, "label": label}
+    return dataset_splits(task, train, evals, classnames_for(label), info)

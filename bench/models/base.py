@@ -18,6 +18,10 @@ A family module (bench/models/clip.py, blip2.py, llava.py) defines at module lev
         # the same architecture on the meta device: parameter counts without memory or weights
     def components(model, backend) -> dict[str, tuple[str, ...]]   # see LoadedModel.components
 
+The transformers side of building (checkpoint loading, random weights from a seed, 4-bit re-quantisation)
+is shared in bench/models/hf.py; a family describes itself there as an hf.Arch. The helpers at the end
+of this file answer components() and default_targets() from a family's tables.
+
 A task module (bench/tasks/*.py) turns samples into batches, a loss and a quality score for one
 family; see bench/tasks/base.py.
 """
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from bench.errors import SuiteError
 
 COMPONENTS = ("vision", "projector", "language")
 
@@ -66,3 +72,32 @@ def component_of(module_name: str, components: dict[str, tuple[str, ...]]) -> st
             if (module_name == prefix or module_name.startswith(prefix + ".")) and len(prefix) > best_len:
                 best, best_len = comp, len(prefix)
     return best
+
+
+# ---------------------------------------------------------------- helpers the families answer the interface with
+
+
+def present_components(model, table: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """Component -> those of its prefixes that exist in `model` (a parameter or module name matches by prefix)."""
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_modules()}
+    return {
+        comp: tuple(p for p in prefixes if any(n == p or n.startswith(p + ".") for n in names))
+        for comp, prefixes in table.items()
+    }
+
+
+def check_backend(backend: str, backends: tuple[str, ...], label: str) -> str:
+    """`backend`, when the family (`label`, as messages name it) has it; else a SuiteError."""
+    if backend not in backends:
+        raise SuiteError(f"{label} has no backend {backend!r}", fix=f"set backend to one of {list(backends)}")
+    return backend
+
+
+def targets_from(table: dict[str, dict], kind: str, what: str) -> dict[str, tuple[str, ...]]:
+    """A copy of `table[kind]`; a SuiteError naming `what` ("BLIP-2 targets") for a kind the table lacks."""
+    if kind not in table:
+        raise SuiteError(
+            f"method kind {kind!r} has no default {what}",
+            fix=f"use one of {sorted(table)}, or give the method explicit `targets`",
+        )
+    return dict(table[kind])

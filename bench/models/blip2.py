@@ -10,29 +10,14 @@ Q-Former's outputs in at those positions.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-
-from bench.data.vocabulary import WORDS
-from bench.errors import SuiteError
-from bench.models.base import LoadedModel, ModelSpec
-from bench.models.hub import checkpoint_error, local_config, preflight_checkpoint
-from bench.models.tokenizer import SPECIAL_TOKENS
+from bench.models import hf
+from bench.models.base import LoadedModel, ModelSpec, check_backend, present_components, targets_from
+from bench.models.tokenizer import IMAGE_ID, TINY_IDS, TINY_VOCAB_SIZE
 
 FAMILY = "blip2"
 TASK = "caption"
 BACKENDS = ("transformers",)
 DEFAULT_CHECKPOINTS = {"full": "Salesforce/blip2-opt-2.7b"}
-
-# The tiny tokenizer's size and special ids, counted the way bench.models.tokenizer builds it, so PRESETS
-# stay plain data (a test checks them against tiny_tokenizer()).
-TINY_VOCAB_SIZE = len(SPECIAL_TOKENS) + sum(w not in SPECIAL_TOKENS for w in WORDS)
-_PAD, _BOS, _EOS, _IMAGE = (SPECIAL_TOKENS.index(t) for t in ("<pad>", "<s>", "</s>", "<image>"))
-_TINY_IDS = {"pad_token_id": _PAD, "bos_token_id": _BOS, "eos_token_id": _EOS}
 
 
 def _tiny_shape(*, hidden: int, ffn: int, layers: int, image_size: int, patch_size: int, heads: int = 4) -> dict:
@@ -43,9 +28,9 @@ def _tiny_shape(*, hidden: int, ffn: int, layers: int, image_size: int, patch_si
                            "num_attention_heads": heads, "cross_attention_frequency": 2},
         "text_config": {"model_type": "opt", "vocab_size": TINY_VOCAB_SIZE, "hidden_size": hidden, "ffn_dim": ffn,
                         "word_embed_proj_dim": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-                        "max_position_embeddings": 128, **_TINY_IDS},
+                        "max_position_embeddings": 128, **TINY_IDS},
         "num_query_tokens": 8,
-        "image_token_index": _IMAGE,
+        "image_token_index": IMAGE_ID,
     }
 
 
@@ -95,22 +80,13 @@ QUANTIZATION_SKIP = ("vision_model", "qformer", "language_projection", "lm_head"
 def components(model, backend: str = "transformers") -> dict[str, tuple[str, ...]]:
     """Component -> prefixes that exist in `model` (a parameter or module name matches by prefix)."""
     _check_backend(backend)
-    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_modules()}
-    return {
-        comp: tuple(p for p in prefixes if any(n == p or n.startswith(p + ".") for n in names))
-        for comp, prefixes in _COMPONENTS.items()
-    }
+    return present_components(model, _COMPONENTS)
 
 
 def default_targets(kind: str, backend: str = "transformers") -> dict[str, tuple[str, ...]]:
     """Component -> leaf module names a PEFT method of `kind` adapts by default."""
     _check_backend(backend)
-    if kind not in _TARGETS:
-        raise SuiteError(
-            f"method kind {kind!r} has no default BLIP-2 targets",
-            fix=f"use one of {sorted(_TARGETS)}, or give the method explicit `targets`",
-        )
-    return dict(_TARGETS[kind])
+    return targets_from(_TARGETS, kind, "BLIP-2 targets")
 
 
 def feedforward_modules(backend: str = "transformers") -> tuple[str, ...]:
@@ -121,31 +97,18 @@ def feedforward_modules(backend: str = "transformers") -> tuple[str, ...]:
 
 def build(spec: ModelSpec, *, device: str = "cpu", dtype=None, quantization=None, seed: int = 0) -> LoadedModel:
     """The model and its processor. Random weights are drawn from `seed` without touching the global RNG."""
-    import torch
-
-    dtype = dtype or torch.float32
     _check_backend(spec.backend)
-    if _wants_checkpoint(spec):
-        return _load(spec, device=device, dtype=dtype, quantization=quantization)
-    return _random(spec, device=device, dtype=dtype, quantization=quantization, seed=seed)
+    return hf.build(spec, _ARCH, device=device, dtype=dtype, quantization=quantization, seed=seed)
 
 
 def build_meta(spec: ModelSpec):
     """The same architecture on the meta device: parameter counts with no memory and no weights."""
-    import torch
-    from transformers import Blip2ForConditionalGeneration
-
-    config, _ = _config(spec)
-    with torch.device("meta"):
-        return Blip2ForConditionalGeneration(config)
+    return hf.build_meta(spec, _ARCH)
 
 
 def save(loaded: LoadedModel, path) -> None:
     """Write weights (safetensors), config and processor so that build(checkpoint=path) restores them."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    loaded.model.save_pretrained(path)
-    loaded.processor.save_pretrained(path)
+    hf.save(loaded, path)
 
 
 # ---------------------------------------------------------------- processor
@@ -177,131 +140,14 @@ def _fix_image_token(processor):
 # ---------------------------------------------------------------- building
 
 
-def _load(spec: ModelSpec, *, device, dtype, quantization) -> LoadedModel:
-    from transformers import AutoProcessor, Blip2ForConditionalGeneration
-
-    where = f"models.{spec.name}"
-    preflight_checkpoint(spec.checkpoint, revision=spec.revision, where=where, file=None)
-    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code, "dtype": dtype}
-    if quantization is not None:
-        kwargs.update(quantization_config=_with_skips(quantization), device_map={"": device})
-    try:
-        model = Blip2ForConditionalGeneration.from_pretrained(spec.checkpoint, **kwargs)
-        processor = AutoProcessor.from_pretrained(
-            spec.checkpoint, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-        )
-    except OSError as exc:  # config present but weights or processor files missing
-        raise checkpoint_error(spec.checkpoint, f"cannot be loaded ({exc})", where=where) from None
-    if quantization is None:
-        model.to(device)
-    info = _info(spec, weights="pretrained", config=model.config, source=spec.checkpoint,
-                 tokenizer="checkpoint", quantized=quantization is not None)
-    return LoadedModel(model, _fix_image_token(processor), FAMILY, "transformers", components(model), info)
-
-
-def _random(spec: ModelSpec, *, device, dtype, quantization, seed: int) -> LoadedModel:
-    from transformers import AutoProcessor, Blip2ForConditionalGeneration
-
-    config, source = _config(spec)
-    processor, tokenizer_kind = None, "tiny"
-    if spec.checkpoint and not source.startswith("preset"):
-        try:  # the checkpoint's own processor, when its files are in the cache too
-            processor = AutoProcessor.from_pretrained(spec.checkpoint, revision=spec.revision, local_files_only=True)
-            tokenizer_kind = "checkpoint"
-        except (OSError, ValueError):
-            processor = None
-    if processor is None:
-        # The tiny tokenizer's special ids are not architecture: generation and the image-token swap use them.
-        for key, value in _TINY_IDS.items():
-            setattr(config.text_config, key, value)
-        config.image_token_index = _IMAGE
-        processor = tiny_processor(config.vision_config.image_size, config.num_query_tokens)
-    with _seeded(seed):
-        model = Blip2ForConditionalGeneration(config)
-    if quantization is not None:
-        model = _requantize(model, quantization, device=device, dtype=dtype)
-    else:
-        model.to(device=device, dtype=dtype)
-    info = _info(spec, weights="random", config=config, source=source, seed=seed,
-                 tokenizer=tokenizer_kind, quantized=quantization is not None)
-    return LoadedModel(model, _fix_image_token(processor), FAMILY, "transformers", components(model), info)
-
-
-def _config(spec: ModelSpec):
-    """(Blip2Config, where it came from): the checkpoint's config.json when it is here, else the preset."""
-    from transformers import Blip2Config
-
-    if spec.checkpoint:
-        raw = local_config(spec.checkpoint, revision=spec.revision)
-        if raw is not None:
-            if raw.get("model_type") not in (None, "blip-2"):
-                raise SuiteError(
-                    f"checkpoint {spec.checkpoint!r} is a {raw.get('model_type')!r} model, not BLIP-2",
-                    where=f"models.{spec.name}", fix="use a BLIP-2 checkpoint or another model family",
-                )
-            return Blip2Config.from_dict(raw), f"config.json of {spec.checkpoint}"
-        if spec.preset is None:
-            raise checkpoint_error(spec.checkpoint, "its config.json is not here and no `preset` is named",
-                                   where=f"models.{spec.name}")
-    return Blip2Config(**copy.deepcopy(_preset(spec))), f"preset {spec.preset}"
-
-
-def _requantize(model, quantization, *, device, dtype):
-    """Load a config-built model through from_pretrained so bitsandbytes quantises it as it would real weights."""
-    from transformers import Blip2ForConditionalGeneration
-
-    with tempfile.TemporaryDirectory(prefix="bench-blip2-") as tmp:
-        model.save_pretrained(tmp)
-        return Blip2ForConditionalGeneration.from_pretrained(
-            tmp, quantization_config=_with_skips(quantization), device_map={"": device}, dtype=dtype
-        )
-
-
-def _with_skips(quantization):
-    if getattr(quantization, "llm_int8_skip_modules", None):
-        return quantization
-    quantization = copy.deepcopy(quantization)
-    quantization.llm_int8_skip_modules = list(QUANTIZATION_SKIP)
-    return quantization
-
-
-# ---------------------------------------------------------------- helpers
-
-
 def _check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise SuiteError(f"BLIP-2 has no backend {backend!r}", fix=f"set backend to one of {list(BACKENDS)}")
-    return backend
+    return check_backend(backend, BACKENDS, "BLIP-2")
 
 
-def _wants_checkpoint(spec: ModelSpec) -> bool:
-    # "zoo" names bench's own trained base: by the time a model is built it is a saved directory
-    return bool(spec.checkpoint) and spec.weights in ("pretrained", "zoo")
-
-
-def _preset(spec: ModelSpec) -> dict:
-    if spec.preset not in PRESETS:
-        raise SuiteError(f"BLIP-2 has no preset {spec.preset!r}", where=f"models.{spec.name}",
-                         fix=f"set preset to one of {list(PRESETS)}, or name a `checkpoint`")
-    return PRESETS[spec.preset]
-
-
-@contextmanager
-def _seeded(seed: int):
-    """Same seed, same random weights; the caller's RNG stream is left where it was."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _info(spec: ModelSpec, *, weights: str, config, source: str, tokenizer: str, quantized: bool,
-          seed: int | None = None) -> dict:
-    blob = json.dumps(config.to_dict(), sort_keys=True, default=str).encode()
-    return {
-        "checkpoint": spec.checkpoint, "revision": spec.revision, "preset": spec.preset, "weights": weights,
-        "config_source": source, "config_hash": hashlib.sha256(blob).hexdigest()[:12], "seed": seed,
-        "image_size": config.vision_config.image_size, "context_length": config.text_config.max_position_embeddings,
-        "image_tokens": config.num_query_tokens, "tokenizer": tokenizer, "quantized": quantized,
-    }
+_ARCH = hf.Arch(
+    family=FAMILY, label="BLIP-2", model_type="blip-2", model_class="Blip2ForConditionalGeneration",
+    config_class="Blip2Config", presets=PRESETS, quantization_skip=QUANTIZATION_SKIP, components=components,
+    tiny_processor=lambda config: tiny_processor(config.vision_config.image_size, config.num_query_tokens),
+    tiny_ids={"image_token_index": IMAGE_ID}, image_tokens=lambda config: config.num_query_tokens,
+    fix_processor=_fix_image_token,
+)

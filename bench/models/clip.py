@@ -9,45 +9,36 @@ word-level tokenizer, to which this module adds the <s> ... </s> template CLIP p
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import tempfile
-from contextlib import contextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
-from bench.data.vocabulary import WORDS
 from bench.errors import SuiteError
-from bench.models.base import LoadedModel, ModelSpec
+from bench.models import hf
+from bench.models.base import LoadedModel, ModelSpec, check_backend, present_components, targets_from
 from bench.models.hub import checkpoint_error, local_config, preflight_checkpoint
-from bench.models.tokenizer import SPECIAL_TOKENS
+from bench.models.tokenizer import EOS_ID, PAD_ID, TINY_IDS, TINY_VOCAB_SIZE
 
 FAMILY = "clip"
 TASK = "classification"
 BACKENDS = ("transformers", "open_clip")
 DEFAULT_CHECKPOINTS = {"full": "openai/clip-vit-large-patch14"}
 
-# The tiny tokenizer's size and special ids, counted the way bench.models.tokenizer builds its vocabulary,
-# so PRESETS stay plain data without loading `tokenizers` (a test checks they agree with tiny_tokenizer()).
-TINY_VOCAB_SIZE = len(SPECIAL_TOKENS) + sum(w not in SPECIAL_TOKENS for w in WORDS)
-_PAD, _BOS, _EOS = (SPECIAL_TOKENS.index(t) for t in ("<pad>", "<s>", "</s>"))
-_TINY_IDS = {"pad_token_id": _PAD, "bos_token_id": _BOS, "eos_token_id": _EOS}
+
+def _tiny_shape(*, hidden: int, ffn: int, layers: int, image_size: int, patch_size: int, heads: int = 4) -> dict:
+    return {
+        "vision_config": {"image_size": image_size, "patch_size": patch_size, "hidden_size": hidden,
+                          "intermediate_size": ffn, "num_hidden_layers": layers, "num_attention_heads": heads},
+        "text_config": {"vocab_size": TINY_VOCAB_SIZE, "hidden_size": hidden, "intermediate_size": ffn,
+                        "num_hidden_layers": layers, "num_attention_heads": heads, "max_position_embeddings": 64,
+                        **TINY_IDS},
+        "projection_dim": hidden,
+    }
+
 
 PRESETS: dict[str, dict] = {
-    "tiny": {
-        "vision_config": {"image_size": 32, "patch_size": 8, "hidden_size": 64, "intermediate_size": 128,
-                          "num_hidden_layers": 2, "num_attention_heads": 4},
-        "text_config": {"vocab_size": TINY_VOCAB_SIZE, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                        "num_attention_heads": 4, "max_position_embeddings": 64, **_TINY_IDS},
-        "projection_dim": 64,
-    },
-    "small": {
-        "vision_config": {"image_size": 64, "patch_size": 16, "hidden_size": 256, "intermediate_size": 1024,
-                          "num_hidden_layers": 4, "num_attention_heads": 4},
-        "text_config": {"vocab_size": TINY_VOCAB_SIZE, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
-                        "num_attention_heads": 4, "max_position_embeddings": 64, **_TINY_IDS},
-        "projection_dim": 256,
-    },
+    "tiny": _tiny_shape(hidden=64, ffn=128, layers=2, image_size=32, patch_size=8),
+    "small": _tiny_shape(hidden=256, ffn=1024, layers=4, image_size=64, patch_size=16),
     # openai/clip-vit-large-patch14's config.json, architecture fields as published
     "full": {
         "vision_config": {"image_size": 224, "patch_size": 14, "hidden_size": 1024, "intermediate_size": 4096,
@@ -102,22 +93,12 @@ QUANTIZATION_SKIP = ("visual_projection", "text_projection")
 
 def components(model, backend: str) -> dict[str, tuple[str, ...]]:
     """Component -> prefixes that exist in `model` (a parameter or module name matches by prefix)."""
-    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_modules()}
-    return {
-        comp: tuple(p for p in prefixes if any(n == p or n.startswith(p + ".") for n in names))
-        for comp, prefixes in _COMPONENTS[_check_backend(backend)].items()
-    }
+    return present_components(model, _COMPONENTS[_check_backend(backend)])
 
 
 def default_targets(kind: str, backend: str = "transformers") -> dict[str, tuple[str, ...]]:
     """Component -> leaf module names a PEFT method of `kind` adapts by default."""
-    table = _TARGETS[_check_backend(backend)]
-    if kind not in table:
-        raise SuiteError(
-            f"method kind {kind!r} has no default CLIP targets on the {backend} backend",
-            fix=f"use one of {sorted(table)}, or give the method explicit `targets`",
-        )
-    return dict(table[kind])
+    return targets_from(_TARGETS[_check_backend(backend)], kind, f"CLIP targets on the {backend} backend")
 
 
 def feedforward_modules(backend: str = "transformers") -> tuple[str, ...]:
@@ -133,15 +114,11 @@ def backend_of(model) -> str:
 
 def build(spec: ModelSpec, *, device: str = "cpu", dtype=None, quantization=None, seed: int = 0) -> LoadedModel:
     """The model and its processor. Random weights are drawn from `seed` without touching the global RNG."""
+    if _check_backend(spec.backend) == "transformers":
+        return hf.build(spec, _HF, device=device, dtype=dtype, quantization=quantization, seed=seed)
     import torch
 
-    dtype = dtype or torch.float32
-    backend = _check_backend(spec.backend)
-    if backend == "open_clip":
-        return _build_open_clip(spec, device=device, dtype=dtype, quantization=quantization, seed=seed)
-    if _wants_checkpoint(spec):
-        return _load_transformers(spec, device=device, dtype=dtype, quantization=quantization)
-    return _random_transformers(spec, device=device, dtype=dtype, quantization=quantization, seed=seed)
+    return _build_open_clip(spec, device=device, dtype=dtype or torch.float32, quantization=quantization, seed=seed)
 
 
 def build_meta(spec: ModelSpec):
@@ -152,23 +129,18 @@ def build_meta(spec: ModelSpec):
         with torch.device("meta"):
             model_cfg, name, _ = _open_clip_cfg_for(spec)
             return _open_clip_from_config(model_cfg, name, device="meta")
-    from transformers import CLIPModel
-
-    config, _ = _transformers_config(spec)
-    with torch.device("meta"):
-        return CLIPModel(config)
+    return hf.build_meta(spec, _HF)
 
 
 def save(loaded: LoadedModel, path) -> None:
     """Write weights, config and processor so that build(checkpoint=path, weights="pretrained") restores them."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     if loaded.backend == "transformers":
-        loaded.model.save_pretrained(path)
-        loaded.processor.save_pretrained(path)
+        hf.save(loaded, path)
         return
     from safetensors.torch import save_file
 
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     model_cfg = copy.deepcopy(loaded.info["open_clip_cfg"])
     if loaded.processor.is_hf_tokenizer:
         model_cfg["text_cfg"]["hf_tokenizer_name"] = TINY_TOKENIZER_NAME  # open_clip's get_tokenizer then reads this dir
@@ -269,94 +241,13 @@ def mask_through_eos(input_ids, eos_token_id: int):
 # ---------------------------------------------------------------- transformers backend
 
 
-def _load_transformers(spec: ModelSpec, *, device, dtype, quantization) -> LoadedModel:
-    from transformers import AutoProcessor, CLIPModel
-
-    where = f"models.{spec.name}"
-    preflight_checkpoint(spec.checkpoint, revision=spec.revision, where=where, file=None)
-    kwargs = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code, "dtype": dtype}
-    if quantization is not None:
-        kwargs.update(quantization_config=_with_skips(quantization), device_map={"": device})
-    try:
-        model = CLIPModel.from_pretrained(spec.checkpoint, **kwargs)
-        processor = AutoProcessor.from_pretrained(
-            spec.checkpoint, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-        )
-    except OSError as exc:  # config present but weights or processor files missing
-        raise checkpoint_error(spec.checkpoint, f"cannot be loaded ({exc})", where=where) from None
-    if quantization is None:
-        model.to(device)
-    info = _info(spec, weights="pretrained", config=model.config.to_dict(), source=spec.checkpoint,
-                 image_size=model.config.vision_config.image_size,
-                 context_length=model.config.text_config.max_position_embeddings,
-                 tokenizer="checkpoint", quantized=quantization is not None)
-    return LoadedModel(model, processor, FAMILY, "transformers", components(model, "transformers"), info)
-
-
-def _random_transformers(spec: ModelSpec, *, device, dtype, quantization, seed: int) -> LoadedModel:
-    from transformers import AutoProcessor, CLIPModel
-
-    config, source = _transformers_config(spec)
-    processor, tokenizer_kind = None, "tiny"
-    if spec.checkpoint and not source.startswith("preset"):
-        try:  # the checkpoint's own processor, when its files are in the cache too
-            processor = AutoProcessor.from_pretrained(spec.checkpoint, revision=spec.revision, local_files_only=True)
-            tokenizer_kind = "checkpoint"
-        except (OSError, ValueError):
-            processor = None
-    if processor is None:
-        # The tiny tokenizer's special ids are not architecture; the text tower must pool at its </s>.
-        for key, value in _TINY_IDS.items():
-            setattr(config.text_config, key, value)
-        processor = _tiny_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
-    with _seeded(seed):
-        model = CLIPModel(config)
-    if quantization is not None:
-        model = _requantize(model, quantization, device=device, dtype=dtype)
-    else:
-        model.to(device=device, dtype=dtype)
-    info = _info(spec, weights="random", config=config.to_dict(), source=source, seed=seed,
-                 image_size=config.vision_config.image_size,
-                 context_length=config.text_config.max_position_embeddings,
-                 tokenizer=tokenizer_kind, quantized=quantization is not None)
-    return LoadedModel(model, processor, FAMILY, "transformers", components(model, "transformers"), info)
-
-
-def _transformers_config(spec: ModelSpec):
-    """(CLIPConfig, where it came from): the checkpoint's config.json when it is here, else the preset."""
-    from transformers import CLIPConfig
-
-    if spec.checkpoint:
-        raw = local_config(spec.checkpoint, revision=spec.revision)
-        if raw is not None:
-            if raw.get("model_type") not in (None, "clip"):
-                raise SuiteError(
-                    f"checkpoint {spec.checkpoint!r} is a {raw.get('model_type')!r} model, not CLIP",
-                    where=f"models.{spec.name}", fix="use a CLIP checkpoint or another model family",
-                )
-            return CLIPConfig.from_dict(raw), f"config.json of {spec.checkpoint}"
-        if spec.preset is None:
-            raise checkpoint_error(spec.checkpoint, "its config.json is not here and no `preset` is named",
-                                   where=f"models.{spec.name}")
-    return CLIPConfig(**copy.deepcopy(_preset(spec))), f"preset {spec.preset}"
-
-
-def _requantize(model, quantization, *, device, dtype):
-    """Load a config-built model through from_pretrained so bitsandbytes quantises it as it would real weights."""
-    from transformers import CLIPModel
-
-    with tempfile.TemporaryDirectory(prefix="bench-clip-") as tmp:
-        model.save_pretrained(tmp)
-        return CLIPModel.from_pretrained(tmp, quantization_config=_with_skips(quantization),
-                                         device_map={"": device}, dtype=dtype)
-
-
-def _with_skips(quantization):
-    if getattr(quantization, "llm_int8_skip_modules", None):
-        return quantization
-    quantization = copy.deepcopy(quantization)
-    quantization.llm_int8_skip_modules = list(QUANTIZATION_SKIP)
-    return quantization
+_HF = hf.Arch(
+    family=FAMILY, label="CLIP", model_type="clip", model_class="CLIPModel", config_class="CLIPConfig",
+    presets=PRESETS, quantization_skip=QUANTIZATION_SKIP, components=partial(components, backend="transformers"),
+    tiny_processor=lambda config: _tiny_processor(config.vision_config.image_size,
+                                                  config.text_config.max_position_embeddings),
+    tiny_ids={},
+)
 
 
 # ---------------------------------------------------------------- open_clip backend
@@ -369,20 +260,20 @@ def _build_open_clip(spec: ModelSpec, *, device, dtype, quantization, seed: int)
             "nn.MultiheadAttention whose weights bitsandbytes cannot replace",
             where=f"models.{spec.name}", fix='set backend = "transformers" for this model, or use lora instead of qlora',
         )
-    if _wants_checkpoint(spec):
+    if hf.wants_checkpoint(spec):
         model, processor, model_cfg = _load_open_clip(spec)
         weights, source, tokenizer_kind = "pretrained", spec.checkpoint, "checkpoint"
     else:
         model_cfg, name, source = _open_clip_cfg_for(spec)
-        with _seeded(seed):
+        with hf.seeded(seed):
             model = _open_clip_from_config(model_cfg, name)
         processor = _open_clip_processor(model_cfg, _preprocess_cfg(model_cfg["vision_cfg"]["image_size"]))
         weights = "random"
         tokenizer_kind = "tiny" if processor.is_hf_tokenizer else "open_clip"
     model.to(device=device, dtype=dtype)
-    info = _info(spec, weights=weights, config=model_cfg, source=source, seed=seed if weights == "random" else None,
-                 image_size=processor.preprocess_cfg["size"], context_length=processor.context_length,
-                 tokenizer=tokenizer_kind, quantized=False)
+    info = hf.info(spec, weights=weights, config=hf.without_provenance(model_cfg), source=source,
+                   seed=seed if weights == "random" else None, image_size=processor.preprocess_cfg["size"],
+                   context_length=processor.context_length, tokenizer=tokenizer_kind, quantized=False)
     info["open_clip_cfg"] = model_cfg
     return LoadedModel(model, processor, FAMILY, "open_clip", components(model, "open_clip"), info)
 
@@ -401,7 +292,7 @@ def open_clip_config(preset: dict) -> dict:
                      "mlp_ratio": t["intermediate_size"] / t["hidden_size"]},
     }
     if t["vocab_size"] == TINY_VOCAB_SIZE:  # the word-level tokenizer: pool at its </s>, not at the highest id
-        cfg["text_cfg"].update(pad_id=_PAD, eos_id=_EOS, pool_type="eos")
+        cfg["text_cfg"].update(pad_id=PAD_ID, eos_id=EOS_ID, pool_type="eos")
     return cfg
 
 
@@ -411,7 +302,7 @@ def _open_clip_cfg_for(spec: ModelSpec) -> tuple[dict, str | None, str]:
         raw = local_config(spec.checkpoint, revision=spec.revision, config_name="open_clip_config.json")
         if raw is not None and "model_cfg" in raw:
             return raw["model_cfg"], None, f"open_clip_config.json of {spec.checkpoint}"
-    preset = _preset(spec)
+    preset = hf.preset(spec, PRESETS, "CLIP")
     name = OPEN_CLIP_NAMES.get(spec.preset)
     if name is None:
         return open_clip_config(preset), None, f"preset {spec.preset}"
@@ -501,51 +392,8 @@ def _load_open_clip(spec: ModelSpec):
     return model, processor, model_cfg
 
 
-# ---------------------------------------------------------------- shared helpers
+# ---------------------------------------------------------------- helpers
 
 
 def _check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise SuiteError(f"CLIP has no backend {backend!r}", fix=f"set backend to one of {list(BACKENDS)}")
-    return backend
-
-
-def _wants_checkpoint(spec: ModelSpec) -> bool:
-    # "zoo" names bench's own trained base: by the time a model is built it is a saved directory
-    return bool(spec.checkpoint) and spec.weights in ("pretrained", "zoo")
-
-
-def _preset(spec: ModelSpec) -> dict:
-    if spec.preset not in PRESETS:
-        raise SuiteError(f"CLIP has no preset {spec.preset!r}", where=f"models.{spec.name}",
-                         fix=f"set preset to one of {list(PRESETS)}, or name a `checkpoint`")
-    return PRESETS[spec.preset]
-
-
-@contextmanager
-def _seeded(seed: int):
-    """Same seed, same random weights; the caller's RNG stream is left where it was."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _info(spec: ModelSpec, *, weights: str, config: dict, source: str, image_size, context_length,
-          tokenizer: str, quantized: bool, seed: int | None = None) -> dict:
-    blob = json.dumps(_without_provenance(config), sort_keys=True, default=str).encode()
-    return {
-        "checkpoint": spec.checkpoint, "revision": spec.revision, "preset": spec.preset, "weights": weights,
-        "config_source": source, "config_hash": hashlib.sha256(blob).hexdigest()[:12], "seed": seed,
-        "image_size": image_size, "context_length": context_length, "tokenizer": tokenizer, "quantized": quantized,
-    }
-
-
-def _without_provenance(config):
-    """The config minus what does not shape the model (library version, source path), for a stable hash."""
-    if isinstance(config, dict):
-        return {k: _without_provenance(v) for k, v in config.items()
-                if k not in ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype",
-                              "hf_tokenizer_name")}
-    return config
+    return check_backend(backend, BACKENDS, "CLIP")

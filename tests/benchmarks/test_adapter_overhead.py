@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 WIDTH, DEPTH, BATCH = 256, 4, 32
-pytestmark = pytest.mark.benchmark(group="adapter-overhead")
+# one_thread (conftest.py): single-threaded timings are the reproducible ones on a shared CPU
+pytestmark = [pytest.mark.benchmark(group="adapter-overhead"), pytest.mark.usefixtures("one_thread")]
 
 
 def run(benchmark, model, x):
@@ -57,16 +58,6 @@ class Stack(nn.Module):
 
 
 TARGETS = r"layers\.\d+"  # a regex is matched against the full module name
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # one intra-op thread: on a shared CPU, threads spinning against other processes swing a 0.2 ms
-    # forward to 50 ms; single-threaded numbers are the reproducible ones. Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def forward(model, x):

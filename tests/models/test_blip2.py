@@ -5,33 +5,24 @@ from __future__ import annotations
 import math
 import re
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bench.errors import CheckpointError, SuiteError
 from bench.models import blip2
 from bench.models.base import ModelSpec, component_of
 from bench.models.tokenizer import tiny_tokenizer
+from conftest import lm_batch, noise_image
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine a second OpenMP
-    # thread that is descheduled stalls every op (measured: 30 ms -> 3 s per BLIP-2 tiny step).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec(**kw) -> ModelSpec:
     return ModelSpec(**{"name": "b", "family": "blip2", "preset": "tiny", "weights": "random", **kw})
 
 
-def image(seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 52, 3), dtype=np.uint8))
+def image(seed: int = 0):
+    return noise_image(seed, 40, 52)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +31,7 @@ def tiny():
 
 
 def batch_for(loaded, texts):
-    enc = loaded.processor(images=[image(i) for i in range(len(texts))], text=texts, padding=True, return_tensors="pt")
-    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    labels[enc["input_ids"] == loaded.model.config.image_token_id] = -100
-    return {**enc, "labels": labels}
+    return lm_batch(loaded, [image(i) for i in range(len(texts))], texts)
 
 
 def test_tiny_presets_use_the_tiny_tokenizers_ids():

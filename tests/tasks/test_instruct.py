@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from bench.data.sample import DatasetSplits, Sample
 from bench.errors import DataError
@@ -15,23 +13,11 @@ from bench.models import llava
 from bench.models.base import ModelSpec
 from bench.tasks import instruct
 from bench.tasks.base import TaskSettings
+from conftest import solid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SETTINGS = TaskSettings(max_seq_len=32, eval_batch_size=4, max_new_tokens=4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine a second OpenMP
-    # thread that is descheduled stalls every op.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def solid(rgb) -> Image.Image:
-    return Image.fromarray(np.full((30, 40, 3), rgb, dtype=np.uint8))
-
 
 CONVERSATION = Sample(image=solid((255, 0, 0)), turns=(("what color is the circle?", "red"),
                                                        ("how many circles are there?", "two circles")))

@@ -1,0 +1,173 @@
+"""bench.estimate against the arithmetic of its docstring, worked by hand on the tiny configs; cell._breakdown's bytes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from transformers import CLIPConfig, LlavaConfig
+
+from bench.cell import _breakdown
+from bench.estimate import estimate_cells, estimate_memory
+from bench.methods import apply_method, count_params, quantization_config
+from bench.models import clip, llava
+from bench.models.base import ModelSpec
+from bench.plan import expand
+from bench.suite import load_suite
+from bench.train import TrainResult
+
+MB = 1024 * 1024
+LLAVA = LlavaConfig(**copy.deepcopy(llava.PRESETS["tiny"]))  # vision 32 px / patch 8, hidden 64, 4 heads, 2 layers
+CLIP = CLIPConfig(**copy.deepcopy(clip.PRESETS["tiny"]))
+VOCAB = 91  # the tiny word-level vocabulary
+TRAIN = {"precision": "fp32", "optimizer": "adamw", "batch_size": 2, "max_seq_len": 8, "gradient_checkpointing": False}
+
+
+def counts(total: int, trainable: dict[str, int], totals: dict[str, int], **more) -> dict:
+    """A count_params-shaped dict written by hand."""
+    by = {c: {"total": t, "trainable": trainable.get(c, 0)} for c, t in totals.items()}
+    return {"total": total, "trainable": sum(trainable.values()), "by_component": by, **more}
+
+
+TOTALS = {"vision": 80_000, "projector": 8_000, "language": 112_000}
+FULL = counts(200_000, dict(TOTALS), TOTALS)
+LORA = counts(200_000, {"projector": 8_000, "language": 2_000}, TOTALS)
+QLORA = counts(200_000, {"projector": 8_000, "language": 2_000}, TOTALS, quantized=60_000)
+
+
+def block(tokens: int, seq: int, act_bytes: int, hidden: int = 64, heads: int = 4) -> float:
+    """Korthikanti et al.: one transformer block's stored activations (their 34 assumes 2-byte activations)."""
+    return tokens * hidden * (34 + 5 * heads * seq / hidden) * act_bytes / 2
+
+
+# batch 2: the vision tower sees 16 patches + CLS per image; Llama sees the 16 image tokens + 8 text tokens
+VISION = 2 * block(2 * 17, 17, 4)
+LANGUAGE = 2 * block(2 * 24, 24, 4)
+LOGITS = 2 * 8 * VOCAB * 4 * 3  # text positions × vocab × fp32 × (logits, softmax, grad)
+# with checkpointing: each block keeps its input (tokens × hidden × 4 B) and one block is recomputed in full
+VISION_CKPT = 2 * (2 * 17 * 64 * 4) + block(2 * 17, 17, 4)
+LANGUAGE_CKPT = 2 * (2 * 24 * 64 * 4) + block(2 * 24, 24, 4)
+
+
+def expect(weights: float, gradients: float, optimizer: float, activations: float) -> dict:
+    parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations}
+    return {**{k: pytest.approx(v / MB, abs=0.006) for k, v in parts.items()},
+            "total_mb": pytest.approx(sum(parts.values()) / MB, abs=0.006)}
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_full_fine_tuning(ckpt):
+    got = estimate_memory("llava", LLAVA, FULL, {**TRAIN, "gradient_checkpointing": ckpt}, "full")
+    acts = (VISION_CKPT + LANGUAGE_CKPT if ckpt else VISION + LANGUAGE) + LOGITS
+    # fp32: 4 B weights, 4 B gradients, AdamW's exp_avg + exp_avg_sq at 4 B each
+    assert got == expect(200_000 * 4, 200_000 * 4, 200_000 * 2 * 4, acts)
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_lora_keeps_no_activations_for_the_frozen_vision_tower(ckpt):
+    got = estimate_memory("llava", LLAVA, LORA, {**TRAIN, "gradient_checkpointing": ckpt}, "lora")
+    acts = (LANGUAGE_CKPT if ckpt else LANGUAGE) + LOGITS  # nothing trainable before the projector
+    assert got == expect(200_000 * 4, 10_000 * 4, 10_000 * 2 * 4, acts)
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_qlora_prices_the_4bit_weights_at_half_a_byte_plus_constants(ckpt):
+    got = estimate_memory("llava", LLAVA, QLORA, {**TRAIN, "gradient_checkpointing": ckpt, "double_quant": True}, "qlora")
+    weights = 60_000 * (0.5 + 0.127 / 8) + (200_000 - 60_000) * 4  # double quantisation: 0.127 bit/param of constants
+    acts = (LANGUAGE_CKPT if ckpt else LANGUAGE) + LOGITS
+    assert got == expect(weights, 10_000 * 4, 10_000 * 2 * 4, acts)
+    single = estimate_memory("llava", LLAVA, QLORA, {**TRAIN, "double_quant": False}, "qlora")
+    assert single["weights"] == pytest.approx((60_000 * (0.5 + 0.5 / 8) + 140_000 * 4) / MB, abs=0.006)
+
+
+def test_qlora_in_bf16_halves_the_other_bytes_but_not_the_logits():
+    got = estimate_memory("llava", LLAVA, QLORA, {**TRAIN, "precision": "bf16", "double_quant": True}, "qlora")
+    acts = 2 * block(48, 24, 2) + LOGITS  # 2-byte activations; the logits stay fp32
+    assert got == expect(60_000 * (0.5 + 0.127 / 8) + 140_000 * 2, 10_000 * 2, 10_000 * 2 * 2, acts)
+
+
+def test_qlora_without_a_4bit_count_falls_back_to_the_language_model_less_embeddings():
+    got = estimate_memory("llava", LLAVA, LORA, {**TRAIN, "double_quant": True}, "qlora")
+    quantized = (112_000 - 2_000) - 2 * VOCAB * 64  # frozen language params less embed_tokens and lm_head
+    assert got["weights"] == pytest.approx((quantized * (0.5 + 0.127 / 8) + (200_000 - quantized) * 4) / MB, abs=0.006)
+
+
+# in bf16: torch's optimizers keep states in the parameters' dtype (2 B); bitsandbytes' 8-bit ones 1 B, its 32-bit ones 4 B
+@pytest.mark.parametrize("optimizer, states, nbytes", [("adamw", 2, 2), ("sgd", 1, 2), ("adamw_8bit", 2, 1),
+                                                        ("paged_adamw_8bit", 2, 1), ("paged_adamw_32bit", 2, 4)])
+def test_optimizer_state_bytes_in_bf16(optimizer, states, nbytes):
+    got = estimate_memory("llava", LLAVA, LORA, {**TRAIN, "precision": "bf16", "optimizer": optimizer}, "lora")
+    assert got["optimizer"] == pytest.approx(10_000 * states * nbytes / MB, abs=0.006)
+
+
+@pytest.mark.parametrize("trainable, towers", [
+    ({"vision": 80_000, "projector": 8_000}, ["vision"]),  # freeze = ["language"]
+    ({"language": 112_000, "projector": 8_000}, ["language"]),  # freeze = ["vision"]
+    (dict(TOTALS), ["vision", "language"]),
+])
+def test_clip_towers_run_side_by_side(trainable, towers):
+    params = counts(200_000, trainable, TOTALS)
+    got = estimate_memory("clip", CLIP, params, TRAIN, "full")
+    per_tower = {"vision": 2 * block(2 * 17, 17, 4), "language": 2 * block(2 * 8, 8, 4)}  # text: max_seq_len tokens, no logits
+    assert got["activations"] == pytest.approx(sum(per_tower[t] for t in towers) / MB, abs=0.006)
+
+
+def test_estimate_cells_skips_open_clip_models_without_a_memory_model(write_suite):
+    path = write_suite("""
+        [models.hf]
+        family = "clip"
+        weights = "random"
+        [models.oc]
+        family = "clip"
+        weights = "random"
+        backend = "open_clip"
+        [datasets.cls]
+        format = "scenes"
+        task = "classification"
+        [methods.lora]
+        kind = "lora"
+        [[grid]]
+        models = ["hf", "oc"]
+        datasets = ["cls"]
+        methods = ["lora"]
+    """)
+    cells = {c.model["name"]: c for c in expand(load_suite(path))}
+    estimates = estimate_cells(list(cells.values()))
+    assert set(estimates) == {cells["hf"].cell_id}
+    assert estimates[cells["hf"].cell_id]["total_mb"] > 0
+
+
+# ---------------------------------------------------------------- cell._breakdown
+
+
+@pytest.fixture(scope="module")
+def clip_lora():
+    loaded = clip.build(ModelSpec(name="clip-t", family="clip", preset="tiny", weights="random"))
+    method = {"name": "lora", "kind": "lora", "r": 4, "alpha": 8.0, "dropout": 0.0, "targets": None, "train_full": None}
+    return loaded, apply_method(loaded, method, clip)
+
+
+def test_breakdown_of_a_float32_lora_model(clip_lora):
+    loaded, model = clip_lora
+    n = count_params(model, loaded.components)
+    assert (n["total"], n["trainable"]) == (165_825 + 2_048, 8_193 + 2_048)  # tiny CLIP + adapters; projections + adapters
+    got = _breakdown(model, TrainResult(steps=1, optimizer_state_bytes=81_964), peak_mb=10.0)
+    weights, trainable, optimizer = 167_873 * 4 / MB, 10_241 * 4 / MB, 81_964 / MB
+    assert got == {"weights": pytest.approx(weights, abs=5e-4), "trainable": pytest.approx(trainable, abs=5e-4),
+                   "gradients": pytest.approx(trainable, abs=5e-4), "optimizer": pytest.approx(optimizer, abs=5e-4),
+                   "activations": pytest.approx(10.0 - weights - trainable - optimizer, abs=5e-4)}
+    assert _breakdown(model, TrainResult(steps=1), peak_mb=None)["activations"] is None
+    assert _breakdown(model, TrainResult(steps=1), peak_mb=0.1)["activations"] == 0.0  # never negative
+
+
+def test_breakdown_counts_4bit_weights_at_their_stored_size():
+    method = {"name": "q", "kind": "qlora", "r": 4, "alpha": 8.0, "dropout": 0.0, "targets": None, "train_full": None,
+              "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}
+    loaded = clip.build(ModelSpec(name="clip-t", family="clip", preset="tiny", weights="random"),
+                        quantization=quantization_config(method, "cpu"))
+    model = apply_method(loaded, method, clip)
+    n = count_params(model, loaded.components)
+    # every Linear but the two projections is 4-bit: 2 towers × 2 layers × (4 × 64² + 2 × 64 × 128)
+    assert n["quantized"] == 2 * 2 * (4 * 64 * 64 + 2 * 64 * 128)
+    got = _breakdown(model, TrainResult(steps=1), peak_mb=None)
+    assert got["weights"] == pytest.approx(((n["total"] - n["quantized"]) * 4 + n["quantized"] / 2) / MB, abs=5e-4)
