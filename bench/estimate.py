@@ -3,7 +3,8 @@
     weights      = Σ params × bytes/param (2 for bf16, 4 for fp32; QLoRA: the 4-bit linears, params["quantized"]
                    (every Linear outside the family's QUANTIZATION_SKIP: CLIP's vision tower too), at
                    0.5 B/param + quantisation constants, 0.127 bit/param with double quantisation,
-                   0.5 bit/param without)
+                   0.5 bit/param without, and 4 B for every other parameter, since peft's
+                   prepare_model_for_kbit_training casts them to fp32 even in a bf16 run)
     gradients    = trainable params × bytes/param
     optimizer    = trainable params × 2 states × bytes/param (AdamW; SGD keeps one momentum; bitsandbytes'
                    8-bit optimizers 1 B per state, its 32-bit ones 4 B)
@@ -77,10 +78,12 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
             quantised -= getattr(config.text_config, "vocab_size", 0) * getattr(config.text_config, "hidden_size", 0) * 2
             quantised = max(0, quantised)
         const_bits = 0.127 if train.get("double_quant", True) else 0.5
+        # peft's prepare_model_for_kbit_training casts every parameter that is not 4-bit to fp32, whatever the precision
+        wbytes = 4
         weights = quantised * (0.5 + const_bits / 8) + (total - quantised) * wbytes
     else:
         weights = total * wbytes
-    grad_bytes = wbytes if method_kind == "full" else 4 if not bf16 else 2
+    grad_bytes = wbytes  # trainable parameters share their dtype with the rest (QLoRA: fp32, see above)
     gradients = trainable * grad_bytes
     states = 1 if train["optimizer"] == "sgd" else 2
     opt_bytes = 1 if "8bit" in train["optimizer"] else 4 if "32bit" in train["optimizer"] else grad_bytes

@@ -1,9 +1,11 @@
 """Run one function in its own process, with a wall-clock limit and a channel for progress events.
 
-The child is forked from a parent that has imported torch and the model libraries but has run no
-torch computation and never touched CUDA, so each cell starts in milliseconds instead of paying
-~10 s of imports, and its memory high-water mark is its own. A crash, a kill or a hang stays in the
-child: the parent sees an outcome, never an exception.
+Cells are forked from a multiprocessing *forkserver* that imported torch and the model libraries
+once (bench/preload.py) and never runs a torch computation or touches CUDA. So each cell starts in
+milliseconds instead of paying ~10 s of imports, its memory high-water mark is its own, and forking
+stays safe even when the calling process has itself run torch code (a plain fork after OpenMP has
+started its threads can hang the child). A crash, a kill or a hang stays in the child: the parent
+sees an outcome, never an exception.
 """
 
 from __future__ import annotations
@@ -25,7 +27,18 @@ class Outcome:
     elapsed_s: float = 0.0
 
 
+def _die_with_parent() -> None:
+    """Linux: a cell outlives neither the server that forked it nor, through it, a killed `bench run`."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(conn, fn, args, kwargs):
+    _die_with_parent()
     try:
         def emit(*event):
             conn.send(("event", event))
@@ -48,7 +61,7 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
         except Exception as exc:
             return Outcome("raised", message=f"{type(exc).__name__}: {exc}", elapsed_s=time.monotonic() - start)
 
-    ctx = mp.get_context("fork")
+    ctx = _context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(child_conn, fn, args, kwargs), daemon=True)
     proc.start()
@@ -79,6 +92,15 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
                 return _crashed(proc, start)
     finally:
         parent_conn.close()
+
+
+_PRELOAD = ["bench.preload"]
+
+
+def _context():
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # takes effect when the server starts, on the first cell
+    return ctx
 
 
 def _crashed(proc, start: float) -> Outcome:

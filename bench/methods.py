@@ -14,6 +14,7 @@ from bench.errors import BenchError
 from bench.models.base import LoadedModel, component_of
 
 PEFT_PREFIX = "base_model.model."
+REENTRANT_OFF = {"use_reentrant": False}  # recomputation that works with frozen inputs, no input-grad hook needed
 
 
 def target_regex(components: dict[str, tuple[str, ...]], targets: dict[str, list[str]]) -> str:
@@ -79,8 +80,14 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
     import peft
 
     model, components, kind = loaded.model, loaded.components, method["kind"]
-    if gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
+        if hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=REENTRANT_OFF)
+        elif hasattr(model, "set_grad_checkpointing"):  # open_clip (non-reentrant too); skipping it would hide a setting
+            model.set_grad_checkpointing(True)
+        else:
+            raise BenchError(f"method '{method['name']}': this model has no gradient checkpointing",
+                             fix="set gradient_checkpointing = false for it")
     if kind == "full":
         frozen = set(method.get("freeze") or ())
         unknown = sorted(frozen - set(components))
@@ -95,7 +102,9 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
     check_targets(model, components, targets, method["name"])
     regex = target_regex(components, targets)
     if kind == "qlora":
-        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        # without the kwargs peft re-enables checkpointing with torch's default, the reentrant variant
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                     gradient_checkpointing_kwargs=REENTRANT_OFF)
     if kind in ("lora", "dora", "qlora"):
         config = peft.LoraConfig(r=method["r"], lora_alpha=method["alpha"], lora_dropout=method["dropout"],
                                  target_modules=regex, use_dora=kind == "dora", bias="none")

@@ -77,33 +77,6 @@ def preflight(suite, jobs: list[Job]) -> None:
         )
 
 
-def _warm_imports(families) -> None:
-    """Import the heavy libraries once in the parent so every forked cell starts warm (no torch compute here)."""
-    import logging
-    import warnings
-
-    # deprecation chatter from the libraries is not the user's to act on; keep the progress display readable
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-    # bitsandbytes tries to fetch an optional CPU kernel from the hub and warns when it can't; the fallback is fine
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    import transformers.utils.logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # re-quantised loads would draw shard bars through the live display
-    hf_logging.set_verbosity_error()
-    import peft  # noqa: F401
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-
-    from bench import cell, methods, train  # noqa: F401
-    from bench.models import get_family
-    from bench.tasks import task_for_family
-
-    for family in families:
-        get_family(family)
-        task_for_family(family)
-
-
 class Runner:
     def __init__(self, suite, *, results_dir="results", reports_dir="reports", only=None, retry=False, console=None, show_progress=True):
         self.suite = suite
@@ -134,7 +107,6 @@ class Runner:
         summary = RunSummary(skipped_done=done, results=self.results)
         if jobs:
             preflight(self.suite, jobs)
-            _warm_imports(sorted({j.cell.model['family'] for j in jobs}))
             with self._progress(len(jobs)) as progress:
                 self._ensure_zoo(jobs, progress)
                 bases = self._known_bases()

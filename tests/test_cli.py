@@ -176,3 +176,12 @@ def test_readme_key_tables_are_generated_from_bench_keys():
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- keys:begin -->", 1)[1].split("<!-- keys:end -->", 1)[0]
     assert block.strip() == markdown_tables().strip(), "run `.venv/bin/python -m bench.keys` to sync README.md"
+
+
+def test_key_docs_render_in_markdown_tables():
+    from bench.keys import markdown_tables
+
+    text = markdown_tables()
+    assert "results/&lt;name>.jsonl" in text  # a bare <name> would be swallowed as an HTML tag
+    assert "| `lr` | 0.001 | peak learning rate |" in text
+    assert "| `family` | required | model family (`clip` / `blip2` / `llava`) |" in text

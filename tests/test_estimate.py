@@ -80,10 +80,22 @@ def test_qlora_prices_the_4bit_weights_at_half_a_byte_plus_constants(ckpt):
     assert single["weights"] == pytest.approx((60_000 * (0.5 + 0.5 / 8) + 140_000 * 4) / MB, abs=0.006)
 
 
-def test_qlora_in_bf16_halves_the_other_bytes_but_not_the_logits():
+def test_qlora_in_bf16_keeps_fp32_parameters_and_2_byte_activations():
     got = estimate_memory("llava", LLAVA, QLORA, {**TRAIN, "precision": "bf16", "double_quant": True}, "qlora")
-    acts = 2 * block(48, 24, 2) + LOGITS  # 2-byte activations; the logits stay fp32
-    assert got == expect(60_000 * (0.5 + 0.127 / 8) + 140_000 * 2, 10_000 * 2, 10_000 * 2 * 2, acts)
+    # peft's prepare_model_for_kbit_training casts every parameter that is not 4-bit to fp32, so the rest of the
+    # weights, the gradients and AdamW's states stay at 4 B; bf16 autocast halves the activations (not the logits)
+    acts = 2 * block(48, 24, 2) + LOGITS
+    assert got == expect(60_000 * (0.5 + 0.127 / 8) + 140_000 * 4, 10_000 * 4, 10_000 * 2 * 4, acts)
+
+
+def test_prepare_model_for_kbit_training_casts_bf16_parameters_to_fp32():
+    """The library behaviour the QLoRA estimate relies on (peft 0.21)."""
+    import peft
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4)).to(torch.bfloat16)
+    peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 def test_qlora_without_a_4bit_count_falls_back_to_the_language_model_less_embeddings():

@@ -232,3 +232,39 @@ def test_qlora_on_tiny_clip_counts_4bit_weights_unpacked(clip_base):
     assert counts["quantized"] == sum(p.quant_state.shape.numel() for p in packed)
     lora_layer = next(m for m in model.modules() if hasattr(m, "lora_A"))
     assert type(lora_layer.base_layer).__name__ == "Linear4bit" and lora_layer.base_layer.compute_dtype == torch.float32
+
+
+# ---------------------------------------------------------------- gradient checkpointing
+
+
+def checkpoint_functions(model) -> set[str]:
+    return {repr(m._gradient_checkpointing_func) for m in model.modules() if hasattr(m, "_gradient_checkpointing_func")}
+
+
+def test_gradient_checkpointing_is_non_reentrant_and_adapters_still_get_gradients(llava_tiny):
+    model = apply_method(llava_tiny, {**LORA, "train_full": []}, llava, gradient_checkpointing=True)
+    assert model.get_base_model().is_gradient_checkpointing
+    assert checkpoint_functions(model) and all("use_reentrant=False" in f for f in checkpoint_functions(model))
+    model.train()
+    ids = torch.randint(4, 90, (2, 6))
+    model(input_ids=ids, labels=ids).loss.backward()
+    adapters = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(adapters) == 8 and all(p.grad is not None for p in adapters.values())
+    # lora_B starts at zero, so lora_A's first gradient is zero; lora_B's is not
+    assert all(p.grad.abs().sum() > 0 for n, p in adapters.items() if "lora_B" in n)
+
+
+def test_qlora_keeps_checkpointing_non_reentrant(clip_base):
+    # peft's prepare_model_for_kbit_training re-enables checkpointing; with no kwargs torch's default is reentrant
+    method = {**LORA, "kind": "qlora", "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}
+    spec = ModelSpec(name="clip-t", family="clip", preset="tiny", weights="random")
+    loaded = clip.build(spec, quantization=quantization_config(method, "cpu"))
+    model = apply_method(loaded, method, clip, gradient_checkpointing=True)
+    functions = checkpoint_functions(model)
+    assert functions and all("use_reentrant=False" in f for f in functions), functions
+
+
+def test_gradient_checkpointing_reaches_open_clip():
+    loaded = clip.build(ModelSpec(name="oc", family="clip", preset="tiny", weights="random", backend="open_clip"))
+    model = apply_method(loaded, {"name": "full", "kind": "full", "freeze": []}, clip, gradient_checkpointing=True)
+    assert model.visual.transformer.grad_checkpointing and model.transformer.grad_checkpointing

@@ -113,14 +113,15 @@ def test_kill_9_then_resume_records_every_cell_exactly_once(write_suite, tmp_pat
 def test_killed_cell_process_is_recorded_and_the_suite_goes_on(write_suite, tmp_path):
     import psutil
 
-    text = MINI_SUITE.replace("steps = 2", "steps = 400")
+    text = MINI_SUITE.replace('kind = "lora"', 'kind = "lora"\ntrain = { steps = 100000 }')  # the victim runs until killed
     path = write_suite(text, "kill_cell.toml")
     proc = _bench("run", str(path), "--results-dir", "results", "--no-progress", cwd=tmp_path)
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + 120
     victim = None
     while time.monotonic() < deadline and victim is None:
-        kids = [k for k in parent.children() if k.status() != psutil.STATUS_ZOMBIE]
+        # cells are forked by the forkserver, a child of `bench run`: the cell is a grandchild
+        kids = [k for c in parent.children() for k in c.children() if k.status() != psutil.STATUS_ZOMBIE]
         if kids:
             time.sleep(1.0)  # let it get into training
             victim = kids[0]
