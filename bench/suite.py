@@ -303,7 +303,24 @@ def _grid(c: _Checker, i: int, table, models, datasets, methods) -> Grid:
                     f"model '{m}' ({family}) trains on {FAMILIES[family].task} data, dataset '{d}' is {datasets[d].config['task']}",
                     f"pair {family} models with a {FAMILIES[family].task} dataset, or add exclude = [{{model = \"{m}\", dataset = \"{d}\"}}]",
                 )
+    for m in g_models:
+        _check_components(c, models[m], [methods[k] for k in g_methods])
     return Grid(g_models, g_datasets, g_methods, tuple(excludes), _train(c, cfg["train"], f"{where}.train"))
+
+
+def _check_components(c: _Checker, model: Entry, methods: list[Entry]) -> None:
+    """Components named by a method (freeze, train_full, targets) must exist in the model's family."""
+    family = model.config["family"]
+    known = FAMILIES[family].components
+    for method in methods:
+        cfg = method.config
+        for key, names in (("freeze", cfg.get("freeze") or []), ("train_full", cfg.get("train_full") or []),
+                           ("targets", list(cfg.get("targets") or {}))):
+            bad = [n for n in names if n not in known]
+            if bad:
+                raise c.fail(f"[methods.{method.name}] key '{key}'",
+                             f"names component(s) {bad} that model '{model.name}' ({family}) does not have",
+                             f"use: {', '.join(known)}")
 
 
 def _excludes(ex: dict, model: str, dataset: str, method: str | None) -> bool:

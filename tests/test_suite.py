@@ -59,6 +59,8 @@ MALFORMED = {
     "targets not a list": (_replace("r = 4", 'r = 4\ntargets = { language = "q_proj" }'), ["[methods.lora] key 'targets'", "non-empty list"]),
     "targets on full": (_replace('kind = "full"', 'kind = "full"\ntrain_full = ["projector"]'), ["[methods.full] key 'train_full'", "no meaning"]),
     "unknown key in method train table": (_replace("r = 4", "r = 4\ntrain = { learning_rate = 1e-3 }"), ["[methods.lora.train] key 'learning_rate'", "unknown key"]),
+    "unknown component in targets": (_replace("r = 4", 'r = 4\ntargets = { langauge = ["q_proj"] }'), ["[methods.lora] key 'targets'", "['langauge']", "vision, projector, language"]),
+    "unknown component in freeze": (_replace('kind = "full"', 'kind = "full"\nfreeze = ["visoin"]'), ["[methods.full] key 'freeze'", "['visoin']"]),
     "bad gate rule": (MINI_SUITE + '\n[gate]\nrules = ["peak_memory:+5"]\n', ["[gate] key 'rules'"]),
     "unknown dataset format": (_replace('format = "scenes"', 'format = "parquet"'), ["[datasets.cls] key 'format'", "is not one of"]),
     "missing dataset path": (_replace('format = "scenes"\ntask = "classification"\nsplit = "target"', 'format = "coco_captions"\npath = "nowhere/captions.json"\nimage_root = "nowhere"'), ["nowhere"]),
