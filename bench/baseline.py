@@ -13,7 +13,7 @@ from bench.records import latest_per_cell, read_records
 
 def default_baseline(suite) -> Path:
     if suite.gate.get("baseline"):
-        return suite.base_dir / suite.gate["baseline"]
+        return (suite.base_dir / suite.gate["baseline"]).resolve()
     return Path("results") / "baselines" / f"{suite.name}.jsonl"
 
 
