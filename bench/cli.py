@@ -17,7 +17,10 @@ from bench.errors import BenchError
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:  # logs and pipes: wide enough that tables don't fold every cell
+        console = Console(stderr=stderr, highlight=False, width=200)
+    return console
 
 
 def cmd_validate(args) -> int:
