@@ -160,7 +160,6 @@ class Runner:
 
     def _base_for(self, cell: Cell, bases: dict, progress) -> tuple[str, dict | None, str]:
         from bench import zoo
-        from bench.cell import evaluate_base, resolve_device
         from bench.isolate import call_isolated
 
         key = base_key(cell)

@@ -217,6 +217,10 @@ def _model(c: _Checker, name: str, table: dict) -> Entry:
         raise c.fail(f"[{where}] key 'weights'", "weights = \"zoo\" is bench's own pretrained base for the tiny preset only", 'use preset = "tiny" without a checkpoint, or weights = "random"/"pretrained"')
     if cfg["weights"] == "zoo" and cfg["backend"] != "transformers":
         raise c.fail(f"[{where}] key 'backend'", "the zoo bases are built with the transformers backend", 'use weights = "random" with backend = "open_clip"')
+    if cfg["weights"] == "zoo":
+        from bench.zoo import recipe_id
+
+        cfg["zoo_recipe"] = recipe_id(cfg["family"])  # a rebuilt base is a different model: new cell ids, new base quality
     train = _train(c, cfg.pop("train"), f"{where}.train")
     return Entry(name, {"name": name, **cfg}, train)
 
