@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_RECORD = json.loads((REPO / "docs" / "record-example.json").read_text())
+EXAMPLE_RECORD = json.loads((REPO / "tests" / "record-fixture.json").read_text())
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -14,7 +14,7 @@ import pytest
 from bench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = json.loads((REPO / "docs" / "record-example.json").read_text())
+EXAMPLE = json.loads((REPO / "tests" / "record-fixture.json").read_text())
 COMMANDS = ("validate", "plan", "run", "report", "compare", "gate", "baseline", "zoo")
 
 
