@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data import formats
+from bench.data.hf_format import HF_COLUMNS, read_hf
 from bench.data.sample import TASKS, DatasetSplits
 from bench.errors import DataError, SuiteError
 
@@ -146,8 +147,8 @@ def check_keys(cfg: dict, *, file: str, where: str, require_task: bool = False) 
             if held in cfg and "eval_fraction" in cfg:
                 fail("eval_fraction", f"'eval_fraction' has no effect with '{held}'", "remove one of them")
     for field, column in cfg.get("columns", {}).items():
-        if field not in formats.HF_COLUMNS or not isinstance(column, str):
-            fail("columns", f"columns.{field} = {column!r}: fields are {', '.join(formats.HF_COLUMNS)}, "
+        if field not in HF_COLUMNS or not isinstance(column, str):
+            fail("columns", f"columns.{field} = {column!r}: fields are {', '.join(HF_COLUMNS)}, "
                  "each mapped to a column name", "e.g. columns = {image = \"img\", label = \"fine_label\"}")
 
 
@@ -188,7 +189,7 @@ def _read(cfg: dict, task: str, path_key: str, base_dir: Path) -> list[formats.R
     if fmt == "hf":
         split = cfg.get("hf_split", "train") if path_key == "path" else cfg["hf_eval_split"]
         local = _path(cfg["path"], base_dir) if "path" in cfg else None
-        return formats.read_hf(task=task, name=cfg.get("hf_name"), path=local, split=split,
+        return read_hf(task=task, name=cfg.get("hf_name"), path=local, split=split,
                                columns=cfg.get("columns"), image_root=image_root)
     return _READERS[fmt](_path(cfg[path_key], base_dir), image_root)
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from bench.data import formats
+from bench.data.hf_format import read_hf
 from bench.errors import DataError
 
 
@@ -315,7 +316,7 @@ HAS_DATASETS = importlib.util.find_spec("datasets") is not None
 
 @pytest.mark.skipif(HAS_DATASETS, reason="`datasets` is installed")
 def test_hf_without_datasets_says_how_to_install(tmp_path):
-    raises_at(lambda: formats.read_hf(task="classification", path=tmp_path), "pip install datasets")
+    raises_at(lambda: read_hf(task="classification", path=tmp_path), "pip install datasets")
 
 
 @pytest.mark.skipif(not HAS_DATASETS, reason="`datasets` is not installed")
@@ -327,10 +328,10 @@ def test_hf_saved_dataset_maps_columns(tmp_path):
         features=datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["cat", "dog"])}),
     )
     ds.save_to_disk(str(tmp_path / "saved"))
-    records = formats.read_hf(task="classification", path=tmp_path / "saved", columns={"image": "img", "label": "y"})
+    records = read_hf(task="classification", path=tmp_path / "saved", columns={"image": "img", "label": "y"})
     assert [r.label for r in records] == ["dog", "cat"]
     assert formats.to_samples(records, ("cat", "dog"))[0].image.getpixel((0, 0)) == (9, 9, 9)
-    raises_at(lambda: formats.read_hf(task="classification", path=tmp_path / "saved"), "columns.image", "'img'")
+    raises_at(lambda: read_hf(task="classification", path=tmp_path / "saved"), "columns.image", "'img'")
 
 
 # ---------------------------------------------------------------- fingerprint
