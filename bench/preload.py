@@ -10,7 +10,6 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 import torch  # noqa: E402,F401
-import transformers  # noqa: E402
 import transformers.utils.logging as hf_logging  # noqa: E402
 
 hf_logging.disable_progress_bar()  # re-quantised loads would draw shard bars through the live display

@@ -104,6 +104,10 @@ class Runner:
     def run(self) -> RunSummary:
         start = time.monotonic()
         jobs, done = pending_jobs(self.suite, self.results, only=self.only, retry=self.retry)
+        if self.only and not jobs and not done:
+            example = expand(self.suite)[0]
+            raise BenchError(f"--only {self.only!r} matches no cell of suite '{self.suite.name}'",
+                             fix=f"match a cell id or model/dataset/method, e.g. --only '{example.model['name']}/*'")
         summary = RunSummary(skipped_done=done, results=self.results)
         if jobs:
             preflight(self.suite, jobs)
@@ -176,7 +180,6 @@ class Runner:
 
     def _run_job(self, job: Job, bases: dict, progress) -> dict:
         from bench import zoo
-        from bench.isolate import call_isolated
 
         cell = job.cell
         started = _now()

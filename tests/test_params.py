@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.methods import apply_method, count_params, quantization_config, resolve_targets
-from bench.models import clip, get_family, llava
+from bench.models import get_family, llava
 from bench.models.base import ModelSpec
 from bench.params import count_cells, quantized_params
 from bench.plan import expand

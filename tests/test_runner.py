@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -160,3 +159,12 @@ def test_missing_checkpoints_stop_before_training_with_one_message_each(tmp_path
         assert message.count(checkpoint) >= 1
     assert message.startswith("3 checkpoint(s) cannot be loaded")
     assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_only_that_matches_nothing_is_an_input_error(mini_suite, tmp_path):
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="matches no cell") as err:
+        run_suite(mini_suite, tmp_path, only="nope/*")
+    assert "--only 'clip/*'" in err.value.render()
+    assert not (tmp_path / "results").exists()
