@@ -238,7 +238,7 @@ def _cost_section(page: _Page) -> list[str]:
             est = g.mean("cost.estimate_mb")
             if est is None:
                 row.append("—")
-            elif measured:
+            elif measured and stats.get(g.first, "cost.memory_kind") == "cuda_allocated":
                 row.append(f"{fmt_mb(est)} ({(est - measured) / measured * 100:+.0f} %)")
             else:
                 row.append(fmt_mb(est))
@@ -249,7 +249,9 @@ def _cost_section(page: _Page) -> list[str]:
     kinds = sorted({stats.get(r, "cost.memory_kind") for g in ok for r in g.ok} - {None})
     lines = ["## Cost details", ""] + _table(header, rows) + [""]
     lines += [f"Peak memory is measured as: {', '.join(f'`{k}`' for k in kinds)}. "
-              "Step time excludes warm-up steps; estimate error is (estimate − measured) / measured.", ""]
+              "Step time excludes warm-up steps; estimate error is (estimate − measured) / measured. The estimate "
+              "models tensor memory (what CUDA's allocator counts); a CPU process's RSS also holds the runtime's own "
+              "pages, so on the CPU the estimate is shown without an error.", ""]
     return lines
 
 
