@@ -168,20 +168,13 @@ def git_state(cwd: str | Path | None = None) -> tuple[str | None, bool | None]:
         return None, None
 
 
-def environment(device: str) -> dict:
-    """The fingerprint of where a number was measured (git state of the bench checkout that measured it)."""
-    import torch
-
-    cuda = device.startswith("cuda") and torch.cuda.is_available()
+def software() -> dict:
+    """Versions, git state of the bench checkout and host: the part of the fingerprint that needs no device."""
     sha, dirty = git_state(Path(__file__).resolve().parent)
     return {
-        "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
-        "device_count": torch.cuda.device_count() if cuda else 0,
         "cpu": f"{platform.machine()} {os.cpu_count()} cores",
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.version.cuda if cuda else None,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": _version("torch"),
         "transformers": _version("transformers"),
         "peft": _version("peft"),
         "bitsandbytes": _version("bitsandbytes"),
@@ -195,21 +188,16 @@ def environment(device: str) -> dict:
     }
 
 
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, for MFU.
-BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
-                    "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0, "RTX 4090": 165.0}
+def environment(device: str) -> dict:
+    """The fingerprint of where a number was measured: the device, then software()."""
+    import torch
 
-
-def device_peak_tflops(device_name: str | None) -> float | None:
-    if not device_name:
-        return None
-    for key, peak in BF16_PEAK_TFLOPS.items():  # most specific names first
-        if key in device_name:
-            return peak
-    return None
-
-
-def model_flops_per_token(total_params: int, trainable_params: int, checkpointing: bool) -> float:
-    """Forward 2N, backward 2N for activation gradients + 2N_trainable for weight gradients (frozen weights
-    need none), and one more forward when activations are recomputed."""
-    return (2 + 2 + (2 if checkpointing else 0)) * total_params + 2 * trainable_params
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    return {
+        "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "device_count": torch.cuda.device_count() if cuda else 0,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if cuda else None,
+        **software(),
+        "torch": torch.__version__,  # the imported build (e.g. +cu132), not only the distribution's version
+    }

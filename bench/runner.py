@@ -262,14 +262,9 @@ def _display_path(path: Path) -> str:
 
 def _light_env() -> dict:
     """Environment for records whose cell never reported one (crash, timeout, skip): no CUDA initialisation here."""
-    from bench.profile import _version, git_state
+    from bench.profile import software
 
-    import platform
-
-    sha, dirty = git_state(Path(__file__).resolve().parent)
-    return {"device_name": None, "device_count": None, "python": platform.python_version(), "torch": _version("torch"),
-            "transformers": _version("transformers"), "peft": _version("peft"), "bitsandbytes": _version("bitsandbytes"),
-            "accelerate": _version("accelerate"), "open_clip": _version("open_clip_torch"), "git_sha": sha, "git_dirty": dirty}
+    return {"device_name": None, "device_count": None, **software()}
 
 
 # -- what runs inside the forked processes ------------------------------------------------------
