@@ -201,3 +201,23 @@ def environment(device: str) -> dict:
         **software(),
         "torch": torch.__version__,  # the imported build (e.g. +cu132), not only the distribution's version
     }
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, for MFU.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0,
+                    "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0, "RTX 4090": 165.0}
+
+
+def device_peak_tflops(device_name: str | None) -> float | None:
+    if not device_name:
+        return None
+    for key, peak in BF16_PEAK_TFLOPS.items():  # most specific names first
+        if key in device_name:
+            return peak
+    return None
+
+
+def model_flops_per_token(total_params: int, trainable_params: int, checkpointing: bool) -> float:
+    """Forward 2N, backward 2N for activation gradients + 2N_trainable for weight gradients (frozen weights
+    need none), and one more forward when activations are recomputed."""
+    return (2 + 2 + (2 if checkpointing else 0)) * total_params + 2 * trainable_params
