@@ -120,7 +120,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings)
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         ts = task_settings(settings, device)
-        encoded = task.encode(loaded, splits.train, ts, **_encode_extras(task, splits))
+        encoded = task.encode(loaded, splits.train, ts, **encode_kwargs(task, splits))
         probe.start_region()
         result = train(model, task, encoded, loaded, settings, device=device, seed=seed, probe=probe, on_step=on_step)
         out["cost"].update(probe.peak())
@@ -172,7 +172,8 @@ def _estimate(cell, loaded, params: dict, settings: dict) -> dict | None:
     return estimate_memory(cell.model["family"], config, params, {**settings, **cell.method}, cell.method["kind"])
 
 
-def _encode_extras(task, splits) -> dict:
+def encode_kwargs(task, splits) -> dict:
+    """Extra arguments a task's encode takes from the dataset (CLIP needs the class names for its prompts)."""
     import inspect
 
     return {"classnames": splits.classnames} if "classnames" in inspect.signature(task.encode).parameters else {}

@@ -55,7 +55,7 @@ def build(family: str, *, emit=None) -> dict:
     """Pretrain the tiny `family` on the source split and save it into the cache (atomic rename)."""
     import torch
 
-    from bench.cell import task_settings
+    from bench.cell import encode_kwargs, task_settings
     from bench.data.loader import load_dataset
     from bench.methods import apply_method
     from bench.models import get_family
@@ -71,7 +71,7 @@ def build(family: str, *, emit=None) -> dict:
     loaded = fam.build(ModelSpec(name=f"{family}-zoo", family=family, preset="tiny", weights="random"), device="cpu")
     model = apply_method(loaded, {"name": "zoo", "kind": "full", "freeze": []}, fam)
     ts = task_settings(settings, "cpu")
-    encoded = task.encode(loaded, splits.train, ts, **({"classnames": splits.classnames} if family == "clip" else {}))
+    encoded = task.encode(loaded, splits.train, ts, **encode_kwargs(task, splits))
     on_step = (lambda s, n, loss: emit("step", s, n, loss)) if emit else None
     torch.manual_seed(settings["seed"])
     result = train(model, task, encoded, loaded, settings, device="cpu", seed=settings["seed"], on_step=on_step)
