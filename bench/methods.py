@@ -30,8 +30,9 @@ def target_regex(components: dict[str, tuple[str, ...]], targets: dict[str, list
 
 
 def resolve_targets(method: dict, family, backend: str) -> dict[str, list[str]]:
-    kind = "lora" if method["kind"] in ("dora", "qlora", "loha", "lokr", "vera") else method["kind"]
-    targets = method.get("targets") or family.default_targets(kind, backend)
+    """The method's own targets, else the family's default for this kind on this backend (kinds differ:
+    open_clip's LoRA wraps nn.MultiheadAttention, which DoRA and the others cannot)."""
+    targets = method.get("targets") or family.default_targets(method["kind"], backend)
     return {comp: list(leaves) for comp, leaves in targets.items()}
 
 

@@ -268,3 +268,17 @@ def test_gradient_checkpointing_reaches_open_clip():
     loaded = clip.build(ModelSpec(name="oc", family="clip", preset="tiny", weights="random", backend="open_clip"))
     model = apply_method(loaded, {"name": "full", "kind": "full", "freeze": []}, clip, gradient_checkpointing=True)
     assert model.visual.transformer.grad_checkpointing and model.transformer.grad_checkpointing
+
+
+def test_each_kind_gets_its_own_family_default_targets():
+    """open_clip: LoRA wraps the MultiheadAttention; DoRA cannot, so its default is the MLP (not LoRA's targets)."""
+    from bench.methods import apply_method
+    from bench.models import get_family
+    from bench.models.base import ModelSpec
+
+    fam = get_family("clip")
+    loaded = fam.build(ModelSpec(name="o", family="clip", preset="tiny", weights="random", backend="open_clip"))
+    model = apply_method(loaded, {"name": "d", "kind": "dora", "r": 4, "alpha": 8.0, "dropout": 0.0, "targets": None,
+                                  "train_full": None}, fam)
+    adapted = {n.rsplit(".", 1)[0] for n, _ in model.named_modules() if n.endswith("lora_magnitude_vector")}
+    assert adapted and all(n.endswith(("c_fc", "c_proj")) and ".visual." not in n for n in adapted)
