@@ -44,16 +44,17 @@ def cmd_plan(args) -> int:
     results = results_path(args.results_dir, suite.name)
     jobs, _ = pending_jobs(suite, results)
     pending = {(j.cell.cell_id, j.repeat) for j in jobs}
-    counts = {}
+    counts, estimates, meta_models = {}, {}, {}  # one meta-device build per model, shared by both
+    if args.params or args.estimate:
+        import bench.preload  # noqa: F401  (the model libraries, with their start-up chatter silenced as in `run`)
     if args.params:
         from bench.params import count_cells
 
-        counts = count_cells(cells)
-    estimates = {}
+        counts = count_cells(cells, meta_models)
     if args.estimate:
         from bench.estimate import estimate_cells
 
-        estimates = estimate_cells(cells, counts or None)
+        estimates = estimate_cells(cells, counts or None, meta_models)
     rows = []
     for cell in cells:
         n_pending = sum((cell.cell_id, r) in pending for r in range(len(suite.seeds)))

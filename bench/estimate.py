@@ -105,24 +105,19 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
     return out
 
 
-def estimate_cells(cells, counts: dict | None = None) -> dict[str, dict]:
-    """cell_id -> estimate, from meta-device parameter counts (computed here when not given)."""
-    from bench.cell import model_spec
-    from bench.models import get_family
-    from bench.params import count_cells
+def estimate_cells(cells, counts: dict | None = None, meta_models: dict | None = None) -> dict[str, dict]:
+    """cell_id -> estimate, from meta-device parameter counts (computed here when not given). Pass the
+    `meta_models` cache that count_cells used, and no architecture is built twice."""
+    from bench.params import count_cells, meta_model
 
-    counts = counts or count_cells(cells)
-    configs: dict = {}  # one meta build per model
+    meta_models = {} if meta_models is None else meta_models
+    counts = counts or count_cells(cells, meta_models)
     out = {}
     for cell in cells:
         p = counts.get(cell.cell_id)
         if not p or "error" in p:
             continue
-        key = tuple(cell.model.get(k) for k in ("family", "preset", "checkpoint", "backend", "revision"))
-        if key not in configs:
-            meta = get_family(cell.model["family"]).build_meta(model_spec({**cell.model, "weights": "random"}))
-            configs[key] = getattr(meta, "config", None)
-        config = configs[key]
+        config = getattr(meta_model(cell, meta_models), "config", None)
         if config is None or not hasattr(config, "vision_config"):  # open_clip models: no memory model (as in cell.py)
             continue
         out[cell.cell_id] = estimate_memory(cell.model["family"], config, p, {**cell.train, **cell.method}, cell.method["kind"])

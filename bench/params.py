@@ -12,19 +12,27 @@ from bench.errors import BenchError
 from bench.models.base import LoadedModel
 
 
+def meta_model(cell, cache: dict):
+    """The cell's architecture on the meta device, built once per model and shared through `cache`
+    (counting and estimating both read it). Callers must not modify it: copy before adapting."""
+    from bench.cell import model_spec
+    from bench.models import get_family
+
+    key = tuple(cell.model.get(k) for k in ("family", "preset", "checkpoint", "backend", "revision"))
+    if key not in cache:
+        cache[key] = get_family(cell.model["family"]).build_meta(model_spec({**cell.model, "weights": "random"}))
+    return cache[key]
+
+
 def count_cell(cell, meta_models: dict) -> dict:
     import torch
 
-    from bench.cell import model_spec
     from bench.methods import apply_method, count_params
     from bench.models import get_family
 
     family = get_family(cell.model["family"])
-    key = (cell.model["family"], cell.model["preset"], cell.model["checkpoint"], cell.model["backend"])
-    if key not in meta_models:
-        spec = model_spec({**cell.model, "weights": "random"})
-        meta_models[key] = family.build_meta(spec)
-    model = copy.deepcopy(meta_models[key])
+    base = meta_model(cell, meta_models)
+    model = copy.deepcopy(base)
     loaded = LoadedModel(model=model, processor=None, family=cell.model["family"], backend=cell.model["backend"],
                          components=family.components(model, cell.model["backend"]))
     method = {**cell.method, "kind": "lora" if cell.method["kind"] == "qlora" else cell.method["kind"]}
@@ -32,7 +40,7 @@ def count_cell(cell, meta_models: dict) -> dict:
         adapted = apply_method(loaded, method, family)
     counts = count_params(adapted, loaded.components)
     if cell.method["kind"] == "qlora":
-        counts["quantized"] = quantized_params(meta_models[key], getattr(family, "QUANTIZATION_SKIP", ()))
+        counts["quantized"] = quantized_params(base, getattr(family, "QUANTIZATION_SKIP", ()))
     return counts
 
 
@@ -47,9 +55,9 @@ def quantized_params(model, skip: tuple[str, ...]) -> int:
     return sum(m.weight.numel() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not skipped(name))
 
 
-def count_cells(cells) -> dict[str, dict]:
+def count_cells(cells, meta_models: dict | None = None) -> dict[str, dict]:
     """cell_id -> params dict (or {'error': ...} for a cell that cannot be counted)."""
-    meta_models: dict = {}
+    meta_models = {} if meta_models is None else meta_models
     out = {}
     for cell in cells:
         try:
