@@ -117,10 +117,10 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
                               quantization=quantization_config(cell.method, device), seed=seed)
         model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
         out["params"] = count_params(model, loaded.components)
-        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings)
-        out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         ts = task_settings(settings, device)
         encoded = task.encode(loaded, splits.train, ts, **encode_kwargs(task, splits))
+        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, max((len(e["input_ids"]) for e in encoded), default=0))
+        out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         probe.start_region()
         result = train(model, task, encoded, loaded, settings, device=device, seed=seed, probe=probe, on_step=on_step)
         out["cost"].update(probe.peak())
@@ -162,14 +162,17 @@ def _error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:600]}{at}"
 
 
-def _estimate(cell, loaded, params: dict, settings: dict) -> dict | None:
-    """The up-front memory prediction for this cell, kept beside the measurement (None where no memory model exists)."""
-    from bench.estimate import estimate_memory
+def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int) -> dict | None:
+    """The memory prediction for this cell at its longest training input, kept beside the measurement (None where
+    no memory model exists). `bench plan --estimate`, which has no data, assumes max_seq_len text positions."""
+    from bench.estimate import estimate_memory, text_positions
 
     config = getattr(loaded.model, "config", None)
     if config is None or not hasattr(config, "vision_config"):
         return None
-    return estimate_memory(cell.model["family"], config, params, {**settings, **cell.method}, cell.method["kind"])
+    family = cell.model["family"]
+    return estimate_memory(family, config, params, {**settings, **cell.method}, cell.method["kind"],
+                           text_len=text_positions(family, config, longest_input))
 
 
 def encode_kwargs(task, splits) -> dict:

@@ -40,10 +40,14 @@ def cmd_plan(args) -> int:
     from bench.suite import load_suite
 
     suite = load_suite(args.suite)
-    cells = expand(suite)
+    cells = [c for c in expand(suite) if not args.only or c.matches(args.only)]
+    if args.only and not cells:
+        raise BenchError(f"--only {args.only!r} matches no cell of {args.suite}", fix="see `bench plan SUITE` for the cell ids and names")
     results = results_path(args.results_dir, suite.name)
     jobs, _ = pending_jobs(suite, results)
     pending = {(j.cell.cell_id, j.repeat) for j in jobs}
+    args.params = args.params or args.trace
+    args.estimate = args.estimate or args.trace
     counts, estimates, meta_models = {}, {}, {}  # one meta-device build per model, shared by both
     if args.params or args.estimate:
         import bench.preload  # noqa: F401  (the model libraries, with their start-up chatter silenced as in `run`)
@@ -55,6 +59,7 @@ def cmd_plan(args) -> int:
         from bench.estimate import estimate_cells
 
         estimates = estimate_cells(cells, counts or None, meta_models)
+    traces = _trace(suite, [c for c in cells if not c.skip_reason]) if args.trace else {}
     rows = []
     for cell in cells:
         n_pending = sum((cell.cell_id, r) in pending for r in range(len(suite.seeds)))
@@ -67,14 +72,47 @@ def cmd_plan(args) -> int:
             row["params"] = counts[cell.cell_id]
         if cell.cell_id in estimates:
             row["estimate"] = estimates[cell.cell_id]
+        if cell.cell_id in traces:
+            from bench.preview import estimate_at_trace
+
+            row["trace"] = traces[cell.cell_id]
+            row["estimate_at_trace"] = estimate_at_trace(cell, row["trace"], meta_models)
         rows.append(row)
+    if args.markdown:
+        from bench.preview import render_markdown
+        from bench.profile import software
+
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(render_markdown(suite.name, rows, software()))
+        print(f"written: {args.markdown}", file=sys.stderr)
     if args.json:
         print(json.dumps({"suite": suite.name, "results": str(results), "cells": rows}, indent=2))
         return 0
     from bench.plan_view import render_plan
 
-    _console().print(render_plan(suite.name, rows, params=args.params, estimate=args.estimate))
+    _console().print(render_plan(suite.name, rows, params=args.params, estimate=args.estimate, trace=args.trace))
     return 0
+
+
+def _trace(suite, cells) -> dict:
+    """Each cell's traced training step (bench.preview), one line per cell on stderr as it finishes."""
+    from bench.data.loader import load_dataset
+    from bench.preview import trace_cells
+
+    splits: dict = {}
+
+    def splits_of(cell):
+        name = cell.dataset["name"]
+        if name not in splits:
+            cfg = {k: v for k, v in cell.dataset.items() if k != "name"}
+            splits[name] = load_dataset(cfg, base_dir=suite.base_dir, seed=cell.dataset.get("seed") or 0)
+        return splits[name]
+
+    def done(cell, result):
+        what = f"{result['peak_mb']:,.0f} MB" if "peak_mb" in result else result.get("not_traced") or result.get("error", "")
+        print(f"traced {cell.cell_id} {cell.model['name']}/{cell.method['name']}: {what.splitlines()[0][:160]}", file=sys.stderr)
+
+    return trace_cells(suite, cells, splits_of, on_done=done)
 
 
 def cmd_run(args) -> int:
@@ -186,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--params", action="store_true", help="count total/trainable parameters per cell on the meta device")
     s.add_argument("--estimate", action="store_true", help="predict peak training memory per cell")
+    s.add_argument("--trace", action="store_true",
+                   help="trace each cell's training step with fake tensors on the CPU (peak memory without weights or "
+                        "a GPU; implies --params --estimate; minutes per 7B cell)")
+    s.add_argument("--only", metavar="PATTERN", help="only cells whose id or model/dataset/method matches this glob")
+    s.add_argument("--markdown", metavar="FILE", help="also write the table as a Markdown page (the cost preview)")
     s.add_argument("--results-dir", default="results")
     s.set_defaults(fn=cmd_plan)
 

@@ -11,11 +11,17 @@
     activations  = Σ over transformer blocks that backward passes through of
                    tokens × hidden × (34 + 5·heads·seq/hidden) × act_bytes / 2      (Korthikanti et al. 2022)
                    with gradient checkpointing: 2 × tokens × hidden × act_bytes per block + one full block
-                 + the language model's logits: tokens × vocab × 4 B × 3 (fp32 logits, softmax, grad)
+                 + the language model's logits over every position it runs (image or query tokens too):
+                   tokens × vocab × (act_bytes + 4 + 4)  (logits in the compute dtype, their fp32 copy in the
+                   loss, the fp32 gradient)
+    optimizer_step = trainable params × bytes/state: torch's foreach AdamW (its CUDA default) holds one more
+                   state-sized buffer during step(), when the activations are gone
+    peak         = weights + gradients + optimizer + max(activations, optimizer_step)
 A block is counted when gradients flow through it: it holds trainable parameters or something
 trainable sits before it (the vision tower under LoRA on the language model holds no activations).
 CLIP's two towers run side by side, not one after the other: each counts only when it is trainable.
-Records keep estimate and measurement side by side so the estimate's error is visible.
+Records keep estimate and measurement side by side so the estimate's error is visible, and
+`bench plan --trace` sets it beside a fake-tensor trace of the same step (reports/*.preview.md).
 """
 
 from __future__ import annotations
@@ -55,6 +61,19 @@ def stacks(family: str, config, max_seq_len: int) -> list[Stack]:
     raise ValueError(f"no memory model for family {family!r}")
 
 
+def text_positions(family: str, config, input_len: int) -> int:
+    """Text positions of a padded input: its length less the image placeholders the processor put in it
+    (LLaVA: one per patch; BLIP-2: one per query token). Models without a config (open_clip): all of it."""
+    if config is None or not hasattr(config, "vision_config"):
+        return input_len
+    if family == "llava":
+        v = config.vision_config
+        return input_len - (v.image_size // v.patch_size) ** 2
+    if family == "blip2":
+        return input_len - config.num_query_tokens
+    return input_len
+
+
 def _block_activation_bytes(s: Stack, batch: int, act_bytes: int, checkpointing: bool) -> float:
     tokens = batch * s.seq
     full_block = tokens * s.hidden * (34 + 5 * s.heads * s.seq / s.hidden) * act_bytes / 2
@@ -63,8 +82,9 @@ def _block_activation_bytes(s: Stack, batch: int, act_bytes: int, checkpointing:
     return s.layers * full_block
 
 
-def estimate_memory(family: str, config, params: dict, train: dict, method_kind: str) -> dict:
-    """Predicted peak MB for one cell; `params` is bench.methods.count_params output (per component)."""
+def estimate_memory(family: str, config, params: dict, train: dict, method_kind: str, text_len: int | None = None) -> dict:
+    """Predicted peak MB for one cell; `params` is bench.methods.count_params output (per component).
+    `text_len`: the text positions of the longest batch when the data is known (else max_seq_len, the most)."""
     bf16 = train["precision"] == "bf16"
     wbytes = 2 if bf16 else 4
     act_bytes = 2 if train["precision"] in ("bf16", "fp16") else 4
@@ -88,20 +108,24 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
     states = 1 if train["optimizer"] == "sgd" else 2
     opt_bytes = 1 if "8bit" in train["optimizer"] else 4 if "32bit" in train["optimizer"] else grad_bytes
     optimizer = trainable * states * opt_bytes
+    optimizer_step = trainable * opt_bytes if train["optimizer"] == "adamw" else 0  # foreach's sqrt(exp_avg_sq)
 
     activations, flowing = 0.0, False
     batch = train["batch_size"]
+    seq = min(text_len, train["max_seq_len"]) if text_len else train["max_seq_len"]
     parallel = family == "clip"  # image and text towers: gradients never pass from one into the other
-    for s in stacks(family, config, train["max_seq_len"]):
+    for s in stacks(family, config, seq):
         flowing = (flowing and not parallel) or by_comp.get(s.component, {}).get("trainable", 0) > 0
         if flowing:
             activations += _block_activation_bytes(s, batch, act_bytes, train["gradient_checkpointing"])
         if s.vocab and flowing:
-            activations += batch * train["max_seq_len"] * s.vocab * 4 * 3  # logits are scored on the text positions
+            activations += batch * s.seq * s.vocab * (act_bytes + 4 + 4)
 
-    parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations}
+    parts = {"weights": weights, "gradients": gradients, "optimizer": optimizer, "activations": activations,
+             "optimizer_step": optimizer_step}
     out = {k: round(v / MB, 2) for k, v in parts.items()}
-    out["total_mb"] = round(sum(parts.values()) / MB, 2)
+    out["total_mb"] = round((weights + gradients + optimizer + max(activations, optimizer_step)) / MB, 2)
+    out["text_len"] = seq
     return out
 
 

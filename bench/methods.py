@@ -84,6 +84,7 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
     if gradient_checkpointing:
         if hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=REENTRANT_OFF)
+            _drop_input_grad_hooks(model)
         elif hasattr(model, "set_grad_checkpointing"):  # open_clip (non-reentrant too); skipping it would hide a setting
             model.set_grad_checkpointing(True)
         else:
@@ -106,6 +107,7 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
         # without the kwargs peft re-enables checkpointing with torch's default, the reentrant variant
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                      gradient_checkpointing_kwargs=REENTRANT_OFF)
+        _drop_input_grad_hooks(model)
     if kind in ("lora", "dora", "qlora"):
         config = peft.LoraConfig(r=method["r"], lora_alpha=method["alpha"], lora_dropout=method["dropout"],
                                  target_modules=regex, use_dora=kind == "dora", bias="none")
@@ -123,6 +125,7 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
     else:
         raise BenchError(f"unknown method kind {kind!r}")
     model = peft.get_peft_model(model, config)
+    _drop_input_grad_hooks(model.get_base_model())
     train_full = method.get("train_full")
     train_full = ["projector"] if train_full is None else train_full
     unknown = [c for c in train_full if c not in components]
@@ -133,6 +136,17 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
         if component_of(name, components) in train_full and p.is_floating_point():
             p.requires_grad_(True)
     return model
+
+
+def _drop_input_grad_hooks(model) -> None:
+    """Undo enable_input_require_grads, which transformers (checkpointing on) and peft (wrapping) each call.
+
+    It hooks every input embedding, the vision towers' patch embeddings too, so that their outputs require grad:
+    reentrant checkpointing needs that. bench's checkpointing is non-reentrant, and with the hooks backward runs
+    through frozen vision towers, keeping their activations. Called after each call that may add hooks: each
+    call replaces the list of hooks that disable_input_require_grads removes."""
+    if hasattr(model, "disable_input_require_grads"):
+        model.disable_input_require_grads()
 
 
 def _numel(p) -> int:

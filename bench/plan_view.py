@@ -16,7 +16,7 @@ def _count(n: int | None) -> str:
     return str(n)
 
 
-def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, estimate: bool = False) -> Table:
+def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, estimate: bool = False, trace: bool = False) -> Table:
     table = Table(title=f"suite {suite_name}: {len(rows)} cells")
     for col in ("cell", "model", "dataset", "method", "state"):
         table.add_column(col)
@@ -27,6 +27,10 @@ def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, esti
         table.add_column("trainable by component")
     if estimate:
         table.add_column("est. peak MB", justify="right")
+    if trace:
+        table.add_column("traced MB", justify="right")
+        table.add_column("est. at trace", justify="right")
+        table.add_column("error", justify="right")
     for r in rows:
         state = r["state"] + (f" ({r['pending_repeats']}/{r['repeats']})" if r["state"] == "pending" and r["repeats"] > 1 else "")
         cols = [r["cell_id"], r["model"], r["dataset"], r["method"], f"[{_STATE_STYLE[r['state']]}]{state}[/]"]
@@ -37,5 +41,11 @@ def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, esti
         if estimate:
             e = r.get("estimate") or {}
             cols.append(f"{e['total_mb']:.0f}" if e.get("total_mb") is not None else "-")
+        if trace:
+            t, at = r.get("trace") or {}, r.get("estimate_at_trace") or {}
+            why = t.get("not_traced") or t.get("error") or "-"
+            cols.append(f"{t['peak_mb']:.0f}" if "peak_mb" in t else f"[dim]{why.splitlines()[0][:40]}[/]")
+            cols.append(f"{at['total_mb']:.0f}" if at else "-")
+            cols.append(f"{at['error_pct']:+.1f}%" if at else "-")
         table.add_row(*cols)
     return table

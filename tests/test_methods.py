@@ -254,6 +254,31 @@ def test_gradient_checkpointing_is_non_reentrant_and_adapters_still_get_gradient
     assert all(p.grad.abs().sum() > 0 for n, p in adapters.items() if "lora_B" in n)
 
 
+@pytest.mark.parametrize("method", [LORA, {"name": "full", "kind": "full", "freeze": ["vision"]}], ids=["lora", "full-frozen-vision"])
+def test_checkpointing_does_not_send_backward_through_the_frozen_vision_tower(llava_tiny, method):
+    """transformers and peft make every input embedding's output require grad (reentrant checkpointing needs it):
+    the frozen vision tower would then keep activations and be back-propagated for nothing. bench removes the hooks."""
+    model = apply_method(llava_tiny, method, llava, gradient_checkpointing=True)
+    seen = {}
+
+    def keep_output(module, inputs, output):
+        seen["out"] = output.last_hidden_state
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.model.vision_tower.register_forward_hook(keep_output)
+    model.train()
+    image, n_image = model.config.image_token_id, (32 // 8) ** 2
+    text = torch.randint(4, 90, (2, 6))
+    text[text == image] = image + 1
+    ids = torch.cat([torch.full((2, n_image), image), text], dim=1)
+    labels = ids.masked_fill(ids == image, -100)
+    model(input_ids=ids, pixel_values=torch.randn(2, 3, 32, 32), labels=labels).loss.backward()
+    assert not seen["out"].requires_grad
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b) and (lora_b or method["kind"] == "full")
+    assert all(p.grad is not None for n, p in model.named_parameters() if "multi_modal_projector" in n)
+
+
 def test_qlora_keeps_checkpointing_non_reentrant(clip_base):
     # peft's prepare_model_for_kbit_training re-enables checkpointing; with no kwargs torch's default is reentrant
     method = {**LORA, "kind": "qlora", "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}
