@@ -49,3 +49,37 @@ def test_bf16_checkpointing_and_qlora_cells_run_on_cuda(write_suite, tmp_path):
         assert r["cost"]["memory_kind"] == "cuda_allocated" and r["env"]["device_count"] >= 1
         assert r["cost"]["peak_reserved_mb"] >= r["cost"]["peak_memory_mb"] > 0
     assert records["qlora"]["cost"]["breakdown_mb"]["weights"] < records["full"]["cost"]["breakdown_mb"]["weights"]
+
+
+def test_a_fake_trace_predicts_cuda_allocated_memory(write_suite):
+    """The CPU trace (bench.trace) against the same two steps on CUDA, counted by the caching allocator."""
+    import torch
+
+    from bench.cell import encode_kwargs, model_spec, task_settings
+    from bench.data.loader import load_dataset
+    from bench.methods import apply_method
+    from bench.models import get_family
+    from bench.tasks import task_for_family
+    from bench.trace import trace_cell
+    from bench.train import _autocast
+
+    cell = next(c for c in expand(load_suite(write_suite(GPU_SUITE))) if c.method["name"] == "full")
+    splits = load_dataset({k: v for k, v in cell.dataset.items() if k != "name"}, base_dir=".")
+    traced = trace_cell(cell, splits)
+
+    family, task = get_family("clip"), task_for_family("clip")
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loaded = family.build(model_spec(cell.model), device="cuda", dtype=torch.bfloat16)
+    model = apply_method(loaded, cell.method, family, gradient_checkpointing=True)
+    encoded = task.encode(loaded, splits.train, task_settings(cell.train, "cuda"), **encode_kwargs(task, splits))
+    batch = task.collate(sorted(encoded, key=lambda e: -len(e["input_ids"]))[: cell.train["batch_size"]], loaded)
+    batch = {k: v.cuda() for k, v in batch.items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True)
+    for _ in range(2):
+        with _autocast(cell.train, "cuda"):
+            task.loss(model, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    measured = (torch.cuda.max_memory_allocated() - base) / 1024**2
+    assert traced["peak_mb"] == pytest.approx(measured, rel=0.15)
