@@ -96,7 +96,7 @@ def cmd_plan(args) -> int:
 
 def _trace(suite, cells) -> dict:
     """Each cell's traced training step (bench.preview), one line per cell on stderr as it finishes."""
-    from bench.data.loader import load_dataset
+    from bench.data.loader import load_suite_dataset
     from bench.preview import trace_cells
 
     splits: dict = {}
@@ -104,8 +104,7 @@ def _trace(suite, cells) -> dict:
     def splits_of(cell):
         name = cell.dataset["name"]
         if name not in splits:
-            cfg = {k: v for k, v in cell.dataset.items() if k != "name"}
-            splits[name] = load_dataset(cfg, base_dir=suite.base_dir, seed=cell.dataset.get("seed") or 0)
+            splits[name] = load_suite_dataset(cell.dataset, suite.base_dir)
         return splits[name]
 
     def done(cell, result):

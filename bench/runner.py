@@ -92,12 +92,11 @@ class Runner:
     # -- data ------------------------------------------------------------------------------
     def splits(self, dataset: dict):
         """Load each dataset once in the parent; forked cells share it for free."""
-        from bench.data.loader import load_dataset
+        from bench.data.loader import load_suite_dataset
 
         key = dataset["name"]
         if key not in self._splits:
-            cfg = {k: v for k, v in dataset.items() if k != "name"}
-            self._splits[key] = load_dataset(cfg, base_dir=self.suite.base_dir, seed=dataset.get("seed") or 0)
+            self._splits[key] = load_suite_dataset(dataset, self.suite.base_dir)
         return self._splits[key]
 
     # -- the run ---------------------------------------------------------------------------

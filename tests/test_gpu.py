@@ -56,7 +56,7 @@ def test_a_fake_trace_predicts_cuda_allocated_memory(write_suite):
     import torch
 
     from bench.cell import encode_kwargs, model_spec, task_settings
-    from bench.data.loader import load_dataset
+    from bench.data.loader import load_suite_dataset
     from bench.methods import apply_method
     from bench.models import get_family
     from bench.tasks import task_for_family
@@ -64,7 +64,7 @@ def test_a_fake_trace_predicts_cuda_allocated_memory(write_suite):
     from bench.train import _autocast
 
     cell = next(c for c in expand(load_suite(write_suite(GPU_SUITE))) if c.method["name"] == "full")
-    splits = load_dataset({k: v for k, v in cell.dataset.items() if k != "name"}, base_dir=".")
+    splits = load_suite_dataset(cell.dataset, ".")
     traced = trace_cell(cell, splits)
 
     family, task = get_family("clip"), task_for_family("clip")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.cell import encode_kwargs, model_spec, task_settings
-from bench.data.loader import load_dataset
+from bench.data.loader import load_suite_dataset
 from bench.methods import apply_method
 from bench.models import get_family
 from bench.params import count_cell
@@ -97,7 +97,7 @@ def cells(tmp_path_factory):
 
 
 def splits_of(cell):
-    return load_dataset({k: v for k, v in cell.dataset.items() if k != "name"}, base_dir=".")
+    return load_suite_dataset(cell.dataset, ".")
 
 
 def with_train(cell, **train):

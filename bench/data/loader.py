@@ -275,6 +275,12 @@ def load_dataset(
     return formats.dataset_splits(task, train_samples, eval_samples, classnames, info)
 
 
+def load_suite_dataset(dataset: dict, base_dir: Path) -> DatasetSplits:
+    """A cell's `dataset` (its [datasets.NAME] table with the name added) as train/eval splits."""
+    cfg = {k: v for k, v in dataset.items() if k != "name"}
+    return load_dataset(cfg, base_dir=base_dir, seed=dataset.get("seed") or 0)
+
+
 def _generated(cfg: dict, task: str, seed: int) -> DatasetSplits:
     sizes = {k: cfg.get(k, v) for k, v in DEFAULT_BUNDLED_SIZES.items()}
     image_size = cfg.get("image_size", 32)
