@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-MB = 1024 * 1024
+from bench.estimate import MB
+
 TRACE_STEPS = 2
 
 
