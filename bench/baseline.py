@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.paths import inside
 from bench.plan import results_path
-from bench.records import latest_per_cell, read_records
+from bench.records import encode, iter_records, latest_per_cell, read_records
 
 
 def default_baseline(suite) -> Path:
     if suite.gate.get("baseline"):
         return (suite.base_dir / suite.gate["baseline"]).resolve()
-    return Path("results") / "baselines" / f"{suite.name}.jsonl"
+    return inside(Path("results") / "baselines", f"{suite.name}.jsonl")
 
 
 def update_baseline(suite_path: str, *, results_dir: str = "results", output: str | None = None) -> Path:
-    """Write the newest record of every (cell, repeat) of the suite's results as its baseline (atomic replace)."""
+    """Write the newest record of every (cell, repeat) of the suite's results as its baseline (atomic replace).
+    Only a .jsonl file is written, and an existing file only when it is a bench results file itself."""
     from bench.suite import load_suite
 
     suite = load_suite(suite_path)
@@ -27,12 +28,32 @@ def update_baseline(suite_path: str, *, results_dir: str = "results", output: st
     if not records:
         raise BenchError(f"no records in {source}", fix=f"run `bench run {suite_path}` first")
     target = Path(output) if output else default_baseline(suite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(target)
+    where = "-o" if output else f"{suite_path}: [gate] key 'baseline'"
+    if target.suffix != ".jsonl":
+        raise BenchError(f"{target} is not a .jsonl file; a baseline is a results file", where=where,
+                         fix="name a .jsonl file, e.g. results/baselines/<suite>.jsonl")
+    if target.exists() and not _is_results_file(target):
+        raise BenchError(f"{target} exists and is not a bench results file; it is not overwritten", where=where,
+                         fix="choose a new file name, or remove that file yourself if it is really yours to replace")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            for r in records:
+                f.write(encode(r))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(target)
+    except OSError as exc:
+        raise BenchError(f"cannot write the baseline {target} ({exc.strerror or exc})", where=where,
+                         fix="choose a folder you can write") from None
     return target
+
+
+def _is_results_file(path: Path) -> bool:
+    """A regular file whose every non-blank line is a bench record (an empty file counts)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        lines = sum(1 for line in f if line.strip())
+    return lines == sum(1 for _ in iter_records(path, warn=False))

@@ -1,14 +1,17 @@
 """The `bench` command line. Parses arguments and dispatches; heavy libraries load only in the
 commands that train, so `bench --help`, `validate`, `plan`, `report`, `compare` and `gate` are instant.
 
-Exit codes: 0 success, 1 a gate or comparison failed, 2 bad input (nothing was run or written).
+Exit codes: 0 success; 1 a gate failed, a comparison found something worse, a record could not be saved, or an
+unexpected error (one line, the traceback in a log file); 2 bad input (nothing was run or written).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -82,8 +85,7 @@ def cmd_plan(args) -> int:
         from bench.preview import render_markdown
         from bench.profile import software
 
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(render_markdown(suite.name, rows, software()))
+        write_output(args.markdown, render_markdown(suite.name, rows, software()), flag="--markdown")
         print(f"written: {args.markdown}", file=sys.stderr)
     if args.json:
         print(json.dumps({"suite": suite.name, "results": str(results), "cells": rows}, indent=2))
@@ -115,6 +117,8 @@ def _trace(suite, cells) -> dict:
 
 
 def cmd_run(args) -> int:
+    from rich.markup import escape
+
     from bench.runner import Runner
     from bench.suite import load_suite
 
@@ -124,24 +128,76 @@ def cmd_run(args) -> int:
                     console=console, show_progress=not args.no_progress)
     summary = runner.run()
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing to run"
-    console.print(f"ran {summary.ran} cell-run(s) ({statuses}); {summary.skipped_done} already recorded; {summary.wall_s:.1f} s")
-    console.print(f"records: {summary.results}")
+    elsewhere = f"; {summary.taken_elsewhere} taken by another run" if summary.taken_elsewhere else ""
+    console.print(escape(f"ran {summary.ran} cell-run(s) ({statuses}); {summary.skipped_done} already recorded{elsewhere}; "
+                         f"{summary.wall_s:.1f} s"))
+    failed = sum(n for s, n in summary.statuses.items() if s not in ("ok", "skipped"))
+    if failed:  # a cell's failure is a measurement (its record says why), not a failed run: exit 0
+        console.print(escape(f"{failed} cell-run(s) did not finish ok; their records say why (see the report's failures)"))
+    console.print(escape(f"records: {summary.results}"))
     if summary.report:
-        console.print(f"report:  {summary.report}")
+        console.print(escape(f"report:  {summary.report}"))
     return 0
 
 
+def input_files(paths, *, what: str) -> list[str]:
+    """Results files named on the command line: each must be an existing file (exit 2 otherwise)."""
+    for p in paths:
+        path = Path(p)
+        try:
+            ok = path.is_file()
+        except OSError:
+            ok = False
+        if not ok:
+            why = "is a folder" if path.is_dir() else "does not exist"
+            raise BenchError(f"{what} {p} {why}", fix="name a results .jsonl file (e.g. results/<suite>.jsonl)")
+    return list(paths)
+
+
+def read_results(paths, *, what: str) -> list[dict]:
+    """The latest record of every cell-run in `paths`. A file with text but no record is not a results file."""
+    from bench.records import iter_records, read_latest
+
+    for p in input_files(paths, what=what):
+        if next(iter_records(p, warn=False), None) is None:
+            with open(p, "rb") as f:
+                if any(line.strip() for line in f):
+                    raise BenchError(f"{what} {p} holds no bench record: it is not a bench results file",
+                                     fix="name a file that `bench run` wrote (results/<suite>.jsonl)")
+    return read_latest(paths)
+
+
+def write_output(path: str | Path, text: str, *, flag: str) -> Path:
+    """Write a file the user named on the command line; a path that cannot be written is an input error."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise BenchError(f"cannot write {path} ({exc.strerror or exc})", where=flag,
+                         fix=f"give {flag} a path in a folder you can write") from None
+    return path
+
+
 def cmd_report(args) -> int:
-    from bench.records import read_many
+    from bench.paths import inside, page_name
     from bench.report import write_index, write_report
 
-    records = read_many(args.results)
+    records = read_results(args.results, what="results file")
     if not records:
         raise BenchError("no readable records in " + ", ".join(args.results), fix="run `bench run SUITE` first")
-    out = Path(args.output) if args.output else Path(args.reports_dir) / f"{records[-1]['suite']}.md"
-    written = write_report(records, out)
-    if not args.output or out.parent == Path(args.reports_dir):
-        write_index(out.parent)
+    # the page is named by -o, or by the suite's name made safe: a record's field never picks a path
+    out = Path(args.output) if args.output else inside(args.reports_dir, f"{page_name(records[-1]['suite'])}.md")
+    if out.suffix != ".md" or out.name.lower() == "readme.md":
+        raise BenchError(f"-o {out}: a report page is a .md file other than README.md (the index)", where="-o",
+                         fix="e.g. -o reports/my-suite.md")
+    try:
+        written = write_report(records, out)
+        if not args.output or out.parent == Path(args.reports_dir):
+            write_index(out.parent)
+    except OSError as exc:
+        raise BenchError(f"cannot write the report {out} ({exc.strerror or exc})", fix="choose a folder you can write "
+                         "with -o or --reports-dir") from None
     for p in written:
         print(p)
     return 0
@@ -149,18 +205,20 @@ def cmd_report(args) -> int:
 
 def cmd_compare(args) -> int:
     from bench.compare import compare, render_markdown, render_terminal
-    from bench.records import read_many
 
-    result = compare(read_many([args.base]), read_many([args.current]))
+    base = read_results([args.base], what="base results file")
+    current = read_results([args.current], what="current results file")
+    if not base or not current:
+        raise BenchError(f"no records in {args.base if not base else args.current}", fix="compare two files that `bench run` wrote")
+    result = compare(base, current)
     render_terminal(result, _console())
     if args.markdown:
-        Path(args.markdown).write_text(render_markdown(result))
-    return 0
+        write_output(args.markdown, render_markdown(result), flag="--markdown")
+    return 1 if result.failed else 0
 
 
 def cmd_gate(args) -> int:
     from bench.gate import DEFAULT_RULES, gate, parse_rules
-    from bench.records import read_many
 
     rules = args.rule
     baseline = args.baseline
@@ -175,12 +233,13 @@ def cmd_gate(args) -> int:
         raise BenchError("no baseline given", fix="pass --baseline FILE, or --suite SUITE whose [gate] names a baseline")
     if not Path(baseline).is_file():
         raise BenchError(f"baseline file {baseline} does not exist", fix="create one with `bench baseline update SUITE`")
-    result = gate(read_many([baseline]), read_many(args.current), parse_rules(rules or DEFAULT_RULES))
+    rules = parse_rules(rules or DEFAULT_RULES)
+    result = gate(read_results([baseline], what="baseline"), read_results(args.current, what="results file"), rules)
     from bench.gate import render_markdown, render_terminal
 
     render_terminal(result, _console())
     if args.markdown:
-        Path(args.markdown).write_text(render_markdown(result))
+        write_output(args.markdown, render_markdown(result), flag="--markdown")
     return 0 if result.passed else 1
 
 
@@ -279,15 +338,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every command behind one guard: input errors exit 2 with the file, key and fix; anything unexpected
+    exits 1 with one line and the traceback in a log file, never a bare traceback."""
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            return args.fn(args)
     except BenchError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: records written so far are kept; `bench run` again resumes with the pending cells", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001  (the guard: a bug must still end in one clear line)
+        log = _crash_log(args)
+        print(f"error: unexpected {type(exc).__name__}: {str(exc)[:300]}\n  the full traceback is in {log}\n"
+              "  this is a bench bug: please report it with that file", file=sys.stderr)
+        return 1
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a skipped torn record, a library's notice) as one plain line, without a source excerpt."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
+def _crash_log(args) -> str:
+    """Write the traceback under the results folder (the temp folder when that cannot be written)."""
+    import datetime as dt
+    import tempfile
+    import traceback
+
+    name = f"bench-error-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    text = f"bench {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}"
+    for folder in (getattr(args, "results_dir", None) or "results", tempfile.gettempdir()):
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            path = Path(folder).resolve() / name
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+        except OSError:
+            continue
+    return "(nowhere: neither the results folder nor the temp folder could be written)"
 
 
 if __name__ == "__main__":

@@ -102,14 +102,23 @@ class CompareResult:
     missing: list[Group]  # in the baseline, not in the current records
     extra: list[Group]  # in the current records, not in the baseline
     env_warnings: list[str]
+    invalid: list[str] = field(default_factory=list)  # measurements that are not finite numbers, in either file
 
     def worse(self) -> list[tuple[CellChange, MetricChange]]:
         """Changes for the worse that are beyond noise."""
         return [(c, m) for c in self.cells for m in c.changes if m.direction == "worse" and m.beyond_noise]
 
+    @property
+    def failed(self) -> bool:
+        """`bench compare` exits 1: something got worse beyond noise, a cell stopped finishing, a baseline cell
+        is gone, or a file holds a measurement that is not a finite number."""
+        stopped = any(c.old_status == "ok" and c.new_status != "ok" for c in self.cells)
+        return bool(self.worse() or stopped or self.missing or self.invalid)
+
 
 def _env_values(records: list[dict], key: str) -> set:
-    return {(r.get("env") or {}).get(key) for r in records}
+    # values are shown, never interpreted: anything unhashable (a list in a hand-edited file) as its text
+    return {v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for v in (r["env"].get(key) for r in records)}
 
 
 def env_differences(base_records: list[dict], current_records: list[dict]) -> list[str]:
@@ -156,7 +165,9 @@ def compare(base_records: list[dict], current_records: list[dict], fields=None) 
         cells.append(change)
     missing = [g for cid, g in old_groups.items() if cid not in new_groups]
     extra = [g for cid, g in new_groups.items() if cid not in old_groups]
-    return CompareResult(cells, missing, extra, env_differences(base_records, current_records))
+    invalid = [f"baseline {p}" for p in stats.invalid_numbers(base_records, fields)]
+    invalid += [f"current {p}" for p in stats.invalid_numbers(current_records, fields)]
+    return CompareResult(cells, missing, extra, env_differences(base_records, current_records), invalid)
 
 
 # ---------------------------------------------------------------- rendering
@@ -227,7 +238,9 @@ def render_markdown(result: CompareResult, *, show_all: bool = False) -> str:
         lines += ["No metric changed.", ""]
     for title, groups in (("Missing from the current records", result.missing), ("New in the current records", result.extra)):
         if groups:
-            lines += [f"## {title}", ""] + [f"- `{g.cell_id}` {g.model} / {g.dataset} / {g.method}" for g in groups] + [""]
+            lines += [f"## {title}", ""] + [f"- `{g.cell_id}` {cell_text(f'{g.model} / {g.dataset} / {g.method}')}" for g in groups] + [""]
+    if result.invalid:
+        lines += ["## Not finite numbers (the files were edited or corrupted)", ""] + [f"- {cell_text(p)}" for p in result.invalid] + [""]
     return "\n".join(lines)
 
 
@@ -278,3 +291,5 @@ def render_terminal(result: CompareResult, console=None, *, show_all: bool = Fal
     for label, style, groups in (("missing: ", "red", result.missing), ("new: ", "yellow", result.extra)):
         for g in groups:
             console.print(Text.assemble((label, style), f"{g.cell_id} {g.model} / {g.dataset} / {g.method}"))
+    for problem in result.invalid:
+        console.print(Text.assemble(("not a finite number: ", "bold red"), problem))

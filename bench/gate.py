@@ -170,6 +170,7 @@ class GateResult:
     missing: list[Group]
     extra: list[Group]
     warnings: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)  # why the files cannot be trusted: fails closed
 
     @property
     def failures(self) -> list[GateRow]:
@@ -177,11 +178,12 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        return not self.failures and not self.missing
+        return not self.failures and not self.missing and not self.invalid
 
     def messages(self) -> list[str]:
         """One line per failure: cell, rule, old and new values."""
-        out = [r.message() for r in self.failures]
+        out = list(self.invalid)
+        out += [r.message() for r in self.failures]
         out += [f"{g.cell_id} ({g.model} / {g.dataset} / {g.method}): missing from the current records" for g in self.missing]
         return out
 
@@ -285,6 +287,11 @@ def gate(baseline_records: list[dict], current_records: list[dict], rules=None) 
     old_groups = stats.group_by_cell(baseline_records)
     new_groups = stats.group_by_cell(current_records)
     status_gated = any(isinstance(r, StatusRule) for r in rules)
+    # fail closed: nothing to compare against, or numbers that are not numbers, is never a pass
+    invalid = [] if baseline_records else ["the baseline holds no records: nothing was checked"]
+    gated = [r.field for r in rules if isinstance(r, Threshold)]
+    invalid += [f"baseline {p}" for p in stats.invalid_numbers(baseline_records, gated)]
+    invalid += [f"current {p}" for p in stats.invalid_numbers(current_records, gated)]
     rows = []
     for cell_id, old in old_groups.items():
         new = new_groups.get(cell_id)
@@ -298,4 +305,5 @@ def gate(baseline_records: list[dict], current_records: list[dict], rules=None) 
         missing=[g for cid, g in old_groups.items() if cid not in new_groups],
         extra=[g for cid, g in new_groups.items() if cid not in old_groups],
         warnings=env_differences(baseline_records, current_records),
+        invalid=invalid,
     )

@@ -82,4 +82,6 @@ def base_key(cell: Cell) -> str:
 
 
 def results_path(results_dir: str | Path, suite_name: str) -> Path:
-    return Path(results_dir) / f"{suite_name}.jsonl"
+    from bench.paths import inside
+
+    return inside(results_dir, f"{suite_name}.jsonl")

@@ -6,6 +6,7 @@ On a terminal it is a rich live progress display; elsewhere (CI logs) one line p
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 _STATUS_STYLE = {"ok": "green", "skipped": "dim", "oom": "yellow", "timeout": "yellow", "diverged": "magenta", "error": "red"}
@@ -32,7 +33,7 @@ class SuiteProgress:
         self.progress.__exit__(*exc)
 
     def start_item(self, label: str, steps: int | None) -> None:
-        self.progress.reset(self._item, total=steps or None, description=f"  {label}", info="")
+        self.progress.reset(self._item, total=steps or None, description=f"  {escape(label)}", info="")
 
     def event(self, event: tuple) -> None:
         if event and event[0] == "step":
@@ -42,6 +43,12 @@ class SuiteProgress:
     def log(self, text: str) -> None:
         self.console.print(text)
 
+    def pass_item(self, label: str, why: str) -> None:
+        """A cell-run this process will not run after all (another run claimed or recorded it)."""
+        self.done += 1
+        self.progress.advance(self._cells)
+        self.console.print(f"[{self.done}/{self.total}] [dim]{escape(label)}: {escape(why)}[/]", highlight=False)
+
     def finish_item(self, record: dict) -> None:
         self.done += 1
         self.progress.advance(self._cells)
@@ -49,15 +56,16 @@ class SuiteProgress:
         style = _STATUS_STYLE.get(status, "white")
         q = record.get("quality") or {}
         cost = record.get("cost") or {}
-        parts = [f"[{style}]{status}[/]", f"{record['model']['name']} × {record['dataset']['name']} × {record['method']['name']}"]
+        # names and messages come from the user's files: escaped, never read as markup
+        parts = [f"[{style}]{status}[/]", escape(f"{record['model']['name']} × {record['dataset']['name']} × {record['method']['name']}")]
         if record.get("repeat"):
             parts.append(f"repeat {record['repeat']}")
         if q.get("delta") is not None:
-            parts.append(f"Δ {q['metric']} {q['delta']:+.2f}")
+            parts.append(escape(f"Δ {q['metric']} {q['delta']:+.2f}"))
         if cost.get("peak_memory_mb") is not None:
             parts.append(f"{cost['peak_memory_mb']:.0f} MB")
         if cost.get("train_wall_s") is not None:
             parts.append(f"{cost['train_wall_s']:.1f} s")
         if status != "ok" and record.get("message"):
-            parts.append(f"— {record['message'][:160]}")
+            parts.append(escape(f"— {record['message'][:160]}"))
         self.console.print(f"[{self.done}/{self.total}] " + "  ".join(parts), highlight=False)

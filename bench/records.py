@@ -8,16 +8,26 @@ This module never imports torch.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import math
 import os
+import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.errors import BenchError
+
 SCHEMA_VERSION = 1
 
+MAX_WARNINGS = 5  # unreadable lines named one by one per file; the rest are counted
+
 STATUSES = ("ok", "oom", "error", "timeout", "diverged", "skipped")
+
+SECTIONS = ("model", "dataset", "method", "train", "params", "cost", "quality", "env")  # the nested objects
 
 # The documented shape of a record (README "Record schema"); `validate_record` checks the top level.
 REQUIRED_KEYS = (
@@ -27,20 +37,31 @@ REQUIRED_KEYS = (
 
 
 class TornRecordWarning(UserWarning):
-    """A line that is not valid JSON (an interrupted write); it is skipped."""
+    """A line that is not a readable record (an interrupted write, or foreign text); it is skipped."""
 
 
-def validate_record(record: dict) -> None:
+class RecordNotSaved(BenchError):
+    """A record could not be appended (disk full, file gone read-only): the run stops with exit 1."""
+
+    exit_code = 1
+
+
+def validate_record(record) -> None:
+    if not isinstance(record, dict):
+        raise ValueError(f"a record is a JSON object, not {type(record).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
         raise ValueError(f"record is missing keys {missing}")
     if record["status"] not in STATUSES:
-        raise ValueError(f"record status {record['status']!r} is not one of {STATUSES}")
+        raise ValueError(f"record status {str(record['status'])[:40]!r} is not one of {STATUSES}")
+    for key, kind in (("cell_id", str), ("suite", str), ("repeat", int), ("message", str), *((s, dict) for s in SECTIONS)):
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            raise ValueError(f"record field {key!r} is not {'an object' if kind is dict else kind.__name__}")
 
 
 @contextmanager
 def locked(path: Path):
-    """An exclusive advisory lock on `<path>.lock`, held while appending or checking what is done."""
+    """An exclusive advisory lock on `<path>.lock`, held while appending or claiming work."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(str(path) + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -50,24 +71,91 @@ def locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def encode(record: dict) -> bytes:
+    """One JSON line. Non-finite numbers (a NaN loss, an inf rate) become null, and the record's
+    `nonfinite` field names each one and what it was, so a record always serialises."""
+    found: dict[str, str] = {}
+    clean = _finite(record, "", found)
+    if found:
+        clean["nonfinite"] = {**clean.get("nonfinite", {}), **found}
+    return (json.dumps(clean, sort_keys=True, allow_nan=False, default=_json_default) + "\n").encode()
+
+
+def _finite(value, where: str, found: dict):
+    if isinstance(value, float) and not math.isfinite(value):
+        found[where] = str(value)
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / torch scalars
+        return _finite(value.item(), where, found)
+    return value
+
+
 def append_record(path: str | Path, record: dict) -> None:
-    """Append one record as one line, durable before returning."""
+    """Append one record as one line, durable before returning, or leave the file exactly as it was.
+
+    Every byte is checked written (short writes are continued) and fsync'd; on any failure the file
+    is cut back to its previous length, the record is kept in a side file in the temp folder, and
+    RecordNotSaved says where."""
     validate_record(record)
     path = Path(path)
-    line = json.dumps(record, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
-    with locked(path):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            if _ends_without_newline(path):
-                os.write(fd, b"\n")  # keep a torn fragment on its own line so it cannot swallow this record
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    line = encode(record)
+    try:
+        with locked(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                # a torn fragment keeps its own line so it cannot swallow this record
+                data = (b"\n" + line) if _ends_without_newline(path, size) else line
+                try:
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                except OSError:
+                    _truncate(fd, size)
+                    raise
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        side = _keep_aside(line, path)
+        raise RecordNotSaved(
+            f"the record of cell {record['cell_id']} (repeat {record['repeat']}, status {record['status']}) could not be "
+            f"appended to {path} ({exc.strerror or exc}); the results file is as it was before this record"
+            + (f"; the record is kept in {side}" if side else "; it could not be kept anywhere else either"),
+            fix="free space or fix permissions, append the kept line to the results file, then `bench run` again "
+                "to resume with the cells not yet recorded") from None
 
 
-def _ends_without_newline(path: Path) -> bool:
-    size = path.stat().st_size
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "no bytes written")
+        view = view[written:]
+
+
+def _truncate(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError:
+        pass  # nothing more can be done; readers skip a torn last line
+
+
+def _keep_aside(line: bytes, path: Path) -> Path | None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"bench-unsaved-{path.stem}-", suffix=".jsonl")
+        with os.fdopen(fd, "wb") as f:
+            f.write(line)
+        return Path(name)
+    except OSError:
+        return None
+
+
+def _ends_without_newline(path: Path, size: int) -> bool:
     if size == 0:
         return False
     with open(path, "rb") as f:
@@ -76,53 +164,92 @@ def _ends_without_newline(path: Path) -> bool:
 
 
 def _json_default(value):
-    # numpy scalars and paths end up in records; store them as plain JSON
-    if hasattr(value, "item"):
-        return value.item()
+    # paths end up in records; store them as plain JSON
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in a record")
 
 
-def read_records(path: str | Path, *, warn: bool = True) -> list[dict]:
-    """All readable records of one file, in order; torn or foreign lines are skipped with a warning."""
+def iter_records(path: str | Path, *, warn: bool = True) -> Iterator[dict]:
+    """The readable records of one file, in order, one at a time; lines that are not records (torn,
+    not JSON, JSON that is not a record object, nested past reason) are skipped with a warning."""
     path = Path(path)
     if not path.exists():
-        return []
-    records = []
+        return
+    skipped = 0
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = migrate(json.loads(line))
-                validate_record(record)
-            except (ValueError, TypeError) as exc:
-                if warn:
-                    warnings.warn(f"{path}:{lineno}: skipped an unreadable record ({exc})", TornRecordWarning, stacklevel=2)
+            except (ValueError, TypeError, RecursionError) as exc:
+                skipped += 1
+                if warn and skipped <= MAX_WARNINGS:
+                    reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+                    warnings.warn(f"{path}:{lineno}: skipped an unreadable record ({reason[:120]})", TornRecordWarning, stacklevel=2)
                 continue
-            records.append(record)
-    return records
+            yield record
+    if warn and skipped > MAX_WARNINGS:
+        warnings.warn(f"{path}: {skipped - MAX_WARNINGS} more unreadable lines skipped", TornRecordWarning, stacklevel=2)
 
 
-def migrate(record: dict) -> dict:
-    """Bring an older record up to SCHEMA_VERSION (none older exist yet; the hook is here for when they do)."""
+def read_records(path: str | Path, *, warn: bool = True) -> list[dict]:
+    """All readable records of one file, in order."""
+    return list(iter_records(path, warn=warn))
+
+
+def migrate(record) -> dict:
+    """Check a parsed line is a record and bring it up to SCHEMA_VERSION (none older exist yet; the hook is
+    here for when they do)."""
+    validate_record(record)
     version = record.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError("record schema_version is not an integer")
     if version > SCHEMA_VERSION:
         raise ValueError(f"record schema_version {version} is newer than this bench ({SCHEMA_VERSION}); upgrade bench")
+    return _normalise(record)
+
+
+# fields that name things: shown and grouped by, so always text when present
+NAME_FIELDS = ("model.name", "model.family", "model.weights", "dataset.name", "dataset.task", "method.name", "method.kind",
+               "quality.metric", "suite_file", "started_at", "finished_at", "run_id")
+
+
+def _normalise(record: dict) -> dict:
+    """A read record in the shape the analysis code relies on: names as text, environment values as
+    scalars, the loss curve as [step, loss] pairs. A hand-edited or foreign file may hold anything; its
+    numbers are left as they are (NaN included), so that gate and compare can refuse them."""
+    for dotted in NAME_FIELDS:
+        section, _, key = dotted.rpartition(".")
+        holder = record[section] if section else record
+        if holder.get(key) is not None and not isinstance(holder[key], str):
+            holder[key] = json.dumps(holder[key], default=str)[:200]
+    env = record["env"]
+    for key, value in env.items():
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            env[key] = json.dumps(value, default=str)[:200]
+    curve = record.get("loss_curve")
+    record["loss_curve"] = [p for p in curve if isinstance(p, list) and len(p) == 2] if isinstance(curve, list) else []
     return record
 
 
 def read_many(paths) -> list[dict]:
     records = []
     for p in paths:
-        records.extend(read_records(p))
+        records.extend(iter_records(p))
     return records
 
 
-def done_cell_ids(path: str | Path) -> set[tuple[str, int]]:
-    """(cell_id, repeat) pairs that already have a record with a final status (anything but a retryable error)."""
-    return {(r["cell_id"], r.get("repeat", 0)) for r in read_records(path, warn=False) if r["status"] != "error"}
+def read_latest(paths) -> list[dict]:
+    """The newest record of every (cell_id, repeat) over `paths`, streamed: memory grows with the number
+    of cell-runs, not with the length of the files (what report, compare and gate read)."""
+    latest: dict[tuple[str, int], dict] = {}
+    for p in paths:
+        for r in iter_records(p):
+            key = (r["cell_id"], r["repeat"])
+            latest[key] = r  # first-seen order, newest value, as latest_per_cell
+    return list(latest.values())
 
 
 def latest_per_cell(records: list[dict]) -> list[dict]:
@@ -137,7 +264,7 @@ def flatten(record: dict) -> dict:
     """One tidy row: nested sections become `section.key` columns (model.name, cost.peak_memory_mb, ...)."""
     row: dict = {}
     for key, value in record.items():
-        if isinstance(value, dict) and key in {"model", "dataset", "method", "train", "params", "cost", "quality", "env"}:
+        if isinstance(value, dict) and key in SECTIONS:
             for sub, v in value.items():
                 if not isinstance(v, (dict, list)):
                     row[f"{key}.{sub}"] = v

@@ -267,8 +267,9 @@ def _failures_section(page: _Page) -> list[str]:
 
 
 def env_key(record: dict) -> tuple:
-    env = record.get("env") or {}
-    return tuple(env.get(k) for k in ENV_KEYS)
+    """The record's environment as a hashable row; values are shown as text (a hand-edited file may hold anything)."""
+    env = record["env"]
+    return tuple(bool(env.get(k)) if k == "git_dirty" else None if env.get(k) is None else str(env.get(k)) for k in ENV_KEYS)
 
 
 def _env_section(page: _Page) -> list[str]:

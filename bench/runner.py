@@ -13,9 +13,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.claims import Claims
 from bench.errors import BenchError
+from bench.paths import ensure_writable_folder, inside
 from bench.plan import Cell, base_key, expand, results_path
-from bench.records import SCHEMA_VERSION, append_record, read_records
+from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, iter_records, locked, read_latest
 
 
 def _now() -> str:
@@ -33,24 +35,36 @@ class Job:
 class RunSummary:
     ran: int = 0
     skipped_done: int = 0
+    taken_elsewhere: int = 0  # claimed or recorded by another `bench run` of the same results file
     statuses: dict = field(default_factory=dict)
     results: Path | None = None
     report: Path | None = None
     wall_s: float = 0.0
 
 
+def recorded(results: Path) -> dict[tuple[str, int], tuple[int, str]]:
+    """(cell_id, repeat) -> (line order, status) of its latest record."""
+    return {(r["cell_id"], r["repeat"]): (i, r["status"]) for i, r in enumerate(iter_records(results, warn=False))}
+
+
+def wanted(latest: tuple[int, str] | None, *, retry: bool, retry_before: int | None = None) -> bool:
+    """Whether a cell-run with this latest record still needs running: never recorded, or, with --retry,
+    last recorded as not ok (by a record older than `retry_before`, so two retrying runs do not both redo it)."""
+    if latest is None:
+        return True
+    order, status = latest
+    return retry and status != "ok" and (retry_before is None or order < retry_before)
+
+
 def pending_jobs(suite, results: Path, *, only: str | None = None, retry: bool = False) -> tuple[list[Job], int]:
     """Jobs without a record yet (with --retry, also those whose last record is not ok)."""
-    latest = {}
-    for r in read_records(results, warn=False):
-        latest[(r["cell_id"], r.get("repeat", 0))] = r["status"]
+    latest = recorded(results)
     jobs, done = [], 0
     for cell in expand(suite):
         if only and not cell.matches(only):
             continue
         for repeat, seed in enumerate(suite.seeds):
-            status = latest.get((cell.cell_id, repeat))
-            if status is not None and not (retry and status != "ok"):
+            if not wanted(latest.get((cell.cell_id, repeat)), retry=retry):
                 done += 1
                 continue
             jobs.append(Job(cell, repeat, seed))
@@ -87,6 +101,7 @@ class Runner:
         self.show_progress = show_progress
         self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
         self.isolate = suite.settings["isolate"]
+        self.claims = Claims(self.results, self.run_id)
         self._splits: dict[str, object] = {}
 
     # -- data ------------------------------------------------------------------------------
@@ -96,12 +111,18 @@ class Runner:
 
         key = dataset["name"]
         if key not in self._splits:
-            self._splits[key] = load_suite_dataset(dataset, self.suite.base_dir)
+            try:
+                self._splits[key] = load_suite_dataset(dataset, self.suite.base_dir)
+            except BenchError as exc:  # data met mid-run (a file changed since validation): this dataset's cells fail
+                self._splits[key] = exc
+        if isinstance(self._splits[key], BenchError):
+            raise self._splits[key]
         return self._splits[key]
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> RunSummary:
         start = time.monotonic()
+        retry_before = sum(1 for _ in iter_records(self.results, warn=False))
         jobs, done = pending_jobs(self.suite, self.results, only=self.only, retry=self.retry)
         if self.only and not jobs and not done:
             example = expand(self.suite)[0]
@@ -110,24 +131,58 @@ class Runner:
         summary = RunSummary(skipped_done=done, results=self.results)
         if jobs:
             preflight(self.suite, jobs)
+            # before anything trains: both output folders take files and have room (exit 2 otherwise)
+            ensure_writable_folder(self.results.parent, what="results", flag="--results-dir")
+            ensure_writable_folder(self.reports_dir, what="reports", flag="--reports-dir")
             with self._progress(len(jobs)) as progress:
                 self._ensure_zoo(jobs, progress)
                 bases = self._known_bases()
                 for job in jobs:
-                    record = self._run_job(job, bases, progress)
+                    claim = self._claim(job, retry_before)
+                    if isinstance(claim, str):
+                        summary.taken_elsewhere += 1
+                        progress.pass_item(job.cell.label, claim)
+                        continue
+                    try:
+                        bases.update(self._known_bases())  # another run may have measured one meanwhile
+                        record = self._run_job(job, bases, progress)
+                    finally:
+                        self._release(claim)
                     summary.ran += 1
                     summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
         summary.report = self.render_report()
         summary.wall_s = time.monotonic() - start
         return summary
 
+    def _claim(self, job: Job, retry_before: int):
+        """Take the cell-run under the results lock, or say why not (bench.claims)."""
+        key = (job.cell.cell_id, job.repeat)
+
+        def still_wanted() -> bool:
+            return wanted(recorded(self.results).get(key), retry=self.retry, retry_before=retry_before)
+
+        # room for the OOM back-off's retries and the base evaluation before the claim counts as abandoned
+        ttl = job.cell.train["timeout_s"] * (2 + job.cell.train["batch_size"].bit_length()) + 600
+        try:
+            return self.claims.take(*key, still_wanted=still_wanted, ttl_s=ttl)
+        except OSError as exc:
+            raise RecordNotSaved(f"cannot claim cell {key[0]} in {self.claims.folder} ({exc.strerror or exc}); "
+                                 "the run stopped before training it", fix="free space or fix permissions, then run again") from None
+
+    def _release(self, claim) -> None:
+        try:
+            with locked(self.results):
+                self.claims.release(claim)
+        except OSError:
+            pass  # a claim left behind is released as stale once this process is gone
+
     def render_report(self) -> Path | None:
         from bench.report import write_index, write_report
 
-        records = read_records(self.results)
+        records = read_latest([self.results])
         if not records:
             return None
-        out = self.reports_dir / f"{self.suite.name}.md"
+        out = inside(self.reports_dir, f"{self.suite.name}.md")
         write_report(records, out)
         write_index(self.reports_dir)
         return out
@@ -139,22 +194,29 @@ class Runner:
 
     def _ensure_zoo(self, jobs: list[Job], progress) -> None:
         from bench import zoo
-        from bench.isolate import call_isolated
 
         families = sorted({j.cell.model["family"] for j in jobs if j.cell.model["weights"] == "zoo" and not j.cell.skip_reason})
         for family in families:
             if zoo.is_built(family):
                 continue
-            progress.start_item(f"pretraining the tiny {family} base (zoo, once)", zoo.RECIPES[family]["train"]["steps"])
-            out = call_isolated(_zoo_job, family, self.suite.settings["threads"], timeout_s=zoo.RECIPES[family]["train"]["timeout_s"], on_event=progress.event, isolate=self.isolate)
-            if out.kind != "ok":
-                raise BenchError(f"building the tiny {family} zoo base failed: {out.message}", fix="run `bench zoo build` to see the full error")
-            progress.log(f"zoo: tiny {family} base ready ({out.value['source_quality']['metric']} on source = {out.value['source_quality']['value']:.1f})")
+            with locked(zoo.zoo_path(family)):  # concurrent runs: one builds, the others wait and find it built
+                if not zoo.is_built(family):
+                    self._build_zoo(family, progress)
+
+    def _build_zoo(self, family: str, progress) -> None:
+        from bench import zoo
+        from bench.isolate import call_isolated
+
+        progress.start_item(f"pretraining the tiny {family} base (zoo, once)", zoo.RECIPES[family]["train"]["steps"])
+        out = call_isolated(_zoo_job, family, self.suite.settings["threads"], timeout_s=zoo.RECIPES[family]["train"]["timeout_s"], on_event=progress.event, isolate=self.isolate)
+        if out.kind != "ok":
+            raise BenchError(f"building the tiny {family} zoo base failed: {out.message}", fix="run `bench zoo build` to see the full error")
+        progress.log(f"zoo: tiny {family} base ready ({out.value['source_quality']['metric']} on source = {out.value['source_quality']['value']:.1f})")
 
     def _known_bases(self) -> dict:
         """Base qualities already measured in earlier runs of this results file."""
         bases = {}
-        for r in read_records(self.results, warn=False):
+        for r in iter_records(self.results, warn=False):
             q = r.get("quality") or {}
             if q.get("base") is not None and q.get("base_key"):
                 bases[q["base_key"]] = {"metric": q["metric"], "higher_is_better": q["higher_is_better"], "value": q["base"],
@@ -186,7 +248,11 @@ class Runner:
         if cell.skip_reason:
             record.update(status="skipped", message=cell.skip_reason)
             return self._append(record, progress)
-        splits = self.splits(cell.dataset)
+        try:
+            splits = self.splits(cell.dataset)
+        except BenchError as exc:  # this cell's data cannot be read now: its record says why, the suite goes on
+            record.update(status="error", message=f"loading dataset '{cell.dataset['name']}' failed: {exc.render()}")
+            return self._append(record, progress)
         record["dataset"].update(fingerprint=splits.fingerprint, train_size=len(splits.train), eval_size=len(splits.eval))
         key, base, base_note = self._base_for(cell, bases, progress)
         progress.start_item(f"{cell.label} (repeat {job.repeat})" if len(self.suite.seeds) > 1 else cell.label, None)
@@ -243,11 +309,7 @@ class Runner:
         record["finished_at"] = _now()
         if not record["env"]:
             record["env"] = _light_env()
-        already = {(r["cell_id"], r.get("repeat", 0)) for r in read_records(self.results, warn=False) if not self.retry}
-        if (record["cell_id"], record["repeat"]) in already:  # another `bench run` on this file got there first
-            progress.log(f"[dim]{record['cell_id']} was recorded by another run meanwhile; not appended twice[/]")
-            return record
-        append_record(self.results, record)
+        append_record(self.results, record)  # the claim made this process the only writer of this cell-run
         progress.finish_item(record)
         return record
 

@@ -55,6 +55,18 @@ def _number(value) -> float | None:
     return float(value)
 
 
+def invalid_numbers(records: list[dict], fields=NUMERIC_FIELDS) -> list[str]:
+    """Where a measurement is present but not a finite number (NaN, inf, text, true): bench never writes
+    one, so such a file was edited or corrupted, and a gate must not read it as "no value"."""
+    out = []
+    for r in records:
+        for dotted in fields:
+            value = get(r, dotted)
+            if value is not None and _number(value) is None:
+                out.append(f"{r['cell_id']} repeat {r['repeat']}: {dotted} = {str(value)[:40]!r} is not a finite number")
+    return out
+
+
 @dataclass(frozen=True)
 class Summary:
     """One field over the repeats of one cell."""

@@ -14,9 +14,11 @@ from typing import Any
 
 from bench.errors import BenchError, DataError, SuiteError
 from bench.keys import (
-    EXCLUDE_KEYS, GATE_KEYS, GRID_KEYS, METHOD_KEYS, MODEL_KEYS, SUITE_KEYS, TOP_LEVEL, TRAIN_KEYS, Key,
+    EXCLUDE_KEYS, GATE_KEYS, GRID_KEYS, MAX_DEPTH, METHOD_KEYS, MODEL_KEYS, SEED_MAX, SUITE_KEYS, TOP_LEVEL, TRAIN_KEYS,
+    Key, suite_name_problem, type_name,
 )
 from bench.models.catalog import FAMILIES
+from bench.paths import baseline_problem
 
 ADAPTER_KINDS = ("lora", "dora", "qlora", "ia3", "loha", "lokr", "vera")
 RANKED_KINDS = ("lora", "dora", "qlora", "loha", "lokr", "vera")
@@ -74,7 +76,7 @@ class _Checker:
 
     def table(self, value: Any, where: str) -> dict:
         if not isinstance(value, dict):
-            raise self.fail(where, f"must be a table, got {_type_name(value)}", f"write it as [{where}] with key = value lines")
+            raise self.fail(where, f"must be a table, got {type_name(value)}", f"write it as [{where}] with key = value lines")
         return value
 
     def keys(self, table: dict, spec: dict, where: str) -> dict:
@@ -97,21 +99,14 @@ class _Checker:
         return out
 
     def value(self, value: Any, k: Key, where: str):
+        problem = k.problem(value)
+        if problem and k.choices and isinstance(value, str) and value not in k.choices:
+            close = difflib.get_close_matches(value, [str(c) for c in k.choices], n=1)
+            raise self.fail(where, problem, (f"did you mean '{close[0]}'? " if close else "") + k.doc)
+        if problem:
+            raise self.fail(where, problem, k.doc or None)
         types = k.type if isinstance(k.type, tuple) else (k.type,)
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-            raise self.fail(where, f"must be {want}, got {_type_name(value)} {value!r}", k.doc or None)
-        if float in types and isinstance(value, int):
-            value = float(value)
-        if k.choices and value not in k.choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in k.choices], n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise self.fail(where, f"{value!r} is not one of {', '.join(map(str, k.choices))}", f"{hint}{k.doc}")
-        if k.min is not None and value < k.min:
-            raise self.fail(where, f"must be ≥ {k.min}, got {value}", k.doc or None)
-        if k.above is not None and value <= k.above:
-            raise self.fail(where, f"must be > {k.above}, got {value}", k.doc or None)
-        return value
+        return float(value) if float in types and isinstance(value, int) else value
 
     def names(self, value: Any, known: dict, kind: str, where: str) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -126,24 +121,52 @@ class _Checker:
         return tuple(value)
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
-
-
-def _type_name(value) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
 
 
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file. Raises SuiteError (or DataError for dataset files) on any problem."""
     path = Path(path)
     file = str(path)
-    if not path.is_file():
-        raise SuiteError("no such suite file", file=file, fix="check the path; suites live in suites/*.toml")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        if not path.is_file():
+            raise SuiteError("no such suite file" if not path.exists() else "is not a file", file=file,
+                             fix="check the path; suites live in suites/*.toml")
+        data = path.read_bytes()
+    except OSError as exc:  # too long a name, a folder we may not read, ...
+        raise SuiteError(f"cannot read the suite file ({exc.strerror or exc})", file=file, fix="check the path") from None
+    try:
+        raw = tomllib.loads(decode_text(data, file=file))
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"not valid TOML: {exc}", file=file, fix="fix the syntax at the line and column named") from None
+    except RecursionError:
+        raise SuiteError("arrays or tables nested too deeply to read", file=file,
+                         fix=f"a suite needs at most {MAX_DEPTH} levels of nesting") from None
+    _check_depth(raw, file)
     return parse_suite(raw, path.resolve(), display=file)
+
+
+def decode_text(data: bytes, *, file: str) -> str:
+    """UTF-8 text, with or without a byte-order mark; anything else is named for what it is."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SuiteError("is UTF-16 text; suites are UTF-8", file=file, fix="save the file as UTF-8")
+    if b"\x00" in data:
+        raise SuiteError("is not a text file (it holds NUL bytes)", file=file, fix="point at a .toml suite file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})", file=file,
+                         fix="save the file as UTF-8") from None
+
+
+def _check_depth(raw: dict, file: str) -> None:
+    """Reject nesting deeper than any suite needs, before code that walks it recursively."""
+    stack = [(raw, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise SuiteError("arrays or tables nested too deeply", file=file, fix=f"a suite needs at most {MAX_DEPTH} levels of nesting")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
 
 
 def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
@@ -154,11 +177,24 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
             raise c.fail(f"table [{key}]", "unknown table", f"did you mean [{close[0]}]?" if close else f"allowed tables: {', '.join(TOP_LEVEL)}")
 
     settings = c.keys(c.table(raw.get("suite", {}), "suite"), SUITE_KEYS, "suite")
-    settings["name"] = settings["name"] or path.stem
+    if settings["name"] is None:
+        settings["name"] = path.stem
+        if suite_name_problem(path.stem):
+            raise c.fail("[suite] key 'name'", f"the file name {suite_name_problem(path.stem)}",
+                         'set [suite] name = "my-suite" (letters, digits, -_.), or rename the file')
+    elif suite_name_problem(settings["name"]):
+        raise c.fail("[suite] key 'name'", suite_name_problem(settings["name"]), 'e.g. name = "vlm-costs"')
     if settings["seeds"] is not None:
-        if not settings["seeds"] or not all(isinstance(s, int) and not isinstance(s, bool) for s in settings["seeds"]):
-            raise c.fail("[suite] key 'seeds'", "must be a non-empty list of integers", "e.g. seeds = [0, 1]")
+        seeds = settings["seeds"]
+        seed_key = Key(int, min=0, max=SEED_MAX)
+        if not seeds or len(seeds) > SUITE_KEYS["repeats"].max or any(seed_key.problem(s) for s in seeds):
+            raise c.fail("[suite] key 'seeds'", f"must be a list of integers in 0 … 2^63 − 1 (1 to {SUITE_KEYS['repeats'].max} of them)",
+                         "e.g. seeds = [0, 1]")
+        if len(set(seeds)) != len(seeds):
+            raise c.fail("[suite] key 'seeds'", "lists a seed twice, so two repeats would be the same run", "give distinct seeds")
     defaults = c.keys(c.table(raw.get("defaults", {}), "defaults"), TRAIN_KEYS, "defaults")
+    if settings["seeds"] is None and defaults["seed"] + settings["repeats"] - 1 > SEED_MAX:
+        raise c.fail("[defaults] key 'seed'", f"seed + repeats − 1 exceeds 2^63 − 1", "use a smaller seed")
 
     models = _entries(c, raw, "models", lambda name, t: _model(c, name, t))
     datasets = _entries(c, raw, "datasets", lambda name, t: _dataset(c, name, t, path.parent))
@@ -172,6 +208,9 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
     grids = tuple(_grid(c, i, g, models, datasets, methods) for i, g in enumerate(grids_raw))
 
     gate = c.keys(c.table(raw.get("gate", {}), "gate"), GATE_KEYS, "gate")
+    if gate["baseline"] is not None and baseline_problem(path.parent, gate["baseline"]):
+        raise c.fail("[gate] key 'baseline'", baseline_problem(path.parent, gate["baseline"]),
+                     'e.g. baseline = "../results/baselines/<suite>.jsonl" (`bench baseline update` writes it)')
     if gate["rules"] is not None:
         from bench.gate import parse_rules
 
@@ -229,8 +268,8 @@ def _dataset(c: _Checker, name: str, table: dict, base_dir: Path) -> Entry:
     from bench.data.loader import DATASET_KEYS, FORMATS, check_dataset
 
     where = f"datasets.{name}"
-    spec = {k: Key(t, None, doc) for k, (t, doc) in DATASET_KEYS.items()}
-    spec["format"] = Key(str, None, DATASET_KEYS["format"][1], choices=tuple(FORMATS), required=True)
+    spec = dict(DATASET_KEYS)
+    spec["format"] = Key(str, None, DATASET_KEYS["format"].doc, choices=tuple(FORMATS), required=True)
     spec["train"] = Key(dict, None, "training-setting overrides for cells of this dataset")
     cfg = c.keys(table, spec, where)
     cfg = {k: v for k, v in cfg.items() if v is not None or k in table}
@@ -260,26 +299,38 @@ def _method(c: _Checker, name: str, table: dict) -> Entry:
     if kind in RANKED_KINDS and cfg["alpha"] is None:
         cfg["alpha"] = float(2 * cfg["r"])
     if cfg["targets"] is not None:
+        if not cfg["targets"]:
+            raise c.fail(f"[{where}] key 'targets'", "is empty, so no module would be adapted",
+                         'name modules per component, e.g. targets = { language = ["q_proj", "v_proj"] }, or remove the key '
+                         "to use the family's recipe")
         for comp, leaves in cfg["targets"].items():
             if not isinstance(leaves, list) or not leaves or not all(isinstance(x, str) for x in leaves):
                 raise c.fail(f"[{where}] key 'targets'", f"targets.{comp} must be a non-empty list of module names", f'e.g. targets = {{ {comp} = ["q_proj", "v_proj"] }}')
     for key in ("train_full", "freeze"):
         if cfg[key] is not None and not all(isinstance(x, str) for x in cfg[key]):
             raise c.fail(f"[{where}] key '{key}'", "must be a list of component names", f'e.g. {key} = ["projector"]')
-    if kind not in ADAPTER_KINDS:
-        for key in ("targets", "train_full"):
-            if key in table:
-                raise c.fail(f"[{where}] key '{key}'", f"has no meaning for kind = \"{kind}\"", f"remove it, or use an adapter kind ({', '.join(ADAPTER_KINDS)})")
-    # keep only what matters for this kind, so equal methods hash equal and records stay readable
+    keep = _method_keys(kind)  # only what matters for this kind, so equal methods hash equal and records stay readable
+    for key in table:
+        if key not in keep and key != "train":
+            fix = {"freeze": 'remove it (an adapter method trains only its adapters and train_full; the rest stays frozen), '
+                             'or use kind = "full"',
+                   "targets": f"remove it, or use an adapter kind ({', '.join(ADAPTER_KINDS)})"}
+            fix["train_full"] = fix["targets"]
+            raise c.fail(f"[{where}] key '{key}'", f"has no meaning for kind = \"{kind}\"", fix.get(key, "remove it"))
+    train = _train(c, cfg.pop("train"), f"{where}.train")
+    return Entry(name, {"name": name, **{k: v for k, v in cfg.items() if k in keep}}, train)
+
+
+def _method_keys(kind: str) -> set[str]:
+    """The [methods.NAME] keys that mean something for `kind`."""
+    if kind == "full":
+        return {"kind", "freeze"}
     keep = {"kind", "train_full", "targets"}
     if kind in RANKED_KINDS:
         keep |= {"r", "alpha", "dropout"}
     if kind == "qlora":
         keep |= {"quant_type", "double_quant", "compute_dtype"}
-    if kind == "full":
-        keep = {"kind", "freeze"}
-    train = _train(c, cfg.pop("train"), f"{where}.train")
-    return Entry(name, {"name": name, **{k: v for k, v in cfg.items() if k in keep}}, train)
+    return keep
 
 
 def _grid(c: _Checker, i: int, table, models, datasets, methods) -> Grid:

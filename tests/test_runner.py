@@ -41,7 +41,7 @@ def test_run_writes_records_report_and_rerun_skips(mini_suite, tmp_path):
 FAULTS = MINI_SUITE.replace('methods = ["lora", "full"]', 'methods = ["lora", "nan", "oom", "slow"]') + """
 [methods.nan]
 kind = "full"
-train = { lr = 1e30, optimizer = "sgd", max_grad_norm = 0, steps = 6 }
+train = { lr = 10, optimizer = "sgd", max_grad_norm = 0, steps = 6, diverge_loss = 0.5 }
 
 [methods.oom]
 kind = "full"

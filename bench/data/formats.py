@@ -57,15 +57,21 @@ def _type_name(value: Any) -> str:
 
 
 def _read_text(path: Path) -> str:
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as e:  # a name too long for the filesystem, a folder we may not enter
+        _fail(f"cannot be read ({e.strerror or e})", file=str(path), fix="check the path")
+    if not exists:
         _fail("file does not exist", file=str(path),
               fix="check the path; relative paths start at the suite file's folder")
-    if not path.is_file():
+    if not is_file:
         _fail("is a folder, not a file", file=str(path), fix="point `path` at the data file")
     try:
         return path.read_text(encoding="utf-8-sig")  # -sig: tolerate the BOM spreadsheet programs write
     except UnicodeDecodeError as e:
         _fail(f"is not UTF-8 text ({e.reason} at byte {e.start})", file=str(path), fix="save the file as UTF-8")
+    except OSError as e:
+        _fail(f"cannot be read ({e.strerror or e})", file=str(path), fix="check the file's permissions")
 
 
 def _read_json(path: Path) -> Any:
@@ -75,10 +81,21 @@ def _read_json(path: Path) -> Any:
     except json.JSONDecodeError as e:
         _fail(f"not valid JSON: {e.msg}", file=str(path), where=f"line {e.lineno}, column {e.colno}",
               fix="fix the JSON syntax (a JSON linter shows the spot)")
+    except RecursionError:
+        _fail("JSON nested too deeply to read", file=str(path), fix="a data file needs a few levels of nesting, not thousands")
+
+
+def inside_root(path: Path, root: Path) -> bool:
+    """Whether `path` stays under `root` once both are resolved: a symlink pointing out of the root leaves it."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop, a name too long
+        return False
 
 
 def resolve_image(value: Any, *, root: Path, file: str, where: str, field: str = "image") -> Path:
-    """A relative image path that must exist and must not leave `root` (no absolute paths, no '..')."""
+    """A relative image path that must exist and must not leave `root` (no absolute paths, no '..', no
+    symlink that resolves outside it)."""
     at = f"{where}, field '{field}'"
     if value is None:
         _fail(f"missing field '{field}'", file=file, where=at,
@@ -92,10 +109,17 @@ def resolve_image(value: Any, *, root: Path, file: str, where: str, field: str =
         _fail(f"image path {rel!r} escapes the image root {str(root)!r}", file=file, where=at,
               fix="use a path relative to the image root without '..', or set image_root to a folder that holds it")
     path = root / normal
-    if not path.is_file():
-        _fail(f"image file {str(path)!r} does not exist", file=file, where=at,
+    try:
+        is_file = path.is_file()
+    except OSError:
+        is_file = False
+    if not is_file:
+        _fail(f"image file {str(path)[:300]!r} does not exist", file=file, where=at,
               fix="check the path and image_root (image paths are relative to image_root, "
               "by default the data file's folder)")
+    if not inside_root(path, root):
+        _fail(f"image path {rel[:300]!r} resolves outside the image root {str(root)!r} (a symbolic link)", file=file,
+              where=at, fix="copy the image under the image root, or set image_root to a folder that really holds it")
     return path
 
 
@@ -121,8 +145,8 @@ def read_llava(path: str | Path, image_root: str | Path | None = None) -> list[R
         if not isinstance(rec, dict):
             _fail(f"expected an object, got {_type_name(rec)}", file=file, where=where,
                   fix='each record is {"image": ..., "conversations": [...]}')
-        if "id" in rec:
-            where += f" (id {rec['id']!r})"
+        if isinstance(rec.get("id"), (str, int)) and not isinstance(rec.get("id"), bool):
+            where += f" (id {str(rec['id'])[:60]!r})"
         turns = _llava_turns(rec, file=file, where=where)
         image = resolve_image(rec.get("image"), root=root, file=file, where=where)
         records.append(Record(file, where, image, question=turns[0][0], answers=(turns[0][1],), turns=turns))
@@ -145,8 +169,9 @@ def _llava_turns(rec: dict, *, file: str, where: str) -> tuple[tuple[str, str], 
         if not isinstance(turn, dict):
             _fail(f"a turn must be an object, got {_type_name(turn)}", file=file, where=f"{turn_at}'", fix=fix)
         role = turn.get("from")
-        if role not in USER_ROLES + ASSISTANT_ROLES:
-            _fail(f"'from' is {role!r}; expected one of {USER_ROLES + ASSISTANT_ROLES}", file=file,
+        if not isinstance(role, str) or role not in USER_ROLES + ASSISTANT_ROLES:
+            shown = repr(role[:40]) if isinstance(role, str) else _type_name(role)
+            _fail(f"'from' is {shown}; expected one of {USER_ROLES + ASSISTANT_ROLES}", file=file,
                   where=f"{turn_at}.from'", fix=fix)
         if not isinstance(turn.get("value"), str):
             _fail(f"'value' must be a string, got {_type_name(turn.get('value'))}", file=file,
@@ -154,7 +179,7 @@ def _llava_turns(rec: dict, *, file: str, where: str) -> tuple[tuple[str, str], 
         user_expected = j % 2 == 0
         if (role in USER_ROLES) != user_expected:
             expected = "a user (human)" if user_expected else "an assistant (gpt)"
-            _fail(f"turns do not alternate: turn {j} is from {role!r} but {expected} turn was expected",
+            _fail(f"turns do not alternate: turn {j} is from {role[:40]!r} but {expected} turn was expected",
                   file=file, where=f"{turn_at}.from'", fix=fix)
         if not user_expected and not turn["value"].strip():
             _fail("empty answer", file=file, where=f"{turn_at}.value'", fix="give the assistant turn its answer text")
@@ -198,7 +223,7 @@ def read_coco_captions(path: str | Path, image_root: str | Path | None = None) -
             _fail(f"'id' must be an integer or string, got {_type_name(image_id)}", file=file,
                   where=f"{where}, field 'id'", fix=fix)
         if image_id in images:
-            _fail(f"duplicate image id {image_id!r} (also record {images[image_id][0]})", file=file,
+            _fail(f"duplicate image id {str(image_id)[:60]!r} (also record {images[image_id][0]})", file=file,
                   where=f"{where}, field 'id'", fix="give every image a unique id")
         images[image_id] = (i, resolve_image(im.get("file_name"), root=root, file=file, where=where, field="file_name"))
 
@@ -207,19 +232,23 @@ def read_coco_captions(path: str | Path, image_root: str | Path | None = None) -
         where = f"record {j} of 'annotations'"
         if not isinstance(ann, dict):
             _fail(f"expected an object, got {_type_name(ann)}", file=file, where=where, fix=fix)
-        if ann.get("image_id") not in images:
-            _fail(f"image_id {ann.get('image_id')!r} is not the id of any entry in 'images'", file=file,
+        image_id = ann.get("image_id")
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+            _fail(f"'image_id' must be an integer or string, got {_type_name(image_id)}", file=file,
+                  where=f"{where}, field 'image_id'", fix=fix)
+        if image_id not in images:
+            _fail(f"image_id {str(image_id)[:60]!r} is not the id of any entry in 'images'", file=file,
                   where=f"{where}, field 'image_id'", fix="add the image to 'images' or remove the annotation")
         caption = ann.get("caption")
         if not isinstance(caption, str) or not caption.strip():
-            _fail(f"'caption' must be a non-empty string, got {caption!r}", file=file,
+            _fail(f"'caption' must be a non-empty string, got {_type_name(caption) if not isinstance(caption, str) else 'an empty one'}", file=file,
                   where=f"{where}, field 'caption'", fix="remove the annotation or write its caption")
         captions[ann["image_id"]].append(" ".join(caption.split()))
 
     records = []
     for image_id, (i, image) in images.items():
         if not captions[image_id]:
-            _fail(f"image id {image_id!r} has no captions in 'annotations'", file=file,
+            _fail(f"image id {str(image_id)[:60]!r} has no captions in 'annotations'", file=file,
                   where=f"record {i} of 'images', field 'id'", fix="add its captions or remove it from 'images'")
         records.append(Record(file, f"record {i} of 'images'", image, "file_name", captions=tuple(captions[image_id])))
     return records
@@ -236,6 +265,10 @@ def read_image_folder(root: str | Path) -> list[Record]:
         _fail("folder does not exist" if not root.exists() else "is a file, not a folder", file=file,
               fix="point `path` at a folder laid out as <class>/<image>.png")
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for d in classes:
+        if not inside_root(d, root):
+            _fail("class folder is a symbolic link that leads outside the dataset folder", file=file, where=f"class '{d.name}'",
+                  fix="copy the images into the dataset folder")
     if not classes:
         _fail("has no class folders", file=file, fix="lay images out as path/<class name>/<image>.png")
     records = []
@@ -245,7 +278,11 @@ def read_image_folder(root: str | Path) -> list[Record]:
             _fail(f"class folder has no images ({', '.join(IMAGE_EXTENSIONS)})", file=file, where=f"class '{d.name}'",
                   fix="add images or remove the folder")
         for f in files:
-            records.append(Record(file, f"record {len(records)} ({d.name}/{f.name})", f, label=d.name))
+            where = f"record {len(records)} ({d.name}/{f.name})"
+            if not inside_root(f, root):
+                _fail("image is a symbolic link that leads outside the dataset folder", file=file, where=where,
+                      fix="copy the image into the dataset folder")
+            records.append(Record(file, where, f, label=d.name))
     return records
 
 
@@ -254,11 +291,19 @@ def read_csv(path: str | Path, image_root: str | Path | None = None) -> list[Rec
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     file = str(path)
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    try:
+        return _csv_records(_read_text(path), root=root, file=file)
+    except csv.Error as e:  # a field over the csv module's limit, a NUL byte, an unterminated quote
+        _fail(f"is not a readable CSV ({e})", file=file, fix="write one '<image path>,<class name>' row per line")
+
+
+def _csv_records(text: str, *, root: Path, file: str) -> list[Record]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     if "image" not in header or "label" not in header:
-        _fail(f"the header is {','.join(header)!r}; expected the columns 'image' and 'label'", file=file,
-              where="header (line 1)", fix="make the first line 'image,label' and each row '<image path>,<class name>'")
+        # the line itself is not echoed: the file may not be a CSV at all, and its first line may be a secret
+        _fail(f"the first line ({len(header)} comma-separated field(s)) does not name the columns 'image' and 'label'",
+              file=file, where="header (line 1)", fix="make the first line 'image,label' and each row '<image path>,<class name>'")
     reader.fieldnames = header
     records = []
     for i, row in enumerate(reader):
@@ -296,11 +341,13 @@ def read_vqa_jsonl(path: str | Path, image_root: str | Path | None = None) -> li
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             _fail(f"not valid JSON: {e.msg} (column {e.colno})", file=file, where=where, fix=fix)
+        except RecursionError:
+            _fail("JSON nested too deeply to read", file=file, where=where, fix=fix)
         if not isinstance(obj, dict):
             _fail(f"expected an object, got {_type_name(obj)}", file=file, where=where, fix=fix)
         question = obj.get("question")
         if not isinstance(question, str) or not question.strip():
-            _fail(f"'question' must be a non-empty string, got {question!r}", file=file,
+            _fail(f"'question' must be a non-empty string, got {_type_name(question) if not isinstance(question, str) else 'an empty one'}", file=file,
                   where=f"{where}, field 'question'", fix=fix)
         answers = _vqa_answers(obj.get("answers"), file=file, where=where, fix=fix)
         image = resolve_image(obj.get("image"), root=root, file=file, where=where)
@@ -315,12 +362,12 @@ def read_vqa_jsonl(path: str | Path, image_root: str | Path | None = None) -> li
 def _vqa_answers(value: Any, *, file: str, where: str, fix: str) -> tuple[str, ...]:
     at = f"{where}, field 'answers'"
     if not isinstance(value, list) or not value:
-        _fail(f"'answers' must be a non-empty list, got {value!r}", file=file, where=at, fix=fix)
+        _fail(f"'answers' must be a non-empty list, got {_type_name(value) if value != [] else 'an empty one'}", file=file, where=at, fix=fix)
     answers = []
     for k, a in enumerate(value):
         text = a.get("answer") if isinstance(a, dict) else a
         if not isinstance(text, str) or not text.strip():
-            _fail(f"answer {k} must be a non-empty string or {{\"answer\": ...}}, got {a!r}", file=file,
+            _fail(f"answer {k} must be a non-empty string or {{\"answer\": ...}}, got {_type_name(text)}", file=file,
                   where=f"{where}, field 'answers[{k}]'", fix=fix)
         answers.append(text.strip())
     return tuple(answers)

@@ -70,13 +70,13 @@ def read_hf(
             value = row[cols["caption"]]
             caps = (value,) if isinstance(value, str) else tuple(value or ())
             if not caps or not all(isinstance(c, str) and c.strip() for c in caps):
-                _fail(f"captions must be a non-empty string or list of strings, got {value!r}", file=file,
+                _fail(f"captions must be a non-empty string or list of strings, got {_type_name(value)}", file=file,
                       where=f"{where}, field '{cols['caption']}'", fix="drop rows without captions")
             records.append(Record(file, where, image, cols["image"], captions=tuple(c.strip() for c in caps)))
         else:
             question = row[cols["question"]]
             if not isinstance(question, str) or not question.strip():
-                _fail(f"question must be a non-empty string, got {question!r}", file=file,
+                _fail(f"question must be a non-empty string, got {_type_name(question) if not isinstance(question, str) else 'an empty one'}", file=file,
                       where=f"{where}, field '{cols['question']}'", fix="drop rows without a question")
             value = row[cols["answers"]]
             answers = _vqa_answers([value] if isinstance(value, str) else value, file=file, where=where,

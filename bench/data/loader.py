@@ -19,6 +19,7 @@ from bench.data import formats
 from bench.data.hf_format import HF_COLUMNS, read_hf
 from bench.data.sample import TASKS, DatasetSplits
 from bench.errors import DataError, SuiteError
+from bench.keys import SEED_MAX, Key
 
 GENERATED = ("scenes", "digits")  # bundled, made in memory
 # format -> the tasks (dataset views) it can give
@@ -33,25 +34,30 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "hf": TASKS,
 }
 
-# every key a [datasets.NAME] table may hold: (type(s), one-line doc)
-DATASET_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "format": (str, f"the dataset format: {', '.join(FORMATS)}"),
-    "task": (str, "the view to load: classification | caption | vqa (optional when the format has one)"),
-    "path": (str, "data file or folder, relative to the suite file; for hf, a save_to_disk folder"),
-    "eval_path": (str, "a separate evaluation file or folder of the same format (else eval_fraction is held out)"),
-    "image_root": (str, "folder that image paths in the data file are relative to (default: the file's folder)"),
-    "split": (str, "scenes: 'source' or the shifted 'target' distribution (default 'target')"),
-    "train_size": (int, "training samples: exactly this many for bundled data (default 256), at most for files"),
-    "eval_size": (int, "evaluation samples: exactly this many for bundled data (default 64), at most for files"),
-    "eval_fraction": ((float, int), "share of the records held out for evaluation without eval_path (default 0.2)"),
-    "shuffle": (bool, "shuffle the records with the seed before splitting and limiting (default true)"),
-    "seed": (int, "data seed: which scenes/digits, which records are held out (default: the caller's seed)"),
-    "image_size": (int, "scenes/digits: image side in pixels (default 32)"),
-    "label": (str, "scenes classification: 'shape' (4 classes, default) or 'object' (colour + shape, 32 classes)"),
-    "hf_name": (str, "hf: a Hugging Face dataset id, read from the local cache"),
-    "hf_split": (str, "hf: the split to train on (default 'train')"),
-    "hf_eval_split": (str, "hf: the split to evaluate on (else eval_fraction of hf_split is held out)"),
-    "columns": (dict, "hf: bench field -> dataset column, e.g. {image = \"img\", label = \"fine_label\"}"),
+# every key a [datasets.NAME] table may hold, with its type, bounds and one-line doc
+DATASET_KEYS: dict[str, Key] = {
+    "format": Key(str, None, f"the dataset format: {', '.join(FORMATS)}"),
+    "task": Key(str, None, "the view to load: classification | caption | vqa (optional when the format has one)"),
+    "path": Key(str, None, "data file or folder, relative to the suite file; for hf, a save_to_disk folder"),
+    "eval_path": Key(str, None, "a separate evaluation file or folder of the same format (else eval_fraction is held out)"),
+    "image_root": Key(str, None, "folder that image paths in the data file are relative to (default: the file's folder)"),
+    "split": Key(str, None, "scenes: 'source' or the shifted 'target' distribution (default 'target')"),
+    "train_size": Key(int, None, "training samples: exactly this many for bundled data (default 256), at most for files",
+                      min=1, max=10**9),
+    "eval_size": Key(int, None, "evaluation samples: exactly this many for bundled data (default 64), at most for files",
+                     min=1, max=10**9),
+    "eval_fraction": Key((float, int), None, "share of the records held out for evaluation without eval_path (default 0.2)",
+                         above=0, below=1),
+    "shuffle": Key(bool, None, "shuffle the records with the seed before splitting and limiting (default true)"),
+    "seed": Key(int, None, "data seed: which scenes/digits, which records are held out (default: the caller's seed)",
+                min=0, max=SEED_MAX),
+    "image_size": Key(int, None, "scenes/digits: image side in pixels (default 32)", min=8, max=1024),
+    "label": Key(str, None, "scenes classification: 'shape' (4 classes, default) or 'object' (colour + shape, 32 classes)",
+                 choices=("shape", "object")),
+    "hf_name": Key(str, None, "hf: a Hugging Face dataset id, read from the local cache"),
+    "hf_split": Key(str, None, "hf: the split to train on (default 'train')"),
+    "hf_eval_split": Key(str, None, "hf: the split to evaluate on (else eval_fraction of hf_split is held out)"),
+    "columns": Key(dict, None, "hf: bench field -> dataset column, e.g. {image = \"img\", label = \"fine_label\"}"),
 }
 
 _COMMON = {"format", "task", "train_size", "eval_size", "seed"}
@@ -104,10 +110,9 @@ def check_keys(cfg: dict, *, file: str, where: str, require_task: bool = False) 
     for key, value in cfg.items():
         if key not in DATASET_KEYS:
             fail(key, f"unknown key {key!r}", f"use one of: {', '.join(DATASET_KEYS)}")
-        types, doc = DATASET_KEYS[key]
-        # bool is an int in Python; `train_size = true` is still a mistake
-        if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
-            fail(key, f"{key!r} must be {_type_words(types)}, got {value!r}", f"{key}: {doc}")
+        problem = DATASET_KEYS[key].problem(value)
+        if problem:
+            fail(key, f"{key!r} {problem}", f"{key}: {DATASET_KEYS[key].doc}")
     fmt = cfg.get("format")
     if fmt is None:
         fail("format", "missing key 'format'", f"add format = one of {', '.join(FORMATS)}")
@@ -119,15 +124,6 @@ def check_keys(cfg: dict, *, file: str, where: str, require_task: bool = False) 
                  f"remove it; format {fmt!r} takes {', '.join(sorted(FORMAT_KEYS[fmt]))}")
     if "task" in cfg or require_task:
         _task(cfg, file=file, where=where)
-    for key, least in (("train_size", 0), ("eval_size", 1)):
-        if key in cfg and cfg[key] < least:
-            fail(key, f"{key!r} must be at least {least}, got {cfg[key]}", "use a positive count")
-    if "eval_fraction" in cfg and not 0 < cfg["eval_fraction"] < 1:
-        fail("eval_fraction", f"'eval_fraction' must be between 0 and 1, got {cfg['eval_fraction']}", "e.g. 0.2")
-    if "image_size" in cfg and not 8 <= cfg["image_size"] <= 1024:
-        fail("image_size", f"'image_size' must be 8..1024, got {cfg['image_size']}", "e.g. 32 for tiny models")
-    if "label" in cfg and cfg["label"] not in ("shape", "object"):
-        fail("label", f"'label' must be 'shape' or 'object', got {cfg['label']!r}", "object = colour + shape, 32 classes")
     if "split" in cfg and cfg["split"] not in ("source", "target"):
         fail("split", f"'split' must be 'source' or 'target', got {cfg['split']!r}", "target is the shifted one")
     if fmt == "digits":
@@ -152,12 +148,6 @@ def check_keys(cfg: dict, *, file: str, where: str, require_task: bool = False) 
                  "each mapped to a column name", "e.g. columns = {image = \"img\", label = \"fine_label\"}")
 
 
-def _type_words(types) -> str:
-    types = types if isinstance(types, tuple) else (types,)
-    words = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table"}
-    return " or ".join(words.get(t, t.__name__) for t in types)
-
-
 def _path(value: str, base_dir: Path) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else Path(base_dir) / path
@@ -169,7 +159,12 @@ def _check_paths(cfg: dict, base_dir: Path, *, file: str | None, where: str) -> 
         if key not in cfg:
             continue
         path = _path(cfg[key], base_dir)
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name too long for the filesystem, a folder we may not enter
+            raise SuiteError(f"{key} cannot be read ({exc.strerror or exc})", file=file, where=f"{where}, key '{key}'",
+                             fix="check the path") from None
+        if not exists:
             raise SuiteError(f"{key} {cfg[key]!r} does not exist (looked for {str(path)!r})", file=file,
                              where=f"{where}, key '{key}'",
                              fix="relative paths start at the suite file's folder; check the spelling")

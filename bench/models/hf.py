@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.errors import SuiteError
 from bench.models.base import LoadedModel, ModelSpec
-from bench.models.hub import checkpoint_error, local_config, preflight_checkpoint
+from bench.models.hub import checkpoint_error, local_config, looks_like_path, preflight_checkpoint
 from bench.models.tokenizer import TINY_IDS
 
 
@@ -88,6 +88,8 @@ def config_for(spec: ModelSpec, arch: Arch):
         if spec.preset is None:
             raise checkpoint_error(spec.checkpoint, "its config.json is not here and no `preset` is named",
                                    where=f"models.{spec.name}")
+        if looks_like_path(spec.checkpoint):  # a folder the user named: its shape is meant, never the preset's
+            raise checkpoint_error(spec.checkpoint, "the folder has no config.json", where=f"models.{spec.name}")
     return config_class(**copy.deepcopy(preset(spec, arch.presets, arch.label))), f"preset {spec.preset}"
 
 

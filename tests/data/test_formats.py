@@ -250,7 +250,16 @@ def test_csv_loads_relative_to_its_folder_or_image_root(tmp_path):
 def test_csv_bad_header(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("file,class\na.png,cat\n")
-    raises_at(lambda: formats.read_csv(path), "header (line 1)", "'file,class'", "'image' and 'label'")
+    raises_at(lambda: formats.read_csv(path), "header (line 1)", "2 comma-separated field(s)", "'image' and 'label'")
+
+
+def test_csv_error_never_echoes_the_file(tmp_path):
+    """A `path` pointing at some other file (a key, a password) must not print its first line into a CI log."""
+    path = tmp_path / "secret.txt"
+    path.write_text("AKIA-SECRET-TOKEN-123\nmore\n")
+    with pytest.raises(DataError) as info:
+        formats.read_csv(path)
+    assert "AKIA" not in info.value.render() and "secret.txt" in info.value.render()
 
 
 def test_csv_empty_label_and_missing_image(tmp_path):

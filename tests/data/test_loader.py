@@ -39,8 +39,8 @@ def check(cfg, base_dir=Path(".")):
 
 def test_keys_are_documented_and_every_format_key_is_known():
     assert set(FORMATS) == set(FORMAT_KEYS)
-    for key, (types, doc) in DATASET_KEYS.items():
-        assert isinstance(doc, str) and doc and isinstance(types, (type, tuple)), key
+    for key, spec in DATASET_KEYS.items():
+        assert isinstance(spec.doc, str) and spec.doc and isinstance(spec.type, (type, tuple)), key
     for keys in FORMAT_KEYS.values():
         assert keys <= set(DATASET_KEYS)
     assert FORMATS["scenes"] == TASKS and FORMATS["digits"] == TASKS
@@ -58,7 +58,7 @@ def test_keys_are_documented_and_every_format_key_is_known():
         ({"format": "llava", "task": "caption", "path": "a.json"}, "task", "does not give task"),
         ({"format": "scenes", "task": "vqa", "split": "test"}, "split", "'source' or 'target'"),
         ({"format": "csv"}, "path", "needs 'path'"),
-        ({"format": "csv", "path": "a.csv", "eval_fraction": 1.5}, "eval_fraction", "between 0 and 1"),
+        ({"format": "csv", "path": "a.csv", "eval_fraction": 1.5}, "eval_fraction", "between 0 (excluded) and 1 (excluded)"),
         ({"format": "csv", "path": "a.csv", "eval_path": "b.csv", "eval_fraction": 0.1}, "eval_fraction", "no effect"),
         ({"format": "digits", "task": "vqa", "train_size": 1700, "eval_size": 200}, "train_size", "1797"),
         ({"format": "hf", "task": "vqa"}, "path", "exactly one of"),

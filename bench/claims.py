@@ -1,0 +1,98 @@
+"""Claims: a cell-run is taken by one `bench run` before it starts, so concurrent runs split the work.
+
+A claim is a small file `<results>.claims/<cell_id>-<repeat>.json` holding its owner (host, pid, the
+process's start time, run id). It is made under the results file's lock, after checking (under the
+same lock) that the cell-run has no record yet, and removed when its record is appended. A claim
+whose owner is gone — same host, and that pid is not running or is another process now — is stale
+and taken over; a claim from another host is trusted until its `expires` time (the cell's timeout,
+with room for OOM retries and the base evaluation), since a pid on another machine cannot be checked.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.records import locked
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux /proc), so a recycled pid is not taken for its old owner."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(owner: dict) -> bool:
+    if owner.get("host") != socket.gethostname():
+        return time.time() < float(owner.get("expires", 0))
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    started = _start_time(pid)
+    return started is None or owner.get("start_time") in (None, started)
+
+
+@dataclass(frozen=True)
+class Claim:
+    path: Path
+
+
+class Claims:
+    """The claims of one results file."""
+
+    def __init__(self, results: Path, run_id: str):
+        self.results = Path(results)
+        self.folder = self.results.with_name(self.results.name.removesuffix(".jsonl") + ".claims")
+        self.run_id = run_id
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "start_time": _start_time(os.getpid()), "run_id": run_id}
+
+    def _path(self, cell_id: str, repeat: int) -> Path:
+        return self.folder / f"{cell_id}-{repeat}.json"
+
+    def owner(self, cell_id: str, repeat: int) -> dict | None:
+        """The live owner of a claim on this cell-run, or None (no claim, or a stale one)."""
+        try:
+            owner = json.loads(self._path(cell_id, repeat).read_text())
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) and _alive(owner) else None
+
+    def take(self, cell_id: str, repeat: int, *, still_wanted, ttl_s: float) -> Claim | str:
+        """Claim the cell-run under the results lock. `still_wanted()` is asked under the same lock (it reads
+        the records: is this cell-run still unrecorded?). Returns a Claim, or why it was not taken."""
+        with locked(self.results):
+            if not still_wanted():
+                return "recorded meanwhile by another run"
+            owner = self.owner(cell_id, repeat)
+            if owner and owner.get("run_id") != self.run_id:
+                return f"claimed by another run (pid {owner.get('pid')} on {owner.get('host')})"
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self._path(cell_id, repeat)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({**self.me, "claimed_at": time.time(), "expires": time.time() + ttl_s}))
+            tmp.replace(path)
+            return Claim(path)
+
+    def release(self, claim: Claim) -> None:
+        try:
+            claim.path.unlink()
+        except OSError:
+            pass
+        try:
+            self.folder.rmdir()  # only when empty: the last claim leaves no folder behind
+        except OSError:
+            pass

@@ -1,0 +1,84 @@
+"""Where bench may write: always inside a folder the user gave, checked after resolving.
+
+Names that come from inputs (a suite's name, a record's `suite` field, a baseline path in a suite)
+never decide on their own where a file goes: every writer builds its path with `inside`, which
+refuses anything that resolves (symlinks included) outside the folder. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.keys import suite_name_problem
+
+MIN_FREE_BYTES = 1 << 20  # preflight: room for a hundred records and a report page before the first cell trains
+
+
+def inside(folder: str | Path, name: str | Path) -> Path:
+    """`folder / name`, refused unless it resolves inside `folder`."""
+    folder = Path(folder)
+    path = folder / name
+    root = folder.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise BenchError(f"{str(path)!r} would be written outside {str(folder)!r}",
+                         fix="names of suites and pages are plain file names (letters, digits, -_.)")
+    return path
+
+
+def page_name(suite: str) -> str:
+    """A report page's file stem for a record's `suite` field: the name itself when it is a valid suite
+    name, else a sanitised form (records are data, and data does not choose file names)."""
+    if not suite_name_problem(suite):
+        return suite
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(suite)).strip("-.")[:100] or "report"
+    return slug if not suite_name_problem(slug) else f"suite-{slug}"[:100]
+
+
+def project_root(start: Path) -> Path:
+    """The nearest folder above `start` holding .git or pyproject.toml (the project), else `start`."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists() or (folder / "pyproject.toml").exists():
+            return folder
+    return start
+
+
+def baseline_problem(suite_dir: Path, value: str) -> str | None:
+    """Why a suite's `[gate] baseline` cannot be its baseline file, or None: it must be a .jsonl file
+    inside the suite's project (or the suite's folder), since `bench baseline update` writes it."""
+    if not value.endswith(".jsonl"):
+        return f"{value!r} is not a .jsonl results file"
+    target = (suite_dir / value).resolve()
+    allowed = (project_root(suite_dir), suite_dir.resolve())
+    if not any(target.is_relative_to(root) for root in allowed):
+        return f"{value!r} resolves to {str(target)!r}, outside the suite's project {str(allowed[0])!r}"
+    return None
+
+
+def ensure_writable_folder(folder: str | Path, *, what: str, flag: str) -> Path:
+    """Preflight for an output folder: it exists or can be made, takes a new file, and has room.
+    Raises BenchError (exit 2) naming the folder and the flag that chooses it."""
+    folder = Path(folder)
+    fix = f"choose another folder with {flag}, or free space / fix its permissions"
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise BenchError(f"the {what} folder {str(folder)!r} is a file; nothing was run", fix=f"choose a folder with {flag}")
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".bench-write-probe-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise BenchError(f"the {what} folder {str(folder)!r} cannot be written ({exc.strerror or exc}); nothing was run",
+                         fix=fix) from None
+    if free < MIN_FREE_BYTES:
+        raise BenchError(f"the {what} folder {str(folder)!r} has {free:,} bytes free, under the {MIN_FREE_BYTES:,} "
+                         "a run needs for its records; nothing was run", fix=fix)
+    return folder

@@ -1,0 +1,211 @@
+"""Property-based search for broken promises (hypothesis): suites mutated key by key, and results files
+made of arbitrary lines, go through the command line in this process.
+
+The promise checked on every generated input: the exit code is one the README documents (0 or 2 for
+suites; 0, 1 or 2 for results), no traceback and no "unexpected" crash line is printed, and no file
+appears outside the folders named on the command line. A suite that validates must also expand to
+cells whose configuration serialises as strict JSON (so its records can always be written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from bench.cli import main  # noqa: E402
+from conftest import EXAMPLE_RECORD  # noqa: E402
+
+BASE = {
+    "suite": {"name": "prop", "repeats": 2, "threads": 1},
+    "defaults": {"steps": 2, "batch_size": 4, "lr": 1e-3, "timeout_s": 60.0, "diverge_loss": 1e4, "seed": 0},
+    "models": {"clip": {"family": "clip", "preset": "tiny", "weights": "random"}},
+    "datasets": {"cls": {"format": "scenes", "task": "classification", "train_size": 16, "eval_size": 8, "seed": 1}},
+    "methods": {"lora": {"kind": "lora", "r": 4, "alpha": 8.0, "dropout": 0.05, "targets": {"vision": ["q_proj"]}},
+                "full": {"kind": "full", "freeze": ["vision"]}},
+    "grid": [{"models": ["clip"], "datasets": ["cls"], "methods": ["lora", "full"]}],
+    "gate": {"rules": ["status:ok", "delta:-0.5"]},
+}
+
+# hostile values: wrong types, non-finite and absurd numbers, boundaries, unicode, nesting
+SCALARS = st.one_of(
+    st.just(math.nan), st.just(math.inf), st.just(-math.inf), st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1), st.sampled_from([0, -1, 1, 2**63 - 1, 10**18, 1.5, 1.0, 0.0]),
+    st.booleans(), st.text(max_size=30), st.sampled_from(["", "../../x", "/etc/passwd", "README", "a" * 5000, "ü∂", "\x00"]),
+)
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)), max_leaves=6)
+
+
+def _paths(obj, prefix=()):
+    """Every (path, value) of a nested dict/list suite."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield prefix + (k,), v
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield prefix + (i,), v
+            yield from _paths(v, prefix + (i,))
+
+
+KEY_PATHS = [p for p, _ in _paths(BASE)]
+
+
+def _set(obj, path, value):
+    for part in path[:-1]:
+        obj = obj[part]
+    obj[path[-1]] = value
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
+
+
+def to_toml(suite: dict) -> str:
+    """Every top-level table inline (TOML allows `models = {clip = {...}}`), so any nesting round-trips."""
+    return "\n".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in suite.items()) + "\n"
+
+
+def run_cli(argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    """(exit code, stderr, stdout) of `bench ARGV` run in this process from `cwd`."""
+    err, out = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = main(argv)
+    finally:
+        os.chdir(old)
+    return code, err.getvalue(), out.getvalue()
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*")}
+
+
+@settings(max_examples=2 * int(os.environ.get("BENCH_HYPOTHESIS_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(KEY_PATHS), value=VALUES)
+def test_a_mutated_suite_is_accepted_or_named_never_a_crash(path, value):
+    suite = json.loads(json.dumps(BASE))
+    _set(suite, path, value)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "suites").mkdir()
+        file = tmp / "suites" / "prop.toml"
+        try:
+            file.write_text(to_toml(suite), encoding="utf-8")
+        except (UnicodeEncodeError, ValueError):
+            return  # a lone surrogate cannot be a UTF-8 file at all
+        before = files_under(tmp)
+        code, err, out = run_cli(["validate", str(file)], tmp)
+        assert code in (0, 2), err
+        assert "Traceback" not in err and "unexpected" not in err, err
+        if code == 0:
+            code, err, out = run_cli(["plan", str(file), "--json", "--results-dir", str(tmp / "results")], tmp)
+            assert code == 0, err
+            cells = json.loads(out)["cells"]
+            json.dumps(cells, allow_nan=False)  # a validated suite cannot hold a value a record could not store
+        else:
+            assert "prop.toml" in err and "fix:" in err, err  # the message names the file and says what to do
+        assert files_under(tmp) == before  # validate and plan write nothing
+
+
+def _record_like():
+    """A real record with some fields replaced by hostile values, or a line that is no record at all."""
+    field = st.sampled_from(["cost.peak_memory_mb", "quality.delta", "quality.base", "cost.train_wall_s", "suite", "cell_id",
+                             "repeat", "status", "model", "quality", "env", "model.name", "env.torch", "quality.higher_is_better",
+                             "method.name", "dataset.name", "quality.metric", "message", "loss_curve", "train", "params.trainable",
+                             "cost.estimate", "started_at", "finished_at", "schema_version", "model.weights", "env.device_name",
+                             "quality.n_eval", "cost.step_s_median", "cost.tokens_per_s", "train.batch_size", "seed",
+                             "params.by_component", "model.family", "method.kind", "env.git_dirty", "quality.tuned"])
+
+    def mutate(pairs):
+        record = json.loads(json.dumps(EXAMPLE_RECORD))
+        for dotted, value in pairs:
+            obj, parts = record, dotted.split(".")
+            for part in parts[:-1]:
+                obj = obj.setdefault(part, {}) if isinstance(obj.get(part), dict) else None
+                if obj is None:
+                    break
+            if obj is not None:
+                obj[parts[-1]] = value
+        return record
+
+    records = st.lists(st.tuples(field, VALUES), max_size=3).map(mutate)
+    return st.one_of(records, VALUES)
+
+
+def _line(value) -> str:
+    return json.dumps(value, allow_nan=True)  # Python writes NaN/Infinity tokens; hand-edited files have them
+
+
+GATED = ("cost.peak_memory_mb", "cost.step_s_median", "cost.train_wall_s", "cost.tokens_per_s", "quality.delta")
+
+
+def _untrustworthy(lines: list[bytes]) -> bool:
+    """Independent oracle: a file a gate must not pass on — no readable record, or a readable record with a
+    gated value that is present but not a finite number."""
+    from bench.records import validate_record
+
+    readable = {}
+    for raw in lines:
+        try:
+            value = json.loads(raw)
+            validate_record(value)
+        except (ValueError, TypeError, RecursionError):
+            continue
+        readable[(value["cell_id"], value["repeat"])] = value  # a newer record of a cell-run replaces the older
+    for r in readable.values():
+        for dotted in GATED:
+            section, key = dotted.split(".")
+            v = r[section].get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                return True
+    return not readable
+
+
+@settings(max_examples=int(os.environ.get("BENCH_HYPOTHESIS_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=st.lists(_record_like(), max_size=4), current=st.lists(_record_like(), max_size=4),
+       junk=st.sampled_from([b"", b"null", b"42", b'{"cell_id": "torn", "stat', b"[" * 3000, b"\xff\xfe\x00"]))
+def test_any_results_lines_give_a_documented_exit_and_stay_in_their_folders(base, current, junk):
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        results, reports = tmp / "results", tmp / "reports"
+        results.mkdir()
+        base_file, current_file = results / "base.jsonl", results / "current.jsonl"
+        # Python writes NaN/Infinity tokens, as hand-edited files have them
+        base_lines = [junk] + [json.dumps(r).encode("utf-8", "surrogatepass") for r in base]
+        current_lines = [json.dumps(r).encode("utf-8", "surrogatepass") for r in current] + [junk]
+        base_file.write_bytes(b"\n".join(base_lines) + b"\n")
+        current_file.write_bytes(b"\n".join(current_lines) + b"\n")
+        for argv in (["report", str(current_file), "--reports-dir", str(reports)],
+                     ["compare", str(base_file), str(current_file), "--markdown", str(reports / "compare.md")],
+                     ["gate", str(current_file), "--baseline", str(base_file), "--markdown", str(reports / "gate.md")]):
+            code, err, out = run_cli(argv, tmp)
+            assert code in (0, 1, 2), (argv, err)
+            assert "Traceback" not in err and "unexpected" not in err, (argv, err)
+            if argv[0] == "gate" and code == 0:
+                assert not _untrustworthy(base_lines) and not _untrustworthy(current_lines), err
+        outside = {p for p in files_under(tmp) if not (p.is_relative_to(results) or p.is_relative_to(reports))}
+        assert outside == set(), outside
