@@ -13,6 +13,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -176,22 +177,94 @@ def iter_records(path: str | Path, *, warn: bool = True) -> Iterator[dict]:
     path = Path(path)
     if not path.exists():
         return
-    skipped = 0
-    with open(path, encoding="utf-8", errors="replace") as f:
+    skipped = _Skipped(path, warn)
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = migrate(json.loads(line))
-            except (ValueError, TypeError, RecursionError) as exc:
-                skipped += 1
-                if warn and skipped <= MAX_WARNINGS:
-                    reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
-                    warnings.warn(f"{path}:{lineno}: skipped an unreadable record ({reason[:120]})", TornRecordWarning, stacklevel=2)
-                continue
-            yield record
-    if warn and skipped > MAX_WARNINGS:
-        warnings.warn(f"{path}: {skipped - MAX_WARNINGS} more unreadable lines skipped", TornRecordWarning, stacklevel=2)
+            if line.strip():
+                record = _parse(line, lineno, skipped)
+                if record is not None:
+                    yield record
+    skipped.close()
+
+
+class _Skipped:
+    """Counts unreadable lines of one file; names the first few in warnings, then counts the rest."""
+
+    def __init__(self, path: Path, warn: bool):
+        self.path, self.warn, self.n = path, warn, 0
+
+    def add(self, lineno: int, reason: str) -> None:
+        self.n += 1
+        if self.warn and self.n <= MAX_WARNINGS:
+            warnings.warn(f"{self.path}:{lineno}: skipped an unreadable record ({reason[:120]})", TornRecordWarning, stacklevel=4)
+
+    def close(self) -> None:
+        if self.warn and self.n > MAX_WARNINGS:
+            warnings.warn(f"{self.path}: {self.n - MAX_WARNINGS} more unreadable lines skipped", TornRecordWarning, stacklevel=3)
+
+
+def _parse(line: bytes, lineno: int, skipped: _Skipped) -> dict | None:
+    try:
+        return migrate(json.loads(line.decode("utf-8", errors="replace")))
+    except (ValueError, TypeError) as exc:
+        skipped.add(lineno, str(exc))
+    except RecursionError:
+        skipped.add(lineno, "nested too deeply")
+    return None
+
+
+# bench writes records with sorted keys and json's default separators: the key of a line can be read
+# without parsing it, when each name occurs once (a quote inside a JSON string is escaped, so these
+# bytes are keys); any other line is parsed in full
+_CELL_ID = re.compile(rb'"cell_id": "([^"\\]{1,200})"')
+_REPEAT = re.compile(rb'"repeat": (\d{1,18})[,}]')
+
+
+def _key_hint(line: bytes) -> tuple[str, int] | None:
+    if line.count(b'"cell_id"') != 1 or line.count(b'"repeat"') != 1:
+        return None
+    cell, repeat = _CELL_ID.search(line), _REPEAT.search(line)
+    return (cell.group(1).decode("utf-8", errors="replace"), int(repeat.group(1))) if cell and repeat else None
+
+
+def read_latest(paths) -> list[dict]:
+    """The newest record of every (cell_id, repeat) over `paths`, in first-seen order (as latest_per_cell).
+
+    Streamed, and parsed lazily: a line whose key can be read without parsing is only remembered by its
+    offset, and only the newest line of each key is parsed (an older one when the newest is unreadable).
+    Time and memory grow with the number of cell-runs, not with the length of the files."""
+    latest: dict[tuple[str, int], dict] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            continue
+        skipped = _Skipped(path, True)
+        candidates: dict[tuple[str, int], list] = {}  # key -> [(lineno, offset or parsed record), ...]
+        with open(path, "rb") as f:
+            offset = 0
+            for lineno, line in enumerate(f, 1):
+                hint = _key_hint(line)
+                if hint is not None:
+                    candidates.setdefault(hint, []).append((lineno, offset))
+                elif line.strip():
+                    record = _parse(line, lineno, skipped)
+                    if record is not None:
+                        candidates.setdefault((record["cell_id"], record["repeat"]), []).append((lineno, record))
+                offset += len(line)
+            for key, found in candidates.items():
+                for lineno, item in sorted(found, key=lambda c: c[0], reverse=True):
+                    if isinstance(item, dict):
+                        record = item
+                    else:
+                        f.seek(item)
+                        record = _parse(f.readline(), lineno, skipped)
+                        if record is not None and (record["cell_id"], record["repeat"]) != key:
+                            record = None  # cannot happen for a line bench wrote; never trust a misread key
+                    if record is not None:
+                        latest[key] = record
+                        break
+        skipped.close()
+    return list(latest.values())
 
 
 def read_records(path: str | Path, *, warn: bool = True) -> list[dict]:
@@ -239,17 +312,6 @@ def read_many(paths) -> list[dict]:
     for p in paths:
         records.extend(iter_records(p))
     return records
-
-
-def read_latest(paths) -> list[dict]:
-    """The newest record of every (cell_id, repeat) over `paths`, streamed: memory grows with the number
-    of cell-runs, not with the length of the files (what report, compare and gate read)."""
-    latest: dict[tuple[str, int], dict] = {}
-    for p in paths:
-        for r in iter_records(p):
-            key = (r["cell_id"], r["repeat"])
-            latest[key] = r  # first-seen order, newest value, as latest_per_cell
-    return list(latest.values())
 
 
 def latest_per_cell(records: list[dict]) -> list[dict]:

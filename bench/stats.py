@@ -20,6 +20,7 @@ This module never imports torch; scipy is imported lazily by `welch_p` only.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -36,10 +37,15 @@ NUMERIC_FIELDS = (
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _parts(dotted: str) -> tuple[str, ...]:
+    return tuple(dotted.split("."))
+
+
 def get(record: dict, dotted: str):
     """The value at a dotted path ("cost.peak_memory_mb"), or None where any part is absent or null."""
     value = record
-    for part in dotted.split("."):
+    for part in _parts(dotted):  # called per record × field: the split is cached
         if not isinstance(value, dict):
             return None
         value = value.get(part)
@@ -77,7 +83,7 @@ class Summary:
     def n(self) -> int:
         return len(self.values)
 
-    @property
+    @functools.cached_property
     def mean(self) -> float:
         return statistics.fmean(self.values)
 

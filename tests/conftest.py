@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import textwrap
@@ -69,6 +71,22 @@ models = ["clip"]
 datasets = ["cls"]
 methods = ["lora", "full"]
 """
+
+
+def run_cli(argv, cwd: Path | None = None) -> tuple[int, str, str]:
+    """(exit code, stderr, stdout) of `bench ARGV` run in this process (from `cwd` when given)."""
+    from bench.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = main([str(a) for a in argv])
+    finally:
+        os.chdir(old)
+    return code, err.getvalue(), out.getvalue()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import subprocess
 import sys
@@ -17,23 +16,14 @@ import pytest
 from PIL import Image
 
 import bench.records as records_mod
-from bench.cli import main
 from bench.records import RecordNotSaved, append_record, read_records
-from conftest import MINI_SUITE, REPO
+from conftest import MINI_SUITE, REPO, run_cli
 from test_records import make_record
 
 
 def cli(argv, cwd: Path | None = None) -> tuple[int, str]:
-    err = io.StringIO()
-    old = os.getcwd()
-    if cwd:
-        os.chdir(cwd)
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            code = main([str(a) for a in argv])
-    finally:
-        os.chdir(old)
-    return code, err.getvalue()
+    code, err, _ = run_cli(argv, cwd)
+    return code, err
 
 
 # ---------------------------------------------------------------- appends

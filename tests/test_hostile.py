@@ -9,8 +9,6 @@ cells whose configuration serialises as strict JSON (so its records can always b
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -23,8 +21,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from bench.cli import main  # noqa: E402
-from conftest import EXAMPLE_RECORD  # noqa: E402
+from conftest import EXAMPLE_RECORD, run_cli  # noqa: E402
 
 BASE = {
     "suite": {"name": "prop", "repeats": 2, "threads": 1},
@@ -85,19 +82,6 @@ def _toml_value(v) -> str:
 def to_toml(suite: dict) -> str:
     """Every top-level table inline (TOML allows `models = {clip = {...}}`), so any nesting round-trips."""
     return "\n".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in suite.items()) + "\n"
-
-
-def run_cli(argv: list[str], cwd: Path) -> tuple[int, str, str]:
-    """(exit code, stderr, stdout) of `bench ARGV` run in this process from `cwd`."""
-    err, out = io.StringIO(), io.StringIO()
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            code = main(argv)
-    finally:
-        os.chdir(old)
-    return code, err.getvalue(), out.getvalue()
 
 
 def files_under(folder: Path) -> set[Path]:
@@ -209,3 +193,34 @@ def test_any_results_lines_give_a_documented_exit_and_stay_in_their_folders(base
                 assert not _untrustworthy(base_lines) and not _untrustworthy(current_lines), err
         outside = {p for p in files_under(tmp) if not (p.is_relative_to(results) or p.is_relative_to(reports))}
         assert outside == set(), outside
+
+
+@settings(max_examples=int(os.environ.get("BENCH_HYPOTHESIS_EXAMPLES", 60)), deadline=None)
+@given(lines=st.lists(st.one_of(
+    st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 2), st.sampled_from(["ok", "error", "oom"])),
+    st.sampled_from([b"", b"null", b'{"cell_id": "a", "repeat": 0, "stat', b'{"x": {"cell_id": "b"}, "repeat": 1}',
+                     b"[" * 2000])), max_size=12))
+def test_the_lazy_reader_gives_what_reading_every_line_gives(lines):
+    """read_latest skips parsing superseded lines; it must agree with parsing them all (latest_per_cell)."""
+    from bench.records import encode, latest_per_cell, read_latest, read_records
+
+    raw = []
+    for item in lines:
+        if isinstance(item, tuple):
+            record = json.loads(json.dumps(EXAMPLE_RECORD))
+            record["cell_id"], record["repeat"], record["status"] = item
+            raw.append(encode(record).rstrip(b"\n"))
+        else:
+            raw.append(item)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "r.jsonl"
+        path.write_bytes(b"\n".join(raw) + b"\n")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lazy, full = read_latest([path]), latest_per_cell(read_records(path))
+    key = lambda r: (r["cell_id"], r["repeat"])  # noqa: E731
+    assert {key(r): r for r in lazy} == {key(r): r for r in full}
+    if all(isinstance(item, tuple) for item in lines):
+        assert [key(r) for r in lazy] == [key(r) for r in full]
