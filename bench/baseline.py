@@ -11,10 +11,11 @@ from bench.plan import results_path
 from bench.records import encode, iter_records, latest_per_cell, read_records
 
 
-def default_baseline(suite) -> Path:
+def default_baseline(suite, results_dir: str | Path) -> Path:
+    """The suite's [gate] baseline, else <results-dir>/baselines/<suite>.jsonl (inside the folder the user gave)."""
     if suite.gate.get("baseline"):
         return (suite.base_dir / suite.gate["baseline"]).resolve()
-    return inside(Path("results") / "baselines", f"{suite.name}.jsonl")
+    return inside(Path(results_dir) / "baselines", f"{suite.name}.jsonl")
 
 
 def update_baseline(suite_path: str, *, results_dir: str = "results", output: str | None = None) -> Path:
@@ -27,8 +28,14 @@ def update_baseline(suite_path: str, *, results_dir: str = "results", output: st
     records = latest_per_cell(read_records(source))
     if not records:
         raise BenchError(f"no records in {source}", fix=f"run `bench run {suite_path}` first")
-    target = Path(output) if output else default_baseline(suite)
+    target = Path(output) if output else default_baseline(suite, results_dir)
     where = "-o" if output else f"{suite_path}: [gate] key 'baseline'"
+    if target.resolve() == source.resolve():
+        raise BenchError(f"{target} is the suite's results file itself; a baseline is a copy of it", where=where,
+                         fix="name another file, e.g. results/baselines/<suite>.jsonl")
+    if target.is_symlink():
+        raise BenchError(f"{target} is a symbolic link; bench does not write through links", where=where,
+                         fix="give a plain file path")
     if target.suffix != ".jsonl":
         raise BenchError(f"{target} is not a .jsonl file; a baseline is a results file", where=where,
                          fix="name a .jsonl file, e.g. results/baselines/<suite>.jsonl")

@@ -145,11 +145,11 @@ def input_files(paths, *, what: str) -> list[str]:
     for p in paths:
         path = Path(p)
         try:
-            ok = path.is_file()
+            ok, exists, is_dir = path.is_file(), path.exists(), path.is_dir()
         except OSError:
-            ok = False
+            ok, exists, is_dir = False, False, False
         if not ok:
-            why = "is a folder" if path.is_dir() else "does not exist"
+            why = "is a folder" if is_dir else "is not a regular file" if exists else "does not exist"
             raise BenchError(f"{what} {p} {why}", fix="name a results .jsonl file (e.g. results/<suite>.jsonl)")
     return list(paths)
 
@@ -168,11 +168,18 @@ def read_results(paths, *, what: str) -> list[dict]:
 
 
 def write_output(path: str | Path, text: str, *, flag: str) -> Path:
-    """Write a file the user named on the command line; a path that cannot be written is an input error."""
+    """Write a Markdown page the user named on the command line: a .md file that is new or a page bench
+    wrote before (never a results file, a README or a file through a link); a path that cannot be
+    written is an input error."""
+    from bench.paths import PAGE_MARK, check_page
+
     path = Path(path)
+    if path.suffix != ".md":
+        raise BenchError(f"{path} is not a .md file", where=flag, fix=f"give {flag} a Markdown file name, e.g. out/page.md")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        check_page(path, flag=flag)
+        path.write_text(text if text.startswith(PAGE_MARK) else f"{PAGE_MARK} page -->\n{text}", encoding="utf-8")
     except OSError as exc:
         raise BenchError(f"cannot write {path} ({exc.strerror or exc})", where=flag,
                          fix=f"give {flag} a path in a folder you can write") from None
@@ -180,7 +187,7 @@ def write_output(path: str | Path, text: str, *, flag: str) -> Path:
 
 
 def cmd_report(args) -> int:
-    from bench.paths import inside, page_name
+    from bench.paths import inside, page_name, page_target
     from bench.report import write_index, write_report
 
     records = read_results(args.results, what="results file")
@@ -191,12 +198,15 @@ def cmd_report(args) -> int:
     if out.suffix != ".md" or out.name.lower() == "readme.md":
         raise BenchError(f"-o {out}: a report page is a .md file other than README.md (the index)", where="-o",
                          fix="e.g. -o reports/my-suite.md")
+    index = not args.output or out.parent == Path(args.reports_dir)
     try:
+        if index:
+            page_target(out.parent, "README.md")  # before the page: a refused index leaves nothing half-written
         written = write_report(records, out)
-        if not args.output or out.parent == Path(args.reports_dir):
+        if index:
             write_index(out.parent)
-    except OSError as exc:
-        raise BenchError(f"cannot write the report {out} ({exc.strerror or exc})", fix="choose a folder you can write "
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop met while resolving
+        raise BenchError(f"cannot write the report {out} ({getattr(exc, 'strerror', None) or exc})", fix="choose a folder you can write "
                          "with -o or --reports-dir") from None
     for p in written:
         print(p)
@@ -231,8 +241,7 @@ def cmd_gate(args) -> int:
             baseline = str(suite.base_dir / suite.gate["baseline"])
     if not baseline:
         raise BenchError("no baseline given", fix="pass --baseline FILE, or --suite SUITE whose [gate] names a baseline")
-    if not Path(baseline).is_file():
-        raise BenchError(f"baseline file {baseline} does not exist", fix="create one with `bench baseline update SUITE`")
+    input_files([baseline], what="baseline file")
     rules = parse_rules(rules or DEFAULT_RULES)
     result = gate(read_results([baseline], what="baseline"), read_results(args.current, what="results file"), rules)
     from bench.gate import render_markdown, render_terminal
@@ -269,6 +278,12 @@ def cmd_zoo_build(args) -> int:
     return 0
 
 
+def _pattern(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty pattern would match every cell; give a cell id or a glob such as 'clip/*'")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="Cost/quality benchmark of PEFT methods on vision-language models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -285,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trace", action="store_true",
                    help="trace each cell's training step with fake tensors on the CPU (peak memory without weights or "
                         "a GPU; implies --params --estimate; minutes per 7B cell)")
-    s.add_argument("--only", metavar="PATTERN", help="only cells whose id or model/dataset/method matches this glob")
+    s.add_argument("--only", metavar="PATTERN", type=_pattern, help="only cells whose id or model/dataset/method matches this glob")
     s.add_argument("--markdown", metavar="FILE", help="also write the table as a Markdown page (the cost preview)")
     s.add_argument("--results-dir", default="results")
     s.set_defaults(fn=cmd_plan)
@@ -294,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("suite", metavar="SUITE")
     s.add_argument("--results-dir", default="results")
     s.add_argument("--reports-dir", default="reports")
-    s.add_argument("--only", metavar="PATTERN", help="run only cells whose id or model/dataset/method matches this glob")
+    s.add_argument("--only", metavar="PATTERN", type=_pattern, help="run only cells whose id or model/dataset/method matches this glob")
     s.add_argument("--retry", action="store_true", help="run again the cells whose last record is not ok")
     s.add_argument("--no-progress", action="store_true", help="no live display (one line per cell)")
     s.set_defaults(fn=cmd_run)
@@ -371,7 +386,8 @@ def _crash_log(args) -> str:
 
     name = f"bench-error-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}.log"
     text = f"bench {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}"
-    for folder in (getattr(args, "results_dir", None) or "results", tempfile.gettempdir()):
+    # the results folder of a command that has one (run, plan, baseline); the temp folder for the others
+    for folder in [f for f in (getattr(args, "results_dir", None), tempfile.gettempdir()) if f]:
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
             path = Path(folder).resolve() / name

@@ -33,3 +33,9 @@ class DataError(BenchError):
 
 class CheckpointError(BenchError):
     """A named checkpoint cannot be found locally and the hub cannot be reached."""
+
+
+class OutputError(BenchError):
+    """Work was done but an output could not be written where it should go: exit 1, not "nothing was run"."""
+
+    exit_code = 1

@@ -22,6 +22,7 @@ Reads records only; never imports torch.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 
@@ -46,11 +47,10 @@ SHORT_FIELDS = {
     **{k: f"quality.{k}" for k in ("delta", "tuned", "base")},
     **{k: f"params.{k}" for k in ("trainable", "trainable_pct", "total")},
 }
-SECTIONS = ("cost", "quality", "params")
 ACCEPTED = (
     "accepted forms: FIELD:+N% / FIELD:-N% (relative), FIELD:+N / FIELD:-N (absolute, in the field's unit), "
     "status:ok; the sign is the direction that fails. FIELD is one of "
-    + ", ".join(sorted(SHORT_FIELDS)) + " or a dotted name in " + ", ".join(f"{s}." for s in SECTIONS)
+    + ", ".join(sorted(SHORT_FIELDS)) + " or its dotted name (" + ", ".join(stats.NUMERIC_FIELDS) + ")"
 )
 _RULE_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*:\s*([+-])\s*(\d+(?:\.\d*)?|\.\d+)\s*(%?)\s*$")
 
@@ -101,12 +101,11 @@ def parse_rule(text: str, *, file: str | None = None, where: str | None = None) 
     if not m:
         raise RuleError(f"cannot parse gate rule {text!r}", file=file, where=where, fix=ACCEPTED)
     name, sign, amount, percent = m.groups()
-    if name in SHORT_FIELDS:
-        dotted = SHORT_FIELDS[name]
-    elif "." in name and name.split(".", 1)[0] in SECTIONS and name.split(".", 1)[1]:
-        dotted = name
-    else:
-        raise RuleError(f"gate rule {text!r}: unknown field {name!r}", file=file, where=where, fix=ACCEPTED)
+    dotted = SHORT_FIELDS.get(name, name)
+    if dotted not in stats.NUMERIC_FIELDS:  # a misspelt field would make every check "not applicable": a silent pass
+        close = difflib.get_close_matches(name, [*SHORT_FIELDS, *stats.NUMERIC_FIELDS], n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise RuleError(f"gate rule {text!r}: unknown field {name!r}", file=file, where=where, fix=hint + ACCEPTED)
     return Threshold(text.strip(), dotted, 1 if sign == "+" else -1, float(amount), bool(percent))
 
 
@@ -259,7 +258,9 @@ def _check(rule: Rule, old: Group, new: Group, status_gated: bool) -> tuple[obje
     finishing is reported once, by that rule, instead of once per numeric rule."""
     if isinstance(rule, StatusRule):
         return old.status, new.status, None, "fail" if rule.fails(old.status, new.status) else "pass", new.message if new.status != "ok" else ""
-    if rule.field.startswith("quality.") and (old.random_weights or new.random_weights):
+    if rule.field.startswith("quality.") and new.random_weights and not old.random_weights:
+        return None, None, None, "fail", "the current records have random weights; the baseline's quality cannot be checked"
+    if rule.field.startswith("quality.") and old.random_weights:
         return None, None, None, "n/a", "random weights"
     o, n = old.summary(rule.field), new.summary(rule.field)
     if o is None:
@@ -300,6 +301,9 @@ def gate(baseline_records: list[dict], current_records: list[dict], rules=None) 
         for rule in rules:
             o, n, noise, verdict, note = _check(rule, old, new, status_gated)
             rows.append(GateRow(cell_id, new.model, new.dataset, new.method, rule, o, n, noise, verdict, note))
+    numeric = [r for r in rows if isinstance(r.rule, Threshold)]
+    if numeric and all(r.verdict == "n/a" for r in numeric):
+        invalid.append(f"none of the {len(numeric)} numeric checks could be made (no baseline values): nothing was compared")
     return GateResult(
         rows,
         missing=[g for cid, g in old_groups.items() if cid not in new_groups],

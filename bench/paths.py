@@ -16,6 +16,9 @@ from bench.errors import BenchError
 from bench.keys import suite_name_problem
 
 MIN_FREE_BYTES = 1 << 20  # preflight: room for a hundred records and a report page before the first cell trains
+PAGE_MARK = "<!-- bench"  # the first line of every Markdown page bench writes
+# how pages of earlier bench versions began: they may be replaced too
+OLD_PAGE_HEADS = ("# Benchmark reports", "# Cost preview: ", "# Gate: ", "# Comparison")
 
 
 def inside(folder: str | Path, name: str | Path) -> Path:
@@ -31,11 +34,35 @@ def inside(folder: str | Path, name: str | Path) -> Path:
 
 def page_name(suite: str) -> str:
     """A report page's file stem for a record's `suite` field: the name itself when it is a valid suite
-    name, else a sanitised form (records are data, and data does not choose file names)."""
+    name, else a sanitised form marked as such (records are data, and data does not choose file names;
+    "../x" becomes "suite-x", never the page of a real suite "x")."""
     if not suite_name_problem(suite):
         return suite
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(suite)).strip("-.")[:100] or "report"
-    return slug if not suite_name_problem(slug) else f"suite-{slug}"[:100]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(suite)).strip("-.")[:90]
+    return f"suite-{slug}" if slug else "suite-unnamed"
+
+
+def check_page(path: Path, *, flag: str | None = None) -> Path:
+    """Refuse to write a Markdown page over anything but a page bench wrote: not through a symbolic link,
+    not over a folder, not over a user's file (README.md, notes.md, a results file)."""
+    where = f" ({flag})" if flag else ""
+    if path.is_symlink():
+        raise BenchError(f"{path} is a symbolic link; bench does not write through links{where}",
+                         fix="give a plain file path, or remove the link")
+    if path.exists():
+        if not path.is_file():
+            raise BenchError(f"{path} is a folder, not a page{where}", fix="give a file path ending in .md")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(200)
+        if not head.startswith((PAGE_MARK, *OLD_PAGE_HEADS)):
+            raise BenchError(f"{path} exists and is not a page bench wrote; it is not overwritten{where}",
+                             fix="choose a new file name, or move that file away if it is really yours to replace")
+    return path
+
+
+def page_target(folder: str | Path, name: str, *, flag: str | None = None) -> Path:
+    """A page `name` inside `folder` (checked after resolving), writable per check_page."""
+    return check_page(inside(folder, name), flag=flag)
 
 
 def project_root(start: Path) -> Path:

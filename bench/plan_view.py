@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 _STATE_STYLE = {"done": "green", "pending": "yellow", "skip": "dim"}
@@ -17,7 +18,8 @@ def _count(n: int | None) -> str:
 
 
 def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, estimate: bool = False, trace: bool = False) -> Table:
-    table = Table(title=f"suite {suite_name}: {len(rows)} cells")
+    # names, errors and messages come from the user's files: escaped, never read as markup
+    table = Table(title=escape(f"suite {suite_name}: {len(rows)} cells"))
     for col in ("cell", "model", "dataset", "method", "state"):
         table.add_column(col)
     if params:
@@ -33,18 +35,19 @@ def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, esti
         table.add_column("error", justify="right")
     for r in rows:
         state = r["state"] + (f" ({r['pending_repeats']}/{r['repeats']})" if r["state"] == "pending" and r["repeats"] > 1 else "")
-        cols = [r["cell_id"], r["model"], r["dataset"], r["method"], f"[{_STATE_STYLE[r['state']]}]{state}[/]"]
+        cols = [escape(str(r[k])) for k in ("cell_id", "model", "dataset", "method")] + [f"[{_STATE_STYLE[r['state']]}]{state}[/]"]
         if params:
             p = r.get("params") or {}
             comps = ", ".join(f"{c} {_count(v['trainable'])}/{_count(v['total'])}" for c, v in (p.get("by_component") or {}).items() if v["total"])
-            cols += [_count(p.get("total")), _count(p.get("trainable")), f"{p['trainable_pct']:.3f}" if p.get("trainable_pct") is not None else p.get("error", "-"), comps]
+            cols += [_count(p.get("total")), _count(p.get("trainable")),
+                     f"{p['trainable_pct']:.3f}" if p.get("trainable_pct") is not None else escape(p.get("error", "-")), escape(comps)]
         if estimate:
             e = r.get("estimate") or {}
             cols.append(f"{e['total_mb']:.0f}" if e.get("total_mb") is not None else "-")
         if trace:
             t, at = r.get("trace") or {}, r.get("estimate_at_trace") or {}
             why = t.get("not_traced") or t.get("error") or "-"
-            cols.append(f"{t['peak_mb']:.0f}" if "peak_mb" in t else f"[dim]{why.splitlines()[0][:40]}[/]")
+            cols.append(f"{t['peak_mb']:.0f}" if "peak_mb" in t else f"[dim]{escape(why.splitlines()[0][:40])}[/]")
             cols.append(f"{at['total_mb']:.0f}" if at else "-")
             cols.append(f"{at['error_pct']:+.1f}%" if at else "-")
         table.add_row(*cols)

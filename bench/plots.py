@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from bench import stats
+from bench.paths import inside
 from bench.records import latest_per_cell
 
 AXES = {
@@ -177,13 +178,14 @@ def loss_curves_figure(records: list[dict], *, title: str | None = None):
 def _finite_points(record: dict) -> list[tuple[float, float]]:
     # a diverged run's last losses are nan/inf (or null, as JSON records cannot hold nan): drop them
     return [
-        (p[0], p[1]) for p in record.get("loss_curve") or []
-        if isinstance(p, (list, tuple)) and len(p) >= 2 and isinstance(p[1], (int, float)) and math.isfinite(p[1])
+        (stats.number(p[0]), stats.number(p[1])) for p in record.get("loss_curve") or []
+        if isinstance(p, (list, tuple)) and len(p) >= 2 and stats.number(p[0]) is not None and stats.number(p[1]) is not None
     ]
 
 
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    path = inside(path.parent, path.name)  # a PNG that is a link out of its folder is not written through
     fig.savefig(path, format="png")
     return path

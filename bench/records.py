@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import OutputError
 
 SCHEMA_VERSION = 1
 
@@ -41,10 +41,8 @@ class TornRecordWarning(UserWarning):
     """A line that is not a readable record (an interrupted write, or foreign text); it is skipped."""
 
 
-class RecordNotSaved(BenchError):
+class RecordNotSaved(OutputError):
     """A record could not be appended (disk full, file gone read-only): the run stops with exit 1."""
-
-    exit_code = 1
 
 
 def validate_record(record) -> None:
@@ -227,46 +225,6 @@ def _key_hint(line: bytes) -> tuple[str, int] | None:
     return (cell.group(1).decode("utf-8", errors="replace"), int(repeat.group(1))) if cell and repeat else None
 
 
-def read_latest(paths) -> list[dict]:
-    """The newest record of every (cell_id, repeat) over `paths`, in first-seen order (as latest_per_cell).
-
-    Streamed, and parsed lazily: a line whose key can be read without parsing is only remembered by its
-    offset, and only the newest line of each key is parsed (an older one when the newest is unreadable).
-    Time and memory grow with the number of cell-runs, not with the length of the files."""
-    latest: dict[tuple[str, int], dict] = {}
-    for path in paths:
-        path = Path(path)
-        if not path.exists():
-            continue
-        skipped = _Skipped(path, True)
-        candidates: dict[tuple[str, int], list] = {}  # key -> [(lineno, offset or parsed record), ...]
-        with open(path, "rb") as f:
-            offset = 0
-            for lineno, line in enumerate(f, 1):
-                hint = _key_hint(line)
-                if hint is not None:
-                    candidates.setdefault(hint, []).append((lineno, offset))
-                elif line.strip():
-                    record = _parse(line, lineno, skipped)
-                    if record is not None:
-                        candidates.setdefault((record["cell_id"], record["repeat"]), []).append((lineno, record))
-                offset += len(line)
-            for key, found in candidates.items():
-                for lineno, item in sorted(found, key=lambda c: c[0], reverse=True):
-                    if isinstance(item, dict):
-                        record = item
-                    else:
-                        f.seek(item)
-                        record = _parse(f.readline(), lineno, skipped)
-                        if record is not None and (record["cell_id"], record["repeat"]) != key:
-                            record = None  # cannot happen for a line bench wrote; never trust a misread key
-                    if record is not None:
-                        latest[key] = record
-                        break
-        skipped.close()
-    return list(latest.values())
-
-
 def read_records(path: str | Path, *, warn: bool = True) -> list[dict]:
     """All readable records of one file, in order."""
     return list(iter_records(path, warn=warn))
@@ -312,6 +270,63 @@ def read_many(paths) -> list[dict]:
     for p in paths:
         records.extend(iter_records(p))
     return records
+
+
+def read_latest(paths) -> list[dict]:
+    """The newest record of every (cell_id, repeat) over `paths`, in first-seen order (as latest_per_cell).
+    Time and memory grow with the number of cell-runs, not with the length of the files (`latest_lines`)."""
+    latest: dict[tuple[str, int], dict] = {}
+    for path in paths:
+        for key, (_, record) in latest_lines(path).items():
+            latest[key] = record
+    return list(latest.values())
+
+
+def latest_lines(path: str | Path, *, warn: bool = True) -> dict[tuple[str, int], tuple[int, dict]]:
+    """(cell_id, repeat) -> (line number, record) of its newest readable record in one file.
+
+    Parsed lazily: a line whose key can be read without parsing is only remembered by its offset, and
+    only the newest line of each key is parsed (an older one when the newest is unreadable)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    skipped = _Skipped(path, warn)
+    candidates: dict[tuple[str, int], list] = {}  # key -> [(lineno, offset or parsed record), ...]
+    latest: dict[tuple[str, int], tuple[int, dict]] = {}
+    with open(path, "rb") as f:
+        offset = 0
+        for lineno, line in enumerate(f, 1):
+            hint = _key_hint(line)
+            if hint is not None:
+                candidates.setdefault(hint, []).append((lineno, offset))
+            elif line.strip():
+                record = _parse(line, lineno, skipped)
+                if record is not None:
+                    candidates.setdefault((record["cell_id"], record["repeat"]), []).append((lineno, record))
+            offset += len(line)
+        for key, found in candidates.items():
+            for lineno, item in sorted(found, key=lambda c: c[0], reverse=True):
+                if isinstance(item, dict):
+                    record = item
+                else:
+                    f.seek(item)
+                    record = _parse(f.readline(), lineno, skipped)
+                    if record is not None and (record["cell_id"], record["repeat"]) != key:
+                        record = None  # cannot happen for a line bench wrote; never trust a misread key
+                if record is not None:
+                    latest[key] = (lineno, record)
+                    break
+    skipped.close()
+    return latest
+
+
+def line_count(path: str | Path) -> int:
+    """Lines in a results file now (0 when there is none): later lines were appended after this moment."""
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except (FileNotFoundError, NotADirectoryError):  # not there (yet): the output preflight says why, if it matters
+        return 0
 
 
 def latest_per_cell(records: list[dict]) -> list[dict]:

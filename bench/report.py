@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from bench import stats
+from bench.paths import PAGE_MARK, inside, page_target
 from bench.stats import Group
 
 STATUS_LABELS = {"oom": "OOM", "timeout": "timeout", "error": "error", "diverged": "diverged", "skipped": "skipped"}
@@ -403,10 +404,12 @@ def write_report(records: list[dict], out_md: str | Path, *, title: str | None =
     """Write `out_md` and its PNGs in `<out_md without .md>/`; returns every written path, the page first."""
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md = page_target(out_md.parent, out_md.name)
+    plots_dir = inside(out_md.parent, out_md.stem)  # a symlinked plots folder would take the PNGs elsewhere
     if title is None:
         suites = sorted({str(r.get("suite")) for r in records if r.get("suite")}) or [out_md.stem]
         title = f"Benchmark: {', '.join(suites)}"
-    text, pngs = _render(records, title, out_md.parent / out_md.stem, out_md.parent)
+    text, pngs = _render(records, title, plots_dir, out_md.parent)
     out_md.write_text(text, encoding="utf-8")
     return [out_md, *pngs]
 
@@ -423,11 +426,11 @@ def write_index(reports_dir: str | Path) -> Path:
         cells = f"{meta['cells_ok']}/{meta['cells']}" if "cells" in meta else "?"
         rows.append([f"[{cell_text(page.stem)}]({page.name})", cell_text(", ".join(meta.get("suites", [])) or "?"),
                      cell_text(meta.get("last_run") or "?"), cell_text(", ".join(meta.get("devices", [])) or "?"), cells])
-    lines = ["# Benchmark reports", ""]
+    lines = [f"{PAGE_MARK} index -->", "# Benchmark reports", ""]
     if rows:
         lines += _table(["Page", "Suite", "Last run", "Device", "Cells finished"], rows)
     else:
         lines += ["No report pages yet: run `bench report`."]
-    index = reports_dir / "README.md"
+    index = page_target(reports_dir, "README.md")
     index.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return index

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.claims import Claims
-from bench.errors import BenchError
-from bench.paths import ensure_writable_folder, inside
+from bench.errors import BenchError, OutputError
+from bench.paths import ensure_writable_folder, inside, page_target
 from bench.plan import Cell, base_key, expand, results_path
-from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, iter_records, locked, read_latest
+from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, latest_lines, line_count, locked, read_latest
 
 
 def _now() -> str:
@@ -43,13 +43,13 @@ class RunSummary:
 
 
 def recorded(results: Path) -> dict[tuple[str, int], tuple[int, str]]:
-    """(cell_id, repeat) -> (line order, status) of its latest record."""
-    return {(r["cell_id"], r["repeat"]): (i, r["status"]) for i, r in enumerate(iter_records(results, warn=False))}
+    """(cell_id, repeat) -> (line number, status) of its latest record."""
+    return {key: (lineno, r["status"]) for key, (lineno, r) in latest_lines(results, warn=False).items()}
 
 
 def wanted(latest: tuple[int, str] | None, *, retry: bool, retry_before: int | None = None) -> bool:
     """Whether a cell-run with this latest record still needs running: never recorded, or, with --retry,
-    last recorded as not ok (by a record older than `retry_before`, so two retrying runs do not both redo it)."""
+    last recorded as not ok on a line before `retry_before` (so two retrying runs do not both redo it)."""
     if latest is None:
         return True
     order, status = latest
@@ -75,14 +75,21 @@ def preflight(suite, jobs: list[Job]) -> None:
     """Stop before any training when a named checkpoint cannot be had: one message per missing checkpoint."""
     from bench.models.hub import preflight_checkpoint
 
+    from bench.models.hub import checkpoint_error, local_config, looks_like_path
+
     problems, seen = [], set()
     for job in jobs:
         m = job.cell.model
-        if m["weights"] != "pretrained" or m["checkpoint"] in seen:
+        if not m["checkpoint"] or m["checkpoint"] in seen:
             continue
         seen.add(m["checkpoint"])
+        where = f"[models.{m['name']}] key 'checkpoint'"
         try:
-            preflight_checkpoint(m["checkpoint"], revision=m.get("revision"), where=f"[models.{m['name']}] key 'checkpoint'", file=str(suite.path))
+            if m["weights"] == "pretrained":
+                preflight_checkpoint(m["checkpoint"], revision=m.get("revision"), where=where, file=str(suite.path))
+            elif looks_like_path(m["checkpoint"]) and local_config(m["checkpoint"], revision=m.get("revision")) is None:
+                # random weights drawn on a local checkpoint's shape: its config.json must be there
+                raise checkpoint_error(m["checkpoint"], "the folder has no config.json", where=where, file=str(suite.path))
         except BenchError as exc:
             problems.append(exc.render())
     if problems:
@@ -122,7 +129,7 @@ class Runner:
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> RunSummary:
         start = time.monotonic()
-        retry_before = sum(1 for _ in iter_records(self.results, warn=False))
+        retry_before = line_count(self.results) + 1  # --retry redoes failures recorded on lines before this one
         jobs, done = pending_jobs(self.suite, self.results, only=self.only, retry=self.retry)
         if self.only and not jobs and not done:
             example = expand(self.suite)[0]
@@ -131,9 +138,12 @@ class Runner:
         summary = RunSummary(skipped_done=done, results=self.results)
         if jobs:
             preflight(self.suite, jobs)
-            # before anything trains: both output folders take files and have room (exit 2 otherwise)
+            # before anything trains: both output folders take files and have room, and the pages can go
+            # where they will go (exit 2 otherwise)
             ensure_writable_folder(self.results.parent, what="results", flag="--results-dir")
             ensure_writable_folder(self.reports_dir, what="reports", flag="--reports-dir")
+            for page in (f"{self.suite.name}.md", "README.md"):
+                page_target(self.reports_dir, page, flag="--reports-dir")
             with self._progress(len(jobs)) as progress:
                 self._ensure_zoo(jobs, progress)
                 bases = self._known_bases()
@@ -150,7 +160,12 @@ class Runner:
                         self._release(claim)
                     summary.ran += 1
                     summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
-        summary.report = self.render_report()
+        try:
+            summary.report = self.render_report()
+        except (BenchError, OSError) as exc:  # the records are written; only the page is missing
+            why = exc.render() if isinstance(exc, BenchError) else (exc.strerror or str(exc))
+            raise OutputError(f"the records are saved in {self.results}, but the report could not be written: {why}",
+                              fix=f"fix that, then `bench report {self.results}`") from None
         summary.wall_s = time.monotonic() - start
         return summary
 
@@ -216,7 +231,7 @@ class Runner:
     def _known_bases(self) -> dict:
         """Base qualities already measured in earlier runs of this results file."""
         bases = {}
-        for r in iter_records(self.results, warn=False):
+        for r in read_latest_quietly(self.results):
             q = r.get("quality") or {}
             if q.get("base") is not None and q.get("base_key"):
                 bases[q["base_key"]] = {"metric": q["metric"], "higher_is_better": q["higher_is_better"], "value": q["base"],
@@ -312,6 +327,10 @@ class Runner:
         append_record(self.results, record)  # the claim made this process the only writer of this cell-run
         progress.finish_item(record)
         return record
+
+
+def read_latest_quietly(results: Path) -> list[dict]:
+    return [r for _, r in latest_lines(results, warn=False).values()]
 
 
 def _display_path(path: Path) -> str:

@@ -52,13 +52,15 @@ def get(record: dict, dotted: str):
     return value
 
 
-def _number(value) -> float | None:
+def number(value) -> float | None:
     # bools are ints in Python; a flag is not a measurement
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if math.isnan(value) or math.isinf(value):
+    try:
+        value = float(value)
+    except OverflowError:  # an integer past float range (a hand-edited file): not a measurement
         return None
-    return float(value)
+    return value if math.isfinite(value) else None
 
 
 def invalid_numbers(records: list[dict], fields=NUMERIC_FIELDS) -> list[str]:
@@ -66,10 +68,14 @@ def invalid_numbers(records: list[dict], fields=NUMERIC_FIELDS) -> list[str]:
     one, so such a file was edited or corrupted, and a gate must not read it as "no value"."""
     out = []
     for r in records:
+        marked = r.get("nonfinite") if isinstance(r.get("nonfinite"), dict) else {}  # bench stored NaN/inf as null
         for dotted in fields:
             value = get(r, dotted)
-            if value is not None and _number(value) is None:
+            if value is not None and number(value) is None:
                 out.append(f"{r['cell_id']} repeat {r['repeat']}: {dotted} = {str(value)[:40]!r} is not a finite number")
+            elif dotted in marked:
+                out.append(f"{r['cell_id']} repeat {r['repeat']}: {dotted} was measured as {str(marked[dotted])[:10]}, "
+                           "not a finite number")
     return out
 
 
@@ -112,7 +118,7 @@ def summarize(records: list[dict], dotted: str, *, ok_only: bool = True) -> Summ
     for r in records:
         if ok_only and r.get("status") != "ok":
             continue
-        v = _number(get(r, dotted))
+        v = number(get(r, dotted))
         if v is not None:
             values.append(v)
     return Summary(tuple(values)) if values else None

@@ -376,6 +376,9 @@ def _check_components(c: _Checker, model: Entry, methods: list[Entry]) -> None:
                 raise c.fail(f"[methods.{method.name}] key '{key}'",
                              f"names component(s) {bad} that model '{model.name}' ({family}) does not have",
                              f"use: {', '.join(known)}")
+        if set(cfg.get("freeze") or []) >= set(known):
+            raise c.fail(f"[methods.{method.name}] key 'freeze'", f"freezes every component of model '{model.name}' "
+                         f"({', '.join(known)}), so nothing would train", "leave at least one component unfrozen")
 
 
 def _excludes(ex: dict, model: str, dataset: str, method: str | None) -> bool:

@@ -8,6 +8,7 @@ import errno
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -198,9 +199,15 @@ def test_an_unexpected_exception_is_one_line_and_a_log_under_the_results_folder(
     def broken(args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(bench.cli, "cmd_validate", broken)
-    code, err = cli(["validate", "x.toml"], cwd=tmp_path)
+    monkeypatch.setattr(bench.cli, "cmd_plan", broken)
+    monkeypatch.setattr(bench.cli, "cmd_compare", broken)
+    code, err = cli(["plan", "x.toml", "--results-dir", tmp_path / "mine"], cwd=tmp_path)
     assert code == 1
     assert "unexpected RuntimeError: boom" in err and "Traceback" not in err
     log = Path(err.split("traceback is in ")[1].split()[0])
-    assert log.parent.resolve() == (tmp_path / "results").resolve() and "RuntimeError: boom" in log.read_text()
+    assert log.parent == (tmp_path / "mine").resolve() and "RuntimeError: boom" in log.read_text()
+    # a command without a results folder writes its log in the temp folder, never a new ./results
+    code, err = cli(["compare", "a.jsonl", "b.jsonl"], cwd=tmp_path)
+    log = Path(err.split("traceback is in ")[1].split()[0])
+    assert code == 1 and log.parent == Path(tempfile.gettempdir()).resolve() and not (tmp_path / "results").exists()
+    log.unlink()

@@ -134,8 +134,15 @@ def test_status_rule_fails_when_an_ok_cell_stops_finishing_and_is_reported_once(
 
 def test_quality_rules_do_not_apply_to_random_weights():
     rand = {"model.weights": "random", "quality.delta": None, "quality.tuned": None, "quality.base": None}
+    result = gate(cells(lora=rand), cells(lora=rand), ["delta:-0.5", "peak_memory_mb:+5%"])
+    assert [r.verdict for r in result.rows] == ["n/a", "pass"] and result.passed
+    # a gate whose every numeric check is "not applicable" compared nothing: it fails closed
     result = gate(cells(lora=rand), cells(lora=rand), ["delta:-0.5"])
-    assert [r.verdict for r in result.rows] == ["n/a"] and result.passed
+    assert [r.verdict for r in result.rows] == ["n/a"] and not result.passed
+    assert "nothing was compared" in result.messages()[0]
+    # the current records turned to random weights: the baseline's quality is not checked, so it fails
+    result = gate(cells(lora={}), cells(lora=rand), ["delta:-0.5"])
+    assert [r.verdict for r in result.rows] == ["fail"]
 
 
 def test_environment_differences_are_warnings_in_every_rendering():

@@ -293,3 +293,109 @@ def test_no_file_is_left_in_the_working_folder_by_read_only_commands(tmp_path):
     run_cli(["compare", results, results], cwd=tmp_path)
     run_cli(["gate", results, "--baseline", results], cwd=tmp_path)
     assert set(os.listdir(tmp_path)) == before
+
+
+# ---------------------------------------------------------------- found by a hostile-input review of this change
+
+
+def test_markdown_outputs_never_overwrite_a_results_file_a_user_file_or_write_through_a_link(tmp_path):
+    results = records_file(tmp_path / "r.jsonl", {})
+    before = results.read_bytes()
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes\n")
+    elsewhere = tmp_path / "elsewhere.md"
+    (tmp_path / "link.md").symlink_to(elsewhere)
+    suite = suite_file(tmp_path, MINI_SUITE)
+    for target, words in ((results, "not a .md file"), (notes, "not a page bench wrote"), (tmp_path / "link.md", "symbolic link")):
+        for argv in (["compare", results, results, "--markdown", target],
+                     ["gate", results, "--baseline", results, "--markdown", target],
+                     ["plan", suite, "--markdown", target]):
+            code, err, _ = run_cli(argv)
+            assert code == 2 and words in err, (argv, err)
+    assert results.read_bytes() == before and notes.read_text() == "my notes\n" and not elsewhere.exists()
+    code, err, _ = run_cli(["compare", results, results, "--markdown", tmp_path / "c.md"])
+    assert code == 0 and (tmp_path / "c.md").read_text().startswith("<!-- bench")
+    assert run_cli(["compare", results, results, "--markdown", tmp_path / "c.md"])[0] == 0  # its own page: replaced
+
+
+def test_report_pages_and_plots_never_replace_a_user_file_or_follow_a_link(tmp_path):
+    results = records_file(tmp_path / "r.jsonl", {})
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "README.md").write_text("# my project\n")
+    code, err, _ = run_cli(["report", results, "--reports-dir", reports])
+    assert code == 2 and "not a page bench wrote" in err and (reports / "README.md").read_text() == "# my project\n"
+    (reports / "README.md").unlink()
+    (reports / "quickstart").symlink_to(mine)  # the page's plots folder, pointing elsewhere
+    code, err, _ = run_cli(["report", results, "--reports-dir", reports])
+    assert code == 2 and "outside" in err and list(mine.iterdir()) == []
+    notes = tmp_path / "notes.md"
+    notes.write_text("mine\n")
+    code, err, _ = run_cli(["report", results, "-o", notes])
+    assert code == 2 and notes.read_text() == "mine\n"
+
+
+def test_baseline_update_refuses_to_replace_the_results_file_it_reads(tmp_path):
+    suite = suite_file(tmp_path, MINI_SUITE)
+    results = records_file(tmp_path / "results" / "mini.jsonl", {"suite": "mini"}, {"suite": "mini", "cell_id": "c2"})
+    before = results.read_bytes()
+    code, err, _ = run_cli(["baseline", "update", suite, "--results-dir", tmp_path / "results", "-o", results])
+    assert code == 2 and "results file itself" in err and results.read_bytes() == before
+    code, err, out = run_cli(["baseline", "update", suite, "--results-dir", tmp_path / "results"], cwd=tmp_path)
+    assert code == 0 and (tmp_path / "results" / "baselines" / "mini.jsonl").is_file(), err  # inside --results-dir
+
+
+def test_gate_fails_on_null_measurements_bench_marked_nonfinite_and_on_misspelt_rule_fields(tmp_path):
+    marked = records_file(tmp_path / "b.jsonl", {"quality.delta": None, "nonfinite": {"quality.delta": "nan"}})
+    current = records_file(tmp_path / "c.jsonl", {})
+    code, _, out = run_cli(["gate", current, "--baseline", marked, "--rule", "delta:-0.5"])
+    assert code == 1 and "not a finite number" in out
+    code, err, _ = run_cli(["gate", current, "--baseline", current, "--rule", "cost.peak_memroy_mb:+5%"])
+    assert code == 2 and "did you mean 'cost.peak_memory_mb'" in err
+    code, err = validate(tmp_path, MINI_SUITE + '\n[gate]\nrules = ["quality.detla:-1"]\n')
+    assert code == 2 and "[gate] key 'rules'" in err
+
+
+def test_markup_in_names_and_integers_past_float_range_are_shown_not_crashed_on(tmp_path):
+    text = MINI_SUITE.replace("[models.clip]", '[models."[/]"]').replace('models = ["clip"]', 'models = ["[/]"]')
+    code, err, out = run_cli(["plan", suite_file(tmp_path, text)])
+    assert code == 0 and "[/]" in out, err
+    huge = records_file(tmp_path / "h.jsonl", {"cost.peak_memory_mb": 10**400, "loss_curve": [[1, 10**400]]})
+    for argv in (["report", huge, "--reports-dir", tmp_path / "rep"], ["compare", huge, huge]):
+        code, err, _ = run_cli(argv)
+        assert code in (0, 1) and "unexpected" not in err, err
+    assert run_cli(["gate", huge, "--baseline", huge, "--rule", "peak_memory_mb:+5%"])[0] == 1
+
+
+def test_run_checks_where_its_pages_go_before_training(tmp_path):
+    suite = suite_file(tmp_path, MINI_SUITE)
+    (tmp_path / "reports" / "mini.md").mkdir(parents=True)
+    code, err, _ = run_cli(["run", suite, "--results-dir", tmp_path / "results", "--reports-dir", tmp_path / "reports"])
+    assert code == 2 and "is a folder" in err and not (tmp_path / "results" / "mini.jsonl").exists()
+
+
+def test_more_suites_and_data_that_only_failed_at_run_time(tmp_path):
+    code, err = validate(tmp_path, MINI_SUITE.replace('[methods.full]\nkind = "full"',
+                                                      '[methods.full]\nkind = "full"\nfreeze = ["vision", "projector", "language"]'))
+    assert code == 2 and "nothing would train" in err, err
+    _png(tmp_path / "a.png")
+    (tmp_path / "one.jsonl").write_text(json.dumps({"image": "a.png", "question": "q", "answers": ["a"]}) + "\n")
+    text = MINI_SUITE.replace('[models.clip]\nfamily = "clip"', '[models.clip]\nfamily = "llava"').replace(
+        'format = "scenes"\ntask = "classification"\nsplit = "target"\n', 'format = "vqa_jsonl"\npath = "one.jsonl"\n')
+    code, err = validate(tmp_path, text)
+    assert code == 2 and "cannot be split into train and eval" in err, err
+    (tmp_path / "img.jsonl").write_text(json.dumps({"image": "a.png", "question": "<image>", "answers": ["a"]}) + "\n")
+    with pytest.raises(DataError, match="besides the <image> placeholder"):
+        formats.read_vqa_jsonl(tmp_path / "img.jsonl")
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it: usage, the reason, exit 2
+        run_cli(["plan", suite_file(tmp_path, MINI_SUITE, "m.toml"), "--only", ""])
+    assert exit_.value.code == 2
+
+
+def test_a_sanitised_page_name_never_takes_a_real_suites_page():
+    from bench.paths import page_name
+
+    assert page_name("x") == "x" and page_name("../x") == "suite-x" and page_name("README") == "suite-README"
+    assert page_name("") == page_name("..") == "suite-unnamed"

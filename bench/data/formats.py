@@ -187,7 +187,14 @@ def _llava_turns(rec: dict, *, file: str, where: str) -> tuple[tuple[str, str], 
         _fail(f"the conversation ends with a user turn (turn {len(conv) - 1}) that has no answer", file=file,
               where=at, fix="add the gpt answer or drop the last human turn")
     # the <image> placeholder marks where the image goes; the task module inserts the model's own image tokens
-    pairs = zip(conv[0::2], conv[1::2], strict=True)
+    pairs = list(zip(conv[0::2], conv[1::2], strict=True))
+    for k, (user, reply) in enumerate(pairs):
+        if not user["value"].replace(IMAGE_TOKEN, "").strip():
+            _fail("the user turn has no text besides the <image> placeholder", file=file,
+                  where=f"{where}, field 'conversations[{2 * k}].value'", fix="write the question after <image>\\n")
+        if IMAGE_TOKEN in reply["value"]:
+            _fail("an answer holds the <image> placeholder", file=file, where=f"{where}, field 'conversations[{2 * k + 1}].value'",
+                  fix="answers are text only; <image> belongs to the first user turn")
     return tuple((user["value"].replace(IMAGE_TOKEN, "").strip(), reply["value"].strip()) for user, reply in pairs)
 
 
@@ -351,7 +358,9 @@ def read_vqa_jsonl(path: str | Path, image_root: str | Path | None = None) -> li
                   where=f"{where}, field 'question'", fix=fix)
         answers = _vqa_answers(obj.get("answers"), file=file, where=where, fix=fix)
         image = resolve_image(obj.get("image"), root=root, file=file, where=where)
-        question = question.strip()
+        question = question.replace(IMAGE_TOKEN, "").strip()  # the task inserts the model's own image tokens
+        if not question:
+            _fail("'question' has no text besides the <image> placeholder", file=file, where=f"{where}, field 'question'", fix=fix)
         records.append(Record(file, where, image, question=question, answers=answers,
                               turns=((question, majority_answer(answers)),)))
     if not records:
@@ -366,8 +375,9 @@ def _vqa_answers(value: Any, *, file: str, where: str, fix: str) -> tuple[str, .
     answers = []
     for k, a in enumerate(value):
         text = a.get("answer") if isinstance(a, dict) else a
-        if not isinstance(text, str) or not text.strip():
-            _fail(f"answer {k} must be a non-empty string or {{\"answer\": ...}}, got {_type_name(text)}", file=file,
+        if not isinstance(text, str) or not text.strip() or IMAGE_TOKEN in text:
+            got = "the <image> placeholder" if isinstance(text, str) and IMAGE_TOKEN in text else _type_name(text)
+            _fail(f"answer {k} must be a non-empty string or {{\"answer\": ...}} of text, got {got}", file=file,
                   where=f"{where}, field 'answers[{k}]'", fix=fix)
         answers.append(text.strip())
     return tuple(answers)

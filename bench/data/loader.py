@@ -217,6 +217,9 @@ def check_dataset(cfg: dict, *, base_dir: Path, file: str, where: str) -> None:
     _check_paths(cfg, Path(base_dir), file=file, where=where)
     task = cfg.get("task") or FORMATS[cfg["format"]][0]
     train, evals = _records(cfg, task, Path(base_dir))
+    if evals is None and len(train) < 2:
+        raise DataError(f"{len(train)} record(s) cannot be split into train and eval", file=train[0].file,
+                        fix="add records, or give eval_path")
     all_records = train + (evals or [])
     _classnames(all_records, task, train[0].file)
     formats.check_images(all_records)
