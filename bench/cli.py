@@ -162,8 +162,10 @@ def read_results(paths, *, what: str) -> list[dict]:
         if next(iter_records(p, warn=False), None) is None:
             with open(p, "rb") as f:
                 if any(line.strip() for line in f):
+                    list(iter_records(p))  # warns, line by line, why the first lines are not records
                     raise BenchError(f"{what} {p} holds no bench record: it is not a bench results file",
-                                     fix="name a file that `bench run` wrote (results/<suite>.jsonl)")
+                                     fix="name a file that `bench run` wrote (results/<suite>.jsonl); the warnings "
+                                         "above name the lines and what each lacks")
     return read_latest(paths)
 
 

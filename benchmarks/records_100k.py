@@ -6,6 +6,9 @@ Two shapes of file, both 100k lines of real-sized records (tests/record-fixture.
   reruns    100 cells × 10 repeats, each cell-run recorded 100 times (a long-lived results file)
   distinct  100,000 distinct cell-runs (a huge sweep) — report is left out: a page of 100k rows and plots
             is not a page anyone reads, and its rendering is not what this measures.
+Beside the commands, the reader alone side by side: parsing every line and keeping the newest per
+cell-run (`latest_per_cell(read_records(...))`, what report/compare/gate did before) against the lazy
+reader (`read_latest`), each in a fresh process, interleaved, with the ratio of medians.
 Each command runs in a fresh process (interleaved over the rounds); the table shows the median and the
 range of wall time and the peak RSS (ru_maxrss of the child). The issue's bound: ≤ 5 s and ≤ 500 MB.
 """
@@ -40,15 +43,22 @@ def write_file(path: Path, lines: int, shape: str) -> None:
             f.write(json.dumps(r, sort_keys=True) + "\n")
 
 
-def measure(argv: list[str], cwd: Path) -> tuple[float, float, int]:
-    """(wall s, peak RSS MB, exit code) of `bench ARGV` in a fresh process."""
-    code = ("import resource, sys, time; from bench.cli import main; t = time.perf_counter(); c = main(sys.argv[1:]); "
-            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, c, file=sys.stderr)")
+READERS = {
+    "read: every line (before)": "from bench.records import latest_per_cell, read_records; latest_per_cell(read_records(sys.argv[1]))",
+    "read: lazy (now)": "from bench.records import read_latest; read_latest([sys.argv[1]])",
+}
+
+
+def measure(argv: list[str], cwd: Path, reader: str | None = None) -> tuple[float, float, int]:
+    """(wall s, peak RSS MB, exit code) of `bench ARGV` (or of one reader on ARGV[0]) in a fresh process."""
+    call = f"{READERS[reader]}; c = 0" if reader else "from bench.cli import main; c = main(sys.argv[1:])"
+    code = (f"import resource, sys, time, warnings; warnings.simplefilter('ignore'); {call}; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, c, file=sys.stderr)")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - start
     last = proc.stderr.strip().splitlines()[-1].split()
-    return wall, float(last[1]), int(last[2])
+    return wall, float(last[0]), int(last[1])
 
 
 def main() -> None:
@@ -67,15 +77,22 @@ def main() -> None:
                         "gate": ["gate", str(path), "--baseline", str(path)]}
             if shape == "reruns":
                 commands["report"] = ["report", str(path), "--reports-dir", str(tmp / "reports")]
-            runs = {name: [] for name in commands}
+            runs = {name: [] for name in [*commands, *READERS]}
             for _ in range(args.rounds):
                 for name, argv in commands.items():  # interleaved: each round runs every command once
                     runs[name].append(measure(argv, tmp))
+                for name in READERS:
+                    runs[name].append(measure([str(path)], tmp, reader=name))
             for name, samples in runs.items():
                 walls = [s[0] for s in samples]
                 rows.append((shape, f"{mb:.0f}", name, statistics.median(walls), min(walls), max(walls),
                              max(s[1] for s in samples), {s[2] for s in samples}))
     print(f"{args.lines:,} lines per file, {args.rounds} rounds, fresh process per command (imports included)\n")
+    medians = {(shape, name): med for shape, _, name, med, *_ in rows}
+    for shape in ("reruns", "distinct"):
+        before, now = medians[(shape, "read: every line (before)")], medians[(shape, "read: lazy (now)")]
+        print(f"{shape}: the lazy reader takes {now / before:.2f}× the time of reading every line")
+    print()
     print("| file | MB | command | wall s (median) | range | peak RSS MB | exit |")
     print("|---|---:|---|---:|---|---:|---|")
     for shape, mb, name, med, lo, hi, rss, codes in rows:

@@ -65,7 +65,8 @@ def _read_text(path: Path) -> str:
         _fail("file does not exist", file=str(path),
               fix="check the path; relative paths start at the suite file's folder")
     if not is_file:
-        _fail("is a folder, not a file", file=str(path), fix="point `path` at the data file")
+        _fail("is a folder, not a file" if path.is_dir() else "is not a regular file", file=str(path),
+              fix="point `path` at the data file")
     try:
         return path.read_text(encoding="utf-8-sig")  # -sig: tolerate the BOM spreadsheet programs write
     except UnicodeDecodeError as e:
