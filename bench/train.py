@@ -104,7 +104,7 @@ def train(model, task, encoded: list, loaded, settings: dict, *, device: str, se
     model.train()
     for step in range(1, steps + 1):
         timer.start()
-        step_loss = 0.0
+        loss_sum = None  # summed on the device: one read (one device sync) per optimizer step, not per micro-batch
         for _ in range(accum):
             batch = next_batch()
             real, padded = task.count_tokens(batch)
@@ -112,13 +112,15 @@ def train(model, task, encoded: list, loaded, settings: dict, *, device: str, se
             with _autocast(settings, device):
                 loss = task.loss(model, batch) / accum
             (scaler.scale(loss) if scaler else loss).backward()
-            step_loss += loss.item()
+            # float64, as Python's float sum of per-micro-batch .item() values was: the same numbers, bit for bit
+            loss_sum = loss.detach().double() if loss_sum is None else loss_sum + loss.detach().double()
             if cap and probe is not None and probe.current_above_baseline_mb() > cap:  # after backward: the activation peak
                 raise MemoryCapExceeded(f"{probe.current_above_baseline_mb():.1f} MB above the baseline passed memory_cap_mb = {cap:g}")
             if step > settings["timing_warmup_steps"]:
                 result.samples += bs
                 result.real_tokens += real
                 result.padded_tokens += padded
+        step_loss = loss_sum.item()
         if not math.isfinite(step_loss) or step_loss > settings["diverge_loss"]:
             raise Diverged(step, step_loss, result.losses + [(step, step_loss)])
         if scaler:

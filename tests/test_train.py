@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
 import pytest
 import torch
@@ -102,6 +103,21 @@ def test_accumulation_reports_the_mean_micro_batch_loss(base, encoded):
     _, four_by_two = run(base, encoded, steps=1, batch_size=4, grad_accum=2)
     assert four_by_two.losses[0][1] == pytest.approx(eight.losses[0][1], abs=1e-5)
     assert four_by_two.samples == eight.samples == 8
+
+
+def test_the_loss_is_read_once_per_optimizer_step_not_per_micro_batch(base, encoded, monkeypatch):
+    """`.item()` waits for the device: with accumulation 4 it must run once per step (3), not per micro-batch (12)."""
+    reads = []
+    real_item = torch.Tensor.item
+
+    def counted(tensor):
+        if sys._getframe(1).f_globals.get("__name__") == "bench.train":  # the loop's own reads, not the model's
+            reads.append(tensor.shape)
+        return real_item(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    _, result = run(base, encoded, steps=3, batch_size=2, grad_accum=4)
+    assert len(reads) == 3 and len(result.losses) == 3
 
 
 def test_a_nan_producing_learning_rate_raises_diverged_at_that_step(base, encoded):
