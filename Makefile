@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test gate clean
+.PHONY: setup quickstart test clean
 
 setup: $(VENV)/.installed
 

@@ -141,7 +141,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
             out["cost"].update(probe.peak())
     except Diverged as exc:
         out.update(status="diverged", message=f"loss {exc.loss} at step {exc.step}", diverged_at_step=exc.step,
-                   loss_curve=[[s, l if math.isfinite(l) else None] for s, l in _subsample(exc.losses)])
+                   loss_curve=[[s, loss if math.isfinite(loss) else None] for s, loss in _subsample(exc.losses)])
         out["cost"].update(probe.peak())
     except BenchError as exc:
         out.update(status="error", message=exc.render())

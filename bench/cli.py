@@ -386,7 +386,7 @@ def _crash_log(args) -> str:
     import tempfile
     import traceback
 
-    name = f"bench-error-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    name = f"bench-error-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.getpid()}.log"
     text = f"bench {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}"
     # the results folder of a command that has one (run, plan, baseline); the temp folder for the others
     for folder in [f for f in (getattr(args, "results_dir", None), tempfile.gettempdir()) if f]:

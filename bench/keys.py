@@ -127,7 +127,8 @@ MODEL_KEYS = {
     "family": Key(str, None, "model family", choices=("clip", "blip2", "llava"), required=True),
     "preset": Key(str, "tiny", "embedded architecture: tiny / small (CPU) or full (the real checkpoint's shape)"),
     "checkpoint": Key(str, None, "Hugging Face id or local directory of real weights"),
-    "weights": Key(str, None, "pretrained (load checkpoint), random (architecture only: cost is real, quality n/a), zoo (bench's pretrained tiny base); default: pretrained with a checkpoint, zoo without", choices=("pretrained", "random", "zoo")),
+    "weights": Key(str, None, "pretrained (load checkpoint), random (architecture only: cost is real, quality n/a), zoo (bench's "
+                   "pretrained tiny base); default: pretrained with a checkpoint, zoo without", choices=("pretrained", "random", "zoo")),
     "backend": Key(str, "transformers", "implementation (CLIP also: open_clip)", choices=("transformers", "open_clip")),
     "revision": Key(str, None, "checkpoint revision (branch, tag or commit)"),
     "trust_remote_code": Key(bool, False, "allow the checkpoint's own Python code to run (marked in reports)"),

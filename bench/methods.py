@@ -51,7 +51,8 @@ def check_targets(model, components: dict, targets: dict[str, list[str]], method
         missing = [leaf for leaf in leaves if leaf not in present]
         if missing:
             under_set = set(under)
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n in under_set and type(m).__name__.endswith(("Linear", "Linear4bit", "MultiheadAttention", "Conv1D"))})
+            adaptable = ("Linear", "Linear4bit", "MultiheadAttention", "Conv1D")
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n in under_set and type(m).__name__.endswith(adaptable)})
             raise BenchError(
                 f"method '{method_name}': targets.{comp} = {missing} match no module in the {comp} component",
                 fix=f"layer names found there: {', '.join(linear[:20])}",

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-from contextlib import contextmanager
 import shutil
+import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 # name -> higher is better; every metric a task can report is declared here
 METRICS: dict[str, bool] = {

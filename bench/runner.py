@@ -21,7 +21,7 @@ from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, latest_
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -73,9 +73,7 @@ def pending_jobs(suite, results: Path, *, only: str | None = None, retry: bool =
 
 def preflight(suite, jobs: list[Job]) -> None:
     """Stop before any training when a named checkpoint cannot be had: one message per missing checkpoint."""
-    from bench.models.hub import preflight_checkpoint
-
-    from bench.models.hub import checkpoint_error, local_config, looks_like_path
+    from bench.models.hub import checkpoint_error, local_config, looks_like_path, preflight_checkpoint
 
     problems, seen = [], set()
     for job in jobs:
@@ -106,7 +104,7 @@ class Runner:
         self.only, self.retry = only, retry
         self.console = console
         self.show_progress = show_progress
-        self.run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        self.run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
         self.isolate = suite.settings["isolate"]
         self.claims = Claims(self.results, self.run_id)
         self._splits: dict[str, object] = {}
@@ -223,7 +221,8 @@ class Runner:
         from bench.isolate import call_isolated
 
         progress.start_item(f"pretraining the tiny {family} base (zoo, once)", zoo.RECIPES[family]["train"]["steps"])
-        out = call_isolated(_zoo_job, family, self.suite.settings["threads"], timeout_s=zoo.RECIPES[family]["train"]["timeout_s"], on_event=progress.event, isolate=self.isolate)
+        out = call_isolated(_zoo_job, family, self.suite.settings["threads"], timeout_s=zoo.RECIPES[family]["train"]["timeout_s"],
+                            on_event=progress.event, isolate=self.isolate)
         if out.kind != "ok":
             raise BenchError(f"building the tiny {family} zoo base failed: {out.message}", fix="run `bench zoo build` to see the full error")
         progress.log(f"zoo: tiny {family} base ready ({out.value['source_quality']['metric']} on source = {out.value['source_quality']['value']:.1f})")

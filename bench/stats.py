@@ -12,10 +12,9 @@ A side with a single value has no range and contributes nothing (a baseline run 
 still gives its spread to a one-off current run). With no repeats on either side nothing was
 measured: noise is None and every change counts (the thresholds alone decide). The rule is deliberately conservative for a CI gate (it never
 calls a shift inside the observed run-to-run spread a regression) and explainable in one line,
-which a t-test on 2-3 repeats is not. `welch_p` gives the Welch t-test p-value as extra
-information for readers who have more repeats.
+which a t-test on 2-3 repeats is not.
 
-This module never imports torch; scipy is imported lazily by `welch_p` only.
+This module never imports torch.
 """
 
 from __future__ import annotations
@@ -161,11 +160,6 @@ class Group:
     def summary(self, dotted: str) -> Summary | None:
         return summarize(self.records, dotted)
 
-    def summaries(self, fields=NUMERIC_FIELDS) -> dict[str, Summary]:
-        """n, mean, sample std, min and max of every numeric field that has a value."""
-        out = {f: self.summary(f) for f in fields}
-        return {f: s for f, s in out.items() if s is not None}
-
     def mean(self, dotted: str) -> float | None:
         s = self.summary(dotted)
         return s.mean if s else None
@@ -220,20 +214,6 @@ def differs(a: Summary | None, b: Summary | None) -> bool:
     n = noise(a, b)
     delta = abs(b.mean - a.mean)
     return delta > 0 if n is None else delta > n
-
-
-def groups_differ(old: Group, new: Group, dotted: str) -> bool:
-    """`differs` on one field of two cells' repeats."""
-    return differs(old.summary(dotted), new.summary(dotted))
-
-
-def welch_p(a: Summary | None, b: Summary | None) -> float | None:
-    """Two-sided Welch t-test p-value; None with fewer than two values a side or no variance at all."""
-    if a is None or b is None or a.n < 2 or b.n < 2 or (a.std == 0 and b.std == 0):
-        return None
-    from scipy import stats as sps
-
-    return float(sps.ttest_ind(a.values, b.values, equal_var=False).pvalue)
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:

@@ -14,8 +14,19 @@ from typing import Any
 
 from bench.errors import BenchError, DataError, SuiteError
 from bench.keys import (
-    EXCLUDE_KEYS, GATE_KEYS, GRID_KEYS, MAX_DEPTH, METHOD_KEYS, MODEL_KEYS, SEED_MAX, SUITE_KEYS, TOP_LEVEL, TRAIN_KEYS,
-    Key, suite_name_problem, type_name,
+    EXCLUDE_KEYS,
+    GATE_KEYS,
+    GRID_KEYS,
+    MAX_DEPTH,
+    METHOD_KEYS,
+    MODEL_KEYS,
+    SEED_MAX,
+    SUITE_KEYS,
+    TOP_LEVEL,
+    TRAIN_KEYS,
+    Key,
+    suite_name_problem,
+    type_name,
 )
 from bench.models.catalog import FAMILIES
 from bench.paths import baseline_problem
@@ -194,7 +205,7 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
             raise c.fail("[suite] key 'seeds'", "lists a seed twice, so two repeats would be the same run", "give distinct seeds")
     defaults = c.keys(c.table(raw.get("defaults", {}), "defaults"), TRAIN_KEYS, "defaults")
     if settings["seeds"] is None and defaults["seed"] + settings["repeats"] - 1 > SEED_MAX:
-        raise c.fail("[defaults] key 'seed'", f"seed + repeats − 1 exceeds 2^63 − 1", "use a smaller seed")
+        raise c.fail("[defaults] key 'seed'", "seed + repeats − 1 exceeds 2^63 − 1", "use a smaller seed")
 
     models = _entries(c, raw, "models", lambda name, t: _model(c, name, t))
     datasets = _entries(c, raw, "datasets", lambda name, t: _dataset(c, name, t, path.parent))
@@ -251,9 +262,11 @@ def _model(c: _Checker, name: str, table: dict) -> Entry:
     if cfg["weights"] is None:
         cfg["weights"] = "pretrained" if cfg["checkpoint"] else ("zoo" if cfg["preset"] == "tiny" else "random")
     if cfg["weights"] == "pretrained" and not cfg["checkpoint"]:
-        raise c.fail(f"[{where}] key 'weights'", "weights = \"pretrained\" needs a checkpoint", 'set checkpoint = "<hf id or local dir>", or weights = "random" to measure cost only')
+        raise c.fail(f"[{where}] key 'weights'", "weights = \"pretrained\" needs a checkpoint",
+                     'set checkpoint = "<hf id or local dir>", or weights = "random" to measure cost only')
     if cfg["weights"] == "zoo" and (cfg["preset"] != "tiny" or cfg["checkpoint"]):
-        raise c.fail(f"[{where}] key 'weights'", "weights = \"zoo\" is bench's own pretrained base for the tiny preset only", 'use preset = "tiny" without a checkpoint, or weights = "random"/"pretrained"')
+        raise c.fail(f"[{where}] key 'weights'", "weights = \"zoo\" is bench's own pretrained base for the tiny preset only",
+                     'use preset = "tiny" without a checkpoint, or weights = "random"/"pretrained"')
     if cfg["weights"] == "zoo" and cfg["backend"] != "transformers":
         raise c.fail(f"[{where}] key 'backend'", "the zoo bases are built with the transformers backend", 'use weights = "random" with backend = "open_clip"')
     if cfg["weights"] == "zoo":
@@ -305,7 +318,8 @@ def _method(c: _Checker, name: str, table: dict) -> Entry:
                          "to use the family's recipe")
         for comp, leaves in cfg["targets"].items():
             if not isinstance(leaves, list) or not leaves or not all(isinstance(x, str) for x in leaves):
-                raise c.fail(f"[{where}] key 'targets'", f"targets.{comp} must be a non-empty list of module names", f'e.g. targets = {{ {comp} = ["q_proj", "v_proj"] }}')
+                raise c.fail(f"[{where}] key 'targets'", f"targets.{comp} must be a non-empty list of module names",
+                             f'e.g. targets = {{ {comp} = ["q_proj", "v_proj"] }}')
     for key in ("train_full", "freeze"):
         if cfg[key] is not None and not all(isinstance(x, str) for x in cfg[key]):
             raise c.fail(f"[{where}] key '{key}'", "must be a list of component names", f'e.g. {key} = ["projector"]')

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 
+from test_records import make_record
+
 from bench.claims import Claims, _start_time
 from bench.records import append_record, line_count, read_records
 from bench.runner import recorded, wanted
-from test_records import make_record
 
 KEYS = [(f"cell{i:02d}", 0) for i in range(30)]
 

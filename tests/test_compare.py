@@ -2,10 +2,10 @@ import copy
 import re
 
 import pytest
+from conftest import record
 from rich.console import Console
 
 from bench.compare import FIELDS, compare, env_differences, render_markdown, render_terminal
-from conftest import record
 
 
 def change(result, cell_id, field):

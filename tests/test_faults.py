@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import MINI_SUITE, REPO, run_cli
 from PIL import Image
+from test_records import make_record
 
 import bench.records as records_mod
 from bench.records import RecordNotSaved, append_record, read_records
-from conftest import MINI_SUITE, REPO, run_cli
-from test_records import make_record
 
 
 def cli(argv, cwd: Path | None = None) -> tuple[int, str]:

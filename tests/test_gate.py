@@ -1,11 +1,11 @@
 import copy
 
 import pytest
+from conftest import record
 from rich.console import Console
 
 from bench.errors import BenchError
 from bench.gate import DEFAULT_RULES, StatusRule, Threshold, gate, parse_rule, parse_rules, render_markdown, render_terminal
-from conftest import record
 
 
 def cells(**per_cell) -> list[dict]:

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import pytest
+from conftest import MINI_SUITE
 
 from bench.plan import expand
 from bench.records import read_records
 from bench.runner import Runner
 from bench.suite import load_suite
-from conftest import MINI_SUITE
 
 pytestmark = pytest.mark.gpu
 

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import EXAMPLE_RECORD, run_cli  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-from conftest import EXAMPLE_RECORD, run_cli  # noqa: E402
 
 BASE = {
     "suite": {"name": "prop", "repeats": 2, "threads": 1},

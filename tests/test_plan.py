@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from conftest import MINI_SUITE, REPO
+
 from bench.plan import base_key, expand
 from bench.suite import load_suite
-from conftest import MINI_SUITE, REPO
 
 
 def test_vlm_costs_expands_to_15_cells():

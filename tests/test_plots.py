@@ -1,9 +1,9 @@
 import copy
 
 import pytest
+from conftest import record
 
 from bench import plots
-from conftest import record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

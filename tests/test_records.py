@@ -9,7 +9,12 @@ import warnings
 import pytest
 
 from bench.records import (
-    SCHEMA_VERSION, TornRecordWarning, append_record, latest_per_cell, load_results, read_records,
+    SCHEMA_VERSION,
+    TornRecordWarning,
+    append_record,
+    latest_per_cell,
+    load_results,
+    read_records,
 )
 
 

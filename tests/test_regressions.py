@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE_RECORD, MINI_SUITE, run_cli
 from PIL import Image
 
 from bench.data import formats
 from bench.errors import DataError
-from conftest import EXAMPLE_RECORD, MINI_SUITE, run_cli
 
 
 def suite_file(tmp_path: Path, text: str, name: str = "s.toml") -> Path:

@@ -3,9 +3,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import record
 
 from bench import report
-from conftest import record
 
 ROOT = Path(__file__).parents[1]
 

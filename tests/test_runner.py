@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import MINI_SUITE, REPO
 
 from bench.records import read_records
 from bench.runner import Runner
 from bench.suite import load_suite
-from conftest import MINI_SUITE, REPO
 
 
 def run_suite(path: Path, tmp_path: Path, **kw):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from bench.errors import SuiteError, BenchError
-from bench.suite import load_suite
 from conftest import MINI_SUITE, REPO
+
+from bench.errors import BenchError, SuiteError
+from bench.suite import load_suite
 
 
 @pytest.mark.parametrize("name", ["quickstart", "vlm_costs", "vlm_costs_random"])

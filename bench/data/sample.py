@@ -16,7 +16,7 @@ TASKS = ("classification", "caption", "vqa")
 
 @dataclass(frozen=True)
 class Sample:
-    image: "PIL.Image.Image"  # noqa: F821 - RGB PIL image
+    image: PIL.Image.Image  # noqa: F821 - RGB PIL image
     label: int | None = None
     captions: tuple[str, ...] = ()
     question: str | None = None

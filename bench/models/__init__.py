@@ -14,10 +14,6 @@ FAMILY_MODULES = {
 }
 
 
-def family_names() -> tuple[str, ...]:
-    return tuple(FAMILY_MODULES)
-
-
 def get_family(name: str):
     """The family module for `name` (import happens here, not at CLI start)."""
     return importlib.import_module(FAMILY_MODULES[name])

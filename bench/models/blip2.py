@@ -116,7 +116,7 @@ def save(loaded: LoadedModel, path) -> None:
 
 def tiny_processor(image_size: int, num_query_tokens: int):
     """A real Blip2Processor around bench's tiny tokenizer, for models built from a preset."""
-    from transformers import BlipImageProcessor, Blip2Processor
+    from transformers import Blip2Processor, BlipImageProcessor
 
     from bench.models.tokenizer import tiny_tokenizer
 

@@ -44,7 +44,7 @@ def local_config(checkpoint: str, *, revision: str | None = None, config_name: s
     except (OSError, ValueError, RecursionError) as exc:  # never echo the file: it is not what it should be
         reason = exc.strerror if isinstance(exc, OSError) else "it is not a JSON object"
         raise CheckpointError(f"{config_name} of checkpoint {checkpoint!r} cannot be read ({reason})", file=str(path),
-                              fix=f"point `checkpoint` at a directory saved with save_pretrained") from None
+                              fix="point `checkpoint` at a directory saved with save_pretrained") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{config_name} of checkpoint {checkpoint!r} is not a JSON object", file=str(path),
                               fix="point `checkpoint` at a directory saved with save_pretrained")

@@ -7,12 +7,12 @@ import re
 
 import pytest
 import torch
+from conftest import lm_batch, noise_image
 
 from bench.errors import CheckpointError, SuiteError
 from bench.models import blip2
 from bench.models.base import ModelSpec, component_of
 from bench.models.tokenizer import tiny_tokenizer
-from conftest import lm_batch, noise_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

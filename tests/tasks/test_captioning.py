@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import solid
 
 from bench.data.sample import DatasetSplits, Sample
 from bench.errors import DataError
@@ -13,7 +14,6 @@ from bench.models import blip2
 from bench.models.base import ModelSpec
 from bench.tasks import captioning
 from bench.tasks.base import TaskSettings
-from conftest import solid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import solid
 
 from bench.data.sample import DatasetSplits, Sample
 from bench.errors import DataError
@@ -13,7 +14,6 @@ from bench.models import llava
 from bench.models.base import ModelSpec
 from bench.tasks import instruct
 from bench.tasks.base import TaskSettings
-from conftest import solid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
