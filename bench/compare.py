@@ -12,22 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench import stats
+from bench.fields import ENV_COMPARED
+from bench.fields import FIELDS as ALL_FIELDS
 from bench.report import cell_text
 from bench.stats import Group, Summary
 
-# field -> which way is better: "lower", "higher", "quality" (the record's higher_is_better), None (neutral)
-FIELDS: dict[str, str | None] = {
-    "cost.peak_memory_mb": "lower",
-    "cost.train_wall_s": "lower",
-    "cost.step_s_median": "lower",
-    "cost.samples_per_s": "higher",
-    "cost.tokens_per_s": "higher",
-    "quality.delta": "quality",
-    "quality.tuned": "quality",
-    "params.trainable": None,
-}
-# environment keys whose difference makes cost numbers incomparable
-ENV_COMPARED = ("device_name", "device_count", "torch", "transformers", "peft", "bitsandbytes")
+# the fields compared, and which way is better: "lower", "higher", "quality" (the record's higher_is_better), None
+FIELDS: dict[str, str | None] = {f.path: f.better for f in ALL_FIELDS if f.compared}
 
 
 @dataclass

@@ -8,7 +8,7 @@ A rule is `FIELD:SIGN AMOUNT[%]`; the sign names the bad direction:
     train_wall_s:+2       fail when new > old + 2     (seconds)
     status:ok             fail when a cell that was ok is not ok now
 
-FIELD is a short name (see SHORT_FIELDS) or a dotted name in cost., quality. or params.
+FIELD is a field of bench.fields, by its short alias (peak_memory_mb) or its dotted path (cost.peak_memory_mb).
 Percentages are of |old|. Quality rules are read on the metric's own scale: for a metric whose
 `higher_is_better` is false the sign is mirrored, so `delta:-0.5` always means "0.5 points worse".
 
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from bench import stats
 from bench.compare import env_differences, fmt_value, terminal_table
 from bench.errors import BenchError
+from bench.fields import ALIASES, NUMERIC_FIELDS
 from bench.report import cell_text
 from bench.stats import Group, Summary
 
@@ -40,17 +41,10 @@ DEFAULT_RULES = [
     "tokens_per_s:-10%",
     "delta:-0.5",
 ]
-SHORT_FIELDS = {
-    **{k: f"cost.{k}" for k in (
-        "peak_memory_mb", "peak_reserved_mb", "nvml_used_mb", "estimate_mb", "train_wall_s", "step_s_median",
-        "step_s_iqr", "samples_per_s", "tokens_per_s", "padded_tokens_per_s", "mfu")},
-    **{k: f"quality.{k}" for k in ("delta", "tuned", "base")},
-    **{k: f"params.{k}" for k in ("trainable", "trainable_pct", "total")},
-}
 ACCEPTED = (
     "accepted forms: FIELD:+N% / FIELD:-N% (relative), FIELD:+N / FIELD:-N (absolute, in the field's unit), "
     "status:ok; the sign is the direction that fails. FIELD is one of "
-    + ", ".join(sorted(SHORT_FIELDS)) + " or its dotted name (" + ", ".join(stats.NUMERIC_FIELDS) + ")"
+    + ", ".join(sorted(ALIASES)) + " or its dotted name (" + ", ".join(NUMERIC_FIELDS) + ")"
 )
 _RULE_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*:\s*([+-])\s*(\d+(?:\.\d*)?|\.\d+)\s*(%?)\s*$")
 
@@ -101,9 +95,9 @@ def parse_rule(text: str, *, file: str | None = None, where: str | None = None) 
     if not m:
         raise RuleError(f"cannot parse gate rule {text!r}", file=file, where=where, fix=ACCEPTED)
     name, sign, amount, percent = m.groups()
-    dotted = SHORT_FIELDS.get(name, name)
-    if dotted not in stats.NUMERIC_FIELDS:  # a misspelt field would make every check "not applicable": a silent pass
-        close = difflib.get_close_matches(name, [*SHORT_FIELDS, *stats.NUMERIC_FIELDS], n=1)
+    dotted = ALIASES.get(name, name)
+    if dotted not in NUMERIC_FIELDS:  # a misspelt field would make every check "not applicable": a silent pass
+        close = difflib.get_close_matches(name, [*ALIASES, *NUMERIC_FIELDS], n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise RuleError(f"gate rule {text!r}: unknown field {name!r}", file=file, where=where, fix=hint + ACCEPTED)
     return Threshold(text.strip(), dotted, 1 if sign == "+" else -1, float(amount), bool(percent))

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from bench import stats
+from bench.fields import ENV_KEYS
 from bench.paths import PAGE_MARK, inside, page_target
 from bench.stats import Group
 
@@ -22,7 +23,6 @@ STAR = "★"
 NEAR = "≈"
 REMOTE_CODE = "⚠"
 META_RE = re.compile(r"^<!-- bench-report (\{.*\}) -->$", re.MULTILINE)
-ENV_KEYS = ("device_name", "device_count", "torch", "transformers", "peft", "bitsandbytes", "git_sha", "git_dirty")
 
 
 # ---------------------------------------------------------------- formatting

@@ -24,16 +24,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from bench.fields import NUMERIC_FIELDS
 from bench.records import latest_per_cell
-
-# Every numeric field report/compare/gate look at, as dotted paths into a record.
-NUMERIC_FIELDS = (
-    "cost.peak_memory_mb", "cost.peak_reserved_mb", "cost.nvml_used_mb", "cost.estimate_mb",
-    "cost.train_wall_s", "cost.step_s_median", "cost.step_s_iqr", "cost.samples_per_s",
-    "cost.tokens_per_s", "cost.padded_tokens_per_s", "cost.mfu",
-    "quality.base", "quality.tuned", "quality.delta",
-    "params.total", "params.trainable", "params.trainable_pct",
-)
 
 
 @functools.lru_cache(maxsize=256)
