@@ -18,7 +18,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.errors import BenchError
+from bench.paths import inside
 from bench.records import locked
+
+
+def _read_owner(path: Path) -> dict | None:
+    try:
+        owner = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return owner if isinstance(owner, dict) and _alive(owner) else None
 
 
 def _start_time(pid: int) -> str | None:
@@ -30,20 +40,32 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+MAX_CLAIM_S = 60 * 86400  # a claim promising to run longer than this (a hand-edited `expires`) is not believed
+
+
 def _alive(owner: dict) -> bool:
+    """Whether the claim's owner may still be running. Anything malformed is stale: a claim file is a hint
+    between bench processes, and one that cannot be read must not block a cell forever."""
+    try:
+        expires = float(owner.get("expires", 0))
+    except (TypeError, ValueError, OverflowError):
+        return False
+    if not time.time() < expires < time.time() + MAX_CLAIM_S:
+        return False
     if owner.get("host") != socket.gethostname():
-        return time.time() < float(owner.get("expires", 0))
+        return True  # another machine's pid cannot be checked from here: trusted until it expires
     pid = owner.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):
         pass  # someone else's process: it exists
     started = _start_time(pid)
-    return started is None or owner.get("start_time") in (None, started)
+    # the owner wrote its own start time: without it, or with another one, this pid is not that process
+    return started is not None and owner.get("start_time") == started
 
 
 @dataclass(frozen=True)
@@ -56,7 +78,8 @@ class Claims:
 
     def __init__(self, results: Path, run_id: str):
         self.results = Path(results)
-        self.folder = self.results.with_name(self.results.name.removesuffix(".jsonl") + ".claims")
+        # inside the results folder after resolving: a claims folder that is a link out of it is refused
+        self.folder = inside(self.results.parent, self.results.name.removesuffix(".jsonl") + ".claims")
         self.run_id = run_id
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "start_time": _start_time(os.getpid()), "run_id": run_id}
 
@@ -64,12 +87,28 @@ class Claims:
         return self.folder / f"{cell_id}-{repeat}.json"
 
     def owner(self, cell_id: str, repeat: int) -> dict | None:
-        """The live owner of a claim on this cell-run, or None (no claim, or a stale one)."""
+        """The live owner of a claim on this cell-run, or None (no claim, or a stale or unreadable one)."""
+        return _read_owner(self._path(cell_id, repeat))
+
+    def check(self) -> None:
+        """Preflight: the claims folder, if there, is a folder (exit 2 before anything trains)."""
+        if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
+            raise BenchError(f"{self.folder} is not a folder; bench keeps its claims there", fix="move that file away")
+
+    def sweep(self) -> None:
+        """Remove claims whose owners are gone and leftovers of interrupted writes (call under the results lock)."""
         try:
-            owner = json.loads(self._path(cell_id, repeat).read_text())
-        except (OSError, ValueError):
-            return None
-        return owner if isinstance(owner, dict) and _alive(owner) else None
+            entries = list(self.folder.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            stale = ".tmp" in entry.name or (entry.suffix == ".json" and _read_owner(entry) is None)
+            if stale and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass
 
     def take(self, cell_id: str, repeat: int, *, still_wanted, ttl_s: float) -> Claim | str:
         """Claim the cell-run under the results lock. `still_wanted()` is asked under the same lock (it reads
@@ -79,7 +118,8 @@ class Claims:
                 return "recorded meanwhile by another run"
             owner = self.owner(cell_id, repeat)
             if owner and owner.get("run_id") != self.run_id:
-                return f"claimed by another run (pid {owner.get('pid')} on {owner.get('host')})"
+                return (f"claimed by another run (pid {str(owner.get('pid'))[:12]} on {str(owner.get('host'))[:60]}); if no "
+                        f"other run is going, delete {self._path(cell_id, repeat)}")
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self._path(cell_id, repeat)
             tmp = path.with_suffix(f".tmp{os.getpid()}")

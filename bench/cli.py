@@ -173,7 +173,7 @@ def write_output(path: str | Path, text: str, *, flag: str) -> Path:
     """Write a Markdown page the user named on the command line: a .md file that is new or a page bench
     wrote before (never a results file, a README or a file through a link); a path that cannot be
     written is an input error."""
-    from bench.paths import PAGE_MARK, check_page
+    from bench.paths import PAGE_MARK, check_page, write_atomic
 
     path = Path(path)
     if path.suffix != ".md":
@@ -181,7 +181,7 @@ def write_output(path: str | Path, text: str, *, flag: str) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_page(path, flag=flag)
-        path.write_text(text if text.startswith(PAGE_MARK) else f"{PAGE_MARK} page -->\n{text}", encoding="utf-8")
+        write_atomic(path, text if text.startswith(PAGE_MARK) else f"{PAGE_MARK} page -->\n{text}")
     except OSError as exc:
         raise BenchError(f"cannot write {path} ({exc.strerror or exc})", where=flag,
                          fix=f"give {flag} a path in a folder you can write") from None

@@ -40,6 +40,9 @@ def _die_with_parent() -> None:
 
 def _child(conn, fn, args, kwargs):
     _die_with_parent()
+    # Ctrl-C reaches the whole process group; the parent owns it (it records, releases claims and exits 130),
+    # and this process dies with its server when the parent is gone
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         def emit(*event):
             conn.send(("event", event))
@@ -47,7 +50,10 @@ def _child(conn, fn, args, kwargs):
         value = fn(*args, emit=emit, **kwargs)
         conn.send(("ok", value))
     except BaseException as exc:  # report, don't die silently
-        conn.send(("raised", f"{type(exc).__name__}: {exc} | {' / '.join(traceback.format_exc().splitlines()[-3:])}"))
+        try:
+            conn.send(("raised", f"{type(exc).__name__}: {exc} | {' / '.join(traceback.format_exc().splitlines()[-3:])}"))
+        except OSError:
+            pass  # the parent has gone (interrupted): nobody is left to tell
     finally:
         conn.close()
 

@@ -27,8 +27,8 @@ def inside(folder: str | Path, name: str | Path) -> Path:
     path = folder / name
     root = folder.resolve()
     if not path.resolve().is_relative_to(root):
-        raise BenchError(f"{str(path)!r} would be written outside {str(folder)!r}",
-                         fix="names of suites and pages are plain file names (letters, digits, -_.)")
+        raise BenchError(f"{str(path)!r} would be written outside {str(folder)!r} (a symbolic link leads out of it)",
+                         fix="remove the link, or choose another folder")
     return path
 
 
@@ -57,6 +57,18 @@ def check_page(path: Path, *, flag: str | None = None) -> Path:
         if not head.startswith((PAGE_MARK, *OLD_PAGE_HEADS)):
             raise BenchError(f"{path} exists and is not a page bench wrote; it is not overwritten{where}",
                              fix="choose a new file name, or move that file away if it is really yours to replace")
+    return path
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Replace `path` whole (a temporary file beside it, then a rename): a reader, or a run that checks the page
+    before writing it, never sees it half-written, and a crash leaves the old page."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

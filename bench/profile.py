@@ -159,10 +159,13 @@ def _version(dist: str) -> str | None:
 
 def git_state(cwd: str | Path | None = None) -> tuple[str | None, bool | None]:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        # GIT_OPTIONAL_LOCKS=0: `git status` must not take .git/index.lock in the user's checkout (a read, not a write)
+        env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, env=env)
         if sha.returncode != 0:
             return None, None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True,
+                               timeout=5, env=env)
         return sha.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return None, None

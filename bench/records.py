@@ -62,12 +62,16 @@ def validate_record(record) -> None:
 def locked(path: Path):
     """An exclusive advisory lock on `<path>.lock`, held while appending or claiming work."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # O_NOFOLLOW: a lock file that is a link is refused, never followed to create a file elsewhere
+    fd = os.open(str(path) + ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def encode(record: dict) -> bytes:
@@ -173,7 +177,7 @@ def iter_records(path: str | Path, *, warn: bool = True) -> Iterator[dict]:
     """The readable records of one file, in order, one at a time; lines that are not records (torn,
     not JSON, JSON that is not a record object, nested past reason) are skipped with a warning."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():  # absent, or a folder or a FIFO that no reader should block on
         return
     skipped = _Skipped(path, warn)
     with open(path, "rb") as f:
@@ -288,7 +292,7 @@ def latest_lines(path: str | Path, *, warn: bool = True) -> dict[tuple[str, int]
     Parsed lazily: a line whose key can be read without parsing is only remembered by its offset, and
     only the newest line of each key is parsed (an older one when the newest is unreadable)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():  # absent, or a folder or a FIFO that no reader should block on
         return {}
     skipped = _Skipped(path, warn)
     candidates: dict[tuple[str, int], list] = {}  # key -> [(lineno, offset or parsed record), ...]
@@ -322,11 +326,10 @@ def latest_lines(path: str | Path, *, warn: bool = True) -> dict[tuple[str, int]
 
 def line_count(path: str | Path) -> int:
     """Lines in a results file now (0 when there is none): later lines were appended after this moment."""
-    try:
-        with open(path, "rb") as f:
-            return sum(1 for _ in f)
-    except (FileNotFoundError, NotADirectoryError):  # not there (yet): the output preflight says why, if it matters
+    if not Path(path).is_file():  # not there (yet), or not a file: the output preflight says why, if it matters
         return 0
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
 
 
 def latest_per_cell(records: list[dict]) -> list[dict]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import stats
 from bench.fields import ENV_KEYS
-from bench.paths import PAGE_MARK, inside, page_target
+from bench.paths import PAGE_MARK, inside, page_target, write_atomic
 from bench.stats import Group
 
 STATUS_LABELS = {"oom": "OOM", "timeout": "timeout", "error": "error", "diverged": "diverged", "skipped": "skipped"}
@@ -410,7 +410,7 @@ def write_report(records: list[dict], out_md: str | Path, *, title: str | None =
         suites = sorted({str(r.get("suite")) for r in records if r.get("suite")}) or [out_md.stem]
         title = f"Benchmark: {', '.join(suites)}"
     text, pngs = _render(records, title, plots_dir, out_md.parent)
-    out_md.write_text(text, encoding="utf-8")
+    write_atomic(out_md, text)
     return [out_md, *pngs]
 
 
@@ -431,6 +431,5 @@ def write_index(reports_dir: str | Path) -> Path:
         lines += _table(["Page", "Suite", "Last run", "Device", "Cells finished"], rows)
     else:
         lines += ["No report pages yet: run `bench report`."]
-    index = page_target(reports_dir, "README.md")
-    index.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    index = write_atomic(page_target(reports_dir, "README.md"), "\n".join(lines) + "\n")
     return index

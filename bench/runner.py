@@ -7,6 +7,7 @@ record with a status; only the user's own input errors (raised before anything r
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -136,12 +137,7 @@ class Runner:
         summary = RunSummary(skipped_done=done, results=self.results)
         if jobs:
             preflight(self.suite, jobs)
-            # before anything trains: both output folders take files and have room, and the pages can go
-            # where they will go (exit 2 otherwise)
-            ensure_writable_folder(self.results.parent, what="results", flag="--results-dir")
-            ensure_writable_folder(self.reports_dir, what="reports", flag="--reports-dir")
-            for page in (f"{self.suite.name}.md", "README.md"):
-                page_target(self.reports_dir, page, flag="--reports-dir")
+            self._check_outputs()
             with self._progress(len(jobs)) as progress:
                 self._ensure_zoo(jobs, progress)
                 bases = self._known_bases()
@@ -149,7 +145,7 @@ class Runner:
                     claim = self._claim(job, retry_before)
                     if isinstance(claim, str):
                         summary.taken_elsewhere += 1
-                        progress.pass_item(job.cell.label, claim)
+                        progress.pass_item(f"{job.cell.label} (repeat {job.repeat})", claim)
                         continue
                     try:
                         bases.update(self._known_bases())  # another run may have measured one meanwhile
@@ -158,6 +154,7 @@ class Runner:
                         self._release(claim)
                     summary.ran += 1
                     summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+        self._release(None)  # sweep claims left by processes that are gone, and leftovers of interrupted writes
         try:
             summary.report = self.render_report()
         except (BenchError, OSError) as exc:  # the records are written; only the page is missing
@@ -166,6 +163,32 @@ class Runner:
                               fix=f"fix that, then `bench report {self.results}`") from None
         summary.wall_s = time.monotonic() - start
         return summary
+
+    def _check_outputs(self) -> None:
+        """Before anything trains (exit 2 otherwise, and the folders this made are removed again): both output
+        folders take files and have room; the results file, its lock, the claims folder, the pages and the
+        plots folder are what they should be."""
+        made = [f for f in (self.results.parent, self.reports_dir) if not f.exists()]
+        try:
+            ensure_writable_folder(self.results.parent, what="results", flag="--results-dir")
+            ensure_writable_folder(self.reports_dir, what="reports", flag="--reports-dir")
+            for page in (f"{self.suite.name}.md", "README.md"):
+                page_target(self.reports_dir, page, flag="--reports-dir")
+            self._check_files()
+        except BenchError:
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if still empty: "nothing was written"
+            raise
+
+    def _check_files(self) -> None:
+        fix = "move it away, or choose other folders with --results-dir / --reports-dir"
+        for path, kind in ((self.results, "file"), (Path(str(self.results) + ".lock"), "file"),
+                           (inside(self.reports_dir, self.suite.name), "folder")):
+            if path.is_symlink() or (path.exists() and not (path.is_file() if kind == "file" else path.is_dir())):
+                raise BenchError(f"{path} is not a plain {kind}; bench writes its {'plots' if kind == 'folder' else 'records'} "
+                                 "there; nothing was run", fix=fix)
+        self.claims.check()
 
     def _claim(self, job: Job, retry_before: int):
         """Take the cell-run under the results lock, or say why not (bench.claims)."""
@@ -180,12 +203,19 @@ class Runner:
             return self.claims.take(*key, still_wanted=still_wanted, ttl_s=ttl)
         except OSError as exc:
             raise RecordNotSaved(f"cannot claim cell {key[0]} in {self.claims.folder} ({exc.strerror or exc}); "
-                                 "the run stopped before training it", fix="free space or fix permissions, then run again") from None
+                                 "the run stopped before training it",
+                                 fix=f"free space or fix permissions; if {self.claims.folder} holds something that is not a "
+                                     "claim file, move it away; then run again") from None
 
     def _release(self, claim) -> None:
+        """Release `claim` (None: only sweep stale ones) under the results lock."""
+        if claim is None and not self.claims.folder.is_dir():
+            return
         try:
             with locked(self.results):
-                self.claims.release(claim)
+                if claim is not None:
+                    self.claims.release(claim)
+                self.claims.sweep()
         except OSError:
             pass  # a claim left behind is released as stale once this process is gone
 
@@ -229,12 +259,17 @@ class Runner:
 
     def _known_bases(self) -> dict:
         """Base qualities already measured in earlier runs of this results file."""
+        from bench.stats import number
+
         bases = {}
         for r in read_latest_quietly(self.results):
-            q = r.get("quality") or {}
-            if q.get("base") is not None and q.get("base_key"):
+            q = r["quality"]
+            # reused only when whole and finite: a hand-edited or foreign line must not become every method's base
+            if (r["status"] == "ok" and number(q.get("base")) is not None and isinstance(q.get("base_key"), str)
+                    and isinstance(q.get("metric"), str) and isinstance(q.get("higher_is_better"), bool)):
+                extra = q.get("base_extra") if isinstance(q.get("base_extra"), dict) else {}
                 bases[q["base_key"]] = {"metric": q["metric"], "higher_is_better": q["higher_is_better"], "value": q["base"],
-                                        "extra": q.get("base_extra", {}), "n": q.get("n_eval")}
+                                        "extra": extra, "n": q.get("n_eval")}
         return bases
 
     def _base_for(self, cell: Cell, bases: dict, progress) -> tuple[str, dict | None, str]:

@@ -93,3 +93,52 @@ def test_a_recorded_cell_run_is_not_claimed_and_retry_redoes_only_old_failures(t
     assert not isinstance(claims.take("a", 0, ttl_s=60, still_wanted=lambda: wanted(latest(), retry=True, retry_before=before)), str)
     append_record(results, make_record("a", status="error"))  # another retrying run redid it meanwhile
     assert not wanted(latest(), retry=True, retry_before=before)
+
+
+def test_a_malformed_claim_never_crashes_a_run_nor_blocks_a_cell_forever(tmp_path):
+    results = tmp_path / "r.jsonl"
+    claims = Claims(results, run_id="mine")
+    folder = tmp_path / "r.claims"
+    folder.mkdir()
+    here = socket.gethostname()
+    for bad in ({"host": "other", "pid": 5, "expires": "abc"}, {"host": "other", "expires": None},
+                {"host": "other", "expires": 1e300}, {"host": here, "pid": 1, "run_id": "x", "expires": time.time() + 60},
+                {"host": here, "pid": True, "expires": time.time() + 60}, "[" * 100_000, "not json", [1, 2]):
+        (folder / "c-0.json").write_text(bad if isinstance(bad, str) else json.dumps(bad))
+        claim = claims.take("c", 0, ttl_s=60, still_wanted=lambda: True)
+        assert not isinstance(claim, str), bad  # stale: taken over
+    (folder / "d-0.json").write_text(json.dumps({"host": here, "pid": os.getppid(), "start_time": _start_time(os.getppid()),
+                                                  "expires": time.time() + 60, "run_id": "other"}))
+    why = claims.take("d", 0, ttl_s=60, still_wanted=lambda: True)
+    assert "claimed by another run" in why and "delete" in why and "d-0.json" in why
+
+
+def test_the_sweep_removes_claims_of_gone_owners_and_interrupted_writes(tmp_path):
+    results = tmp_path / "r.jsonl"
+    claims = Claims(results, run_id="mine")
+    live = claims.take("a", 0, ttl_s=60, still_wanted=lambda: True)
+    (tmp_path / "r.claims" / "b-0.json").write_text(json.dumps({"host": socket.gethostname(), "pid": 999_999_999, "expires": 1e12}))
+    (tmp_path / "r.claims" / "c-0.tmp12345").write_text("{")
+    claims.sweep()
+    assert sorted(p.name for p in (tmp_path / "r.claims").iterdir()) == ["a-0.json"]
+    claims.release(live)
+    assert not (tmp_path / "r.claims").exists()
+
+
+def test_a_claims_folder_or_lock_that_is_a_link_out_of_the_results_folder_is_refused(tmp_path):
+    import pytest
+
+    from bench.errors import BenchError
+    from bench.records import locked
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "res").mkdir()
+    (tmp_path / "res" / "r.claims").symlink_to(outside)
+    with pytest.raises(BenchError, match="outside"):
+        Claims(tmp_path / "res" / "r.jsonl", run_id="x")
+    (tmp_path / "res" / "q.jsonl.lock").symlink_to(outside / "created.txt")
+    with pytest.raises(OSError):
+        with locked(tmp_path / "res" / "q.jsonl"):
+            pass
+    assert list(outside.iterdir()) == []

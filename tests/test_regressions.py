@@ -399,3 +399,27 @@ def test_a_sanitised_page_name_never_takes_a_real_suites_page():
 
     assert page_name("x") == "x" and page_name("../x") == "suite-x" and page_name("README") == "suite-README"
     assert page_name("") == page_name("..") == "suite-unnamed"
+
+
+def test_a_results_path_that_is_a_folder_or_a_fifo_is_refused_by_run_and_read_as_empty_by_plan(tmp_path):
+    suite = suite_file(tmp_path, MINI_SUITE)
+    for kind in ("folder", "fifo"):
+        results = tmp_path / kind
+        results.mkdir()
+        (results / "mini.jsonl").mkdir() if kind == "folder" else os.mkfifo(results / "mini.jsonl")
+        code, err, _ = run_cli(["plan", suite, "--results-dir", results])
+        assert code == 0, err
+        code, err, _ = run_cli(["run", suite, "--results-dir", results, "--reports-dir", tmp_path / "rep"])
+        assert code == 2 and "not a plain file" in err, err
+
+
+def test_a_hand_edited_base_quality_is_never_reused(tmp_path):
+    from bench.runner import Runner
+    from bench.suite import load_suite
+
+    suite = load_suite(suite_file(tmp_path, MINI_SUITE))
+    runner = Runner(suite, results_dir=tmp_path / "results", reports_dir=tmp_path / "reports", show_progress=False)
+    records_file(runner.results, {"quality.base": "lots", "quality.base_key": "k1"}, {"quality.base": float("nan"), "quality.base_key": "k2",
+                 "cell_id": "c2"}, {"quality.base": 40.0, "quality.base_key": "k3", "cell_id": "c3", "quality.metric": None},
+                 {"quality.base": 40.0, "quality.base_key": "k4", "cell_id": "c4"})
+    assert list(runner._known_bases()) == ["k4"]  # only the whole, finite one

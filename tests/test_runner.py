@@ -136,6 +136,29 @@ def test_killed_cell_process_is_recorded_and_the_suite_goes_on(write_suite, tmp_
     assert "SIGKILL" in killed["message"]
 
 
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_exits_130_without_a_traceback_and_resume_finishes(write_suite, tmp_path):
+    import psutil
+
+    text = MINI_SUITE.replace('kind = "lora"', 'kind = "lora"\ntrain = { steps = 100000, timeout_s = 60 }')
+    path = write_suite(text, "ctrl_c.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(path), "--results-dir", "results", "--no-progress"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    parent, deadline = psutil.Process(proc.pid), time.monotonic() + 120
+    while time.monotonic() < deadline and not [k for c in parent.children() for k in c.children()]:
+        time.sleep(0.1)  # until a cell is training (a grandchild: forked by the forkserver)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out, out
+    assert not (tmp_path / "results" / "mini.claims").exists() or not list((tmp_path / "results" / "mini.claims").glob("*.json"))
+    text = text.replace("steps = 100000", "steps = 2")
+    path.write_text(text)
+    again = _bench("run", str(path), "--results-dir", "results", "--no-progress", cwd=tmp_path)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and len(read_records(tmp_path / "results" / "mini.jsonl")) == 2, out
+
+
 def test_same_suite_and_seed_give_the_same_losses(mini_suite, tmp_path):
     _, first = run_suite(mini_suite, tmp_path / "a")
     _, second = run_suite(mini_suite, tmp_path / "b")
