@@ -264,18 +264,16 @@ def cmd_baseline_update(args) -> int:
 
 def cmd_zoo_build(args) -> int:
     from bench import zoo
-    from bench.isolate import call_isolated
-    from bench.runner import _zoo_job
+    from bench.records import locked
+    from bench.runner import build_zoo
 
     families = args.family or list(zoo.RECIPES)
     for family in families:
-        if zoo.is_built(family) and not args.force:
-            print(f"{family}: cached at {zoo.zoo_path(family)}")
-            continue
-        out = call_isolated(_zoo_job, family, args.threads, timeout_s=zoo.RECIPES[family]["train"]["timeout_s"])
-        if out.kind != "ok":
-            raise BenchError(f"zoo build for {family} failed: {out.message}")
-        q = out.value["source_quality"]
+        with locked(zoo.zoo_path(family)):  # the same lock `bench run` builds under
+            if zoo.is_built(family) and not args.force:
+                print(f"{family}: cached at {zoo.zoo_path(family)}")
+                continue
+            q = build_zoo(family, args.threads)
         print(f"{family}: built at {zoo.zoo_path(family)} ({q['metric']} on the source split = {q['value']:.1f})")
     return 0
 

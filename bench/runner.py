@@ -246,16 +246,13 @@ class Runner:
                 if not zoo.is_built(family):
                     self._build_zoo(family, progress)
 
+
     def _build_zoo(self, family: str, progress) -> None:
         from bench import zoo
-        from bench.isolate import call_isolated
 
         progress.start_item(f"pretraining the tiny {family} base (zoo, once)", zoo.RECIPES[family]["train"]["steps"])
-        out = call_isolated(_zoo_job, family, self.suite.settings["threads"], timeout_s=zoo.RECIPES[family]["train"]["timeout_s"],
-                            on_event=progress.event, isolate=self.isolate)
-        if out.kind != "ok":
-            raise BenchError(f"building the tiny {family} zoo base failed: {out.message}", fix="run `bench zoo build` to see the full error")
-        progress.log(f"zoo: tiny {family} base ready ({out.value['source_quality']['metric']} on source = {out.value['source_quality']['value']:.1f})")
+        quality = build_zoo(family, self.suite.settings["threads"], on_event=progress.event, isolate=self.isolate)
+        progress.log(f"zoo: tiny {family} base ready ({quality['metric']} on source = {quality['value']:.1f})")
 
     def _known_bases(self) -> dict:
         """Base qualities already measured in earlier runs of this results file."""
@@ -332,8 +329,8 @@ class Runner:
         s = self.suite.settings
         settings, attempts = dict(job.cell.train), []
         while True:
-            out = call_isolated(_cell_job, job.cell, job.seed, s["device"], splits, base, zpath, settings, s["threads"],
-                                timeout_s=settings["timeout_s"], on_event=progress.event, isolate=self.isolate)
+            cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, s["threads"])
+            out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"], on_event=progress.event, isolate=self.isolate)
             status = out.value["status"] if out.kind == "ok" else out.kind
             attempts.append({"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"], "status": status,
                              "peak_memory_mb": out.value["cost"].get("peak_memory_mb") if out.kind == "ok" else None})
@@ -390,7 +387,7 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _zoo_job(family: str, threads: int = 0, *, emit):
+def zoo_job(family: str, threads: int = 0, *, emit):
     from bench import zoo
 
     _set_threads(threads)
@@ -405,13 +402,39 @@ def _base_job(cell: Cell, device: str, splits, zoo_path, threads: int = 0, *, em
     return evaluate_base(cell, device=resolve_device(device), splits=splits, zoo_path=zoo_path)
 
 
-def _cell_job(cell: Cell, seed: int, device: str, splits, base, zoo_path, settings: dict, threads: int = 0, *, emit):
+@dataclass(frozen=True)
+class CellJob:
+    """What one cell-run's process needs, passed across the process boundary as one object."""
+
+    cell: Cell
+    seed: int
+    device: str  # as the suite says it (auto / cpu / cuda); resolved inside the cell's process
+    splits: object  # DatasetSplits, loaded once in the parent
+    base: dict | None  # the untuned model's quality, when known
+    zoo_path: str | None
+    settings: dict  # the cell's training settings after any OOM back-off
+    threads: int = 0
+
+
+def run_cell_job(job: CellJob, *, emit):
     from bench.cell import resolve_device, run_cell
     from bench.profile import environment
 
-    _set_threads(threads)
-    device = resolve_device(device)
-    result = run_cell(cell, seed=seed, device=device, splits=splits, base=base, zoo_path=zoo_path, settings=settings,
-                      on_step=lambda s, n, loss: emit("step", s, n, loss))
+    _set_threads(job.threads)
+    device = resolve_device(job.device)
+    result = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits, base=job.base, zoo_path=job.zoo_path,
+                      settings=job.settings, on_step=lambda s, n, loss: emit("step", s, n, loss))
     result["env"] = environment(device)
     return result
+
+
+def build_zoo(family: str, threads: int, *, on_event=None, isolate: bool = True) -> dict:
+    """Pretrain the tiny `family` base in its own process (callers hold the zoo lock); its source quality."""
+    from bench import zoo
+    from bench.isolate import call_isolated
+
+    out = call_isolated(zoo_job, family, threads, timeout_s=zoo.RECIPES[family]["train"]["timeout_s"], on_event=on_event,
+                        isolate=isolate)
+    if out.kind != "ok":
+        raise BenchError(f"building the tiny {family} zoo base failed: {out.message}", fix="run `bench zoo build` to see the full error")
+    return out.value["source_quality"]

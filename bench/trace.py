@@ -79,7 +79,7 @@ def _traced_steps(model, task, batch: dict, settings: dict, target_device: str) 
     """The training loop of bench.train, minus what reads values (loss.item(), the schedule), under MemTracker."""
     import torch
 
-    from bench.train import _autocast
+    from bench.train import autocast
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = _trace_optimizer(trainable, settings, target_device)
@@ -89,7 +89,7 @@ def _traced_steps(model, task, batch: dict, settings: dict, target_device: str) 
         for _ in range(TRACE_STEPS):
             for _ in range(settings["grad_accum"]):
                 tracker.reset_mod_stats()  # MemTracker refuses a second forward of a tracked module; its global peak stays
-                with _autocast(settings, "cpu"):
+                with autocast(settings, "cpu"):
                     loss = task.loss(model, batch) / settings["grad_accum"]
                 loss.backward()
                 del loss

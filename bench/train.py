@@ -59,7 +59,7 @@ def make_optimizer(params, settings: dict, device: str):
     return cls(params, lr=lr, weight_decay=wd)
 
 
-def _autocast(settings: dict, device: str):
+def autocast(settings: dict, device: str):
     import torch
 
     if settings["precision"] == "fp32":
@@ -109,7 +109,7 @@ def train(model, task, encoded: list, loaded, settings: dict, *, device: str, se
             batch = next_batch()
             real, padded = task.count_tokens(batch)
             batch = _to_device(batch, device)
-            with _autocast(settings, device):
+            with autocast(settings, device):
                 loss = task.loss(model, batch) / accum
             (scaler.scale(loss) if scaler else loss).backward()
             # float64, as Python's float sum of per-micro-batch .item() values was: the same numbers, bit for bit

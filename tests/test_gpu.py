@@ -61,7 +61,7 @@ def test_a_fake_trace_predicts_cuda_allocated_memory(write_suite):
     from bench.models import get_family
     from bench.tasks import task_for_family
     from bench.trace import trace_cell
-    from bench.train import _autocast
+    from bench.train import autocast
 
     cell = next(c for c in expand(load_suite(write_suite(GPU_SUITE))) if c.method["name"] == "full")
     splits = load_suite_dataset(cell.dataset, ".")
@@ -77,7 +77,7 @@ def test_a_fake_trace_predicts_cuda_allocated_memory(write_suite):
     batch = {k: v.cuda() for k, v in batch.items()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True)
     for _ in range(2):
-        with _autocast(cell.train, "cuda"):
+        with autocast(cell.train, "cuda"):
             task.loss(model, batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
