@@ -76,10 +76,9 @@ def trace_cell(cell, splits, *, target_device: str = "cuda") -> dict:
 
 
 def _traced_steps(model, task, batch: dict, settings: dict, target_device: str) -> dict:
-    """The training loop of bench.train, minus what reads values (loss.item(), the schedule), under MemTracker."""
-    import torch
-
-    from bench.train import autocast
+    """bench.train's optimizer step (train.accumulate + train.update), minus what reads values (the loss, the
+    schedule), under MemTracker."""
+    from bench.train import accumulate, update
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = _trace_optimizer(trainable, settings, target_device)
@@ -87,16 +86,9 @@ def _traced_steps(model, task, batch: dict, settings: dict, target_device: str) 
     model.train()
     with tracker, _no_garbage_collection():
         for _ in range(TRACE_STEPS):
-            for _ in range(settings["grad_accum"]):
-                tracker.reset_mod_stats()  # MemTracker refuses a second forward of a tracked module; its global peak stays
-                with autocast(settings, "cpu"):
-                    loss = task.loss(model, batch) / settings["grad_accum"]
-                loss.backward()
-                del loss
-            if settings["max_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(trainable, settings["max_grad_norm"])
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            # MemTracker refuses a second forward of a tracked module; its global peak stays
+            accumulate(model, task, [batch] * settings["grad_accum"], settings, "cpu", before_forward=tracker.reset_mod_stats)
+            update(optimizer, trainable, settings)
     return tracker.get_tracker_snapshot("peak")
 
 

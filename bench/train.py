@@ -68,6 +68,42 @@ def autocast(settings: dict, device: str):
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
 
 
+def accumulate(model, task, micro_batches, settings: dict, device: str, *, scaler=None, before_forward=None,
+               after_backward=None):
+    """The forward and backward passes of one optimizer step, over its micro-batches (the step bench.train runs
+    and bench.trace traces). Each loss is divided by grad_accum; the returned sum stays on the device, so reading
+    it (one device sync) is the caller's choice, once per step."""
+    loss_sum = None
+    for batch in micro_batches:
+        if before_forward:
+            before_forward()
+        with autocast(settings, device):
+            loss = task.loss(model, batch) / settings["grad_accum"]
+        (scaler.scale(loss) if scaler else loss).backward()
+        # float64, as Python's float sum of per-micro-batch .item() values was: the same numbers, bit for bit
+        loss_sum = loss.detach().double() if loss_sum is None else loss_sum + loss.detach().double()
+        del loss
+        if after_backward:
+            after_backward()
+    return loss_sum
+
+
+def update(optimizer, params, settings: dict, *, scaler=None) -> None:
+    """The end of one optimizer step: unscale (fp16), clip, step, clear the gradients."""
+    import torch
+
+    if scaler:
+        scaler.unscale_(optimizer)
+    if settings["max_grad_norm"]:
+        torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _to_device(batch: dict, device: str) -> dict:
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
@@ -94,47 +130,33 @@ def train(model, task, encoded: list, loaded, settings: dict, *, device: str, se
     timer = StepTimer(device)
     cap = settings.get("memory_cap_mb")
 
-    def next_batch():
+    def micro_batches(step: int):
         nonlocal order
-        if len(order) < bs:  # reshuffle each pass; a short tail joins the next pass
-            order += torch.randperm(len(encoded), generator=generator).tolist()
-        idx, order = order[:bs], order[bs:]
-        return task.collate([encoded[i] for i in idx], loaded)
+        for _ in range(accum):
+            if len(order) < bs:  # reshuffle each pass; a short tail joins the next pass
+                order += torch.randperm(len(encoded), generator=generator).tolist()
+            idx, order = order[:bs], order[bs:]
+            batch = task.collate([encoded[i] for i in idx], loaded)
+            if step > settings["timing_warmup_steps"]:
+                real, padded = task.count_tokens(batch)
+                result.samples += bs
+                result.real_tokens += real
+                result.padded_tokens += padded
+            yield _to_device(batch, device)
+
+    def check_cap():  # after backward: the activation peak
+        if cap and probe is not None and probe.current_above_baseline_mb() > cap:
+            raise MemoryCapExceeded(f"{probe.current_above_baseline_mb():.1f} MB above the baseline passed memory_cap_mb = {cap:g}")
 
     model.train()
     for step in range(1, steps + 1):
         timer.start()
-        loss_sum = None  # summed on the device: one read (one device sync) per optimizer step, not per micro-batch
-        for _ in range(accum):
-            batch = next_batch()
-            real, padded = task.count_tokens(batch)
-            batch = _to_device(batch, device)
-            with autocast(settings, device):
-                loss = task.loss(model, batch) / accum
-            (scaler.scale(loss) if scaler else loss).backward()
-            # float64, as Python's float sum of per-micro-batch .item() values was: the same numbers, bit for bit
-            loss_sum = loss.detach().double() if loss_sum is None else loss_sum + loss.detach().double()
-            if cap and probe is not None and probe.current_above_baseline_mb() > cap:  # after backward: the activation peak
-                raise MemoryCapExceeded(f"{probe.current_above_baseline_mb():.1f} MB above the baseline passed memory_cap_mb = {cap:g}")
-            if step > settings["timing_warmup_steps"]:
-                result.samples += bs
-                result.real_tokens += real
-                result.padded_tokens += padded
-        step_loss = loss_sum.item()
+        step_loss = accumulate(model, task, micro_batches(step), settings, device, scaler=scaler, after_backward=check_cap).item()
         if not math.isfinite(step_loss) or step_loss > settings["diverge_loss"]:
             raise Diverged(step, step_loss, result.losses + [(step, step_loss)])
-        if scaler:
-            scaler.unscale_(optimizer)
-        if settings["max_grad_norm"]:
-            torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
         result.lrs.append(optimizer.param_groups[0]["lr"])
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        update(optimizer, params, settings, scaler=scaler)
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         timer.stop()
         result.losses.append((step, round(step_loss, 6)))
         if step == 1:
