@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.models.catalog import FAMILIES
 
 
 def _console(stderr: bool = False):
@@ -345,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("zoo", help="bench's pretrained tiny base models")
     zsub = s.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
     z = zsub.add_parser("build", help="pretrain the tiny bases on the source split (cached)")
-    z.add_argument("--family", action="append", choices=["clip", "blip2", "llava"])
+    z.add_argument("--family", action="append", choices=list(FAMILIES))
     z.add_argument("--force", action="store_true", help="rebuild even when cached")
     z.add_argument("--threads", type=int, default=1, help="CPU threads (tiny models train fastest on 1)")
     z.set_defaults(fn=cmd_zoo_build)

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bench.models.catalog import FAMILIES, METHOD_KINDS
+
 NUMBER = (int, float)
 SEED_MAX = 2**63 - 1  # torch, numpy and Python's random all take seeds in 0 … 2^63 − 1
 MAX_TEXT = 4096  # longest string value (paths, names, templates): longer is a mistake, not a setting
@@ -124,7 +126,7 @@ TRAIN_KEYS = {
 }
 
 MODEL_KEYS = {
-    "family": Key(str, None, "model family", choices=("clip", "blip2", "llava"), required=True),
+    "family": Key(str, None, "model family", choices=tuple(FAMILIES), required=True),
     "preset": Key(str, "tiny", "embedded architecture: tiny / small (CPU) or full (the real checkpoint's shape)"),
     "checkpoint": Key(str, None, "Hugging Face id or local directory of real weights"),
     "weights": Key(str, None, "pretrained (load checkpoint), random (architecture only: cost is real, quality n/a), zoo (bench's "
@@ -136,7 +138,7 @@ MODEL_KEYS = {
 }
 
 METHOD_KEYS = {
-    "kind": Key(str, None, "fine-tuning method", choices=("full", "lora", "dora", "qlora", "ia3", "loha", "lokr", "vera"), required=True),
+    "kind": Key(str, None, "fine-tuning method", choices=tuple(METHOD_KINDS), required=True),
     "r": Key(int, 8, "adapter rank (lora, dora, qlora, loha, lokr, vera)", min=1, max=65536),
     "alpha": Key(NUMBER, None, "LoRA scaling numerator (default 2·r)", above=0, max=1e6),
     "dropout": Key(NUMBER, 0.05, "adapter dropout probability", min=0, below=1),

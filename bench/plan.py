@@ -63,8 +63,9 @@ def make_cell(model: dict, dataset: dict, method: dict, train: dict) -> Cell:
 
 
 def _skip_reason(model: dict, method: dict) -> str | None:
-    if method["kind"] in FAMILIES[model["family"]].unsupported_methods:
-        return f"{method['kind']} does not support the {model['family']} family through peft"
+    why = FAMILIES[model["family"]].unsupported_methods.get(method["kind"])
+    if why:
+        return f"{method['kind']} is not supported on the {model['family']} family: {why}"
     return None
 
 

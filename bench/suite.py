@@ -28,11 +28,8 @@ from bench.keys import (
     suite_name_problem,
     type_name,
 )
-from bench.models.catalog import FAMILIES
+from bench.models.catalog import ADAPTER_KINDS, FAMILIES, RANKED_KINDS
 from bench.paths import baseline_problem
-
-ADAPTER_KINDS = ("lora", "dora", "qlora", "ia3", "loha", "lokr", "vera")
-RANKED_KINDS = ("lora", "dora", "qlora", "loha", "lokr", "vera")
 
 
 @dataclass(frozen=True)

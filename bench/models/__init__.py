@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import importlib
 
-FAMILY_MODULES = {
-    "clip": "bench.models.clip",
-    "blip2": "bench.models.blip2",
-    "llava": "bench.models.llava",
-}
+from bench.models.catalog import FAMILIES
+
+FAMILY_MODULES = {name: info.module for name, info in FAMILIES.items()}
 
 
 def get_family(name: str):

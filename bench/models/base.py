@@ -93,11 +93,15 @@ def check_backend(backend: str, backends: tuple[str, ...], label: str) -> str:
     return backend
 
 
-def targets_from(table: dict[str, dict], kind: str, what: str) -> dict[str, tuple[str, ...]]:
-    """A copy of `table[kind]`; a SuiteError naming `what` ("BLIP-2 targets") for a kind the table lacks."""
-    if kind not in table:
-        raise SuiteError(
-            f"method kind {kind!r} has no default {what}",
-            fix=f"use one of {sorted(table)}, or give the method explicit `targets`",
-        )
-    return dict(table[kind])
+def targets_from(table: dict[str, dict | None], kind: str, what: str) -> dict[str, tuple[str, ...]]:
+    """A family's default targets for `kind`: its own row when the table has one (None: no default), else the
+    row of the kind's target group (catalog.METHOD_KINDS: "attention" or "ia3"). A SuiteError naming `what`
+    ("BLIP-2 targets") when there is none."""
+    from bench.models.catalog import METHOD_KINDS
+
+    row = table[kind] if kind in table else table.get(METHOD_KINDS[kind].targets) if kind in METHOD_KINDS else None
+    if row is None:
+        kinds = [k for k, m in METHOD_KINDS.items() if m.targets and table.get(k, table.get(m.targets)) is not None]
+        raise SuiteError(f"method kind {kind!r} has no default {what}",
+                         fix=f"use one of {kinds}, or give the method explicit `targets`")
+    return dict(row)

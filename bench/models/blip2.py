@@ -65,9 +65,7 @@ _COMPONENTS = {
 # Default adapter targets within a component: OPT's attention q/v for the LoRA family; k/v and the
 # feed-forward output (fc2) for IA3. The vision tower's attention is one fused `qkv`, the Q-Former's
 # query/key/value: neither matches these leaf names, and targeting by component path keeps it so.
-_LORA_LIKE = ("lora", "qlora", "dora", "loha", "lokr", "vera", "oft")
-_TARGETS = {**{k: {"language": ("q_proj", "v_proj")} for k in _LORA_LIKE},
-            "ia3": {"language": ("k_proj", "v_proj", "fc2")}}
+_TARGETS = {"attention": {"language": ("q_proj", "v_proj")}, "ia3": {"language": ("k_proj", "v_proj", "fc2")}}
 _FEEDFORWARD = ("fc2",)
 # Kept in full precision under 4-bit loading: everything but the language model's linear layers.
 # (transformers also keeps `qformer` and `query_tokens` in fp32 by itself: _keep_in_fp32_modules.)

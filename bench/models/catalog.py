@@ -1,11 +1,38 @@
-"""What each model family offers, as plain data: read by the suite validator without importing torch.
+"""The spec table: every model family and every method kind, as plain data, read without importing torch.
 
-The family modules (clip.py, blip2.py, llava.py) hold the configs; a test checks they agree with this.
+Validation (bench/suite.py and the key table), the CLI's choices, the family and task modules and plan's
+skip reasons are all derived from FAMILIES and METHOD_KINDS; tests/test_catalog.py checks that they agree.
+Adding a method kind = a MethodKind row here + its construction in bench/methods.py. Adding a family = a
+FamilyInfo row + its module in bench/models/ (and its task in bench/tasks/ if the task is new).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class MethodKind:
+    name: str
+    adapter: bool  # PEFT adapters (targets, train_full) rather than full fine-tuning
+    ranked: bool  # takes r / alpha / dropout
+    # which default targets a family gives it when the method names none: "attention" (the LoRA family:
+    # q/v projections) or "ia3" (k/v and the feed-forward output); a family may override per kind
+    targets: str | None = None
+
+
+METHOD_KINDS: dict[str, MethodKind] = {m.name: m for m in (
+    MethodKind("full", adapter=False, ranked=False),
+    MethodKind("lora", adapter=True, ranked=True, targets="attention"),
+    MethodKind("dora", adapter=True, ranked=True, targets="attention"),
+    MethodKind("qlora", adapter=True, ranked=True, targets="attention"),
+    MethodKind("ia3", adapter=True, ranked=False, targets="ia3"),
+    MethodKind("loha", adapter=True, ranked=True, targets="attention"),
+    MethodKind("lokr", adapter=True, ranked=True, targets="attention"),
+    MethodKind("vera", adapter=True, ranked=True, targets="attention"),
+)}
+ADAPTER_KINDS = tuple(k for k, m in METHOD_KINDS.items() if m.adapter)
+RANKED_KINDS = tuple(k for k, m in METHOD_KINDS.items() if m.ranked)
 
 
 @dataclass(frozen=True)
@@ -15,8 +42,10 @@ class FamilyInfo:
     backends: tuple[str, ...]
     default_checkpoints: dict  # preset -> the Hugging Face id whose architecture the preset copies
     components: tuple[str, ...]
-    # PEFT kinds known not to work on this family (measured: prompt tuning fails on BLIP-2 and CLIP)
-    unsupported_methods: tuple[str, ...] = ()
+    module: str  # the family's module (build, components, default targets)
+    task_module: str  # its task's module (batches, loss, quality)
+    # method kinds of METHOD_KINDS known not to work on this family, with why: plan marks those cells skipped
+    unsupported_methods: dict = field(default_factory=dict)
 
 
 FAMILIES: dict[str, FamilyInfo] = {
@@ -26,7 +55,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         backends=("transformers", "open_clip"),
         default_checkpoints={"full": "openai/clip-vit-large-patch14"},
         components=("vision", "projector", "language"),
-        unsupported_methods=("prompt_tuning",),
+        module="bench.models.clip",
+        task_module="bench.tasks.contrastive",
     ),
     "blip2": FamilyInfo(
         task="caption",
@@ -34,7 +64,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         backends=("transformers",),
         default_checkpoints={"full": "Salesforce/blip2-opt-2.7b"},
         components=("vision", "qformer", "projector", "language"),
-        unsupported_methods=("prompt_tuning",),
+        module="bench.models.blip2",
+        task_module="bench.tasks.captioning",
     ),
     "llava": FamilyInfo(
         task="vqa",
@@ -42,5 +73,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         backends=("transformers",),
         default_checkpoints={"full": "llava-hf/llava-1.5-7b-hf"},
         components=("vision", "projector", "language"),
+        module="bench.models.llava",
+        task_module="bench.tasks.instruct",
     ),
 }

@@ -75,12 +75,11 @@ _COMPONENTS = {
 # attention q/v for LoRA; k/v and the feed-forward output for IA3. open_clip's attention is one
 # nn.MultiheadAttention whose projections are not Linear children (LoRA on `out_proj` changes nothing), so
 # LoRA targets the whole `attn` (PEFT wraps MultiheadAttention) and the other kinds the MLP's c_fc/c_proj.
-_LORA_LIKE = ("lora", "qlora", "dora", "loha", "lokr", "vera", "oft")
 _TARGETS = {
-    "transformers": {**{k: {"language": ("q_proj", "v_proj")} for k in _LORA_LIKE},
-                     "ia3": {"language": ("k_proj", "v_proj", "fc2")}},
-    "open_clip": {"lora": {"language": ("attn",)},
-                  **{k: {"language": ("c_fc", "c_proj")} for k in ("dora", "loha", "lokr", "vera", "oft", "ia3")}},
+    "transformers": {"attention": {"language": ("q_proj", "v_proj")}, "ia3": {"language": ("k_proj", "v_proj", "fc2")}},
+    # qlora: open_clip models are not loaded through transformers' 4-bit path
+    "open_clip": {"lora": {"language": ("attn",)}, "qlora": None,
+                  "attention": {"language": ("c_fc", "c_proj")}, "ia3": {"language": ("c_fc", "c_proj")}},
 }
 _FEEDFORWARD = {"transformers": ("fc2",), "open_clip": ("c_proj",)}
 # Kept in full precision under 4-bit loading: trainable as a component, and transformers' default would

@@ -66,9 +66,7 @@ _COMPONENTS = {
 # Default adapter targets within a component: Llama's attention q/v for the LoRA family; k/v and the
 # feed-forward output (down_proj) for IA3. The CLIP vision tower has q_proj/v_proj too: targeting by
 # component path is what keeps it out.
-_LORA_LIKE = ("lora", "qlora", "dora", "loha", "lokr", "vera", "oft")
-_TARGETS = {**{k: {"language": ("q_proj", "v_proj")} for k in _LORA_LIKE},
-            "ia3": {"language": ("k_proj", "v_proj", "down_proj")}}
+_TARGETS = {"attention": {"language": ("q_proj", "v_proj")}, "ia3": {"language": ("k_proj", "v_proj", "down_proj")}}
 _FEEDFORWARD = ("down_proj",)
 # Kept in full precision under 4-bit loading: everything but the language model's linear layers.
 QUANTIZATION_SKIP = ("model.vision_tower", "model.multi_modal_projector", "lm_head")

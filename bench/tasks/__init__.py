@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-TASK_MODULES = {
-    "clip": "bench.tasks.contrastive",
-    "blip2": "bench.tasks.captioning",
-    "llava": "bench.tasks.instruct",
-}
+from bench.models.catalog import FAMILIES
+
+TASK_MODULES = {name: info.task_module for name, info in FAMILIES.items()}
 
 
 def task_for_family(family: str):
