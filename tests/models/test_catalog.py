@@ -6,13 +6,13 @@ import dataclasses
 import json
 
 import pytest
+from conftest import MINI_SUITE, run_cli
 
 from bench import cli, keys, suite, zoo
 from bench.errors import SuiteError
 from bench.models import FAMILY_MODULES, get_family
 from bench.models.catalog import ADAPTER_KINDS, FAMILIES, METHOD_KINDS, RANKED_KINDS
 from bench.tasks import TASK_MODULES
-from conftest import MINI_SUITE, run_cli
 
 
 def test_every_derived_list_agrees_with_the_table():
