@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.paths import inside
+from bench.paths import inside, write_atomic
 from bench.plan import results_path
 from bench.records import encode, iter_records, latest_per_cell, read_records
 
@@ -44,13 +43,7 @@ def update_baseline(suite_path: str, *, results_dir: str = "results", output: st
                          fix="choose a new file name, or remove that file yourself if it is really yours to replace")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            for r in records:
-                f.write(encode(r))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(target)
+        write_atomic(target, b"".join(encode(r) for r in records))
     except OSError as exc:
         raise BenchError(f"cannot write the baseline {target} ({exc.strerror or exc})", where=where,
                          fix="choose a folder you can write") from None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.paths import inside
+from bench.paths import inside, write_atomic
 from bench.records import locked
 
 
@@ -64,8 +64,10 @@ def _alive(owner: dict) -> bool:
     except (PermissionError, OverflowError):
         pass  # someone else's process: it exists
     started = _start_time(pid)
+    if started is None:  # no /proc (macOS): the pid's liveness is all that can be known
+        return True
     # the owner wrote its own start time: without it, or with another one, this pid is not that process
-    return started is not None and owner.get("start_time") == started
+    return owner.get("start_time") == started
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,7 @@ class Claims:
                         f"other run is going, delete {self._path(cell_id, repeat)}")
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self._path(cell_id, repeat)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({**self.me, "claimed_at": time.time(), "expires": time.time() + ttl_s}))
-            tmp.replace(path)
+            write_atomic(path, json.dumps({**self.me, "claimed_at": time.time(), "expires": time.time() + ttl_s}))
             return Claim(path)
 
     def release(self, claim: Claim) -> None:

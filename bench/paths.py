@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -60,15 +61,20 @@ def check_page(path: Path, *, flag: str | None = None) -> Path:
     return path
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Replace `path` whole (a temporary file beside it, then a rename): a reader, or a run that checks the page
-    before writing it, never sees it half-written, and a crash leaves the old page."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Replace `path` whole: a new temporary file beside it (created exclusively, so never through a link),
+    fsync'd, then renamed over it. A reader, or a run that checks the file before writing it, never sees it
+    half-written, and a crash leaves the old file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -107,12 +113,13 @@ def ensure_writable_folder(folder: str | Path, *, what: str, flag: str) -> Path:
         if folder.exists() and not folder.is_dir():
             raise BenchError(f"the {what} folder {str(folder)!r} is a file; nothing was run", fix=f"choose a folder with {flag}")
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".bench-write-probe-{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"x")
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".bench-write-probe-")  # exclusive: never through a link
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
         free = shutil.disk_usage(folder).free
     except OSError as exc:
         raise BenchError(f"the {what} folder {str(folder)!r} cannot be written ({exc.strerror or exc}); nothing was run",

@@ -74,7 +74,7 @@ def pending_jobs(suite, results: Path, *, only: str | None = None, retry: bool =
 
 def preflight(suite, jobs: list[Job]) -> None:
     """Stop before any training when a named checkpoint cannot be had: one message per missing checkpoint."""
-    from bench.models.hub import checkpoint_error, local_config, looks_like_path, preflight_checkpoint
+    from bench.models.hub import looks_like_path, preflight_checkpoint
 
     problems, seen = [], set()
     for job in jobs:
@@ -83,12 +83,11 @@ def preflight(suite, jobs: list[Job]) -> None:
             continue
         seen.add(m["checkpoint"])
         where = f"[models.{m['name']}] key 'checkpoint'"
+        # random weights on a local folder's shape need that folder (its config.json) as much as pretrained ones
+        if m["weights"] != "pretrained" and not looks_like_path(m["checkpoint"]):
+            continue
         try:
-            if m["weights"] == "pretrained":
-                preflight_checkpoint(m["checkpoint"], revision=m.get("revision"), where=where, file=str(suite.path))
-            elif looks_like_path(m["checkpoint"]) and local_config(m["checkpoint"], revision=m.get("revision")) is None:
-                # random weights drawn on a local checkpoint's shape: its config.json must be there
-                raise checkpoint_error(m["checkpoint"], "the folder has no config.json", where=where, file=str(suite.path))
+            preflight_checkpoint(m["checkpoint"], revision=m.get("revision"), where=where, file=str(suite.path))
         except BenchError as exc:
             problems.append(exc.render())
     if problems:
@@ -109,6 +108,8 @@ class Runner:
         self.isolate = suite.settings["isolate"]
         self.claims = Claims(self.results, self.run_id)
         self._splits: dict[str, object] = {}
+        self._split_errors: dict[str, str] = {}  # dataset -> why it could not be loaded (each of its cells says so)
+        self._seen: dict = {}  # the results file's latest lines, as last read under the lock
 
     # -- data ------------------------------------------------------------------------------
     def splits(self, dataset: dict):
@@ -116,13 +117,14 @@ class Runner:
         from bench.data.loader import load_suite_dataset
 
         key = dataset["name"]
+        if key in self._split_errors:
+            raise BenchError(self._split_errors[key])
         if key not in self._splits:
             try:
                 self._splits[key] = load_suite_dataset(dataset, self.suite.base_dir)
             except BenchError as exc:  # data met mid-run (a file changed since validation): this dataset's cells fail
-                self._splits[key] = exc
-        if isinstance(self._splits[key], BenchError):
-            raise self._splits[key]
+                self._split_errors[key] = exc.render()
+                raise
         return self._splits[key]
 
     # -- the run ---------------------------------------------------------------------------
@@ -148,13 +150,13 @@ class Runner:
                         progress.pass_item(f"{job.cell.label} (repeat {job.repeat})", claim)
                         continue
                     try:
-                        bases.update(self._known_bases())  # another run may have measured one meanwhile
+                        bases.update(self._known_bases(self._seen))  # another run may have measured one meanwhile
                         record = self._run_job(job, bases, progress)
                     finally:
                         self._release(claim)
                     summary.ran += 1
                     summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
-        self._release(None)  # sweep claims left by processes that are gone, and leftovers of interrupted writes
+        self._sweep()
         try:
             summary.report = self.render_report()
         except (BenchError, OSError) as exc:  # the records are written; only the page is missing
@@ -195,7 +197,9 @@ class Runner:
         key = (job.cell.cell_id, job.repeat)
 
         def still_wanted() -> bool:
-            return wanted(recorded(self.results).get(key), retry=self.retry, retry_before=retry_before)
+            self._seen = latest_lines(self.results, warn=False)  # one read per claim, under the lock; bases come from it too
+            latest = self._seen.get(key)
+            return wanted(latest and (latest[0], latest[1]["status"]), retry=self.retry, retry_before=retry_before)
 
         # room for the OOM back-off's retries and the base evaluation before the claim counts as abandoned
         ttl = job.cell.train["timeout_s"] * (2 + job.cell.train["batch_size"].bit_length()) + 600
@@ -208,16 +212,21 @@ class Runner:
                                      "claim file, move it away; then run again") from None
 
     def _release(self, claim) -> None:
-        """Release `claim` (None: only sweep stale ones) under the results lock."""
-        if claim is None and not self.claims.folder.is_dir():
+        try:
+            with locked(self.results):
+                self.claims.release(claim)
+        except OSError:
+            pass  # a claim left behind is released as stale once this process is gone
+
+    def _sweep(self) -> None:
+        """At the end of a run: remove claims left by processes that are gone, and leftovers of interrupted writes."""
+        if not self.claims.folder.is_dir():
             return
         try:
             with locked(self.results):
-                if claim is not None:
-                    self.claims.release(claim)
                 self.claims.sweep()
         except OSError:
-            pass  # a claim left behind is released as stale once this process is gone
+            pass
 
     def render_report(self) -> Path | None:
         from bench.report import write_index, write_report
@@ -254,12 +263,12 @@ class Runner:
         quality = build_zoo(family, self.suite.settings["threads"], on_event=progress.event, isolate=self.isolate)
         progress.log(f"zoo: tiny {family} base ready ({quality['metric']} on source = {quality['value']:.1f})")
 
-    def _known_bases(self) -> dict:
-        """Base qualities already measured in earlier runs of this results file."""
+    def _known_bases(self, seen: dict | None = None) -> dict:
+        """Base qualities already measured in this results file (`seen`: its latest_lines, already read)."""
         from bench.stats import number
 
         bases = {}
-        for r in read_latest_quietly(self.results):
+        for _, r in (seen if seen is not None else latest_lines(self.results, warn=False)).values():
             q = r["quality"]
             # reused only when whole and finite: a hand-edited or foreign line must not become every method's base
             if (r["status"] == "ok" and number(q.get("base")) is not None and isinstance(q.get("base_key"), str)
@@ -358,10 +367,6 @@ class Runner:
         append_record(self.results, record)  # the claim made this process the only writer of this cell-run
         progress.finish_item(record)
         return record
-
-
-def read_latest_quietly(results: Path) -> list[dict]:
-    return [r for _, r in latest_lines(results, warn=False).values()]
 
 
 def _display_path(path: Path) -> str:
