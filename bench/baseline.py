@@ -7,7 +7,7 @@ from pathlib import Path
 from bench.errors import BenchError
 from bench.paths import inside, write_atomic
 from bench.plan import results_path
-from bench.records import encode, iter_records, latest_per_cell, read_records
+from bench.records import encode, iter_records, read_latest
 
 
 def default_baseline(suite, results_dir: str | Path) -> Path:
@@ -24,7 +24,7 @@ def update_baseline(suite_path: str, *, results_dir: str = "results", output: st
 
     suite = load_suite(suite_path)
     source = results_path(results_dir, suite.name)
-    records = latest_per_cell(read_records(source))
+    records = read_latest([source])
     if not records:
         raise BenchError(f"no records in {source}", fix=f"run `bench run {suite_path}` first")
     target = Path(output) if output else default_baseline(suite, results_dir)

@@ -265,17 +265,15 @@ def cmd_baseline_update(args) -> int:
 
 def cmd_zoo_build(args) -> int:
     from bench import zoo
-    from bench.records import locked
     from bench.runner import build_zoo
 
     families = args.family or list(zoo.RECIPES)
     for family in families:
-        with locked(zoo.zoo_path(family)):  # the same lock `bench run` builds under
-            if zoo.is_built(family) and not args.force:
-                print(f"{family}: cached at {zoo.zoo_path(family)}")
-                continue
-            q = build_zoo(family, args.threads)
-        print(f"{family}: built at {zoo.zoo_path(family)} ({q['metric']} on the source split = {q['value']:.1f})")
+        q = build_zoo(family, args.threads, force=args.force)
+        if q is None:
+            print(f"{family}: cached at {zoo.zoo_path(family)}")
+        else:
+            print(f"{family}: built at {zoo.zoo_path(family)} ({q['metric']} on the source split = {q['value']:.1f})")
     return 0
 
 

@@ -156,8 +156,7 @@ def compare(base_records: list[dict], current_records: list[dict], fields=None) 
         cells.append(change)
     missing = [g for cid, g in old_groups.items() if cid not in new_groups]
     extra = [g for cid, g in new_groups.items() if cid not in old_groups]
-    invalid = [f"baseline {p}" for p in stats.invalid_numbers(base_records, fields)]
-    invalid += [f"current {p}" for p in stats.invalid_numbers(current_records, fields)]
+    invalid = stats.invalid_on_either_side(base_records, current_records, fields)
     return CompareResult(cells, missing, extra, env_differences(base_records, current_records), invalid)
 
 

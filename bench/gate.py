@@ -285,8 +285,7 @@ def gate(baseline_records: list[dict], current_records: list[dict], rules=None) 
     # fail closed: nothing to compare against, or numbers that are not numbers, is never a pass
     invalid = [] if baseline_records else ["the baseline holds no records: nothing was checked"]
     gated = [r.field for r in rules if isinstance(r, Threshold)]
-    invalid += [f"baseline {p}" for p in stats.invalid_numbers(baseline_records, gated)]
-    invalid += [f"current {p}" for p in stats.invalid_numbers(current_records, gated)]
+    invalid += stats.invalid_on_either_side(baseline_records, current_records, gated)
     rows = []
     for cell_id, old in old_groups.items():
         new = new_groups.get(cell_id)

@@ -249,11 +249,8 @@ class Runner:
 
         families = sorted({j.cell.model["family"] for j in jobs if j.cell.model["weights"] == "zoo" and not j.cell.skip_reason})
         for family in families:
-            if zoo.is_built(family):
-                continue
-            with locked(zoo.zoo_path(family)):  # concurrent runs: one builds, the others wait and find it built
-                if not zoo.is_built(family):
-                    self._build_zoo(family, progress)
+            if not zoo.is_built(family):
+                self._build_zoo(family, progress)
 
 
     def _build_zoo(self, family: str, progress) -> None:
@@ -261,7 +258,8 @@ class Runner:
 
         progress.start_item(f"pretraining the tiny {family} base (zoo, once)", zoo.RECIPES[family]["train"]["steps"])
         quality = build_zoo(family, self.suite.settings["threads"], on_event=progress.event, isolate=self.isolate)
-        progress.log(f"zoo: tiny {family} base ready ({quality['metric']} on source = {quality['value']:.1f})")
+        if quality:
+            progress.log(f"zoo: tiny {family} base ready ({quality['metric']} on source = {quality['value']:.1f})")
 
     def _known_bases(self, seen: dict | None = None) -> dict:
         """Base qualities already measured in this results file (`seen`: its latest_lines, already read)."""
@@ -433,8 +431,18 @@ def run_cell_job(job: CellJob, *, emit):
     return result
 
 
-def build_zoo(family: str, threads: int, *, on_event=None, isolate: bool = True) -> dict:
-    """Pretrain the tiny `family` base in its own process (callers hold the zoo lock); its source quality."""
+def build_zoo(family: str, threads: int, *, force: bool = False, on_event=None, isolate: bool = True) -> dict | None:
+    """Pretrain the tiny `family` base in its own process, under the zoo's lock (concurrent runs: one builds, the
+    others wait and find it built); its source quality, or None when it was built already (and not `force`)."""
+    from bench import zoo
+
+    with locked(zoo.zoo_path(family)):
+        if zoo.is_built(family) and not force:
+            return None
+        return _build_zoo_now(family, threads, on_event=on_event, isolate=isolate)
+
+
+def _build_zoo_now(family: str, threads: int, *, on_event, isolate: bool) -> dict:
     from bench import zoo
     from bench.isolate import call_isolated
 

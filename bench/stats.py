@@ -54,6 +54,11 @@ def number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def invalid_on_either_side(baseline: list[dict], current: list[dict], fields=NUMERIC_FIELDS) -> list[str]:
+    """`invalid_numbers` of both sides of a comparison, each line saying which side."""
+    return [f"{side} {p}" for side, records in (("baseline", baseline), ("current", current)) for p in invalid_numbers(records, fields)]
+
+
 def invalid_numbers(records: list[dict], fields=NUMERIC_FIELDS) -> list[str]:
     """Where a measurement is present but not a finite number (NaN, inf, text, true): bench never writes
     one, so such a file was edited or corrupted, and a gate must not read it as "no value"."""

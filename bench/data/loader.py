@@ -41,7 +41,7 @@ DATASET_KEYS: dict[str, Key] = {
     "path": Key(str, None, "data file or folder, relative to the suite file; for hf, a save_to_disk folder"),
     "eval_path": Key(str, None, "a separate evaluation file or folder of the same format (else eval_fraction is held out)"),
     "image_root": Key(str, None, "folder that image paths in the data file are relative to (default: the file's folder)"),
-    "split": Key(str, None, "scenes: 'source' or the shifted 'target' distribution (default 'target')"),
+    "split": Key(str, None, "scenes: 'source' or the shifted 'target' distribution (default 'target')", choices=("source", "target")),
     "train_size": Key(int, None, "training samples: exactly this many for bundled data (default 256), at most for files",
                       min=1, max=10**9),
     "eval_size": Key(int, None, "evaluation samples: exactly this many for bundled data (default 64), at most for files",
@@ -124,8 +124,6 @@ def check_keys(cfg: dict, *, file: str, where: str, require_task: bool = False) 
                  f"remove it; format {fmt!r} takes {', '.join(sorted(FORMAT_KEYS[fmt]))}")
     if "task" in cfg or require_task:
         _task(cfg, file=file, where=where)
-    if "split" in cfg and cfg["split"] not in ("source", "target"):
-        fail("split", f"'split' must be 'source' or 'target', got {cfg['split']!r}", "target is the shifted one")
     if fmt == "digits":
         from bench.data.digits import N_IMAGES
 

@@ -56,7 +56,7 @@ def test_keys_are_documented_and_every_format_key_is_known():
         ({"format": "parquet"}, "format", "unknown format"),
         ({"task": "vqa"}, "format", "missing key 'format'"),
         ({"format": "llava", "task": "caption", "path": "a.json"}, "task", "does not give task"),
-        ({"format": "scenes", "task": "vqa", "split": "test"}, "split", "'source' or 'target'"),
+        ({"format": "scenes", "task": "vqa", "split": "test"}, "split", "is not one of source, target"),
         ({"format": "csv"}, "path", "needs 'path'"),
         ({"format": "csv", "path": "a.csv", "eval_fraction": 1.5}, "eval_fraction", "between 0 (excluded) and 1 (excluded)"),
         ({"format": "csv", "path": "a.csv", "eval_path": "b.csv", "eval_fraction": 0.1}, "eval_fraction", "no effect"),
