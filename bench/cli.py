@@ -40,7 +40,7 @@ def cmd_validate(args) -> int:
 
 def cmd_plan(args) -> int:
     from bench.plan import expand, results_path
-    from bench.runner import pending_jobs
+    from bench.runner import pending_jobs, recorded
     from bench.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -50,6 +50,7 @@ def cmd_plan(args) -> int:
     results = results_path(args.results_dir, suite.name)
     jobs, _ = pending_jobs(suite, results)
     pending = {(j.cell.cell_id, j.repeat) for j in jobs}
+    statuses = {key: status for key, (_, status) in recorded(results).items()}
     args.params = args.params or args.trace
     args.estimate = args.estimate or args.trace
     counts, estimates, meta_models = {}, {}, {}  # one meta-device build per model, shared by both
@@ -67,9 +68,13 @@ def cmd_plan(args) -> int:
     rows = []
     for cell in cells:
         n_pending = sum((cell.cell_id, r) in pending for r in range(len(suite.seeds)))
-        state = "skip" if cell.skip_reason else ("pending" if n_pending else "done")
+        failed = sorted({s for r in range(len(suite.seeds)) if (s := statuses.get((cell.cell_id, r))) not in (None, "ok", "skipped")})
+        # a recorded failure is "done" for `bench run` (only --retry redoes it): say so instead of "done"
+        state = "skip" if cell.skip_reason else ("pending" if n_pending else "failed" if failed else "done")
         row = {"cell_id": cell.cell_id, "model": cell.model["name"], "dataset": cell.dataset["name"], "method": cell.method["name"],
                "state": state, "pending_repeats": n_pending, "repeats": len(suite.seeds)}
+        if failed:
+            row["failed_statuses"] = failed
         if cell.skip_reason:
             row["skip_reason"] = cell.skip_reason
         if cell.cell_id in counts:

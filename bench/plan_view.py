@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-_STATE_STYLE = {"done": "green", "pending": "yellow", "skip": "dim"}
+_STATE_STYLE = {"done": "green", "pending": "yellow", "skip": "dim", "failed": "red"}
 
 
 def _count(n: int | None) -> str:
@@ -35,6 +35,8 @@ def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, esti
         table.add_column("error", justify="right")
     for r in rows:
         state = r["state"] + (f" ({r['pending_repeats']}/{r['repeats']})" if r["state"] == "pending" and r["repeats"] > 1 else "")
+        if r.get("failed_statuses"):
+            state += f" ({', '.join(r['failed_statuses'])}; --retry redoes it)"
         cols = [escape(str(r[k])) for k in ("cell_id", "model", "dataset", "method")] + [f"[{_STATE_STYLE[r['state']]}]{state}[/]"]
         if params:
             p = r.get("params") or {}

@@ -423,3 +423,17 @@ def test_a_hand_edited_base_quality_is_never_reused(tmp_path):
                  "cell_id": "c2"}, {"quality.base": 40.0, "quality.base_key": "k3", "cell_id": "c3", "quality.metric": None},
                  {"quality.base": 40.0, "quality.base_key": "k4", "cell_id": "c4"})
     assert list(runner._known_bases()) == ["k4"]  # only the whole, finite one
+
+
+def test_plan_says_failed_for_a_cell_whose_record_is_not_ok(tmp_path):
+    suite = suite_file(tmp_path, MINI_SUITE.replace('name = "mini"', 'name = "mini"\nrepeats = 1'))
+    code, _, out = run_cli(["plan", suite, "--json", "--results-dir", tmp_path / "results"])
+    cells = json.loads(out)["cells"]
+    records_file(tmp_path / "results" / "mini.jsonl",
+                 {"suite": "mini", "cell_id": cells[0]["cell_id"], "repeat": 0, "status": "oom"},
+                 {"suite": "mini", "cell_id": cells[1]["cell_id"], "repeat": 0, "status": "ok"})
+    code, err, out = run_cli(["plan", suite, "--json", "--results-dir", tmp_path / "results"])
+    states = [(c["state"], c.get("failed_statuses")) for c in json.loads(out)["cells"]]
+    assert code == 0 and states == [("failed", ["oom"]), ("done", None)], err
+    code, _, out = run_cli(["plan", suite, "--results-dir", tmp_path / "results"])
+    assert "failed (oom; --retry redoes it)" in out
