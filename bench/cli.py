@@ -249,7 +249,6 @@ def cmd_gate(args) -> int:
             baseline = str(suite.base_dir / suite.gate["baseline"])
     if not baseline:
         raise BenchError("no baseline given", fix="pass --baseline FILE, or --suite SUITE whose [gate] names a baseline")
-    input_files([baseline], what="baseline file")
     rules = parse_rules(rules or DEFAULT_RULES)
     result = gate(read_results([baseline], what="baseline"), read_results(args.current, what="results file"), rules)
     from bench.gate import render_markdown, render_terminal

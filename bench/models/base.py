@@ -99,7 +99,12 @@ def targets_from(table: dict[str, dict | None], kind: str, what: str) -> dict[st
     ("BLIP-2 targets") when there is none."""
     from bench.models.catalog import METHOD_KINDS
 
-    row = table[kind] if kind in table else table.get(METHOD_KINDS[kind].targets) if kind in METHOD_KINDS else None
+    if kind in table:  # the family's own row for this kind (None: no default for it)
+        row = table[kind]
+    elif kind in METHOD_KINDS:  # else the row of the kind's target group
+        row = table.get(METHOD_KINDS[kind].targets)
+    else:
+        row = None
     if row is None:
         kinds = [k for k, m in METHOD_KINDS.items() if m.targets and table.get(k, table.get(m.targets)) is not None]
         raise SuiteError(f"method kind {kind!r} has no default {what}",
