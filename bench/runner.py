@@ -391,11 +391,10 @@ def _set_threads(threads: int) -> None:
 
 
 def zoo_job(family: str, threads: int = 0, *, emit):
-    from bench import zoo
+    from bench import pretrain
 
     _set_threads(threads)
-
-    return zoo.build(family, emit=emit)
+    return pretrain.build(family, emit=emit)
 
 
 def _base_job(cell: Cell, device: str, splits, zoo_path, threads: int = 0, *, emit):
