@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.errors import BenchError
 from bench.paths import inside, write_atomic
 from bench.records import locked
 
@@ -91,11 +90,6 @@ class Claims:
     def owner(self, cell_id: str, repeat: int) -> dict | None:
         """The live owner of a claim on this cell-run, or None (no claim, or a stale or unreadable one)."""
         return _read_owner(self._path(cell_id, repeat))
-
-    def check(self) -> None:
-        """Preflight: the claims folder, if there, is a folder (exit 2 before anything trains)."""
-        if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
-            raise BenchError(f"{self.folder} is not a folder; bench keeps its claims there", fix="move that file away")
 
     def sweep(self) -> None:
         """Remove claims whose owners are gone and leftovers of interrupted writes (call under the results lock)."""

@@ -104,6 +104,12 @@ def baseline_problem(suite_dir: Path, value: str) -> str | None:
     return None
 
 
+def require_plain(path: Path, kind: str, *, what: str, fix: str) -> None:
+    """Preflight of a path bench will write: absent, or a plain `kind` ("file" or "folder") that is not a link."""
+    if path.is_symlink() or (path.exists() and not (path.is_file() if kind == "file" else path.is_dir())):
+        raise BenchError(f"{path} is not a plain {kind}; bench keeps its {what} there; nothing was run", fix=fix)
+
+
 def ensure_writable_folder(folder: str | Path, *, what: str, flag: str) -> Path:
     """Preflight for an output folder: it exists or can be made, takes a new file, and has room.
     Raises BenchError (exit 2) naming the folder and the flag that chooses it."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.claims import Claims
 from bench.errors import BenchError, OutputError
-from bench.paths import ensure_writable_folder, inside, page_target
+from bench.paths import ensure_writable_folder, inside, page_target, require_plain
 from bench.plan import Cell, base_key, expand, results_path
 from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, latest_lines, line_count, locked, read_latest
 
@@ -185,12 +185,10 @@ class Runner:
 
     def _check_files(self) -> None:
         fix = "move it away, or choose other folders with --results-dir / --reports-dir"
-        for path, kind in ((self.results, "file"), (Path(str(self.results) + ".lock"), "file"),
-                           (inside(self.reports_dir, self.suite.name), "folder")):
-            if path.is_symlink() or (path.exists() and not (path.is_file() if kind == "file" else path.is_dir())):
-                raise BenchError(f"{path} is not a plain {kind}; bench writes its {'plots' if kind == 'folder' else 'records'} "
-                                 "there; nothing was run", fix=fix)
-        self.claims.check()
+        for path, kind, what in ((self.results, "file", "records"), (Path(str(self.results) + ".lock"), "file", "lock"),
+                                 (self.claims.folder, "folder", "claims"),
+                                 (inside(self.reports_dir, self.suite.name), "folder", "plots")):
+            require_plain(path, kind, what=what, fix=fix)
 
     def _claim(self, job: Job, retry_before: int):
         """Take the cell-run under the results lock, or say why not (bench.claims)."""

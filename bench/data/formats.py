@@ -15,6 +15,7 @@ and Hugging Face datasets (only when `datasets` is installed).
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -89,9 +90,14 @@ def _read_json(path: Path) -> Any:
 def inside_root(path: Path, root: Path) -> bool:
     """Whether `path` stays under `root` once both are resolved: a symlink pointing out of the root leaves it."""
     try:
-        return path.resolve().is_relative_to(root.resolve())
+        return path.resolve().is_relative_to(_resolved(root))
     except (OSError, RuntimeError):  # a symlink loop, a name too long
         return False
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(root: Path) -> Path:
+    return root.resolve()  # one resolve per image root, not per image (a data file names thousands)
 
 
 def resolve_image(value: Any, *, root: Path, file: str, where: str, field: str = "image") -> Path:
