@@ -28,8 +28,8 @@ def _console(stderr: bool = False):
 
 
 def cmd_validate(args) -> int:
-    from bench.plan import expand
-    from bench.suite import load_suite
+    from bench.suite.load import load_suite
+    from bench.suite.plan import expand
 
     for path in args.suites:
         suite = load_suite(path)
@@ -39,9 +39,9 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from bench.plan import expand, results_path
-    from bench.runner import pending_jobs, recorded
-    from bench.suite import load_suite
+    from bench.run.runner import pending_jobs, recorded
+    from bench.suite.load import load_suite
+    from bench.suite.plan import expand, results_path
 
     suite = load_suite(args.suite)
     cells = [c for c in expand(suite) if not args.only or c.matches(args.only)]
@@ -55,13 +55,13 @@ def cmd_plan(args) -> int:
     args.estimate = args.estimate or args.trace
     counts, estimates, meta_models = {}, {}, {}  # one meta-device build per model, shared by both
     if args.params or args.estimate:
-        import bench.preload  # noqa: F401  (the model libraries, with their start-up chatter silenced as in `run`)
+        import bench.run.preload  # noqa: F401  (the model libraries, with their start-up chatter silenced as in `run`)
     if args.params:
-        from bench.params import count_cells
+        from bench.cost.params import count_cells
 
         counts = count_cells(cells, meta_models)
     if args.estimate:
-        from bench.estimate import estimate_cells
+        from bench.cost.estimate import estimate_cells
 
         estimates = estimate_cells(cells, counts or None, meta_models)
     traces = _trace(suite, [c for c in cells if not c.skip_reason]) if args.trace else {}
@@ -82,13 +82,13 @@ def cmd_plan(args) -> int:
         if cell.cell_id in estimates:
             row["estimate"] = estimates[cell.cell_id]
         if cell.cell_id in traces:
-            from bench.preview import estimate_at_trace
+            from bench.cost.preview import estimate_at_trace
 
             row["trace"] = traces[cell.cell_id]
             row["estimate_at_trace"] = estimate_at_trace(cell, row["trace"], meta_models)
         rows.append(row)
     if args.markdown:
-        from bench.preview import render_markdown
+        from bench.cost.preview import render_markdown
         from bench.profile import software
 
         write_output(args.markdown, render_markdown(suite.name, rows, software()), flag="--markdown")
@@ -96,16 +96,16 @@ def cmd_plan(args) -> int:
     if args.json:
         print(json.dumps({"suite": suite.name, "results": str(results), "cells": rows}, indent=2))
         return 0
-    from bench.plan_view import render_plan
+    from bench.suite.plan_view import render_plan
 
     _console().print(render_plan(suite.name, rows, params=args.params, estimate=args.estimate, trace=args.trace))
     return 0
 
 
 def _trace(suite, cells) -> dict:
-    """Each cell's traced training step (bench.preview), one line per cell on stderr as it finishes."""
+    """Each cell's traced training step (bench.cost.preview), one line per cell on stderr as it finishes."""
+    from bench.cost.preview import trace_cells
     from bench.data.loader import load_suite_dataset
-    from bench.preview import trace_cells
 
     splits: dict = {}
 
@@ -125,8 +125,8 @@ def _trace(suite, cells) -> dict:
 def cmd_run(args) -> int:
     from rich.markup import escape
 
-    from bench.runner import Runner
-    from bench.suite import load_suite
+    from bench.run.runner import Runner
+    from bench.suite.load import load_suite
 
     suite = load_suite(args.suite)
     console = _console(stderr=True)
@@ -195,8 +195,8 @@ def write_output(path: str | Path, text: str, *, flag: str) -> Path:
 
 
 def cmd_report(args) -> int:
+    from bench.analysis.report import write_index, write_report
     from bench.paths import inside, page_name, page_target
-    from bench.report import write_index, write_report
 
     records = read_results(args.results, what="results file")
     if not records:
@@ -222,7 +222,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench.compare import compare, render_markdown, render_terminal
+    from bench.analysis.compare import compare, render_markdown, render_terminal
 
     base = read_results([args.base], what="base results file")
     current = read_results([args.current], what="current results file")
@@ -236,12 +236,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from bench.gate import DEFAULT_RULES, gate, parse_rules
+    from bench.analysis.gate import gate
+    from bench.suite.rules import DEFAULT_RULES, parse_rules
 
     rules = args.rule
     baseline = args.baseline
     if args.suite:
-        from bench.suite import load_suite
+        from bench.suite.load import load_suite
 
         suite = load_suite(args.suite)
         rules = rules or suite.gate.get("rules")
@@ -251,7 +252,7 @@ def cmd_gate(args) -> int:
         raise BenchError("no baseline given", fix="pass --baseline FILE, or --suite SUITE whose [gate] names a baseline")
     rules = parse_rules(rules or DEFAULT_RULES)
     result = gate(read_results([baseline], what="baseline"), read_results(args.current, what="results file"), rules)
-    from bench.gate import render_markdown, render_terminal
+    from bench.analysis.gate import render_markdown, render_terminal
 
     render_terminal(result, _console())
     if args.markdown:
@@ -260,7 +261,7 @@ def cmd_gate(args) -> int:
 
 
 def cmd_baseline_update(args) -> int:
-    from bench.baseline import update_baseline
+    from bench.analysis.baseline import update_baseline
 
     path = update_baseline(args.suite, results_dir=args.results_dir, output=args.output)
     print(f"baseline written: {path}")
@@ -268,8 +269,8 @@ def cmd_baseline_update(args) -> int:
 
 
 def cmd_zoo_build(args) -> int:
-    from bench import zoo
-    from bench.runner import build_zoo
+    from bench.run.runner import build_zoo
+    from bench.suite import zoo
 
     families = args.family or list(zoo.RECIPES)
     for family in families:

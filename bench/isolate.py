@@ -1,7 +1,7 @@
 """Run one function in its own process, with a wall-clock limit and a channel for progress events.
 
 Cells are forked from a multiprocessing *forkserver* that imported torch and the model libraries
-once (bench/preload.py) and never runs a torch computation or touches CUDA. So each cell starts in
+once (bench/run/preload.py) and never runs a torch computation or touches CUDA. So each cell starts in
 milliseconds instead of paying ~10 s of imports, its memory high-water mark is its own, and forking
 stays safe even when the calling process has itself run torch code (a plain fork after OpenMP has
 started its threads can hang the child). A crash, a kill or a hang stays in the child: the parent
@@ -101,7 +101,7 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
         parent_conn.close()
 
 
-_PRELOAD = ["bench.preload"]
+_PRELOAD = ["bench.run.preload"]
 
 
 def _context():

@@ -14,11 +14,14 @@ import tempfile
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.keys import suite_name_problem
+from bench.keyspec import short
 
 MIN_FREE_BYTES = 1 << 20  # preflight: room for a hundred records and a report page before the first cell trains
 PAGE_MARK = "<!-- bench"  # the first line of every Markdown page bench writes
 # how pages of earlier bench versions began: they may be replaced too
+# a suite name becomes a file name (results/<name>.jsonl, reports/<name>.md): plain characters only
+SUITE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+RESERVED_NAMES = ("readme",)  # reports/README.md is the index of pages
 OLD_PAGE_HEADS = ("# Benchmark reports", "# Cost preview: ", "# Gate: ", "# Comparison")
 
 
@@ -134,3 +137,13 @@ def ensure_writable_folder(folder: str | Path, *, what: str, flag: str) -> Path:
         raise BenchError(f"the {what} folder {str(folder)!r} has {free:,} bytes free, under the {MIN_FREE_BYTES:,} "
                          "a run needs for its records; nothing was run", fix=fix)
     return folder
+
+
+def suite_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a suite's files, or None."""
+    if not isinstance(name, str) or not SUITE_NAME_RE.fullmatch(name):
+        return (f"{short(name)} is not a plain file name (1–100 letters, digits, '-', '_', '.', not starting with "
+                "'.' or '-'); it names results/<name>.jsonl and reports/<name>.md")
+    if name.lower() in RESERVED_NAMES or name.lower().split(".")[0] in RESERVED_NAMES:
+        return f"{name!r} is reserved: reports/README.md is the index of report pages"
+    return None

@@ -71,7 +71,7 @@ def autocast(settings: dict, device: str):
 def accumulate(model, task, micro_batches, settings: dict, device: str, *, scaler=None, before_forward=None,
                after_backward=None):
     """The forward and backward passes of one optimizer step, over its micro-batches (the step bench.train runs
-    and bench.trace traces). Each loss is divided by grad_accum; the returned sum stays on the device, so reading
+    and bench.cost.trace traces). Each loss is divided by grad_accum; the returned sum stays on the device, so reading
     it (one device sync) is the caller's choice, once per step."""
     loss_sum = None
     for batch in micro_batches:

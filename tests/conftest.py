@@ -19,6 +19,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _private_tmpdir(tmp_path_factory, monkeypatch):
+    """Files bench puts in the temp folder (unsaved records, error logs) go to a folder of this test
+    session, never the machine's /tmp: fault-injection tests would otherwise leave them behind."""
+    folder = tmp_path_factory.getbasetemp() / "tmpdir"
+    folder.mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr("tempfile.tempdir", str(folder))
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip cleanly on machines without CUDA."""
     try:

@@ -171,15 +171,15 @@ def test_gate_failure_in_a_subprocess_prints_a_table_not_a_traceback(tmp_path):
 
 
 def test_readme_key_tables_are_generated_from_bench_keys():
-    from bench.keys import markdown_tables
+    from bench.suite.keys import markdown_tables
 
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- keys:begin -->", 1)[1].split("<!-- keys:end -->", 1)[0]
-    assert block.strip() == markdown_tables().strip(), "run `.venv/bin/python -m bench.keys` to sync README.md"
+    assert block.strip() == markdown_tables().strip(), "run `.venv/bin/python -m bench.suite.keys` to sync README.md"
 
 
 def test_key_docs_render_in_markdown_tables():
-    from bench.keys import markdown_tables
+    from bench.suite.keys import markdown_tables
 
     text = markdown_tables()
     assert "results/&lt;name>.jsonl" in text  # a bare <name> would be swallowed as an HTML tag

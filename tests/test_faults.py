@@ -178,8 +178,8 @@ def test_an_image_broken_after_validation_is_an_error_record_and_the_suite_goes_
     text += '\n[datasets.files]\nformat = "csv"\npath = "data/labels.csv"\n'
     suite = _suite(tmp_path, text)
 
-    from bench.runner import Runner
-    from bench.suite import load_suite
+    from bench.run.runner import Runner
+    from bench.suite.load import load_suite
 
     loaded = load_suite(suite)  # validated while the images were fine
     (data / "3.png").write_bytes(b"not a png any more")

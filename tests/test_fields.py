@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench import compare, fields, gate, report, stats
+from bench import fields
+from bench.analysis import compare, report, stats
+from bench.suite import rules
 
 
 def test_every_field_has_a_unique_alias_a_unit_and_a_known_direction():
@@ -14,11 +16,11 @@ def test_every_field_has_a_unique_alias_a_unit_and_a_known_direction():
 
 def test_gate_accepts_every_field_by_alias_and_path_and_nothing_else():
     for f in fields.FIELDS:
-        assert gate.parse_rule(f"{f.alias}:+5%").field == f.path == gate.parse_rule(f"{f.path}:-1").field
+        assert rules.parse_rule(f"{f.alias}:+5%").field == f.path == rules.parse_rule(f"{f.path}:-1").field
     for unknown in ("cost.peak_memroy_mb", "quality.detla", "cost.breakdown_mb"):
         try:
-            gate.parse_rule(f"{unknown}:+5%")
-        except gate.RuleError:
+            rules.parse_rule(f"{unknown}:+5%")
+        except rules.RuleError:
             continue
         raise AssertionError(f"{unknown} was accepted")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from conftest import MINI_SUITE
 
-from bench.plan import expand
 from bench.records import read_records
-from bench.runner import Runner
-from bench.suite import load_suite
+from bench.run.runner import Runner
+from bench.suite.load import load_suite
+from bench.suite.plan import expand
 
 pytestmark = pytest.mark.gpu
 
@@ -52,15 +52,16 @@ def test_bf16_checkpointing_and_qlora_cells_run_on_cuda(write_suite, tmp_path):
 
 
 def test_a_fake_trace_predicts_cuda_allocated_memory(write_suite):
-    """The CPU trace (bench.trace) against the same two steps on CUDA, counted by the caching allocator."""
+    """The CPU trace (bench.cost.trace) against the same two steps on CUDA, counted by the caching allocator."""
     import torch
 
-    from bench.cell import encode_kwargs, model_spec, task_settings
+    from bench.cost.trace import trace_cell
     from bench.data.loader import load_suite_dataset
     from bench.methods import apply_method
     from bench.models import get_family
+    from bench.models.base import model_spec
     from bench.tasks import task_for_family
-    from bench.trace import trace_cell
+    from bench.tasks.base import encode_kwargs, task_settings
     from bench.train import autocast
 
     cell = next(c for c in expand(load_suite(write_suite(GPU_SUITE))) if c.method["name"] == "full")

@@ -414,8 +414,8 @@ def test_a_results_path_that_is_a_folder_or_a_fifo_is_refused_by_run_and_read_as
 
 
 def test_a_hand_edited_base_quality_is_never_reused(tmp_path):
-    from bench.runner import Runner
-    from bench.suite import load_suite
+    from bench.run.runner import Runner
+    from bench.suite.load import load_suite
 
     suite = load_suite(suite_file(tmp_path, MINI_SUITE))
     runner = Runner(suite, results_dir=tmp_path / "results", reports_dir=tmp_path / "reports", show_progress=False)

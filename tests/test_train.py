@@ -9,14 +9,14 @@ import sys
 import pytest
 import torch
 
-from bench.cell import task_settings
 from bench.data.scenes import scenes_dataset
 from bench.errors import BenchError
-from bench.keys import TRAIN_KEYS
 from bench.methods import apply_method
 from bench.models import llava
 from bench.models.base import ModelSpec
+from bench.suite.keys import TRAIN_KEYS
 from bench.tasks import instruct as task
+from bench.tasks.base import task_settings
 from bench.train import Diverged, total_steps, train
 
 FULL = {"name": "full", "kind": "full", "freeze": []}
@@ -49,7 +49,7 @@ def encoded(base):
 
 
 def fresh(base, method=FULL, seed: int = 0):
-    """A copy of the base model with the method applied (adapter init drawn from `seed`, as bench.cell does)."""
+    """A copy of the base model with the method applied (adapter init drawn from `seed`, as bench.run.cell does)."""
     loaded = copy.deepcopy(base)
     torch.manual_seed(seed)
     return loaded, apply_method(loaded, method, llava)
@@ -212,12 +212,12 @@ def test_every_family_trains_a_step_with_every_method(family, method):
     """The issue's matrix: each family × method builds, adapts, and takes optimizer steps that move the trainable weights."""
     import torch
 
-    from bench.cell import task_settings
     from bench.data.loader import load_dataset
     from bench.methods import apply_method, quantization_config
     from bench.models import get_family
     from bench.models.base import ModelSpec
     from bench.tasks import task_for_family
+    from bench.tasks.base import task_settings
     from bench.train import train
 
     fam, task = get_family(family), task_for_family(family)

@@ -48,11 +48,11 @@ class Record:
     turns: tuple[tuple[str, str], ...] = ()
 
 
-def _fail(message: str, *, file: str, where: str | None = None, fix: str | None = None):
+def fail(message: str, *, file: str, where: str | None = None, fix: str | None = None):
     raise DataError(message, file=file, where=where, fix=fix)
 
 
-def _type_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
@@ -61,19 +61,19 @@ def _read_text(path: Path) -> str:
     try:
         exists, is_file = path.exists(), path.is_file()
     except OSError as e:  # a name too long for the filesystem, a folder we may not enter
-        _fail(f"cannot be read ({e.strerror or e})", file=str(path), fix="check the path")
+        fail(f"cannot be read ({e.strerror or e})", file=str(path), fix="check the path")
     if not exists:
-        _fail("file does not exist", file=str(path),
+        fail("file does not exist", file=str(path),
               fix="check the path; relative paths start at the suite file's folder")
     if not is_file:
-        _fail("is a folder, not a file" if path.is_dir() else "is not a regular file", file=str(path),
+        fail("is a folder, not a file" if path.is_dir() else "is not a regular file", file=str(path),
               fix="point `path` at the data file")
     try:
         return path.read_text(encoding="utf-8-sig")  # -sig: tolerate the BOM spreadsheet programs write
     except UnicodeDecodeError as e:
-        _fail(f"is not UTF-8 text ({e.reason} at byte {e.start})", file=str(path), fix="save the file as UTF-8")
+        fail(f"is not UTF-8 text ({e.reason} at byte {e.start})", file=str(path), fix="save the file as UTF-8")
     except OSError as e:
-        _fail(f"cannot be read ({e.strerror or e})", file=str(path), fix="check the file's permissions")
+        fail(f"cannot be read ({e.strerror or e})", file=str(path), fix="check the file's permissions")
 
 
 def _read_json(path: Path) -> Any:
@@ -81,10 +81,10 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        _fail(f"not valid JSON: {e.msg}", file=str(path), where=f"line {e.lineno}, column {e.colno}",
+        fail(f"not valid JSON: {e.msg}", file=str(path), where=f"line {e.lineno}, column {e.colno}",
               fix="fix the JSON syntax (a JSON linter shows the spot)")
     except RecursionError:
-        _fail("JSON nested too deeply to read", file=str(path), fix="a data file needs a few levels of nesting, not thousands")
+        fail("JSON nested too deeply to read", file=str(path), fix="a data file needs a few levels of nesting, not thousands")
 
 
 def inside_root(path: Path, root: Path) -> bool:
@@ -105,15 +105,15 @@ def resolve_image(value: Any, *, root: Path, file: str, where: str, field: str =
     symlink that resolves outside it)."""
     at = f"{where}, field '{field}'"
     if value is None:
-        _fail(f"missing field '{field}'", file=file, where=at,
+        fail(f"missing field '{field}'", file=file, where=at,
               fix=f"give every record an '{field}' path relative to the image root")
     if not isinstance(value, str) or not value.strip():
-        _fail(f"'{field}' must be a non-empty path string, got {_type_name(value)}", file=file, where=at,
+        fail(f"'{field}' must be a non-empty path string, got {json_type_name(value)}", file=file, where=at,
               fix=f"set '{field}' to the image's path relative to the image root")
     rel = value.strip()
     normal = os.path.normpath(rel)
     if os.path.isabs(rel) or normal == ".." or normal.startswith(".." + os.sep):
-        _fail(f"image path {rel!r} escapes the image root {str(root)!r}", file=file, where=at,
+        fail(f"image path {rel!r} escapes the image root {str(root)!r}", file=file, where=at,
               fix="use a path relative to the image root without '..', or set image_root to a folder that holds it")
     path = root / normal
     try:
@@ -121,11 +121,11 @@ def resolve_image(value: Any, *, root: Path, file: str, where: str, field: str =
     except OSError:
         is_file = False
     if not is_file:
-        _fail(f"image file {str(path)[:300]!r} does not exist", file=file, where=at,
+        fail(f"image file {str(path)[:300]!r} does not exist", file=file, where=at,
               fix="check the path and image_root (image paths are relative to image_root, "
               "by default the data file's folder)")
     if not inside_root(path, root):
-        _fail(f"image path {rel[:300]!r} resolves outside the image root {str(root)!r} (a symbolic link)", file=file,
+        fail(f"image path {rel[:300]!r} resolves outside the image root {str(root)!r} (a symbolic link)", file=file,
               where=at, fix="copy the image under the image root, or set image_root to a folder that really holds it")
     return path
 
@@ -141,16 +141,16 @@ def read_llava(path: str | Path, image_root: str | Path | None = None) -> list[R
     file = str(path)
     data = _read_json(path)
     if not isinstance(data, list):
-        _fail(f"expected a JSON list of records, got {_type_name(data)}", file=file, where="top level",
+        fail(f"expected a JSON list of records, got {json_type_name(data)}", file=file, where="top level",
               fix='a LLaVA file is a list: [{"image": "a.jpg", "conversations": [{"from": "human", ...}, ...]}, ...]')
     if not data:
-        _fail("the file has no records", file=file, where="top level",
+        fail("the file has no records", file=file, where="top level",
               fix="add records or point `path` at another file")
     records = []
     for i, rec in enumerate(data):
         where = f"record {i}"
         if not isinstance(rec, dict):
-            _fail(f"expected an object, got {_type_name(rec)}", file=file, where=where,
+            fail(f"expected an object, got {json_type_name(rec)}", file=file, where=where,
                   fix='each record is {"image": ..., "conversations": [...]}')
         if isinstance(rec.get("id"), (str, int)) and not isinstance(rec.get("id"), bool):
             where += f" (id {str(rec['id'])[:60]!r})"
@@ -164,43 +164,43 @@ def _llava_turns(rec: dict, *, file: str, where: str) -> tuple[tuple[str, str], 
     at = f"{where}, field 'conversations'"
     fix = 'conversations alternate [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}, ...]'
     if "conversations" not in rec:
-        _fail("missing field 'conversations'", file=file, where=at, fix=fix)
+        fail("missing field 'conversations'", file=file, where=at, fix=fix)
     conv = rec["conversations"]
     if not isinstance(conv, list):
-        _fail(f"'conversations' must be a list of turns, got {_type_name(conv)}", file=file, where=at, fix=fix)
+        fail(f"'conversations' must be a list of turns, got {json_type_name(conv)}", file=file, where=at, fix=fix)
     if not conv:
-        _fail("empty conversation", file=file, where=at,
+        fail("empty conversation", file=file, where=at,
               fix="remove the record or give it a human turn and a gpt answer")
     for j, turn in enumerate(conv):
         turn_at = f"{where}, field 'conversations[{j}]"  # + "'" or ".from'" / ".value'" below
         if not isinstance(turn, dict):
-            _fail(f"a turn must be an object, got {_type_name(turn)}", file=file, where=f"{turn_at}'", fix=fix)
+            fail(f"a turn must be an object, got {json_type_name(turn)}", file=file, where=f"{turn_at}'", fix=fix)
         role = turn.get("from")
         if not isinstance(role, str) or role not in USER_ROLES + ASSISTANT_ROLES:
-            shown = repr(role[:40]) if isinstance(role, str) else _type_name(role)
-            _fail(f"'from' is {shown}; expected one of {USER_ROLES + ASSISTANT_ROLES}", file=file,
+            shown = repr(role[:40]) if isinstance(role, str) else json_type_name(role)
+            fail(f"'from' is {shown}; expected one of {USER_ROLES + ASSISTANT_ROLES}", file=file,
                   where=f"{turn_at}.from'", fix=fix)
         if not isinstance(turn.get("value"), str):
-            _fail(f"'value' must be a string, got {_type_name(turn.get('value'))}", file=file,
+            fail(f"'value' must be a string, got {json_type_name(turn.get('value'))}", file=file,
                   where=f"{turn_at}.value'", fix=fix)
         user_expected = j % 2 == 0
         if (role in USER_ROLES) != user_expected:
             expected = "a user (human)" if user_expected else "an assistant (gpt)"
-            _fail(f"turns do not alternate: turn {j} is from {role[:40]!r} but {expected} turn was expected",
+            fail(f"turns do not alternate: turn {j} is from {role[:40]!r} but {expected} turn was expected",
                   file=file, where=f"{turn_at}.from'", fix=fix)
         if not user_expected and not turn["value"].strip():
-            _fail("empty answer", file=file, where=f"{turn_at}.value'", fix="give the assistant turn its answer text")
+            fail("empty answer", file=file, where=f"{turn_at}.value'", fix="give the assistant turn its answer text")
     if len(conv) % 2:
-        _fail(f"the conversation ends with a user turn (turn {len(conv) - 1}) that has no answer", file=file,
+        fail(f"the conversation ends with a user turn (turn {len(conv) - 1}) that has no answer", file=file,
               where=at, fix="add the gpt answer or drop the last human turn")
     # the <image> placeholder marks where the image goes; the task module inserts the model's own image tokens
     pairs = list(zip(conv[0::2], conv[1::2], strict=True))
     for k, (user, reply) in enumerate(pairs):
         if not user["value"].replace(IMAGE_TOKEN, "").strip():
-            _fail("the user turn has no text besides the <image> placeholder", file=file,
+            fail("the user turn has no text besides the <image> placeholder", file=file,
                   where=f"{where}, field 'conversations[{2 * k}].value'", fix="write the question after <image>\\n")
         if IMAGE_TOKEN in reply["value"]:
-            _fail("an answer holds the <image> placeholder", file=file, where=f"{where}, field 'conversations[{2 * k + 1}].value'",
+            fail("an answer holds the <image> placeholder", file=file, where=f"{where}, field 'conversations[{2 * k + 1}].value'",
                   fix="answers are text only; <image> belongs to the first user turn")
     return tuple((user["value"].replace(IMAGE_TOKEN, "").strip(), reply["value"].strip()) for user, reply in pairs)
 
@@ -218,26 +218,26 @@ def read_coco_captions(path: str | Path, image_root: str | Path | None = None) -
     fix = ('COCO captions: {"images": [{"id": 1, "file_name": "a.jpg"}], '
            '"annotations": [{"image_id": 1, "caption": "..."}]}')
     if not isinstance(data, dict):
-        _fail(f"expected a JSON object with 'images' and 'annotations', got {_type_name(data)}", file=file,
+        fail(f"expected a JSON object with 'images' and 'annotations', got {json_type_name(data)}", file=file,
               where="top level", fix=fix)
     for key in ("images", "annotations"):
         if not isinstance(data.get(key), list):
-            _fail(f"'{key}' must be a list, got {_type_name(data.get(key))}", file=file, where=f"field '{key}'",
+            fail(f"'{key}' must be a list, got {json_type_name(data.get(key))}", file=file, where=f"field '{key}'",
                   fix=fix)
     if not data["images"]:
-        _fail("'images' is empty", file=file, where="field 'images'", fix=fix)
+        fail("'images' is empty", file=file, where="field 'images'", fix=fix)
 
     images: dict[Any, tuple[int, Path]] = {}
     for i, im in enumerate(data["images"]):
         where = f"record {i} of 'images'"
         if not isinstance(im, dict):
-            _fail(f"expected an object, got {_type_name(im)}", file=file, where=where, fix=fix)
+            fail(f"expected an object, got {json_type_name(im)}", file=file, where=where, fix=fix)
         image_id = im.get("id")
         if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
-            _fail(f"'id' must be an integer or string, got {_type_name(image_id)}", file=file,
+            fail(f"'id' must be an integer or string, got {json_type_name(image_id)}", file=file,
                   where=f"{where}, field 'id'", fix=fix)
         if image_id in images:
-            _fail(f"duplicate image id {str(image_id)[:60]!r} (also record {images[image_id][0]})", file=file,
+            fail(f"duplicate image id {str(image_id)[:60]!r} (also record {images[image_id][0]})", file=file,
                   where=f"{where}, field 'id'", fix="give every image a unique id")
         images[image_id] = (i, resolve_image(im.get("file_name"), root=root, file=file, where=where, field="file_name"))
 
@@ -245,24 +245,24 @@ def read_coco_captions(path: str | Path, image_root: str | Path | None = None) -
     for j, ann in enumerate(data["annotations"]):
         where = f"record {j} of 'annotations'"
         if not isinstance(ann, dict):
-            _fail(f"expected an object, got {_type_name(ann)}", file=file, where=where, fix=fix)
+            fail(f"expected an object, got {json_type_name(ann)}", file=file, where=where, fix=fix)
         image_id = ann.get("image_id")
         if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
-            _fail(f"'image_id' must be an integer or string, got {_type_name(image_id)}", file=file,
+            fail(f"'image_id' must be an integer or string, got {json_type_name(image_id)}", file=file,
                   where=f"{where}, field 'image_id'", fix=fix)
         if image_id not in images:
-            _fail(f"image_id {str(image_id)[:60]!r} is not the id of any entry in 'images'", file=file,
+            fail(f"image_id {str(image_id)[:60]!r} is not the id of any entry in 'images'", file=file,
                   where=f"{where}, field 'image_id'", fix="add the image to 'images' or remove the annotation")
         caption = ann.get("caption")
         if not isinstance(caption, str) or not caption.strip():
-            _fail(f"'caption' must be a non-empty string, got {_type_name(caption) if not isinstance(caption, str) else 'an empty one'}", file=file,
+            fail(f"'caption' must be a non-empty string, got {json_type_name(caption) if not isinstance(caption, str) else 'an empty one'}", file=file,
                   where=f"{where}, field 'caption'", fix="remove the annotation or write its caption")
         captions[ann["image_id"]].append(" ".join(caption.split()))
 
     records = []
     for image_id, (i, image) in images.items():
         if not captions[image_id]:
-            _fail(f"image id {str(image_id)[:60]!r} has no captions in 'annotations'", file=file,
+            fail(f"image id {str(image_id)[:60]!r} has no captions in 'annotations'", file=file,
                   where=f"record {i} of 'images', field 'id'", fix="add its captions or remove it from 'images'")
         records.append(Record(file, f"record {i} of 'images'", image, "file_name", captions=tuple(captions[image_id])))
     return records
@@ -276,25 +276,25 @@ def read_image_folder(root: str | Path) -> list[Record]:
     root = Path(root)
     file = str(root)
     if not root.is_dir():
-        _fail("folder does not exist" if not root.exists() else "is a file, not a folder", file=file,
+        fail("folder does not exist" if not root.exists() else "is a file, not a folder", file=file,
               fix="point `path` at a folder laid out as <class>/<image>.png")
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     for d in classes:
         if not inside_root(d, root):
-            _fail("class folder is a symbolic link that leads outside the dataset folder", file=file, where=f"class '{d.name}'",
+            fail("class folder is a symbolic link that leads outside the dataset folder", file=file, where=f"class '{d.name}'",
                   fix="copy the images into the dataset folder")
     if not classes:
-        _fail("has no class folders", file=file, fix="lay images out as path/<class name>/<image>.png")
+        fail("has no class folders", file=file, fix="lay images out as path/<class name>/<image>.png")
     records = []
     for d in classes:
         files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
-            _fail(f"class folder has no images ({', '.join(IMAGE_EXTENSIONS)})", file=file, where=f"class '{d.name}'",
+            fail(f"class folder has no images ({', '.join(IMAGE_EXTENSIONS)})", file=file, where=f"class '{d.name}'",
                   fix="add images or remove the folder")
         for f in files:
             where = f"record {len(records)} ({d.name}/{f.name})"
             if not inside_root(f, root):
-                _fail("image is a symbolic link that leads outside the dataset folder", file=file, where=where,
+                fail("image is a symbolic link that leads outside the dataset folder", file=file, where=where,
                       fix="copy the image into the dataset folder")
             records.append(Record(file, where, f, label=d.name))
     return records
@@ -308,7 +308,7 @@ def read_csv(path: str | Path, image_root: str | Path | None = None) -> list[Rec
     try:
         return _csv_records(_read_text(path), root=root, file=file)
     except csv.Error as e:  # a field over the csv module's limit, a NUL byte, an unterminated quote
-        _fail(f"is not a readable CSV ({e})", file=file, fix="write one '<image path>,<class name>' row per line")
+        fail(f"is not a readable CSV ({e})", file=file, fix="write one '<image path>,<class name>' row per line")
 
 
 def _csv_records(text: str, *, root: Path, file: str) -> list[Record]:
@@ -316,22 +316,22 @@ def _csv_records(text: str, *, root: Path, file: str) -> list[Record]:
     header = [h.strip() for h in (reader.fieldnames or [])]
     if "image" not in header or "label" not in header:
         # the line itself is not echoed: the file may not be a CSV at all, and its first line may be a secret
-        _fail(f"the first line ({len(header)} comma-separated field(s)) does not name the columns 'image' and 'label'",
+        fail(f"the first line ({len(header)} comma-separated field(s)) does not name the columns 'image' and 'label'",
               file=file, where="header (line 1)", fix="make the first line 'image,label' and each row '<image path>,<class name>'")
     reader.fieldnames = header
     records = []
     for i, row in enumerate(reader):
         where = f"record {i} (line {reader.line_num})"
         if None in row:
-            _fail(f"the row has {len(header) + len(row[None])} fields but the header has {len(header)}", file=file,
+            fail(f"the row has {len(header) + len(row[None])} fields but the header has {len(header)}", file=file,
                   where=where, fix="quote values that contain commas")
         label = (row.get("label") or "").strip()
         if not label:
-            _fail("empty label", file=file, where=f"{where}, field 'label'", fix="give every row a class name")
+            fail("empty label", file=file, where=f"{where}, field 'label'", fix="give every row a class name")
         image = resolve_image((row.get("image") or "").strip() or None, root=root, file=file, where=where)
         records.append(Record(file, where, image, label=label))
     if not records:
-        _fail("the CSV has a header but no rows", file=file, fix="add rows '<image path>,<class name>'")
+        fail("the CSV has a header but no rows", file=file, fix="add rows '<image path>,<class name>'")
     return records
 
 
@@ -354,37 +354,37 @@ def read_vqa_jsonl(path: str | Path, image_root: str | Path | None = None) -> li
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            _fail(f"not valid JSON: {e.msg} (column {e.colno})", file=file, where=where, fix=fix)
+            fail(f"not valid JSON: {e.msg} (column {e.colno})", file=file, where=where, fix=fix)
         except RecursionError:
-            _fail("JSON nested too deeply to read", file=file, where=where, fix=fix)
+            fail("JSON nested too deeply to read", file=file, where=where, fix=fix)
         if not isinstance(obj, dict):
-            _fail(f"expected an object, got {_type_name(obj)}", file=file, where=where, fix=fix)
+            fail(f"expected an object, got {json_type_name(obj)}", file=file, where=where, fix=fix)
         question = obj.get("question")
         if not isinstance(question, str) or not question.strip():
-            _fail(f"'question' must be a non-empty string, got {_type_name(question) if not isinstance(question, str) else 'an empty one'}", file=file,
+            fail(f"'question' must be a non-empty string, got {json_type_name(question) if not isinstance(question, str) else 'an empty one'}", file=file,
                   where=f"{where}, field 'question'", fix=fix)
-        answers = _vqa_answers(obj.get("answers"), file=file, where=where, fix=fix)
+        answers = vqa_answers(obj.get("answers"), file=file, where=where, fix=fix)
         image = resolve_image(obj.get("image"), root=root, file=file, where=where)
         question = question.replace(IMAGE_TOKEN, "").strip()  # the task inserts the model's own image tokens
         if not question:
-            _fail("'question' has no text besides the <image> placeholder", file=file, where=f"{where}, field 'question'", fix=fix)
+            fail("'question' has no text besides the <image> placeholder", file=file, where=f"{where}, field 'question'", fix=fix)
         records.append(Record(file, where, image, question=question, answers=answers,
                               turns=((question, majority_answer(answers)),)))
     if not records:
-        _fail("the file has no records", file=file, fix=fix)
+        fail("the file has no records", file=file, fix=fix)
     return records
 
 
-def _vqa_answers(value: Any, *, file: str, where: str, fix: str) -> tuple[str, ...]:
+def vqa_answers(value: Any, *, file: str, where: str, fix: str) -> tuple[str, ...]:
     at = f"{where}, field 'answers'"
     if not isinstance(value, list) or not value:
-        _fail(f"'answers' must be a non-empty list, got {_type_name(value) if value != [] else 'an empty one'}", file=file, where=at, fix=fix)
+        fail(f"'answers' must be a non-empty list, got {json_type_name(value) if value != [] else 'an empty one'}", file=file, where=at, fix=fix)
     answers = []
     for k, a in enumerate(value):
         text = a.get("answer") if isinstance(a, dict) else a
         if not isinstance(text, str) or not text.strip() or IMAGE_TOKEN in text:
-            got = "the <image> placeholder" if isinstance(text, str) and IMAGE_TOKEN in text else _type_name(text)
-            _fail(f"answer {k} must be a non-empty string or {{\"answer\": ...}} of text, got {got}", file=file,
+            got = "the <image> placeholder" if isinstance(text, str) and IMAGE_TOKEN in text else json_type_name(text)
+            fail(f"answer {k} must be a non-empty string or {{\"answer\": ...}} of text, got {got}", file=file,
                   where=f"{where}, field 'answers[{k}]'", fix=fix)
         answers.append(text.strip())
     return tuple(answers)
@@ -410,7 +410,7 @@ def open_image(record: Record):
             return im.convert("RGB")
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError or DecompressionBombError
         name = f" {str(record.image)!r}" if isinstance(record.image, Path) else ""
-        _fail(f"image{name} cannot be read: {type(e).__name__}: {e}", file=record.file,
+        fail(f"image{name} cannot be read: {type(e).__name__}: {e}", file=record.file,
               where=f"{record.where}, field '{record.image_field}'",
               fix="re-save it as PNG or JPEG, or remove the record")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.data.formats import Record, _fail, _type_name, _vqa_answers, majority_answer, resolve_image
+from bench.data.formats import Record, fail, json_type_name, majority_answer, resolve_image, vqa_answers
 from bench.errors import DataError
 
 HF_COLUMNS = ("image", "label", "caption", "question", "answers")
@@ -29,7 +29,7 @@ def read_hf(
     try:
         import datasets
     except ImportError:
-        _fail("reading Hugging Face datasets needs the `datasets` library, which is not installed", file=file,
+        fail("reading Hugging Face datasets needs the `datasets` library, which is not installed", file=file,
               fix="pip install datasets")
     cols = {k: k for k in HF_COLUMNS} | dict(columns or {})
     try:
@@ -37,7 +37,7 @@ def read_hf(
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
-                    _fail(f"split {split!r} is not in the saved dataset (it has {sorted(ds)})", file=file,
+                    fail(f"split {split!r} is not in the saved dataset (it has {sorted(ds)})", file=file,
                           where="hf_split", fix=f"set hf_split to one of {sorted(ds)}")
                 ds = ds[split]
         else:
@@ -45,13 +45,13 @@ def read_hf(
     except DataError:
         raise
     except Exception as e:  # offline hub misses, missing folders, bad splits: all become one clear message
-        _fail(f"cannot load the dataset: {type(e).__name__}: {e}", file=file,
+        fail(f"cannot load the dataset: {type(e).__name__}: {e}", file=file,
               fix="offline, save it where there is network with Dataset.save_to_disk and set `path` to that folder")
 
     needed = ["image"] + {"classification": ["label"], "caption": ["caption"], "vqa": ["question", "answers"]}[task]
     for key in needed:
         if cols[key] not in ds.column_names:
-            _fail(f"column {cols[key]!r} (for {key}) is not in the dataset; it has {ds.column_names}", file=file,
+            fail(f"column {cols[key]!r} (for {key}) is not in the dataset; it has {ds.column_names}", file=file,
                   where=f"columns.{key}", fix=f"map it in the suite: columns = {{{key} = \"<column name>\"}}")
     if isinstance(ds.features[cols["image"]], datasets.Image):
         ds = ds.cast_column(cols["image"], datasets.Image(decode=False))  # decode only the records used
@@ -70,21 +70,21 @@ def read_hf(
             value = row[cols["caption"]]
             caps = (value,) if isinstance(value, str) else tuple(value or ())
             if not caps or not all(isinstance(c, str) and c.strip() for c in caps):
-                _fail(f"captions must be a non-empty string or list of strings, got {_type_name(value)}", file=file,
+                fail(f"captions must be a non-empty string or list of strings, got {json_type_name(value)}", file=file,
                       where=f"{where}, field '{cols['caption']}'", fix="drop rows without captions")
             records.append(Record(file, where, image, cols["image"], captions=tuple(c.strip() for c in caps)))
         else:
             question = row[cols["question"]]
             if not isinstance(question, str) or not question.strip():
-                _fail(f"question must be a non-empty string, got {_type_name(question) if not isinstance(question, str) else 'an empty one'}", file=file,
+                fail(f"question must be a non-empty string, got {json_type_name(question) if not isinstance(question, str) else 'an empty one'}", file=file,
                       where=f"{where}, field '{cols['question']}'", fix="drop rows without a question")
             value = row[cols["answers"]]
-            answers = _vqa_answers([value] if isinstance(value, str) else value, file=file, where=where,
+            answers = vqa_answers([value] if isinstance(value, str) else value, file=file, where=where,
                                    fix="answers are a string, a list of strings or of {answer: ...} objects")
             records.append(Record(file, where, image, cols["image"], question=question.strip(), answers=answers,
                                   turns=((question.strip(), majority_answer(answers)),)))
     if not records:
-        _fail(f"split {split!r} has no rows", file=file, where="hf_split", fix="pick another split")
+        fail(f"split {split!r} has no rows", file=file, where="hf_split", fix="pick another split")
     return records
 
 
@@ -97,5 +97,5 @@ def _hf_image(value: Any, *, root: Path, file: str, where: str, field: str) -> A
         return resolve_image(value, root=root, file=file, where=where, field=field)
     if hasattr(value, "convert"):  # already a PIL image
         return value
-    _fail(f"the image column holds {_type_name(value)}, not an image or a path", file=file,
+    fail(f"the image column holds {json_type_name(value)}, not an image or a path", file=file,
           where=f"{where}, field '{field}'", fix="map columns.image to the column that holds the images")

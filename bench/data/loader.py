@@ -19,7 +19,7 @@ from bench.data import formats
 from bench.data.hf_format import HF_COLUMNS, read_hf
 from bench.data.sample import TASKS, DatasetSplits
 from bench.errors import DataError, SuiteError
-from bench.keys import SEED_MAX, Key
+from bench.keyspec import SEED_MAX, Key
 
 GENERATED = ("scenes", "digits")  # bundled, made in memory
 # format -> the tasks (dataset views) it can give

@@ -110,3 +110,11 @@ def targets_from(table: dict[str, dict | None], kind: str, what: str) -> dict[st
         raise SuiteError(f"method kind {kind!r} has no default {what}",
                          fix=f"use one of {kinds}, or give the method explicit `targets`")
     return dict(row)
+
+
+def model_spec(model_cfg: dict, zoo_path: str | None = None) -> ModelSpec:
+    """The family-facing spec; a zoo model becomes a local checkpoint directory."""
+    cfg = {k: model_cfg.get(k) for k in ("name", "family", "preset", "checkpoint", "weights", "backend", "trust_remote_code", "revision")}
+    if cfg["weights"] == "zoo":
+        cfg["checkpoint"], cfg["weights"] = zoo_path, "pretrained"
+    return ModelSpec(**cfg)

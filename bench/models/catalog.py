@@ -1,6 +1,6 @@
 """The spec table: every model family and every method kind, as plain data, read without importing torch.
 
-Validation (bench/suite.py and the key table), the CLI's choices, the family and task modules and plan's
+Validation (bench/suite/load.py and the key table), the CLI's choices, the family and task modules and plan's
 skip reasons are all derived from FAMILIES and METHOD_KINDS; tests/test_catalog.py checks that they agree.
 Adding a method kind = a MethodKind row here + its construction in bench/methods.py. Adding a family = a
 FamilyInfo row + its module in bench/models/ (and its task in bench/tasks/ if the task is new).

@@ -22,6 +22,7 @@ A task module defines at module level:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 
@@ -42,3 +43,16 @@ class Quality:
     higher_is_better: bool
     extra: dict = field(default_factory=dict)  # other metrics of the same evaluation (BLEU-4, ROUGE-L, ...)
     n: int = 0  # evaluated samples
+
+
+def task_settings(train: dict, device: str) -> TaskSettings:
+    """The task-facing settings from a cell's resolved [defaults]/training table."""
+    return TaskSettings(
+        max_seq_len=train["max_seq_len"], eval_batch_size=train["eval_batch_size"], max_new_tokens=train["max_new_tokens"],
+        num_beams=train["num_beams"], prompt_template=train["prompt_template"], device=device,
+    )
+
+
+def encode_kwargs(task, splits) -> dict:
+    """Extra arguments a task's encode takes from the dataset (CLIP needs the class names for its prompts)."""
+    return {"classnames": splits.classnames} if "classnames" in inspect.signature(task.encode).parameters else {}

@@ -8,17 +8,18 @@ import json
 import pytest
 from conftest import MINI_SUITE, run_cli
 
-from bench import cli, keys, suite, zoo
+from bench import cli
 from bench.errors import SuiteError
 from bench.models import FAMILY_MODULES, get_family
 from bench.models.catalog import ADAPTER_KINDS, FAMILIES, METHOD_KINDS, RANKED_KINDS
+from bench.suite import keys, load, zoo
 from bench.tasks import TASK_MODULES
 
 
 def test_every_derived_list_agrees_with_the_table():
     assert keys.MODEL_KEYS["family"].choices == tuple(FAMILIES) == tuple(FAMILY_MODULES) == tuple(TASK_MODULES)
     assert keys.METHOD_KEYS["kind"].choices == tuple(METHOD_KINDS)
-    assert suite.ADAPTER_KINDS == ADAPTER_KINDS and suite.RANKED_KINDS == RANKED_KINDS
+    assert load.ADAPTER_KINDS == ADAPTER_KINDS and load.RANKED_KINDS == RANKED_KINDS
     assert set(zoo.RECIPES) == set(FAMILIES)
     for name in FAMILIES:  # `bench zoo build --family` takes every family
         assert cli.build_parser().parse_args(["zoo", "build", "--family", name]).family == [name]

@@ -1,0 +1,435 @@
+"""Markdown report pages (reports/<suite>.md, plots in reports/<suite>/) and the index page.
+
+Reads records only; never imports torch (matplotlib only through bench.analysis.plots, lazily).
+Each page starts with a one-line HTML comment holding its metadata as JSON
+(`<!-- bench-report {...} -->`), invisible when rendered, which `write_index` reads back: the index
+never re-parses tables and keeps working when the page layout changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from bench.analysis import stats
+from bench.analysis.stats import Group
+from bench.fields import ENV_KEYS
+from bench.paths import PAGE_MARK, inside, page_target, write_atomic
+
+STATUS_LABELS = {"oom": "OOM", "timeout": "timeout", "error": "error", "diverged": "diverged", "skipped": "skipped"}
+STAR = "★"
+NEAR = "≈"
+REMOTE_CODE = "⚠"
+META_RE = re.compile(r"^<!-- bench-report (\{.*\}) -->$", re.MULTILINE)
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
+    if seconds < 3600:
+        m, s = divmod(round(seconds), 60)
+        return f"{m} min {s:02d} s"
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m:02d} min"
+
+
+def fmt_mb(mb: float | None) -> str:
+    if mb is None:
+        return "—"
+    return f"{mb:,.0f} MB" if mb >= 100 else f"{mb:.1f} MB"
+
+
+def fmt_count(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f}"
+
+
+def fmt_rate(v: float | None) -> str:
+    return "—" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.1f}")
+
+
+def _pm(summary: stats.Summary | None, fmt, *, signed: bool = False) -> str:
+    """mean, with ± sample std when repeats exist."""
+    if summary is None:
+        return "—"
+    text = f"{summary.mean:+.1f}" if signed else fmt(summary.mean)
+    if summary.std is not None:
+        text += f" ± {summary.std:.1f}" if signed else f" ± {fmt(summary.std)}"
+    return text
+
+
+def cell_text(text: str, limit: int | None = None) -> str:
+    """Safe inside a Markdown table cell: no pipes or newlines; optionally shortened."""
+    text = " ".join(str(text).split())
+    if limit and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("|", "\\|")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _status_label(status: str) -> str:
+    return f"**{STATUS_LABELS.get(status, status)}**"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+# ---------------------------------------------------------------- page pieces
+
+
+class _Page:
+    """Everything derived once from the records, used by the sections."""
+
+    def __init__(self, records: list[dict]):
+        self.groups = list(stats.group_by_cell(records).values())
+        self.records = [r for g in self.groups for r in g.records]
+        self.blocks = stats.by_model_dataset(self.groups)
+        self.front_memory: set[str] = set()
+        self.front_time: set[str] = set()
+        self.near_best: set[str] = set()
+        self.best: set[str] = set()
+        for groups in self.blocks.values():
+            self.front_memory |= stats.pareto_cells(groups, "cost.peak_memory_mb")
+            self.front_time |= stats.pareto_cells(groups, "cost.train_wall_s")
+            self._mark_best(groups)
+        self.remote_code = sorted({g.model for g in self.groups if stats.get(g.first, "model.trust_remote_code")})
+
+    def _mark_best(self, groups: list[Group]) -> None:
+        # the best Δ of a model x dataset, and every method whose Δ is inside the noise of it
+        scored = [g for g in groups if stats.gain(g) is not None]
+        if not scored:
+            return
+        best = max(scored, key=stats.gain)
+        self.best.add(best.cell_id)
+        for g in scored:
+            if g is not best and not stats.differs(best.summary("quality.delta"), g.summary("quality.delta")):
+                self.near_best.add(g.cell_id)
+
+    def model_label(self, g: Group) -> str:
+        return cell_text(g.model) + (f" {REMOTE_CODE}" if g.model in self.remote_code else "")
+
+    def repeats_note(self, g: Group) -> str:
+        if g.n > 1 and len(g.ok) < g.n:
+            return f" ({len(g.ok)}/{g.n} repeats ok)"
+        return ""
+
+    def delta_text(self, g: Group) -> str:
+        if not g.ok:
+            return cell_text(g.message or "no message", 80)
+        if g.random_weights:
+            return "n/a (random weights)"
+        s = g.summary("quality.delta")
+        if s is None:
+            return "—"
+        text = f"{_pm(s, None, signed=True)} {g.metric or ''}".rstrip()
+        if s.n > 1:
+            text += f" (n={s.n})"
+        if g.cell_id in self.best and len(self.blocks[(g.model, g.dataset)]) > 1:
+            text = f"**{text}**"
+        elif g.cell_id in self.near_best:
+            text = f"{NEAR} {text}"
+        return text + self.repeats_note(g)
+
+
+def _device(record: dict) -> str:
+    env = record.get("env") or {}
+    name = env.get("device_name") or stats.get(record, "cost.device") or "?"
+    count = env.get("device_count") or 0
+    return f"{count}× {name}" if count and count > 1 else str(name)
+
+
+def _results_section(page: _Page) -> list[str]:
+    metrics = sorted({g.metric for g in page.groups if g.metric})
+    header = ["Model", "Dataset", "Method", "Device", "Time", f"Δ {metrics[0]}" if len(metrics) == 1 else "Δ quality"]
+    rows = []
+    for g in page.groups:
+        if g.ok:
+            time = _pm(g.summary("cost.train_wall_s"), fmt_time)
+            if g.cell_id in page.front_time:
+                time += f" {STAR}"
+        else:
+            time = _status_label(g.status)
+        rows.append([page.model_label(g), cell_text(g.dataset), cell_text(g.method), cell_text(_device(g.first)),
+                     time, page.delta_text(g)])
+    return ["## Results", ""] + _table(header, rows) + [""]
+
+
+def _block_section(page: _Page, key, groups: list[Group], loss_png: str | None) -> list[str]:
+    model, dataset = key
+    lines = [f"### {model} / {dataset}", ""]
+    first = groups[0]
+    bases = [g.summary("quality.base") for g in groups]
+    bases = [b for b in bases if b is not None]
+    if first.random_weights:
+        base_text = "n/a (random weights)"
+    elif bases:
+        base_text = f"{bases[0].mean:.1f} {first.metric or ''}".rstrip()
+        if any(abs(b.mean - bases[0].mean) > 1e-6 for b in bases):
+            lines += [f"> ⚠ the methods of this block report different base quality "
+                      f"({', '.join(f'{b.mean:.2f}' for b in bases)}): the base was not evaluated once.", ""]
+    else:
+        base_text = "—"
+    rows = [["*base (not tuned)*", "—", "—", base_text]]
+    for g in groups:
+        pct, trainable = g.mean("params.trainable_pct"), g.mean("params.trainable")
+        if pct is None:  # params are counted before training, so a failed cell usually still has them
+            pct, trainable = stats.get(g.first, "params.trainable_pct"), stats.get(g.first, "params.trainable")
+        params = "—" if pct is None else f"{pct:.2f} % ({fmt_count(trainable)})"
+        if g.ok:
+            memory = _pm(g.summary("cost.peak_memory_mb"), fmt_mb)
+            if g.cell_id in page.front_memory:
+                memory += f" {STAR}"
+            if g.random_weights:
+                quality = "n/a (random weights)"
+            else:
+                tuned, delta = g.summary("quality.tuned"), g.summary("quality.delta")
+                quality = _pm(tuned, lambda v: f"{v:.1f}")
+                if tuned is not None and delta is not None:
+                    quality += f" ({delta.mean:+.1f})"
+                if g.cell_id in page.near_best:
+                    quality = f"{NEAR} {quality}"
+            quality += page.repeats_note(g)
+        else:
+            memory = _status_label(g.status)
+            quality = cell_text(g.message or "no message", 80)
+        rows.append([cell_text(g.method), params, memory, quality])
+    lines += _table(["Method", "% params trainable", "Peak memory", "Quality"], rows) + [""]
+    if loss_png:
+        lines += [f"![Training loss, {model} / {dataset}]({loss_png})", ""]
+    return lines
+
+
+def _cost_section(page: _Page) -> list[str]:
+    ok = [g for g in page.groups if g.ok]
+    if not ok:
+        return []
+    has = {f: any(g.summary(f) for g in ok) for f in ("cost.estimate_mb", "cost.mfu", "cost.peak_reserved_mb", "cost.nvml_used_mb")}
+    header = ["Model", "Dataset", "Method", "Step time (median ± IQR)", "Samples/s", "Tokens/s", "Peak memory"]
+    header += [name for f, name in (("cost.peak_reserved_mb", "Peak reserved"), ("cost.nvml_used_mb", "NVML used"),
+                                    ("cost.estimate_mb", "Estimate (error)"), ("cost.mfu", "MFU")) if has[f]]
+    rows = []
+    for g in ok:
+        median, iqr = g.mean("cost.step_s_median"), g.mean("cost.step_s_iqr")
+        step = "—" if median is None else fmt_time(median) + ("" if iqr is None else f" ± {fmt_time(iqr)}")
+        measured = g.mean("cost.peak_memory_mb")
+        row = [page.model_label(g), cell_text(g.dataset), cell_text(g.method), step,
+               fmt_rate(g.mean("cost.samples_per_s")), fmt_rate(g.mean("cost.tokens_per_s")), fmt_mb(measured)]
+        if has["cost.peak_reserved_mb"]:
+            row.append(fmt_mb(g.mean("cost.peak_reserved_mb")))
+        if has["cost.nvml_used_mb"]:
+            row.append(fmt_mb(g.mean("cost.nvml_used_mb")))
+        if has["cost.estimate_mb"]:
+            est = g.mean("cost.estimate_mb")
+            if est is None:
+                row.append("—")
+            elif measured and stats.get(g.first, "cost.memory_kind") == "cuda_allocated":
+                row.append(f"{fmt_mb(est)} ({(est - measured) / measured * 100:+.0f} %)")
+            else:
+                row.append(fmt_mb(est))
+        if has["cost.mfu"]:
+            mfu = g.mean("cost.mfu")
+            row.append("—" if mfu is None else f"{mfu * 100:.1f} %")
+        rows.append(row)
+    kinds = sorted({stats.get(r, "cost.memory_kind") for g in ok for r in g.ok} - {None})
+    lines = ["## Cost details", ""] + _table(header, rows) + [""]
+    lines += [f"Peak memory is measured as: {', '.join(f'`{k}`' for k in kinds)}. "
+              "Step time excludes warm-up steps; estimate error is (estimate − measured) / measured. The estimate "
+              "models tensor memory (what CUDA's allocator counts); a CPU process's RSS also holds the runtime's own "
+              "pages, so on the CPU the estimate is shown without an error.", ""]
+    return lines
+
+
+def _failures_section(page: _Page) -> list[str]:
+    failed = [r for r in page.records if r.get("status") != "ok"]
+    lines = ["## Failures", ""]
+    if not failed:
+        return lines + ["Every cell finished.", ""]
+    rows = [[cell_text(stats.get(r, "model.name")), cell_text(stats.get(r, "dataset.name")),
+             cell_text(stats.get(r, "method.name")), str(r.get("repeat", 0)), _status_label(r["status"]),
+             cell_text(r.get("message") or "no message")] for r in failed]
+    return lines + _table(["Model", "Dataset", "Method", "Repeat", "Status", "Message"], rows) + [""]
+
+
+def env_key(record: dict) -> tuple:
+    """The record's environment as a hashable row; values are shown as text (a hand-edited file may hold anything)."""
+    env = record["env"]
+    return tuple(bool(env.get(k)) if k == "git_dirty" else None if env.get(k) is None else str(env.get(k)) for k in ENV_KEYS)
+
+
+def _env_section(page: _Page) -> list[str]:
+    envs: dict[tuple, int] = {}
+    for r in page.records:
+        envs[env_key(r)] = envs.get(env_key(r), 0) + 1
+    rows = []
+    for key, count in envs.items():
+        e = dict(zip(ENV_KEYS, key))
+        git = "—" if not e["git_sha"] else e["git_sha"] + (" (dirty)" if e["git_dirty"] else "")
+        rows.append([cell_text(e["device_name"] or "?"), str(e["device_count"] if e["device_count"] is not None else "?"),
+                     *(cell_text(e[k] or "—") for k in ("torch", "transformers", "peft", "bitsandbytes")), git, str(count)])
+    lines = ["## Environment", ""]
+    if len(envs) > 1:
+        differing = [k for i, k in enumerate(ENV_KEYS) if len({key[i] for key in envs}) > 1]
+        lines += [f"> ⚠ **The records come from {len(envs)} different environments** (differing: "
+                  f"{', '.join(differing)}): numbers from different rows below are not directly comparable.", ""]
+    if any(dict(zip(ENV_KEYS, k))["git_dirty"] for k in envs):
+        lines += ["> ⚠ Some records were produced from a working tree with uncommitted changes (dirty).", ""]
+    lines += _table(["Device", "Count", "torch", "transformers", "peft", "bitsandbytes", "git", "Records"], rows) + [""]
+    if page.remote_code:
+        lines += [f"{REMOTE_CODE} Loaded with `trust_remote_code=True` (code shipped with the checkpoint ran): "
+                  f"{', '.join(page.remote_code)}.", ""]
+    return lines
+
+
+LEGEND = f"""## Legend
+
+- **Δ** = tuned − base quality on a 0–100 scale (points), on the same evaluation samples; mean ± sample
+  standard deviation over repeats when there are several (n = number of finished repeats).
+- **bold** Δ: the best method of its model × dataset; {NEAR}: inside the noise of the best (the
+  difference is not larger than the spread between repeats, see `bench/analysis/stats.py`).
+- {STAR} next to a time or a peak memory: Pareto-optimal for that cost — no other method of the same
+  model × dataset is both cheaper and better in Δ.
+- **OOM / timeout / error / diverged / skipped**: the cell did not finish; its message is shown instead
+  of numbers, and in full under *Failures*.
+- n/a (random weights): the model was built with random weights, so its cost is real and its quality
+  is not meaningful.
+- {REMOTE_CODE}: the model was loaded with `trust_remote_code=True`.
+"""
+
+
+def page_meta(records: list[dict]) -> dict:
+    """What the index shows about a page: suite(s), last run date, devices, cell counts."""
+    groups = list(stats.group_by_cell(records).values())
+    finished = [r.get("finished_at") or r.get("started_at") for g in groups for r in g.records]
+    return {
+        "suites": sorted({str(r.get("suite")) for r in records if r.get("suite")}),
+        "last_run": max((f for f in finished if f), default=None),
+        "devices": sorted({_device(r) for g in groups for r in g.records}),
+        "cells": len(groups),
+        "cells_ok": sum(1 for g in groups if g.status == "ok"),
+        "records": sum(g.n for g in groups),
+    }
+
+
+def _meta_line(meta: dict) -> str:
+    # "--" may not appear inside an HTML comment; \u002d decodes back to "-"
+    return "<!-- bench-report " + json.dumps(meta, ensure_ascii=False).replace("--", "-\\u002d") + " -->"
+
+
+def read_page_meta(path: str | Path) -> dict | None:
+    """The metadata comment of a page written by this module, or None."""
+    try:
+        head = Path(path).read_text(encoding="utf-8")[:4096]
+    except OSError:
+        return None
+    m = META_RE.search(head)
+    if not m:
+        return None
+    try:
+        meta = json.loads(m.group(1))
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+# ---------------------------------------------------------------- pages
+
+
+def _render(records: list[dict], title: str, plots_dir: Path | None, rel_to: Path) -> tuple[str, list[Path]]:
+    page = _Page(records)
+    written: list[Path] = []
+    meta = page_meta(records)
+    lines = [_meta_line(meta), f"# {title}", ""]
+    if not page.groups:
+        return "\n".join(lines + ["No records.", ""]), written
+    lines += [f"{meta['cells']} cells ({meta['cells_ok']} finished), {meta['records']} records; "
+              f"last run {meta['last_run'] or '?'} on {', '.join(meta['devices'])}.", ""]
+
+    def link(path: Path | None) -> str | None:
+        if path is None:
+            return None
+        written.append(path)
+        return Path(os.path.relpath(path, rel_to)).as_posix()
+
+    lines += _results_section(page)
+    lines += ["## Cost and quality per model × dataset", ""]
+    for key, groups in page.blocks.items():
+        png = None
+        if plots_dir is not None:
+            from bench.analysis import plots
+
+            block_records = [r for g in groups for r in g.records]
+            png = link(plots.loss_curves_plot(block_records, plots_dir / f"loss-{_slug(key[0])}--{_slug(key[1])}.png",
+                                              title=f"Training loss: {key[0]} / {key[1]}"))
+        lines += _block_section(page, key, groups, png)
+    if plots_dir is not None:
+        from bench.analysis import plots
+
+        pngs = [(label, link(plots.pareto_plot(page.records, x, plots_dir / f"pareto-{name}.png")))
+                for label, x, name in (("Peak memory vs Δ quality", "peak_memory_mb", "memory"),
+                                       ("Training time vs Δ quality", "train_wall_s", "time"))]
+        pngs = [(label, p) for label, p in pngs if p]
+        if pngs:
+            lines += ["## Cost vs quality", ""] + [f"![{label}]({p})" for label, p in pngs] + [""]
+    lines += _cost_section(page)
+    lines += _failures_section(page)
+    lines += _env_section(page)
+    lines += [LEGEND]
+    return "\n".join(lines), written
+
+
+def render_report(records: list[dict], *, title: str, plots_dir: Path | None = None, rel_to: Path = Path(".")) -> str:
+    """The Markdown page for `records` (latest record per cell and repeat). With `plots_dir`, the
+    PNGs are written there and linked relative to `rel_to` (the directory the page will live in)."""
+    return _render(records, title, Path(plots_dir) if plots_dir is not None else None, Path(rel_to))[0]
+
+
+def write_report(records: list[dict], out_md: str | Path, *, title: str | None = None) -> list[Path]:
+    """Write `out_md` and its PNGs in `<out_md without .md>/`; returns every written path, the page first."""
+    out_md = Path(out_md)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md = page_target(out_md.parent, out_md.name)
+    plots_dir = inside(out_md.parent, out_md.stem)  # a symlinked plots folder would take the PNGs elsewhere
+    if title is None:
+        suites = sorted({str(r.get("suite")) for r in records if r.get("suite")}) or [out_md.stem]
+        title = f"Benchmark: {', '.join(suites)}"
+    text, pngs = _render(records, title, plots_dir, out_md.parent)
+    write_atomic(out_md, text)
+    return [out_md, *pngs]
+
+
+def write_index(reports_dir: str | Path) -> Path:
+    """reports/README.md: one row per page in `reports_dir` with its last run date and device(s)."""
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for page in sorted(reports_dir.glob("*.md")):
+        if page.name == "README.md":
+            continue
+        meta = read_page_meta(page) or {}
+        cells = f"{meta['cells_ok']}/{meta['cells']}" if "cells" in meta else "?"
+        rows.append([f"[{cell_text(page.stem)}]({page.name})", cell_text(", ".join(meta.get("suites", [])) or "?"),
+                     cell_text(meta.get("last_run") or "?"), cell_text(", ".join(meta.get("devices", [])) or "?"), cells])
+    lines = [f"{PAGE_MARK} index -->", "# Benchmark reports", ""]
+    if rows:
+        lines += _table(["Page", "Suite", "Last run", "Device", "Cells finished"], rows)
+    else:
+        lines += ["No report pages yet: run `bench report`."]
+    index = write_atomic(page_target(reports_dir, "README.md"), "\n".join(lines) + "\n")
+    return index

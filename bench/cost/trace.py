@@ -1,0 +1,194 @@
+"""Peak training memory of a cell, traced on the CPU with fake tensors: no weights, no GPU.
+
+The cell's own code runs — family build (random weights), method, task collate and loss, autocast,
+gradient checkpointing, clipping, the optimizer — inside torch's FakeTensorMode, so every tensor has
+its real shape and dtype but no storage. torch's MemTracker counts the bytes that would be live
+after every op; its peak is what the CUDA caching allocator's `max_memory_allocated` would report,
+less allocator rounding and fragmentation (and the CUDA context, which no allocator counter sees).
+
+What differs from a CUDA run, and why the trace still holds:
+- The fake device is the CPU (autograd's engine needs a real CUDA context for CUDA tensors), so
+  autocast is CPU autocast, with nearly the same bf16 op list as CUDA's, and attention takes the
+  CPU flash kernel, which like CUDA's flash/memory-efficient kernels keeps no seq×seq matrix.
+- AdamW runs with foreach=True when the suite targets CUDA, as torch picks there: its step holds
+  one extra copy of the optimizer state's size for a moment.
+- QLoRA is not traced: bitsandbytes quantises real weight data, which fake tensors do not have.
+
+Two steps run: the first creates the optimizer state, the second is the steady state the
+profiler measures. Each micro-batch is made of the batch_size longest training samples (the
+longest batch the run can meet), so the trace is the run's worst step.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from bench.cost.estimate import MB
+
+TRACE_STEPS = 2
+
+
+class NotTraceable(Exception):
+    """A cell whose memory cannot be traced with fake tensors (the reason is the message)."""
+
+
+def trace_cell(cell, splits, *, target_device: str = "cuda") -> dict:
+    """{"peak_mb", "by_kind_mb", "text_len", ...} for one cell's training step, traced on the CPU."""
+    import torch
+    from transformers.initialization import no_init_weights
+
+    from bench.cost.estimate import text_positions
+    from bench.methods import apply_method, count_params
+    from bench.models import get_family
+    from bench.models.base import model_spec
+    from bench.tasks import task_for_family
+    from bench.tasks.base import encode_kwargs, task_settings
+
+    if cell.method["kind"] == "qlora":
+        raise NotTraceable("bitsandbytes quantises real weight data; fake tensors have none")
+    settings = {**cell.train}
+    family = get_family(cell.model["family"])
+    task = task_for_family(cell.model["family"])
+    dtype = torch.bfloat16 if settings["precision"] == "bf16" else torch.float32
+    with fake_session() as mode:
+        with mode:
+            with no_init_weights():  # fake tensors have no values to draw (BLIP-2's trunc_normal_ reads some)
+                loaded = family.build(model_spec({**cell.model, "weights": "random"}), device="cpu", dtype=dtype, seed=0)
+            if hasattr(loaded.model, "tie_weights"):
+                loaded.model.tie_weights()  # no_init_weights skips tying too: OPT's lm_head would be a second matrix
+            model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
+            params = count_params(model, loaded.components)
+        # the processor's tensors are real (encoding reads values); the mode turns them into fake ones
+        encoded = task.encode(loaded, splits.train, task_settings(settings, "cpu"), **encode_kwargs(task, splits))
+        batch = task.collate(sorted(encoded, key=lambda e: -len(e["input_ids"]))[: settings["batch_size"]], loaded)
+        with mode:
+            peak = _traced_steps(model, task, batch, settings, target_device)
+    snap = next(iter(peak.values()))  # one device: the fake CPU
+    by_kind = {str(k).split(".")[-1].lower(): round(v / MB, 2) for k, v in snap.items() if str(k) != "Total"}
+    return {
+        "peak_mb": round(snap["Total"] / MB, 2),
+        "by_kind_mb": {k: v for k, v in by_kind.items() if v},
+        "params": params,
+        "text_len": text_positions(cell.model["family"], getattr(model, "config", None), batch["input_ids"].shape[1]),
+        "batch": {k: list(v.shape) for k, v in batch.items() if hasattr(v, "shape")},
+        "optimizer_foreach": target_device.startswith("cuda"),
+    }
+
+
+def _traced_steps(model, task, batch: dict, settings: dict, target_device: str) -> dict:
+    """bench.train's optimizer step (train.accumulate + train.update), minus what reads values (the loss, the
+    schedule), under MemTracker."""
+    from bench.train import accumulate, update
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _trace_optimizer(trainable, settings, target_device)
+    tracker = _tracker(model, optimizer)
+    model.train()
+    with tracker, _no_garbage_collection():
+        for _ in range(TRACE_STEPS):
+            # MemTracker refuses a second forward of a tracked module; its global peak stays
+            accumulate(model, task, [batch] * settings["grad_accum"], settings, "cpu", before_forward=tracker.reset_mod_stats)
+            update(optimizer, trainable, settings)
+    return tracker.get_tracker_snapshot("peak")
+
+
+@contextmanager
+def _no_garbage_collection():
+    """Tensors caught in reference cycles die when Python's collector happens to run, which differs between a
+    fake and a real run (and from run to run): with it paused the peak is deterministic, equal for fake and real
+    tensors, and an upper bound of what a run holds."""
+    import gc
+
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _trace_optimizer(params, settings: dict, target_device: str):
+    """The suite's optimizer as it would be built on the target device (CUDA: foreach AdamW)."""
+    import torch
+
+    from bench.train import make_optimizer
+
+    if settings["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings["weight_decay"],
+                                 foreach=target_device.startswith("cuda"))
+    if settings["optimizer"] == "sgd":
+        return make_optimizer(params, settings, "cpu")
+    raise NotTraceable(f"optimizer {settings['optimizer']!r} is bitsandbytes' and runs CUDA kernels on real data")
+
+
+def _tracker(model, optimizer):
+    """torch's MemTracker, with the two changes a PEFT cell at full size needs (see _PeakTracker)."""
+    from collections import OrderedDict
+
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
+    from torch.utils.hooks import RemovableHandle
+
+    class _PeakTracker(MemTracker):
+        """- Only the device-wide peak is kept: MemTracker also keeps a peak per module, re-scanning every tracked
+             module after every op (a 7B model: 3 minutes instead of 10 seconds); nothing here reads them.
+           - Frozen parameters get no gradient hook: MemTracker (torch 2.15) hooks every parameter a module owns
+             and fails on frozen ones ("cannot register a hook on a tensor that doesn't require gradient"); a
+             no-op handle entered for each makes it skip them."""
+
+        def _update_peak_stats(self, peak_state) -> None:
+            for dev, snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:
+                    self._peak_mem[dev] = snap[_TOTAL_KEY]
+                    self._peak_mem_snap[dev] = dict(snap)
+
+    tracker = _PeakTracker()
+    tracker.track_external(model, optimizer)
+    no_hooks: OrderedDict = OrderedDict()
+    for p in model.parameters():
+        if not p.requires_grad:
+            tracker._param_to_grad_hook_handles[p] = (RemovableHandle(no_hooks), RemovableHandle(no_hooks))
+    return tracker
+
+
+@contextmanager
+def fake_session():
+    """A FakeTensorMode (entered by the caller, as often as needed) in which the model code runs unchanged, and the two things it needs for that:
+
+    - Module.to() on fake parameters swaps tensors, which torch refuses while FakeTensorMode's memo
+      (and, for tensors made from Python numbers, its constant map) holds a weak reference to them
+      (pytorch#148977); those entries of the two tensors are dropped just before each swap (they are
+      fake-born, nothing looks them up again).
+    - transformers' shape checks that read tensor values (LLaVA's image-token count) are switched off
+      with its own TRANSFORMERS_DISABLE_TORCH_CHECK; fake tensors have no values.
+    Both are undone on exit."""
+    import torch
+    import torch.utils
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    converter = mode.fake_tensor_converter
+    swap = torch.utils.swap_tensors
+
+    def swap_without_memo(t1, t2):
+        memo = converter.meta_converter.tensor_memo
+        for key, value in list(memo.items()):
+            if value is t1 or value is t2:
+                del memo[key]
+        for refs in converter.constant_storage_mapping.values():  # torch.tensor(3.0) parameters (CLIP's logit_scale)
+            refs[:] = [r for r in refs if r() is not t1 and r() is not t2]
+        return swap(t1, t2)
+
+    saved_check = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
+    torch.utils.swap_tensors = swap_without_memo
+    os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
+    try:
+        yield mode
+    finally:
+        torch.utils.swap_tensors = swap
+        if saved_check is None:
+            os.environ.pop("TRANSFORMERS_DISABLE_TORCH_CHECK", None)
+        else:
+            os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = saved_check

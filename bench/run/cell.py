@@ -1,0 +1,214 @@
+"""One cell end to end: build → apply method → train → evaluate → measure. Runs inside the cell's process.
+
+It never raises: every outcome (ok, oom, diverged, error) comes back as a result dict that the
+runner turns into a record. The untuned model's quality is measured separately (evaluate_base)
+once per (model, dataset) and passed in.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+
+from bench.errors import BenchError
+from bench.models.base import model_spec
+from bench.tasks.base import encode_kwargs, task_settings
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise BenchError("device = \"cuda\" but no CUDA device is visible", fix='use device = "auto" or "cpu"')
+    return requested
+
+
+def _quality_dict(q) -> dict:
+    return {"metric": q.metric, "higher_is_better": q.higher_is_better, "value": round(float(q.value), 4), "extra": q.extra, "n": q.n}
+
+
+def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> dict:
+    """The untuned model's quality on the eval split (full precision, no adapters)."""
+    import torch
+
+    from bench.models import get_family
+    from bench.tasks import task_for_family
+
+    family = get_family(cell.model["family"])
+    task = task_for_family(cell.model["family"])
+    torch.manual_seed(cell.train["seed"])
+    loaded = family.build(model_spec(cell.model, zoo_path), device=device, seed=cell.train["seed"])
+    quality = task.evaluate(loaded, loaded.model, splits, task_settings(cell.train, device))
+    return _quality_dict(quality)
+
+
+def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_path: str | None = None,
+             settings: dict | None = None, on_step=None) -> dict:
+    """Train and evaluate one cell once (OOM back-off is the runner's: each attempt gets a fresh process);
+    returns the record's variable part."""
+    settings = settings or dict(cell.train)
+    outcome = _attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step)
+    outcome["quality"] = _quality_record(cell, base, outcome.pop("tuned", None))
+    return outcome
+
+
+def _quality_record(cell, base: dict | None, tuned: dict | None) -> dict:
+    if cell.model["weights"] == "random":
+        return {"metric": None, "higher_is_better": None, "base": None, "tuned": None, "delta": None,
+                "applicable": False, "note": "random weights: cost is real, quality is not applicable"}
+    ref = tuned or base or {}
+    out = {"metric": ref.get("metric"), "higher_is_better": ref.get("higher_is_better"),
+           "base": base["value"] if base else None, "tuned": tuned["value"] if tuned else None,
+           "n_eval": ref.get("n"), "applicable": True, "extra": (tuned or {}).get("extra", {}),
+           "base_extra": (base or {}).get("extra", {})}
+    out["delta"] = round(out["tuned"] - out["base"], 4) if tuned and base else None
+    return out
+
+
+def _warm_runtime(device: str) -> None:
+    """One tiny forward/backward/AdamW step, so thread pools and kernel workspaces that torch allocates on
+    first use are part of the baseline rather than charged to the first cell's peak memory."""
+    import torch
+
+    layer = torch.nn.Linear(64, 64).to(device)
+    opt = torch.optim.AdamW(layer.parameters())
+    layer(torch.randn(8, 64, device=device)).square().mean().backward()
+    opt.step()
+    del layer, opt
+
+
+def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step) -> dict:
+    import torch
+
+    from bench.methods import apply_method, count_params, quantization_config
+    from bench.models import get_family
+    from bench.profile import MemoryProbe
+    from bench.tasks import task_for_family
+    from bench.train import Diverged, MemoryCapExceeded, train
+
+    _warm_runtime(device)
+    probe = MemoryProbe(device)  # baseline before the model exists, after the runtime's one-off allocations
+    out: dict = {"status": "ok", "message": "", "params": {}, "cost": {"device": device}, "loss_curve": [], "diverged_at_step": None}
+    try:
+        family = get_family(cell.model["family"])
+        task = task_for_family(cell.model["family"])
+        torch.manual_seed(seed)
+        # bf16 runs keep frozen weights in bf16 (what users do on GPUs); fp16 autocasts over fp32 weights
+        dtype = torch.bfloat16 if settings["precision"] == "bf16" else torch.float32
+        loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=dtype,
+                              quantization=quantization_config(cell.method, device), seed=seed)
+        model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
+        out["params"] = count_params(model, loaded.components)
+        ts = task_settings(settings, device)
+        encoded = task.encode(loaded, splits.train, ts, **encode_kwargs(task, splits))
+        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, max((len(e["input_ids"]) for e in encoded), default=0))
+        out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
+        probe.start_region()
+        result = train(model, task, encoded, loaded, settings, device=device, seed=seed, probe=probe, on_step=on_step)
+        out["cost"].update(probe.peak())
+        out["cost"].update(_throughput(result, settings))
+        out["cost"].update(_mfu(out["params"], out["cost"], settings, device))
+        out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
+        out["loss_curve"] = _subsample(result.losses)
+        if cell.model["weights"] != "random":  # random weights: cost is real, quality is not
+            out["tuned"] = _quality_dict(task.evaluate(loaded, model, splits, ts))
+    except (torch.OutOfMemoryError, MemoryCapExceeded) as exc:
+        out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
+        out["cost"].update(probe.peak())
+    except RuntimeError as exc:
+        if not _is_oom(exc):
+            out.update(status="error", message=_error_message(exc))
+        else:  # the CPU allocator's and some CUDA paths' out-of-memory arrive as plain RuntimeError
+            out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
+            out["cost"].update(probe.peak())
+    except Diverged as exc:
+        out.update(status="diverged", message=f"loss {exc.loss} at step {exc.step}", diverged_at_step=exc.step,
+                   loss_curve=[[s, loss if math.isfinite(loss) else None] for s, loss in _subsample(exc.losses)])
+        out["cost"].update(probe.peak())
+    except BenchError as exc:
+        out.update(status="error", message=exc.render())
+    except Exception as exc:  # a cell's failure must never take the suite down
+        out.update(status="error", message=_error_message(exc))
+    out["cost"].setdefault("peak_memory_mb", None)
+    return out
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _error_message(exc: BaseException) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno} in {where.name})" if where else ""
+    return f"{type(exc).__name__}: {str(exc)[:600]}{at}"
+
+
+def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int) -> dict | None:
+    """The memory prediction for this cell at its longest training input, kept beside the measurement (None where
+    no memory model exists). `bench plan --estimate`, which has no data, assumes max_seq_len text positions."""
+    from bench.cost.estimate import estimate_memory, text_positions
+
+    config = getattr(loaded.model, "config", None)
+    if config is None or not hasattr(config, "vision_config"):
+        return None
+    family = cell.model["family"]
+    return estimate_memory(family, config, params, {**settings, **cell.method}, cell.method["kind"],
+                           text_len=text_positions(family, config, longest_input))
+
+
+def _throughput(result, settings: dict) -> dict:
+    from bench.profile import step_stats
+
+    stats = step_stats(result.step_times, settings["timing_warmup_steps"])
+    timed = sum(result.step_times[stats["warmup_steps_excluded"]:]) or float("nan")
+    return {
+        "train_wall_s": round(sum(result.step_times), 4),
+        **stats,
+        "samples_per_s": round(result.samples / timed, 3) if result.samples else None,
+        "tokens_per_s": round(result.real_tokens / timed, 2) if result.real_tokens else None,
+        "padded_tokens_per_s": round(result.padded_tokens / timed, 2) if result.padded_tokens else None,
+        "optimizer_steps": result.steps,
+    }
+
+
+def _mfu(params: dict, cost: dict, settings: dict, device: str) -> dict:
+    """Model FLOPs utilisation against the device's dense bf16 peak (GPU only: a CPU has no such figure)."""
+    from bench.profile import device_peak_tflops, model_flops_per_token
+
+    if not device.startswith("cuda") or not cost.get("padded_tokens_per_s"):
+        return {"mfu": None, "model_tflops_per_s": None}
+    import torch
+
+    flops = model_flops_per_token(params["total"], params["trainable"], settings["gradient_checkpointing"])
+    achieved = flops * cost["padded_tokens_per_s"] / 1e12
+    peak = device_peak_tflops(torch.cuda.get_device_name(0))
+    return {"mfu": round(achieved / peak, 4) if peak else None, "model_tflops_per_s": round(achieved, 2)}
+
+
+def _breakdown(model, result, peak_mb: float | None) -> dict:
+    """Where the memory went: parameter storage, trainable copy, gradients, optimizer state; activations = the rest."""
+    mb = 1024 * 1024
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / mb
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / mb
+    optimizer = result.optimizer_state_bytes / mb
+    known = weights + trainable + optimizer  # gradients take as much as the trainable parameters
+    return {
+        "weights": round(weights, 3),
+        "trainable": round(trainable, 3),
+        "gradients": round(trainable, 3),
+        "optimizer": round(optimizer, 3),
+        "activations": round(max(0.0, peak_mb - known), 3) if peak_mb is not None else None,
+    }
+
+
+def _subsample(losses: list, most: int = 100) -> list:
+    if len(losses) <= most:
+        return [list(x) for x in losses]
+    stride = len(losses) / most
+    picked = [losses[int(i * stride)] for i in range(most)]
+    if picked[-1] != losses[-1]:
+        picked.append(losses[-1])
+    return [list(x) for x in picked]

@@ -1,0 +1,450 @@
+"""Run a suite's pending cells, one process per cell, and append a record for each.
+
+The runner owns the order of work: preflight (checkpoints), zoo bases, the untuned model's
+quality once per (model, dataset), then every pending (cell, repeat). A cell's failure becomes a
+record with a status; only the user's own input errors (raised before anything runs) stop a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.errors import BenchError, OutputError
+from bench.paths import ensure_writable_folder, inside, page_target, require_plain
+from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, latest_lines, line_count, locked, read_latest
+from bench.run.claims import Claims
+from bench.suite.plan import Cell, base_key, expand, results_path
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Job:
+    cell: Cell
+    repeat: int
+    seed: int
+
+
+@dataclass
+class RunSummary:
+    ran: int = 0
+    skipped_done: int = 0
+    taken_elsewhere: int = 0  # claimed or recorded by another `bench run` of the same results file
+    statuses: dict = field(default_factory=dict)
+    results: Path | None = None
+    report: Path | None = None
+    wall_s: float = 0.0
+
+
+def recorded(results: Path) -> dict[tuple[str, int], tuple[int, str]]:
+    """(cell_id, repeat) -> (line number, status) of its latest record."""
+    return {key: (lineno, r["status"]) for key, (lineno, r) in latest_lines(results, warn=False).items()}
+
+
+def wanted(latest: tuple[int, str] | None, *, retry: bool, retry_before: int | None = None) -> bool:
+    """Whether a cell-run with this latest record still needs running: never recorded, or, with --retry,
+    last recorded as not ok on a line before `retry_before` (so two retrying runs do not both redo it)."""
+    if latest is None:
+        return True
+    order, status = latest
+    return retry and status != "ok" and (retry_before is None or order < retry_before)
+
+
+def pending_jobs(suite, results: Path, *, only: str | None = None, retry: bool = False) -> tuple[list[Job], int]:
+    """Jobs without a record yet (with --retry, also those whose last record is not ok)."""
+    latest = recorded(results)
+    jobs, done = [], 0
+    for cell in expand(suite):
+        if only and not cell.matches(only):
+            continue
+        for repeat, seed in enumerate(suite.seeds):
+            if not wanted(latest.get((cell.cell_id, repeat)), retry=retry):
+                done += 1
+                continue
+            jobs.append(Job(cell, repeat, seed))
+    return jobs, done
+
+
+def preflight(suite, jobs: list[Job]) -> None:
+    """Stop before any training when a named checkpoint cannot be had: one message per missing checkpoint."""
+    from bench.models.hub import looks_like_path, preflight_checkpoint
+
+    problems, seen = [], set()
+    for job in jobs:
+        m = job.cell.model
+        if not m["checkpoint"] or m["checkpoint"] in seen:
+            continue
+        seen.add(m["checkpoint"])
+        where = f"[models.{m['name']}] key 'checkpoint'"
+        # random weights on a local folder's shape need that folder (its config.json) as much as pretrained ones
+        if m["weights"] != "pretrained" and not looks_like_path(m["checkpoint"]):
+            continue
+        try:
+            preflight_checkpoint(m["checkpoint"], revision=m.get("revision"), where=where, file=str(suite.path))
+        except BenchError as exc:
+            problems.append(exc.render())
+    if problems:
+        raise BenchError(
+            f"{len(problems)} checkpoint(s) cannot be loaded on this machine; nothing was run:\n" + "\n".join(f"- {p}" for p in problems)
+        )
+
+
+class Runner:
+    def __init__(self, suite, *, results_dir="results", reports_dir="reports", only=None, retry=False, console=None, show_progress=True):
+        self.suite = suite
+        self.results = results_path(results_dir, suite.name)
+        self.reports_dir = Path(reports_dir)
+        self.only, self.retry = only, retry
+        self.console = console
+        self.show_progress = show_progress
+        self.run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        self.isolate = suite.settings["isolate"]
+        self.claims = Claims(self.results, self.run_id)
+        self._splits: dict[str, object] = {}
+        self._split_errors: dict[str, str] = {}  # dataset -> why it could not be loaded (each of its cells says so)
+        self._seen: dict = {}  # the results file's latest lines, as last read under the lock
+
+    # -- data ------------------------------------------------------------------------------
+    def splits(self, dataset: dict):
+        """Load each dataset once in the parent; forked cells share it for free."""
+        from bench.data.loader import load_suite_dataset
+
+        key = dataset["name"]
+        if key in self._split_errors:
+            raise BenchError(self._split_errors[key])
+        if key not in self._splits:
+            try:
+                self._splits[key] = load_suite_dataset(dataset, self.suite.base_dir)
+            except BenchError as exc:  # data met mid-run (a file changed since validation): this dataset's cells fail
+                self._split_errors[key] = exc.render()
+                raise
+        return self._splits[key]
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        start = time.monotonic()
+        retry_before = line_count(self.results) + 1  # --retry redoes failures recorded on lines before this one
+        jobs, done = pending_jobs(self.suite, self.results, only=self.only, retry=self.retry)
+        if self.only and not jobs and not done:
+            example = expand(self.suite)[0]
+            raise BenchError(f"--only {self.only!r} matches no cell of suite '{self.suite.name}'",
+                             fix=f"match a cell id or model/dataset/method, e.g. --only '{example.model['name']}/*'")
+        summary = RunSummary(skipped_done=done, results=self.results)
+        if jobs:
+            preflight(self.suite, jobs)
+            self._check_outputs()
+            with self._progress(len(jobs)) as progress:
+                self._ensure_zoo(jobs, progress)
+                bases = self._known_bases()
+                for job in jobs:
+                    claim = self._claim(job, retry_before)
+                    if isinstance(claim, str):
+                        summary.taken_elsewhere += 1
+                        progress.pass_item(f"{job.cell.label} (repeat {job.repeat})", claim)
+                        continue
+                    try:
+                        bases.update(self._known_bases(self._seen))  # another run may have measured one meanwhile
+                        record = self._run_job(job, bases, progress)
+                    finally:
+                        self._release(claim)
+                    summary.ran += 1
+                    summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+        self._sweep()
+        try:
+            summary.report = self.render_report()
+        except (BenchError, OSError) as exc:  # the records are written; only the page is missing
+            why = exc.render() if isinstance(exc, BenchError) else (exc.strerror or str(exc))
+            raise OutputError(f"the records are saved in {self.results}, but the report could not be written: {why}",
+                              fix=f"fix that, then `bench report {self.results}`") from None
+        summary.wall_s = time.monotonic() - start
+        return summary
+
+    def _check_outputs(self) -> None:
+        """Before anything trains (exit 2 otherwise, and the folders this made are removed again): both output
+        folders take files and have room; the results file, its lock, the claims folder, the pages and the
+        plots folder are what they should be."""
+        made = [f for f in (self.results.parent, self.reports_dir) if not f.exists()]
+        try:
+            ensure_writable_folder(self.results.parent, what="results", flag="--results-dir")
+            ensure_writable_folder(self.reports_dir, what="reports", flag="--reports-dir")
+            for page in (f"{self.suite.name}.md", "README.md"):
+                page_target(self.reports_dir, page, flag="--reports-dir")
+            self._check_files()
+        except BenchError:
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if still empty: "nothing was written"
+            raise
+
+    def _check_files(self) -> None:
+        fix = "move it away, or choose other folders with --results-dir / --reports-dir"
+        for path, kind, what in ((self.results, "file", "records"), (Path(str(self.results) + ".lock"), "file", "lock"),
+                                 (self.claims.folder, "folder", "claims"),
+                                 (inside(self.reports_dir, self.suite.name), "folder", "plots")):
+            require_plain(path, kind, what=what, fix=fix)
+
+    def _claim(self, job: Job, retry_before: int):
+        """Take the cell-run under the results lock, or say why not (bench.run.claims)."""
+        key = (job.cell.cell_id, job.repeat)
+
+        def still_wanted() -> bool:
+            self._seen = latest_lines(self.results, warn=False)  # one read per claim, under the lock; bases come from it too
+            latest = self._seen.get(key)
+            return wanted(latest and (latest[0], latest[1]["status"]), retry=self.retry, retry_before=retry_before)
+
+        # room for the OOM back-off's retries and the base evaluation before the claim counts as abandoned
+        ttl = job.cell.train["timeout_s"] * (2 + job.cell.train["batch_size"].bit_length()) + 600
+        try:
+            return self.claims.take(*key, still_wanted=still_wanted, ttl_s=ttl)
+        except OSError as exc:
+            raise RecordNotSaved(f"cannot claim cell {key[0]} in {self.claims.folder} ({exc.strerror or exc}); "
+                                 "the run stopped before training it",
+                                 fix=f"free space or fix permissions; if {self.claims.folder} holds something that is not a "
+                                     "claim file, move it away; then run again") from None
+
+    def _release(self, claim) -> None:
+        try:
+            with locked(self.results):
+                self.claims.release(claim)
+        except OSError:
+            pass  # a claim left behind is released as stale once this process is gone
+
+    def _sweep(self) -> None:
+        """At the end of a run: remove claims left by processes that are gone, and leftovers of interrupted writes."""
+        if not self.claims.folder.is_dir():
+            return
+        try:
+            with locked(self.results):
+                self.claims.sweep()
+        except OSError:
+            pass
+
+    def render_report(self) -> Path | None:
+        from bench.analysis.report import write_index, write_report
+
+        records = read_latest([self.results])
+        if not records:
+            return None
+        out = inside(self.reports_dir, f"{self.suite.name}.md")
+        write_report(records, out)
+        write_index(self.reports_dir)
+        return out
+
+    def _progress(self, total: int):
+        from bench.run.progress import SuiteProgress
+
+        return SuiteProgress(total, console=self.console, enabled=self.show_progress)
+
+    def _ensure_zoo(self, jobs: list[Job], progress) -> None:
+        from bench.suite import zoo
+
+        families = sorted({j.cell.model["family"] for j in jobs if j.cell.model["weights"] == "zoo" and not j.cell.skip_reason})
+        for family in families:
+            if not zoo.is_built(family):
+                self._build_zoo(family, progress)
+
+
+    def _build_zoo(self, family: str, progress) -> None:
+        from bench.suite import zoo
+
+        progress.start_item(f"pretraining the tiny {family} base (zoo, once)", zoo.RECIPES[family]["train"]["steps"])
+        quality = build_zoo(family, self.suite.settings["threads"], on_event=progress.event, isolate=self.isolate)
+        if quality:
+            progress.log(f"zoo: tiny {family} base ready ({quality['metric']} on source = {quality['value']:.1f})")
+
+    def _known_bases(self, seen: dict | None = None) -> dict:
+        """Base qualities already measured in this results file (`seen`: its latest_lines, already read)."""
+        from bench.analysis.stats import number
+
+        bases = {}
+        for _, r in (seen if seen is not None else latest_lines(self.results, warn=False)).values():
+            q = r["quality"]
+            # reused only when whole and finite: a hand-edited or foreign line must not become every method's base
+            if (r["status"] == "ok" and number(q.get("base")) is not None and isinstance(q.get("base_key"), str)
+                    and isinstance(q.get("metric"), str) and isinstance(q.get("higher_is_better"), bool)):
+                extra = q.get("base_extra") if isinstance(q.get("base_extra"), dict) else {}
+                bases[q["base_key"]] = {"metric": q["metric"], "higher_is_better": q["higher_is_better"], "value": q["base"],
+                                        "extra": extra, "n": q.get("n_eval")}
+        return bases
+
+    def _base_for(self, cell: Cell, bases: dict, progress) -> tuple[str, dict | None, str]:
+        from bench.isolate import call_isolated
+        from bench.suite import zoo
+
+        key = base_key(cell)
+        if cell.model["weights"] == "random" or key in bases:
+            return key, bases.get(key), ""
+        progress.start_item(f"{cell.model['name']} × {cell.dataset['name']}: untuned quality", 0)
+        zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
+        out = call_isolated(_base_job, cell, self.suite.settings["device"], self.splits(cell.dataset), zpath,
+                            self.suite.settings["threads"], timeout_s=cell.train["timeout_s"], isolate=self.isolate)
+        if out.kind == "ok":
+            bases[key] = out.value
+            return key, out.value, ""
+        return key, None, f"base evaluation failed: {out.message}"
+
+    def _run_job(self, job: Job, bases: dict, progress) -> dict:
+        from bench.suite import zoo
+
+        cell = job.cell
+        started = _now()
+        record = self._record_head(job, started)
+        if cell.skip_reason:
+            record.update(status="skipped", message=cell.skip_reason)
+            return self._append(record, progress)
+        try:
+            splits = self.splits(cell.dataset)
+        except BenchError as exc:  # this cell's data cannot be read now: its record says why, the suite goes on
+            record.update(status="error", message=f"loading dataset '{cell.dataset['name']}' failed: {exc.render()}")
+            return self._append(record, progress)
+        record["dataset"].update(fingerprint=splits.fingerprint, train_size=len(splits.train), eval_size=len(splits.eval))
+        key, base, base_note = self._base_for(cell, bases, progress)
+        progress.start_item(f"{cell.label} (repeat {job.repeat})" if len(self.suite.seeds) > 1 else cell.label, None)
+        zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
+        out, settings, attempts = self._attempts(job, splits, base, zpath, progress)
+        record["cost"]["attempts"] = attempts
+        if out.kind == "ok":
+            result = out.value
+            record.update(status=result["status"], message=result["message"], params=result["params"],
+                          quality=result["quality"], loss_curve=result["loss_curve"], diverged_at_step=result["diverged_at_step"],
+                          env=result["env"])
+            record["cost"].update(result["cost"])
+        else:
+            record.update(status="timeout" if out.kind == "timeout" else "error", message=out.message)
+            record["cost"]["train_wall_s"] = round(out.elapsed_s, 3)
+        record["train"]["fitted_batch_size"] = settings["batch_size"]
+        record["train"]["fitted_grad_accum"] = settings["grad_accum"]
+        record["quality"]["base_key"] = key
+        if base_note:
+            record["quality"]["note"] = base_note
+        return self._append(record, progress)
+
+    def _attempts(self, job: Job, splits, base, zpath, progress):
+        """Run the cell; on OOM with back-off on, again in a fresh process with half the micro-batch and twice the
+        accumulation (same effective batch) until it fits or min_batch_size is reached."""
+        from bench.isolate import call_isolated
+
+        s = self.suite.settings
+        settings, attempts = dict(job.cell.train), []
+        while True:
+            cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, s["threads"])
+            out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"], on_event=progress.event, isolate=self.isolate)
+            status = out.value["status"] if out.kind == "ok" else out.kind
+            attempts.append({"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"], "status": status,
+                             "peak_memory_mb": out.value["cost"].get("peak_memory_mb") if out.kind == "ok" else None})
+            if status == "oom" and s["oom_backoff"] and settings["batch_size"] // 2 >= s["min_batch_size"]:
+                settings = {**settings, "batch_size": settings["batch_size"] // 2, "grad_accum": settings["grad_accum"] * 2}
+                progress.log(f"  out of memory: retrying with batch_size {settings['batch_size']} × grad_accum {settings['grad_accum']}")
+                continue
+            return out, settings, attempts
+
+    def _record_head(self, job: Job, started: str) -> dict:
+        cell = job.cell
+        return {
+            "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "suite": self.suite.name,
+            "suite_file": _display_path(self.suite.path), "run_id": self.run_id, "repeat": job.repeat, "seed": job.seed,
+            "model": dict(cell.model), "dataset": dict(cell.dataset), "method": dict(cell.method),
+            "train": {**cell.train, "seed": job.seed}, "status": "error", "message": "", "params": {},
+            "cost": {"device": self.suite.settings["device"]}, "quality": {}, "loss_curve": [], "diverged_at_step": None,
+            "env": {}, "started_at": started,
+        }
+
+    def _append(self, record: dict, progress) -> dict:
+        record["finished_at"] = _now()
+        if not record["env"]:
+            record["env"] = _light_env()
+        append_record(self.results, record)  # the claim made this process the only writer of this cell-run
+        progress.finish_item(record)
+        return record
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _light_env() -> dict:
+    """Environment for records whose cell never reported one (crash, timeout, skip): no CUDA initialisation here."""
+    from bench.profile import software
+
+    return {"device_name": None, "device_count": None, **software()}
+
+
+# -- what runs inside the forked processes ------------------------------------------------------
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def zoo_job(family: str, threads: int = 0, *, emit):
+    from bench.run import pretrain
+
+    _set_threads(threads)
+    return pretrain.build(family, emit=emit)
+
+
+def _base_job(cell: Cell, device: str, splits, zoo_path, threads: int = 0, *, emit):
+    from bench.run.cell import evaluate_base, resolve_device
+
+    _set_threads(threads)
+    return evaluate_base(cell, device=resolve_device(device), splits=splits, zoo_path=zoo_path)
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """What one cell-run's process needs, passed across the process boundary as one object."""
+
+    cell: Cell
+    seed: int
+    device: str  # as the suite says it (auto / cpu / cuda); resolved inside the cell's process
+    splits: object  # DatasetSplits, loaded once in the parent
+    base: dict | None  # the untuned model's quality, when known
+    zoo_path: str | None
+    settings: dict  # the cell's training settings after any OOM back-off
+    threads: int = 0
+
+
+def run_cell_job(job: CellJob, *, emit):
+    from bench.profile import environment
+    from bench.run.cell import resolve_device, run_cell
+
+    _set_threads(job.threads)
+    device = resolve_device(job.device)
+    result = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits, base=job.base, zoo_path=job.zoo_path,
+                      settings=job.settings, on_step=lambda s, n, loss: emit("step", s, n, loss))
+    result["env"] = environment(device)
+    return result
+
+
+def build_zoo(family: str, threads: int, *, force: bool = False, on_event=None, isolate: bool = True) -> dict | None:
+    """Pretrain the tiny `family` base in its own process, under the zoo's lock (concurrent runs: one builds, the
+    others wait and find it built); its source quality, or None when it was built already (and not `force`)."""
+    from bench.suite import zoo
+
+    with locked(zoo.zoo_path(family)):
+        if zoo.is_built(family) and not force:
+            return None
+        return _build_zoo_now(family, threads, on_event=on_event, isolate=isolate)
+
+
+def _build_zoo_now(family: str, threads: int, *, on_event, isolate: bool) -> dict:
+    from bench.isolate import call_isolated
+    from bench.suite import zoo
+
+    out = call_isolated(zoo_job, family, threads, timeout_s=zoo.RECIPES[family]["train"]["timeout_s"], on_event=on_event,
+                        isolate=isolate)
+    if out.kind != "ok":
+        raise BenchError(f"building the tiny {family} zoo base failed: {out.message}", fix="run `bench zoo build` to see the full error")
+    return out.value["source_quality"]

@@ -1,0 +1,144 @@
+"""Every key a suite may hold, with its type, default, allowed values and one line of documentation.
+
+One table here drives validation (bench/suite/load.py), the README's key reference and the record's
+resolved config, so a documented key and a checked key cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from bench.keyspec import NUMBER, SEED_MAX, Key  # noqa: F401  (SEED_MAX: the key tables' bound)
+from bench.models.catalog import FAMILIES, METHOD_KINDS
+
+SUITE_KEYS = {
+    "name": Key(str, None, "suite name; records go to results/<name>.jsonl (default: the file name)"),
+    "description": Key(str, "", "free text shown on the report page"),
+    "repeats": Key(int, 1, "runs per cell with seeds seed, seed+1, ...; reports show mean ± spread", min=1, max=1000),
+    "seeds": Key(list, None, "explicit seeds per cell (instead of repeats)"),
+    "device": Key(str, "auto", "where cells run", choices=("auto", "cpu", "cuda")),
+    "isolate": Key(bool, True, "run each cell in its own process (crash and memory isolation)"),
+    "threads": Key(int, 0, "CPU threads per cell (0: torch's default); tiny models run fastest on 1", min=0, max=4096),
+    "oom_backoff": Key(bool, False, "on out-of-memory halve the micro-batch and double accumulation, keeping the effective batch"),
+    "min_batch_size": Key(int, 1, "smallest micro-batch the OOM back-off tries", min=1, max=65536),
+}
+
+TRAIN_KEYS = {
+    "steps": Key(int, 60, "optimizer steps per cell (ignored when epochs is set)", min=1, max=10**8),
+    "epochs": Key(NUMBER, None, "passes over the training split instead of a step count", above=0, max=10**4),
+    "batch_size": Key(int, 8, "micro-batch size per step", min=1, max=65536),
+    "grad_accum": Key(int, 1, "gradient accumulation steps; effective batch = batch_size × grad_accum", min=1, max=65536),
+    "lr": Key(NUMBER, 1e-3, "peak learning rate", above=0, max=10),
+    "schedule": Key(str, "cosine", "learning-rate schedule after warm-up", choices=("constant", "linear", "cosine")),
+    "warmup_steps": Key(int, 0, "linear learning-rate warm-up steps", min=0, max=10**8),
+    "weight_decay": Key(NUMBER, 0.0, "AdamW weight decay", min=0, max=10),
+    "max_grad_norm": Key(NUMBER, 1.0, "gradient clipping norm (0 disables)", min=0, max=1e6),
+    "optimizer": Key(str, "adamw", "optimizer", choices=("adamw", "sgd", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit")),
+    "precision": Key(str, "fp32", "compute precision (bf16/fp16 autocast; fp32 on the CPU is fastest here)", choices=("fp32", "bf16", "fp16")),
+    "gradient_checkpointing": Key(bool, False, "recompute activations in backward to save memory"),
+    "seed": Key(int, 0, "seed for weights, data order and dropout", min=0, max=SEED_MAX),
+    "max_seq_len": Key(int, 48, "maximum text tokens per sample (prompt + answer, image tokens excluded)", min=1, max=2**20),
+    "eval_batch_size": Key(int, 32, "batch size for evaluation", min=1, max=65536),
+    "max_new_tokens": Key(int, 8, "generation length for captioning and VQA evaluation", min=1, max=65536),
+    "num_beams": Key(int, 1, "beam width for generation (1 = greedy)", min=1, max=64),
+    "prompt_template": Key(str, "a photo of a {}", "CLIP zero-shot class prompt; {} is the class name"),
+    "timing_warmup_steps": Key(int, 3, "first steps left out of step-time statistics", min=0, max=10**8),
+    "timeout_s": Key(NUMBER, 1800, "wall-clock limit per cell; past it the cell is recorded as timeout", above=0, max=30 * 86400),
+    "diverge_loss": Key(NUMBER, 1e4, "a loss above this (or NaN/inf) stops the cell as diverged", above=0, max=1e30),
+    "memory_cap_mb": Key(NUMBER, None, "treat memory above this (MB above the cell's baseline) as out-of-memory", above=0, max=1e9),
+}
+
+MODEL_KEYS = {
+    "family": Key(str, None, "model family", choices=tuple(FAMILIES), required=True),
+    "preset": Key(str, "tiny", "embedded architecture: tiny / small (CPU) or full (the real checkpoint's shape)"),
+    "checkpoint": Key(str, None, "Hugging Face id or local directory of real weights"),
+    "weights": Key(str, None, "pretrained (load checkpoint), random (architecture only: cost is real, quality n/a), zoo (bench's "
+                   "pretrained tiny base); default: pretrained with a checkpoint, zoo without", choices=("pretrained", "random", "zoo")),
+    "backend": Key(str, "transformers", "implementation (CLIP also: open_clip)", choices=("transformers", "open_clip")),
+    "revision": Key(str, None, "checkpoint revision (branch, tag or commit)"),
+    "trust_remote_code": Key(bool, False, "allow the checkpoint's own Python code to run (marked in reports)"),
+    "train": Key(dict, None, "training-setting overrides for cells of this model"),
+}
+
+METHOD_KEYS = {
+    "kind": Key(str, None, "fine-tuning method", choices=tuple(METHOD_KINDS), required=True),
+    "r": Key(int, 8, "adapter rank (lora, dora, qlora, loha, lokr, vera)", min=1, max=65536),
+    "alpha": Key(NUMBER, None, "LoRA scaling numerator (default 2·r)", above=0, max=1e6),
+    "dropout": Key(NUMBER, 0.05, "adapter dropout probability", min=0, below=1),
+    "targets": Key(dict, None, "component → module leaf names, e.g. {language = [\"q_proj\", \"v_proj\"]}; default: the family's recipe"),
+    "train_full": Key(list, None, "components trained in full beside the adapters (default [\"projector\"]; [] for none)"),
+    "freeze": Key(list, [], "components kept frozen under kind = \"full\" (e.g. [\"vision\"])"),
+    "quant_type": Key(str, "nf4", "QLoRA 4-bit data type", choices=("nf4", "fp4")),
+    "double_quant": Key(bool, True, "QLoRA double quantisation of the quantisation constants"),
+    "compute_dtype": Key(str, "auto", "QLoRA compute dtype (auto: bf16 on CUDA, fp32 on the CPU)", choices=("auto", "float32", "bfloat16", "float16")),
+    "train": Key(dict, None, "training-setting overrides for cells of this method"),
+}
+
+GRID_KEYS = {
+    "models": Key(list, None, "model names", required=True),
+    "datasets": Key(list, None, "dataset names", required=True),
+    "methods": Key(list, None, "method names", required=True),
+    "exclude": Key(list, [], "tables {model?, dataset?, method?} of combinations to skip"),
+    "train": Key(dict, None, "training-setting overrides for this grid's cells"),
+}
+
+GATE_KEYS = {
+    "rules": Key(list, None, "regression rules, e.g. [\"peak_memory_mb:+5%\", \"delta:-0.5\", \"status:ok\"]"),
+    "baseline": Key(str, None, "baseline results file for `bench gate` (relative to the suite file)"),
+}
+
+EXCLUDE_KEYS = {"model": Key(str), "dataset": Key(str), "method": Key(str)}
+
+TOP_LEVEL = ("suite", "defaults", "models", "datasets", "methods", "grid", "gate")
+
+
+def _fmt_default(k: Key) -> str:
+    if k.required:
+        return "required"
+    if k.default is None:
+        return "—"
+    if isinstance(k.default, bool):
+        return "true" if k.default else "false"
+    if isinstance(k.default, str):
+        return f'"{k.default}"'
+    return str(k.default)
+
+
+def _fmt_doc(k: Key) -> str:
+    doc = k.doc.replace("|", "\\|").replace("<", "&lt;")  # a bare <name> would render as an HTML tag and vanish
+    if k.choices:
+        doc += " (" + " / ".join(f"`{c}`" for c in k.choices) + ")"
+    return doc
+
+
+def markdown_tables() -> str:
+    """The README's key reference, generated from the tables above (a test keeps the README in sync)."""
+    from bench.data.loader import DATASET_KEYS
+
+    datasets = DATASET_KEYS
+    sections = [("[suite]", SUITE_KEYS), ("[defaults] (and every `train = {...}` override)", TRAIN_KEYS),
+                ("[models.NAME]", MODEL_KEYS), ("[datasets.NAME]", datasets), ("[methods.NAME]", METHOD_KEYS),
+                ("[[grid]]", GRID_KEYS), ("[gate]", GATE_KEYS)]
+    out = []
+    for title, spec in sections:
+        out += [f"#### {title}", "", "| key | default | meaning |", "|---|---|---|"]
+        out += [f"| `{name}` | {_fmt_default(k)} | {_fmt_doc(k)} |" for name, k in spec.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def sync_readme(path: str = "README.md") -> bool:
+    """Rewrite the block between the keys markers; True when it changed."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text()
+    begin, end = "<!-- keys:begin -->", "<!-- keys:end -->"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{markdown_tables()}\n{end}{tail}"
+    if new != text:
+        p.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    print("README.md updated" if sync_readme() else "README.md already up to date")

@@ -1,0 +1,390 @@
+"""Suite files: TOML → a validated, frozen Suite. Nothing here imports torch.
+
+Every problem is reported as a SuiteError naming the file, the table and the key, with a fix;
+unknown keys get a "did you mean". Validation happens before any model is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError, DataError, SuiteError
+from bench.keyspec import MAX_DEPTH, SEED_MAX, Key, type_name
+from bench.models.catalog import ADAPTER_KINDS, FAMILIES, RANKED_KINDS
+from bench.paths import baseline_problem, suite_name_problem
+from bench.suite.keys import EXCLUDE_KEYS, GATE_KEYS, GRID_KEYS, METHOD_KEYS, MODEL_KEYS, SUITE_KEYS, TOP_LEVEL, TRAIN_KEYS
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A named [models.X] / [datasets.X] / [methods.X] table with defaults filled in (train overrides apart)."""
+
+    name: str
+    config: dict
+    train: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Grid:
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    methods: tuple[str, ...]
+    exclude: tuple[dict, ...] = ()
+    train: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    settings: dict  # [suite] with defaults
+    defaults: dict  # [defaults] merged over TRAIN_KEYS defaults
+    models: dict[str, Entry]
+    datasets: dict[str, Entry]
+    methods: dict[str, Entry]
+    grids: tuple[Grid, ...]
+    gate: dict
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        if self.settings.get("seeds"):
+            return tuple(self.settings["seeds"])
+        return tuple(self.defaults["seed"] + i for i in range(self.settings["repeats"]))
+
+
+class _Checker:
+    """Validation helpers bound to one file, so every message names it."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, where: str, message: str, fix: str | None = None) -> SuiteError:
+        return SuiteError(message, file=self.file, where=where, fix=fix)
+
+    def table(self, value: Any, where: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"must be a table, got {type_name(value)}", f"write it as [{where}] with key = value lines")
+        return value
+
+    def keys(self, table: dict, spec: dict, where: str) -> dict:
+        """Check names, types and ranges of `table` against `spec`; return it with defaults filled in."""
+        for key in table:
+            if key not in spec:
+                close = difflib.get_close_matches(key, list(spec), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(sorted(spec))}"
+                if isinstance(table[key], dict) and "train" not in (key,):
+                    hint += f' (a name with a dot must be quoted: [{where.rsplit(".", 1)[0]}."{where.rsplit(".", 1)[-1]}.{key}"])'
+                raise self.fail(f"[{where}] key '{key}'", "unknown key", hint)
+        out = {}
+        for key, k in spec.items():
+            if key not in table:
+                if k.required:
+                    raise self.fail(f"[{where}] key '{key}'", "missing required key", f"add {key} = ... ({k.doc})")
+                out[key] = k.default
+                continue
+            out[key] = self.value(table[key], k, f"[{where}] key '{key}'")
+        return out
+
+    def value(self, value: Any, k: Key, where: str):
+        problem = k.problem(value)
+        if problem and k.choices and isinstance(value, str) and value not in k.choices:
+            close = difflib.get_close_matches(value, [str(c) for c in k.choices], n=1)
+            raise self.fail(where, problem, (f"did you mean '{close[0]}'? " if close else "") + k.doc)
+        if problem:
+            raise self.fail(where, problem, k.doc or None)
+        types = k.type if isinstance(k.type, tuple) else (k.type,)
+        return float(value) if float in types and isinstance(value, int) else value
+
+    def names(self, value: Any, known: dict, kind: str, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(where, f"must be a list of {kind} names", f'e.g. {kind}s = ["name"]')
+        if not value:
+            raise self.fail(where, "is empty", f"name at least one of: {', '.join(known) or '(none defined)'}")
+        for v in value:
+            if v not in known:
+                close = difflib.get_close_matches(v, list(known), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"define it as [{kind}s.{v}] or use one of: {', '.join(known) or '(none defined)'}"
+                raise self.fail(where, f"unknown {kind} '{v}'", hint)
+        return tuple(value)
+
+
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file. Raises SuiteError (or DataError for dataset files) on any problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        if not path.is_file():
+            raise SuiteError("no such suite file" if not path.exists() else "is not a file", file=file,
+                             fix="check the path; suites live in suites/*.toml")
+        data = path.read_bytes()
+    except OSError as exc:  # too long a name, a folder we may not read, ...
+        raise SuiteError(f"cannot read the suite file ({exc.strerror or exc})", file=file, fix="check the path") from None
+    try:
+        raw = tomllib.loads(decode_text(data, file=file))
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"not valid TOML: {exc}", file=file, fix="fix the syntax at the line and column named") from None
+    except RecursionError:
+        raise SuiteError("arrays or tables nested too deeply to read", file=file,
+                         fix=f"a suite needs at most {MAX_DEPTH} levels of nesting") from None
+    _check_depth(raw, file)
+    return parse_suite(raw, path.resolve(), display=file)
+
+
+def decode_text(data: bytes, *, file: str) -> str:
+    """UTF-8 text, with or without a byte-order mark; anything else is named for what it is."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SuiteError("is UTF-16 text; suites are UTF-8", file=file, fix="save the file as UTF-8")
+    if b"\x00" in data:
+        raise SuiteError("is not a text file (it holds NUL bytes)", file=file, fix="point at a .toml suite file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})", file=file,
+                         fix="save the file as UTF-8") from None
+
+
+def _check_depth(raw: dict, file: str) -> None:
+    """Reject nesting deeper than any suite needs, before code that walks it recursively."""
+    stack = [(raw, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise SuiteError("arrays or tables nested too deeply", file=file, fix=f"a suite needs at most {MAX_DEPTH} levels of nesting")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+
+
+def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
+    c = _Checker(display or str(path))
+    for key in raw:
+        if key not in TOP_LEVEL:
+            close = difflib.get_close_matches(key, TOP_LEVEL, n=1)
+            raise c.fail(f"table [{key}]", "unknown table", f"did you mean [{close[0]}]?" if close else f"allowed tables: {', '.join(TOP_LEVEL)}")
+
+    settings = c.keys(c.table(raw.get("suite", {}), "suite"), SUITE_KEYS, "suite")
+    if settings["name"] is None:
+        settings["name"] = path.stem
+        if suite_name_problem(path.stem):
+            raise c.fail("[suite] key 'name'", f"the file name {suite_name_problem(path.stem)}",
+                         'set [suite] name = "my-suite" (letters, digits, -_.), or rename the file')
+    elif suite_name_problem(settings["name"]):
+        raise c.fail("[suite] key 'name'", suite_name_problem(settings["name"]), 'e.g. name = "vlm-costs"')
+    if settings["seeds"] is not None:
+        seeds = settings["seeds"]
+        seed_key = Key(int, min=0, max=SEED_MAX)
+        if not seeds or len(seeds) > SUITE_KEYS["repeats"].max or any(seed_key.problem(s) for s in seeds):
+            raise c.fail("[suite] key 'seeds'", f"must be a list of integers in 0 … 2^63 − 1 (1 to {SUITE_KEYS['repeats'].max} of them)",
+                         "e.g. seeds = [0, 1]")
+        if len(set(seeds)) != len(seeds):
+            raise c.fail("[suite] key 'seeds'", "lists a seed twice, so two repeats would be the same run", "give distinct seeds")
+    defaults = c.keys(c.table(raw.get("defaults", {}), "defaults"), TRAIN_KEYS, "defaults")
+    if settings["seeds"] is None and defaults["seed"] + settings["repeats"] - 1 > SEED_MAX:
+        raise c.fail("[defaults] key 'seed'", "seed + repeats − 1 exceeds 2^63 − 1", "use a smaller seed")
+
+    models = _entries(c, raw, "models", lambda name, t: _model(c, name, t))
+    datasets = _entries(c, raw, "datasets", lambda name, t: _dataset(c, name, t, path.parent))
+    methods = _entries(c, raw, "methods", lambda name, t: _method(c, name, t))
+
+    grids_raw = raw.get("grid", [])
+    if isinstance(grids_raw, dict):
+        grids_raw = [grids_raw]
+    if not isinstance(grids_raw, list) or not grids_raw:
+        raise c.fail("[[grid]]", "the suite has no grid, so it expands to zero cells", "add [[grid]] with models, datasets and methods lists")
+    grids = tuple(_grid(c, i, g, models, datasets, methods) for i, g in enumerate(grids_raw))
+
+    gate = c.keys(c.table(raw.get("gate", {}), "gate"), GATE_KEYS, "gate")
+    if gate["baseline"] is not None and baseline_problem(path.parent, gate["baseline"]):
+        raise c.fail("[gate] key 'baseline'", baseline_problem(path.parent, gate["baseline"]),
+                     'e.g. baseline = "../results/baselines/<suite>.jsonl" (`bench baseline update` writes it)')
+    if gate["rules"] is not None:
+        from bench.suite.rules import parse_rules
+
+        try:
+            parse_rules(gate["rules"])
+        except BenchError as exc:
+            raise c.fail("[gate] key 'rules'", exc.message, exc.fix) from None
+    suite = Suite(settings["name"], path, settings, defaults, models, datasets, methods, grids, gate)
+
+    from bench.suite.plan import expand  # a suite must expand to at least one cell
+
+    if not expand(suite):
+        raise c.fail("[[grid]]", "every combination is excluded, so the suite expands to zero cells", "remove or narrow the exclude entries")
+    return suite
+
+
+def _entries(c: _Checker, raw: dict, kind: str, build) -> dict[str, Entry]:
+    table = c.table(raw.get(kind, {}), kind)
+    return {name: build(name, c.table(t, f"{kind}.{name}")) for name, t in table.items()}
+
+
+def _train(c: _Checker, value, where: str) -> dict:
+    if value is None:
+        return {}
+    table = c.table(value, where)
+    checked = c.keys(table, TRAIN_KEYS, where)
+    return {k: checked[k] for k in table}  # only the keys the entry sets: they override, the rest inherit
+
+
+def _model(c: _Checker, name: str, table: dict) -> Entry:
+    where = f"models.{name}"
+    cfg = c.keys(table, MODEL_KEYS, where)
+    info = FAMILIES[cfg["family"]]
+    if cfg["preset"] not in info.presets:
+        raise c.fail(f"[{where}] key 'preset'", f"family {cfg['family']} has no preset '{cfg['preset']}'", f"use one of: {', '.join(info.presets)}")
+    if cfg["backend"] not in info.backends:
+        raise c.fail(f"[{where}] key 'backend'", f"family {cfg['family']} has no backend '{cfg['backend']}'", f"use one of: {', '.join(info.backends)}")
+    if cfg["weights"] is None:
+        cfg["weights"] = "pretrained" if cfg["checkpoint"] else ("zoo" if cfg["preset"] == "tiny" else "random")
+    if cfg["weights"] == "pretrained" and not cfg["checkpoint"]:
+        raise c.fail(f"[{where}] key 'weights'", "weights = \"pretrained\" needs a checkpoint",
+                     'set checkpoint = "<hf id or local dir>", or weights = "random" to measure cost only')
+    if cfg["weights"] == "zoo" and (cfg["preset"] != "tiny" or cfg["checkpoint"]):
+        raise c.fail(f"[{where}] key 'weights'", "weights = \"zoo\" is bench's own pretrained base for the tiny preset only",
+                     'use preset = "tiny" without a checkpoint, or weights = "random"/"pretrained"')
+    if cfg["weights"] == "zoo" and cfg["backend"] != "transformers":
+        raise c.fail(f"[{where}] key 'backend'", "the zoo bases are built with the transformers backend", 'use weights = "random" with backend = "open_clip"')
+    if cfg["weights"] == "zoo":
+        from bench.suite.zoo import recipe_id
+
+        cfg["zoo_recipe"] = recipe_id(cfg["family"])  # a rebuilt base is a different model: new cell ids, new base quality
+    train = _train(c, cfg.pop("train"), f"{where}.train")
+    return Entry(name, {"name": name, **cfg}, train)
+
+
+def _dataset(c: _Checker, name: str, table: dict, base_dir: Path) -> Entry:
+    from bench.data.loader import DATASET_KEYS, FORMATS, check_dataset
+
+    where = f"datasets.{name}"
+    spec = dict(DATASET_KEYS)
+    spec["format"] = Key(str, None, DATASET_KEYS["format"].doc, choices=tuple(FORMATS), required=True)
+    spec["train"] = Key(dict, None, "training-setting overrides for cells of this dataset")
+    cfg = c.keys(table, spec, where)
+    cfg = {k: v for k, v in cfg.items() if v is not None or k in table}
+    tasks = FORMATS[cfg["format"]]
+    if cfg.get("task") is None:
+        if len(tasks) > 1:
+            raise c.fail(f"[{where}] key 'task'", f"format {cfg['format']} offers several tasks", f"set task to one of: {', '.join(tasks)}")
+        cfg["task"] = tasks[0]
+    elif cfg["task"] not in tasks:
+        raise c.fail(f"[{where}] key 'task'", f"format {cfg['format']} has no task '{cfg['task']}'", f"use one of: {', '.join(tasks)}")
+    train = _train(c, cfg.pop("train", None), f"{where}.train")
+    try:
+        check_dataset(cfg, base_dir=base_dir, file=c.file, where=f"[{where}]")
+    except DataError as exc:
+        if exc.file == c.file:
+            raise
+        # a problem inside a data file: name the suite entry that points at it, then the file and record
+        inner = ": ".join(p for p in (exc.file, exc.where, exc.message) if p)
+        raise DataError(inner, file=c.file, where=f"[{where}]", fix=exc.fix) from None
+    return Entry(name, {"name": name, **cfg}, train)
+
+
+def _method(c: _Checker, name: str, table: dict) -> Entry:
+    where = f"methods.{name}"
+    cfg = c.keys(table, METHOD_KEYS, where)
+    kind = cfg["kind"]
+    if kind in RANKED_KINDS and cfg["alpha"] is None:
+        cfg["alpha"] = float(2 * cfg["r"])
+    if cfg["targets"] is not None:
+        if not cfg["targets"]:
+            raise c.fail(f"[{where}] key 'targets'", "is empty, so no module would be adapted",
+                         'name modules per component, e.g. targets = { language = ["q_proj", "v_proj"] }, or remove the key '
+                         "to use the family's recipe")
+        for comp, leaves in cfg["targets"].items():
+            if not isinstance(leaves, list) or not leaves or not all(isinstance(x, str) for x in leaves):
+                raise c.fail(f"[{where}] key 'targets'", f"targets.{comp} must be a non-empty list of module names",
+                             f'e.g. targets = {{ {comp} = ["q_proj", "v_proj"] }}')
+    for key in ("train_full", "freeze"):
+        if cfg[key] is not None and not all(isinstance(x, str) for x in cfg[key]):
+            raise c.fail(f"[{where}] key '{key}'", "must be a list of component names", f'e.g. {key} = ["projector"]')
+    keep = _method_keys(kind)  # only what matters for this kind, so equal methods hash equal and records stay readable
+    for key in table:
+        if key not in keep and key != "train":
+            fix = {"freeze": 'remove it (an adapter method trains only its adapters and train_full; the rest stays frozen), '
+                             'or use kind = "full"',
+                   "targets": f"remove it, or use an adapter kind ({', '.join(ADAPTER_KINDS)})"}
+            fix["train_full"] = fix["targets"]
+            raise c.fail(f"[{where}] key '{key}'", f"has no meaning for kind = \"{kind}\"", fix.get(key, "remove it"))
+    train = _train(c, cfg.pop("train"), f"{where}.train")
+    return Entry(name, {"name": name, **{k: v for k, v in cfg.items() if k in keep}}, train)
+
+
+def _method_keys(kind: str) -> set[str]:
+    """The [methods.NAME] keys that mean something for `kind`."""
+    if kind == "full":
+        return {"kind", "freeze"}
+    keep = {"kind", "train_full", "targets"}
+    if kind in RANKED_KINDS:
+        keep |= {"r", "alpha", "dropout"}
+    if kind == "qlora":
+        keep |= {"quant_type", "double_quant", "compute_dtype"}
+    return keep
+
+
+def _grid(c: _Checker, i: int, table, models, datasets, methods) -> Grid:
+    where = f"grid[{i}]"
+    cfg = c.keys(c.table(table, where), GRID_KEYS, where)
+    g_models = c.names(cfg["models"], models, "model", f"[{where}] key 'models'")
+    g_datasets = c.names(cfg["datasets"], datasets, "dataset", f"[{where}] key 'datasets'")
+    g_methods = c.names(cfg["methods"], methods, "method", f"[{where}] key 'methods'")
+    excludes = []
+    for j, ex in enumerate(cfg["exclude"]):
+        ew = f"{where}.exclude[{j}]"
+        ex = {k: v for k, v in c.keys(c.table(ex, ew), EXCLUDE_KEYS, ew).items() if v is not None}
+        if not ex:
+            raise c.fail(f"[{ew}]", "an empty exclude matches every cell", "name a model, dataset and/or method")
+        for k, known in (("model", models), ("dataset", datasets), ("method", methods)):
+            if k in ex:
+                c.names([ex[k]], known, k, f"[{ew}] key '{k}'")
+        excludes.append(ex)
+    for m in g_models:
+        family = models[m].config["family"]
+        for d in g_datasets:
+            if datasets[d].config["task"] != FAMILIES[family].task and not any(_excludes(ex, m, d, None) for ex in excludes):
+                raise c.fail(
+                    f"[{where}]",
+                    f"model '{m}' ({family}) trains on {FAMILIES[family].task} data, dataset '{d}' is {datasets[d].config['task']}",
+                    f"pair {family} models with a {FAMILIES[family].task} dataset, or add exclude = [{{model = \"{m}\", dataset = \"{d}\"}}]",
+                )
+    for m in g_models:
+        _check_components(c, models[m], [methods[k] for k in g_methods])
+    return Grid(g_models, g_datasets, g_methods, tuple(excludes), _train(c, cfg["train"], f"{where}.train"))
+
+
+def _check_components(c: _Checker, model: Entry, methods: list[Entry]) -> None:
+    """Components named by a method (freeze, train_full, targets) must exist in the model's family."""
+    family = model.config["family"]
+    known = FAMILIES[family].components
+    for method in methods:
+        cfg = method.config
+        for key, names in (("freeze", cfg.get("freeze") or []), ("train_full", cfg.get("train_full") or []),
+                           ("targets", list(cfg.get("targets") or {}))):
+            bad = [n for n in names if n not in known]
+            if bad:
+                raise c.fail(f"[methods.{method.name}] key '{key}'",
+                             f"names component(s) {bad} that model '{model.name}' ({family}) does not have",
+                             f"use: {', '.join(known)}")
+        if set(cfg.get("freeze") or []) >= set(known):
+            raise c.fail(f"[methods.{method.name}] key 'freeze'", f"freezes every component of model '{model.name}' "
+                         f"({', '.join(known)}), so nothing would train", "leave at least one component unfrozen")
+
+
+def _excludes(ex: dict, model: str, dataset: str, method: str | None) -> bool:
+    """True when the exclude entry matches; method=None means 'whatever the method' (it must not name one)."""
+    if "model" in ex and ex["model"] != model:
+        return False
+    if "dataset" in ex and ex["dataset"] != dataset:
+        return False
+    if "method" in ex:
+        return method is not None and ex["method"] == method
+    return True

@@ -1,0 +1,193 @@
+"""The runner end to end on tiny CLIP (random weights, seconds per cell), with faults injected for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import MINI_SUITE, REPO
+
+from bench.records import read_records
+from bench.run.runner import Runner
+from bench.suite.load import load_suite
+
+
+def run_suite(path: Path, tmp_path: Path, **kw):
+    runner = Runner(load_suite(path), results_dir=tmp_path / "results", reports_dir=tmp_path / "reports", show_progress=False, **kw)
+    return runner.run(), runner
+
+
+def test_run_writes_records_report_and_rerun_skips(mini_suite, tmp_path):
+    summary, runner = run_suite(mini_suite, tmp_path)
+    records = read_records(runner.results)
+    assert summary.ran == 2 and [r["status"] for r in records] == ["ok", "ok"]
+    for r in records:
+        assert r["params"]["trainable"] > 0 and r["cost"]["step_s_median"] > 0 and r["cost"]["peak_memory_mb"] is not None
+        assert r["quality"]["applicable"] is False  # random weights
+        assert r["env"]["torch"] and r["env"]["device_name"] == "cpu"
+    lora = next(r for r in records if r["method"]["kind"] == "lora")
+    assert lora["params"]["by_component"]["vision"]["trainable"] == 0  # the seeds' recipe: vision frozen
+    assert (tmp_path / "reports" / "mini.md").is_file()
+    again, _ = run_suite(mini_suite, tmp_path)
+    assert again.ran == 0 and again.skipped_done == 2
+    assert len(read_records(runner.results)) == 2
+
+
+FAULTS = MINI_SUITE.replace('methods = ["lora", "full"]', 'methods = ["lora", "nan", "oom", "slow"]') + """
+[methods.nan]
+kind = "full"
+train = { lr = 10, optimizer = "sgd", max_grad_norm = 0, steps = 6, diverge_loss = 0.5 }
+
+[methods.oom]
+kind = "full"
+train = { memory_cap_mb = 0.001 }
+
+[methods.slow]
+kind = "full"
+train = { steps = 100000, timeout_s = 3 }
+"""
+
+
+def test_faults_become_statuses_and_the_suite_finishes(write_suite, tmp_path):
+    path = write_suite(FAULTS, "faults.toml")
+    results = tmp_path / "results" / "mini.jsonl"  # the suite inside is named mini
+    results.parent.mkdir(parents=True)
+    results.write_text('{"cell_id": "torn", "stat')  # a torn line left by an earlier crash
+    with pytest.warns(UserWarning, match="unreadable record"):
+        summary, runner = run_suite(path, tmp_path)
+    by_method = {r["method"]["name"]: r for r in read_records(results, warn=False)}
+    assert summary.ran == 4
+    assert by_method["lora"]["status"] == "ok"
+    assert by_method["nan"]["status"] == "diverged" and by_method["nan"]["diverged_at_step"] >= 1
+    assert by_method["oom"]["status"] == "oom" and by_method["oom"]["cost"]["peak_memory_mb"] > 0
+    assert "memory_cap_mb" in by_method["oom"]["message"]
+    assert by_method["slow"]["status"] == "timeout" and "3 s" in by_method["slow"]["message"]
+    assert (tmp_path / "reports" / "mini.md").is_file()
+
+
+def test_oom_backoff_halves_the_batch_and_keeps_the_effective_batch(write_suite, tmp_path):
+    text = FAULTS.replace('name = "mini"', 'name = "mini"\noom_backoff = true\nmin_batch_size = 1')
+    path = write_suite(text.replace('methods = ["lora", "nan", "oom", "slow"]', 'methods = ["oom"]'), "backoff.toml")
+    summary, runner = run_suite(path, tmp_path)
+    record = read_records(runner.results)[0]
+    attempts = record["cost"]["attempts"]
+    assert [a["batch_size"] for a in attempts] == [4, 2, 1]
+    assert all(a["batch_size"] * a["grad_accum"] == 4 for a in attempts)
+    assert record["status"] == "oom"  # a cap below the weights never fits: recorded, not retried forever
+
+
+def _bench(*args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_records_every_cell_exactly_once(write_suite, tmp_path):
+    methods = ", ".join(f'"m{i}"' for i in range(4))
+    text = MINI_SUITE.replace('methods = ["lora", "full"]', f"methods = [{methods}]").replace("steps = 2", "steps = 40")
+    text += "".join(f'\n[methods.m{i}]\nkind = "lora"\nr = {i + 1}\n' for i in range(4))
+    path = write_suite(text, "killme.toml")
+    results = tmp_path / "results" / "mini.jsonl"
+    proc = _bench("run", str(path), "--results-dir", "results", "--no-progress", cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(read_records(results, warn=False)) < 1:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # the whole `bench run`, mid-suite
+    proc.communicate()
+    first = len(read_records(results, warn=False))
+    assert 1 <= first < 4
+    again = _bench("run", str(path), "--results-dir", "results", "--no-progress", cwd=tmp_path)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    records = read_records(results)
+    assert sorted(r["method"]["name"] for r in records) == ["m0", "m1", "m2", "m3"]
+    assert all(r["status"] == "ok" for r in records)
+
+
+@pytest.mark.slow
+def test_killed_cell_process_is_recorded_and_the_suite_goes_on(write_suite, tmp_path):
+    import psutil
+
+    text = MINI_SUITE.replace('kind = "lora"', 'kind = "lora"\ntrain = { steps = 100000 }')  # the victim runs until killed
+    path = write_suite(text, "kill_cell.toml")
+    proc = _bench("run", str(path), "--results-dir", "results", "--no-progress", cwd=tmp_path)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    victim = None
+    while time.monotonic() < deadline and victim is None:
+        # cells are forked by the forkserver, a child of `bench run`: the cell is a grandchild
+        kids = [k for c in parent.children() for k in c.children() if k.status() != psutil.STATUS_ZOMBIE]
+        if kids:
+            time.sleep(1.0)  # let it get into training
+            victim = kids[0]
+            victim.send_signal(signal.SIGKILL)
+        time.sleep(0.1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    records = read_records(tmp_path / "results" / "mini.jsonl")
+    assert len(records) == 2
+    statuses = sorted(r["status"] for r in records)
+    assert statuses == ["error", "ok"], out
+    killed = next(r for r in records if r["status"] == "error")
+    assert "SIGKILL" in killed["message"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_exits_130_without_a_traceback_and_resume_finishes(write_suite, tmp_path):
+    import psutil
+
+    text = MINI_SUITE.replace('kind = "lora"', 'kind = "lora"\ntrain = { steps = 100000, timeout_s = 60 }')
+    path = write_suite(text, "ctrl_c.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(path), "--results-dir", "results", "--no-progress"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    parent, deadline = psutil.Process(proc.pid), time.monotonic() + 120
+    while time.monotonic() < deadline and not [k for c in parent.children() for k in c.children()]:
+        time.sleep(0.1)  # until a cell is training (a grandchild: forked by the forkserver)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out, out
+    assert not (tmp_path / "results" / "mini.claims").exists() or not list((tmp_path / "results" / "mini.claims").glob("*.json"))
+    text = text.replace("steps = 100000", "steps = 2")
+    path.write_text(text)
+    again = _bench("run", str(path), "--results-dir", "results", "--no-progress", cwd=tmp_path)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and len(read_records(tmp_path / "results" / "mini.jsonl")) == 2, out
+
+
+def test_same_suite_and_seed_give_the_same_losses(mini_suite, tmp_path):
+    _, first = run_suite(mini_suite, tmp_path / "a")
+    _, second = run_suite(mini_suite, tmp_path / "b")
+    curves = [[r["loss_curve"] for r in read_records(x.results)] for x in (first, second)]
+    assert curves[0] == curves[1] and all(curves[0])
+    env = read_records(first.results)[0]["env"]
+    assert {"torch", "torch_threads", "device_name", "git_sha"} <= set(env)  # what makes runs differ elsewhere
+
+
+def test_missing_checkpoints_stop_before_training_with_one_message_each(tmp_path, monkeypatch):
+    from bench.errors import BenchError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # nothing cached
+    runner = Runner(load_suite(REPO / "suites" / "vlm_costs.toml"), results_dir=tmp_path / "results",
+                    reports_dir=tmp_path / "reports", show_progress=False)
+    with pytest.raises(BenchError) as err:
+        runner.run()
+    message = err.value.render()
+    for checkpoint in ("openai/clip-vit-large-patch14", "Salesforce/blip2-opt-2.7b", "llava-hf/llava-1.5-7b-hf"):
+        assert message.count(checkpoint) >= 1
+    assert message.startswith("3 checkpoint(s) cannot be loaded")
+    assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_only_that_matches_nothing_is_an_input_error(mini_suite, tmp_path):
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="matches no cell") as err:
+        run_suite(mini_suite, tmp_path, only="nope/*")
+    assert "--only 'clip/*'" in err.value.render()
+    assert not (tmp_path / "results").exists()
