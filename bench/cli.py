@@ -282,6 +282,26 @@ def cmd_zoo_build(args) -> int:
     return 0
 
 
+def cmd_data_make(args) -> int:
+    import time
+
+    from bench.data.make import MAKE_FORMATS, make_scenes
+
+    started = time.perf_counter()
+    step = max(1, args.n // 20)
+
+    def progress(done: int, total: int) -> None:
+        if done % step < 256 or done == total:
+            print(f"  {done:,} / {total:,} images", file=sys.stderr, flush=True)
+
+    path = make_scenes(args.out, n=args.n, fmt=args.format, image_size=args.image_size, split=args.split, seed=args.seed,
+                       image_format=args.image_format, processes=args.processes, on_progress=progress)
+    task = MAKE_FORMATS[args.format][0]
+    print(f"wrote {args.n:,} images in {time.perf_counter() - started:.1f} s: {path}")
+    print(f'use it in a suite as: format = "{args.format}", task = "{task}", path = "{path}"')
+    return 0
+
+
 def _pattern(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty pattern would match every cell; give a cell id or a glob such as 'clip/*'")
@@ -345,6 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results-dir", default="results")
     b.add_argument("-o", "--output", help="baseline file (default: the suite's [gate] baseline)")
     b.set_defaults(fn=cmd_baseline_update)
+
+    s = sub.add_parser("data", help="datasets on disk")
+    dsub = s.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    d = dsub.add_parser("make", help="write N bundled scenes to disk in an on-disk format (large test data)")
+    d.add_argument("source", choices=["scenes"], help="the generator (the bundled scenes)")
+    d.add_argument("--n", type=int, required=True, help="number of images")
+    d.add_argument("--format", required=True, choices=["coco_captions", "llava", "vqa_jsonl", "csv", "image_folder"])
+    d.add_argument("--out", required=True, help="a new or empty folder")
+    d.add_argument("--image-size", type=int, default=224, help="image side in pixels (default 224)")
+    d.add_argument("--image-format", default="jpg", choices=["jpg", "png"])
+    d.add_argument("--split", default="target", choices=["source", "target"], help="the scenes distribution")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--processes", type=int, default=None, help="render processes (default: the usable cores)")
+    d.set_defaults(fn=cmd_data_make)
 
     s = sub.add_parser("zoo", help="bench's pretrained tiny base models")
     zsub = s.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")

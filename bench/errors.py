@@ -15,12 +15,19 @@ class BenchError(Exception):
         self.fix = fix
         super().__init__(self.render())
 
+    def __reduce__(self):  # file, where and fix survive the trip from a DataLoader worker or a cell's process
+        return _rebuild, (type(self), self.message, self.file, self.where, self.fix)
+
     def render(self) -> str:
         head = ": ".join(p for p in (self.file, self.where) if p)
         text = f"{head}: {self.message}" if head else self.message
         if self.fix:
             text += f"\n  fix: {self.fix}"
         return text
+
+
+def _rebuild(cls, message, file, where, fix):
+    return cls(message, file=file, where=where, fix=fix)
 
 
 class SuiteError(BenchError):

@@ -35,6 +35,8 @@ FIELDS = (
     Field("cost.tokens_per_s", "tokens/s", "higher", compared=True),
     Field("cost.padded_tokens_per_s", "tokens/s", "higher"),
     Field("cost.mfu", "fraction", "higher"),
+    Field("cost.data_wait_s", "s", "lower"),
+    Field("cost.data_wait_pct", "%", "lower"),
     Field("quality.delta", "points", "quality", compared=True),
     Field("quality.tuned", "points", "quality", compared=True),
     Field("quality.base", "points", "quality"),

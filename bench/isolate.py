@@ -70,7 +70,9 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
 
     ctx = _context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child_conn, fn, args, kwargs), daemon=True)
+    # not daemonic: a cell starts DataLoader workers of its own, and daemonic processes may not have children;
+    # the `finally` below kills a cell still running when this call ends early (an interrupt)
+    proc = ctx.Process(target=_child, args=(child_conn, fn, args, kwargs), daemon=False)
     proc.start()
     child_conn.close()
     try:
@@ -99,6 +101,7 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
                 return _crashed(proc, start)
     finally:
         parent_conn.close()
+        _kill(proc)
 
 
 _PRELOAD = ["bench.run.preload"]

@@ -27,6 +27,9 @@ class Key:
     required: bool = False
     max: float | None = None  # inclusive upper bound: beyond it a value is absurd, not ambitious
     below: float | None = None  # exclusive upper bound
+    # whether the value enters a cell's id: "always"; "never" for how a cell runs rather than what it measures
+    # (its input workers); "unless_default" for a key added after ids existed, so old records keep their ids
+    in_id: str = "always"
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not acceptable for this key (type, finiteness, choices, bounds), or None.

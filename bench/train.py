@@ -7,6 +7,7 @@ It reads top to bottom; everything that can move a number comes in through `sett
 from __future__ import annotations
 
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -34,6 +35,8 @@ class TrainResult:
     padded_tokens: int = 0
     optimizer_state_bytes: int = 0
     lrs: list[float] = field(default_factory=list)  # the learning rate each optimizer step used (the schedule as run)
+    data_waits: list[float] = field(default_factory=list)  # per step, the wait for its batches (a starved device shows here)
+    longest_input: int = 0  # the most real (unpadded) positions of any training input met
 
 
 def total_steps(settings: dict, n_samples: int) -> int:
@@ -105,16 +108,19 @@ def update(optimizer, params, settings: dict, *, scaler=None) -> None:
 
 
 def _to_device(batch: dict, device: str) -> dict:
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    # pinned (page-locked) batches copy to a GPU asynchronously; the copy is ordered before the forward on the stream
+    return {k: v.to(device, non_blocking=v.is_pinned()) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def train(model, task, encoded: list, loaded, settings: dict, *, device: str, seed: int,
+def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
           probe: MemoryProbe | None = None, on_step=None) -> TrainResult:
-    """Train `model` in place for the cell's steps; raises Diverged or MemoryCapExceeded, lets OOM propagate."""
+    """Train `model` in place for the cell's steps on micro-batches drawn from `batches` (CPU tensors, in the seed's
+    order: bench/data/stream.py); raises Diverged or MemoryCapExceeded, lets OOM propagate. The step timer covers the
+    forward, backward and update passes; the wait for the step's batches is measured on its own."""
     import torch
     from transformers import get_scheduler
 
-    steps = total_steps(settings, len(encoded))
+    steps = total_steps(settings, n_samples)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise BenchError("the method left no trainable parameter", fix="check the method's targets and train_full")
@@ -123,26 +129,9 @@ def train(model, task, encoded: list, loaded, settings: dict, *, device: str, se
     schedule = "constant_with_warmup" if settings["schedule"] == "constant" else settings["schedule"]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=settings["warmup_steps"], num_training_steps=steps)
     scaler = torch.amp.GradScaler("cuda") if settings["precision"] == "fp16" and device.startswith("cuda") else None
-    generator = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    bs, accum = settings["batch_size"], settings["grad_accum"]
     result = TrainResult(steps=steps)
     timer = StepTimer(device)
     cap = settings.get("memory_cap_mb")
-
-    def micro_batches(step: int):
-        nonlocal order
-        for _ in range(accum):
-            if len(order) < bs:  # reshuffle each pass; a short tail joins the next pass
-                order += torch.randperm(len(encoded), generator=generator).tolist()
-            idx, order = order[:bs], order[bs:]
-            batch = task.collate([encoded[i] for i in idx], loaded)
-            if step > settings["timing_warmup_steps"]:
-                real, padded = task.count_tokens(batch)
-                result.samples += bs
-                result.real_tokens += real
-                result.padded_tokens += padded
-            yield _to_device(batch, device)
 
     def check_cap():  # after backward: the activation peak
         if cap and probe is not None and probe.current_above_baseline_mb() > cap:
@@ -150,14 +139,26 @@ def train(model, task, encoded: list, loaded, settings: dict, *, device: str, se
 
     model.train()
     for step in range(1, steps + 1):
+        waited = time.perf_counter()
+        micro = [next(batches) for _ in range(settings["grad_accum"])]
+        result.data_waits.append(time.perf_counter() - waited)
+        result.longest_input = max([result.longest_input] + [int(b["attention_mask"].sum(1).max()) for b in micro])
+        if step > settings["timing_warmup_steps"]:
+            for batch in micro:
+                real, padded = task.count_tokens(batch)
+                result.samples += len(batch["input_ids"])
+                result.real_tokens += real
+                result.padded_tokens += padded
         timer.start()
-        step_loss = accumulate(model, task, micro_batches(step), settings, device, scaler=scaler, after_backward=check_cap).item()
+        on_device = (_to_device(batch, device) for batch in micro)
+        step_loss = accumulate(model, task, on_device, settings, device, scaler=scaler, after_backward=check_cap).item()
         if not math.isfinite(step_loss) or step_loss > settings["diverge_loss"]:
             raise Diverged(step, step_loss, result.losses + [(step, step_loss)])
         result.lrs.append(optimizer.param_groups[0]["lr"])
         update(optimizer, params, settings, scaler=scaler)
         scheduler.step()
         timer.stop()
+        del micro, on_device
         result.losses.append((step, round(step_loss, 6)))
         if step == 1:
             result.optimizer_state_bytes = _state_bytes(optimizer)

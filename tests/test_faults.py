@@ -190,6 +190,73 @@ def test_an_image_broken_after_validation_is_an_error_record_and_the_suite_goes_
     assert summary.ran == 2
 
 
+STREAMED = """
+[suite]
+name = "streamed"
+
+[defaults]
+steps = 25
+batch_size = 8
+max_seq_len = 16
+timing_warmup_steps = 0
+timeout_s = 120
+
+[models.blip2]
+family = "blip2"
+preset = "tiny"
+weights = "random"
+
+[datasets.files]
+format = "coco_captions"
+path = "train/captions.json"
+eval_path = "eval/captions.json"
+
+[datasets.caps]
+format = "scenes"
+task = "caption"
+train_size = 16
+eval_size = 8
+
+[methods.lora]
+kind = "lora"
+r = 4
+
+[methods.lora-skip]
+kind = "lora"
+r = 4
+train = { on_bad_sample = "skip" }
+
+[[grid]]
+models = ["blip2"]
+datasets = ["files", "caps"]
+methods = ["lora", "lora-skip"]
+"""
+
+
+def test_a_corrupt_image_in_the_middle_of_200_on_disk_is_an_error_record_naming_it(tmp_path):
+    """Cut short after its header, the image passes validation; the streamed run meets it in a worker."""
+    from bench.data.make import make_scenes
+    from bench.run.runner import Runner
+    from bench.suite.load import load_suite
+
+    make_scenes(tmp_path / "train", n=200, fmt="coco_captions", image_size=16, image_format="png", processes=1)
+    make_scenes(tmp_path / "eval", n=8, fmt="coco_captions", image_size=16, image_format="png", seed=1, processes=1)
+    broken = tmp_path / "train" / "images" / "0000100.png"
+    broken.write_bytes(broken.read_bytes()[:100])
+    suite = load_suite(_suite(tmp_path, STREAMED, "streamed.toml"))
+    summary = Runner(suite, results_dir=tmp_path / "results", reports_dir=tmp_path / "reports", show_progress=False).run()
+    records = {(r["dataset"]["name"], r["method"]["name"]): r for r in read_records(tmp_path / "results" / "streamed.jsonl")}
+    failed = records[("files", "lora")]
+    assert failed["status"] == "error", failed["message"]
+    assert "0000100.png" in failed["message"] and "record 100" in failed["message"] and "train sample" in failed["message"]
+    assert failed["cost"].get("num_workers") is None or failed["cost"]["num_workers"] == 1
+    skipped = records[("files", "lora-skip")]
+    assert skipped["status"] == "ok" and skipped["cost"]["skipped_samples"] == {"train": 1}
+    assert skipped["cost"]["num_workers"] == 1 and skipped["cost"]["data_wait_s"] >= 0
+    assert {records[("caps", m)]["status"] for m in ("lora", "lora-skip")} == {"ok"}  # the cells after it still ran
+    assert summary.ran == 4 and summary.wall_s < 120
+
+
 # ---------------------------------------------------------------- the guard at the top of the CLI
 
 

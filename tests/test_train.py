@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench.data.scenes import scenes_dataset
+from bench.data.stream import in_memory_batches
 from bench.errors import BenchError
 from bench.methods import apply_method
 from bench.models import llava
@@ -55,9 +56,15 @@ def fresh(base, method=FULL, seed: int = 0):
     return loaded, apply_method(loaded, method, llava)
 
 
+def fit(model, task, encoded, loaded, settings, *, seed: int = 0, **kwargs):
+    """bench.train.train over pre-encoded samples in the seeded order (the in-memory reference of bench.data.stream)."""
+    batches = in_memory_batches(encoded, lambda chunk: task.collate(chunk, loaded), batch_size=settings["batch_size"], seed=seed)
+    return train(model, task, batches, settings, n_samples=len(encoded), device="cpu", **kwargs)
+
+
 def run(base, encoded, model_and_loaded=None, *, seed: int = 0, **settings):
     loaded, model = model_and_loaded or fresh(base)
-    return model, train(model, task, encoded, loaded, {**SETTINGS, **settings}, device="cpu", seed=seed)
+    return model, fit(model, task, encoded, loaded, {**SETTINGS, **settings}, seed=seed)
 
 
 def batch_loss(model, loaded, encoded) -> float:
@@ -188,7 +195,7 @@ def test_a_method_that_trains_nothing_is_a_bench_error(base, encoded):
     for p in model.parameters():
         p.requires_grad_(False)
     with pytest.raises(BenchError, match="no trainable parameter"):
-        train(model, task, encoded, loaded, SETTINGS, device="cpu", seed=0)
+        fit(model, task, encoded, loaded, SETTINGS, seed=0)
 
 
 def test_bitsandbytes_optimizers_need_cuda(base, encoded):
@@ -218,7 +225,6 @@ def test_every_family_trains_a_step_with_every_method(family, method):
     from bench.models.base import ModelSpec
     from bench.tasks import task_for_family
     from bench.tasks.base import task_settings
-    from bench.train import train
 
     fam, task = get_family(family), task_for_family(family)
     splits = load_dataset({"format": "scenes", "task": FAMILY_DATA[family], "train_size": 8, "eval_size": 4}, base_dir=".")
@@ -234,7 +240,7 @@ def test_every_family_trains_a_step_with_every_method(family, method):
     extra = {"classnames": splits.classnames} if family == "clip" else {}
     encoded = task.encode(loaded, splits.train, ts, **extra)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    result = train(model, task, encoded, loaded, settings, device="cpu", seed=0)
+    result = fit(model, task, encoded, loaded, settings, seed=0)
     assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(loss)) for _, loss in result.losses)
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert moved, "no trainable parameter changed"

@@ -220,8 +220,10 @@ def _cost_section(page: _Page) -> list[str]:
     ok = [g for g in page.groups if g.ok]
     if not ok:
         return []
-    has = {f: any(g.summary(f) for g in ok) for f in ("cost.estimate_mb", "cost.mfu", "cost.peak_reserved_mb", "cost.nvml_used_mb")}
+    has = {f: any(g.summary(f) for g in ok) for f in ("cost.estimate_mb", "cost.mfu", "cost.peak_reserved_mb", "cost.nvml_used_mb",
+                                                        "cost.data_wait_pct")}
     header = ["Model", "Dataset", "Method", "Step time (median ± IQR)", "Samples/s", "Tokens/s", "Peak memory"]
+    header += ["Data wait"] if has["cost.data_wait_pct"] else []
     header += [name for f, name in (("cost.peak_reserved_mb", "Peak reserved"), ("cost.nvml_used_mb", "NVML used"),
                                     ("cost.estimate_mb", "Estimate (error)"), ("cost.mfu", "MFU")) if has[f]]
     rows = []
@@ -231,6 +233,9 @@ def _cost_section(page: _Page) -> list[str]:
         measured = g.mean("cost.peak_memory_mb")
         row = [page.model_label(g), cell_text(g.dataset), cell_text(g.method), step,
                fmt_rate(g.mean("cost.samples_per_s")), fmt_rate(g.mean("cost.tokens_per_s")), fmt_mb(measured)]
+        if has["cost.data_wait_pct"]:
+            wait, share = g.mean("cost.data_wait_s"), g.mean("cost.data_wait_pct")
+            row.append("—" if wait is None or share is None else f"{fmt_time(wait)} ({share:.0f} %)")
         if has["cost.peak_reserved_mb"]:
             row.append(fmt_mb(g.mean("cost.peak_reserved_mb")))
         if has["cost.nvml_used_mb"]:
@@ -250,7 +255,10 @@ def _cost_section(page: _Page) -> list[str]:
     kinds = sorted({stats.get(r, "cost.memory_kind") for g in ok for r in g.ok} - {None})
     lines = ["## Cost details", ""] + _table(header, rows) + [""]
     lines += [f"Peak memory is measured as: {', '.join(f'`{k}`' for k in kinds)}. "
-              "Step time excludes warm-up steps; estimate error is (estimate − measured) / measured. The estimate "
+              "Step time excludes warm-up steps and the wait for batches; *Data wait* is the time the timed steps "
+              "waited for their batches in all and its share of their time (reading, decoding and processing that "
+              "the workers did not hide; with the bundled in-memory data, the first pass's encoding); estimate "
+              "error is (estimate − measured) / measured. The estimate "
               "models tensor memory (what CUDA's allocator counts); a CPU process's RSS also holds the runtime's own "
               "pages, so on the CPU the estimate is shown without an error.", ""]
     return lines

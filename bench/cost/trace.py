@@ -28,6 +28,8 @@ from bench.cost.estimate import MB
 
 TRACE_STEPS = 2
 
+TRACE_SAMPLES = 1024  # training samples searched for the longest batch
+
 
 class NotTraceable(Exception):
     """A cell whose memory cannot be traced with fake tensors (the reason is the message)."""
@@ -60,7 +62,9 @@ def trace_cell(cell, splits, *, target_device: str = "cuda") -> dict:
             model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
             params = count_params(model, loaded.components)
         # the processor's tensors are real (encoding reads values); the mode turns them into fake ones
-        encoded = task.encode(loaded, splits.train, task_settings(settings, "cpu"), **encode_kwargs(task, splits))
+        # the longest batch among the first TRACE_SAMPLES (shuffled at load): encoding 100k samples would take minutes
+        samples = [s.decoded() for s in splits.train[:TRACE_SAMPLES]]
+        encoded = task.encode(loaded, samples, task_settings(settings, "cpu"), **encode_kwargs(task, splits))
         batch = task.collate(sorted(encoded, key=lambda e: -len(e["input_ids"]))[: settings["batch_size"]], loaded)
         with mode:
             peak = _traced_steps(model, task, batch, settings, target_device)

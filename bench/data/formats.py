@@ -2,8 +2,8 @@
 
     read_<format>(...) -> list[Record]   every record's structure, and that its image file exists
                                          and stays under the image root
-    check_images(records)                opens every image (cheap at benchmark sizes)
-    to_samples(records, classnames)      RGB PIL images in Samples
+    check_images(records)                reads every image's header (format and size), not its pixels
+    to_samples(records, classnames)      Samples whose images are read when a batch needs them
 
 Every problem raises DataError with file = the data file, where = "record i, field 'x'" (JSONL and
 CSV add the line number) and a fix. Record indices count from 0, as in `data[i]`.
@@ -398,26 +398,35 @@ def majority_answer(answers: tuple[str, ...]) -> str:
 # ---------------------------------------------------------------- images and samples
 
 
-def open_image(record: Record):
-    """The record's image as RGB PIL, fully decoded; a DataError naming the record if it cannot be read."""
-    from PIL import Image
+def image_of(record: Record):
+    """What a Sample holds for the record's image: a PIL image as it is, a path or bytes as an ImageFile read later."""
+    from bench.data.sample import ImageFile
 
-    try:
-        if hasattr(record.image, "convert"):
-            return record.image.convert("RGB")
-        source = io.BytesIO(record.image) if isinstance(record.image, bytes) else record.image
-        with Image.open(source) as im:
-            return im.convert("RGB")
-    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError or DecompressionBombError
-        name = f" {str(record.image)!r}" if isinstance(record.image, Path) else ""
-        fail(f"image{name} cannot be read: {type(e).__name__}: {e}", file=record.file,
-              where=f"{record.where}, field '{record.image_field}'",
-              fix="re-save it as PNG or JPEG, or remove the record")
+    if hasattr(record.image, "convert"):
+        return record.image.convert("RGB")
+    source = record.image if isinstance(record.image, bytes) else str(record.image)
+    return ImageFile(source, record.file, f"{record.where}, field '{record.image_field}'")
 
 
 def check_images(records: list[Record]) -> None:
+    """Every image's header is readable as an image (its format and size); the pixels are decoded only when a
+    batch needs them, so a file that is cut short or corrupt past its header is found then (bench/data/stream.py)."""
+    from PIL import Image
+
     for record in records:
-        open_image(record)
+        image = image_of(record)
+        if hasattr(image, "convert"):
+            continue
+        try:
+            with Image.open(io.BytesIO(image.source) if isinstance(image.source, bytes) else image.source) as im:
+                width, height = im.size
+        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError or DecompressionBombError
+            name = f" {image.source!r}" if isinstance(image.source, str) else ""
+            fail(f"image{name} cannot be read: {type(e).__name__}: {e}", file=record.file, where=image.where,
+                 fix="re-save it as PNG or JPEG, or remove the record")
+        if not width or not height:
+            fail(f"image {str(image.source)!r} has no pixels ({width}×{height})", file=record.file, where=image.where,
+                 fix="re-save it, or remove the record")
 
 
 def to_samples(records: list[Record], classnames: tuple[str, ...] = ()):
@@ -426,7 +435,7 @@ def to_samples(records: list[Record], classnames: tuple[str, ...] = ()):
     index = {name: i for i, name in enumerate(classnames)}
     return [
         Sample(
-            image=open_image(r),
+            image=image_of(r),
             label=index[r.label] if r.label is not None else None,
             captions=r.captions,
             question=r.question,
@@ -446,13 +455,27 @@ def sorted_classnames(labels) -> tuple[str, ...]:
 
 
 def fingerprint(task: str, train, eval, classnames=()) -> str:
-    """A content hash of a loaded dataset (pixels, labels and texts), stored in records for provenance."""
+    """A hash of a loaded dataset, stored in records for provenance: every sample's labels and texts, and its image —
+    the pixels of an in-memory image, the bytes of an encoded one, and for an image file its path, size and
+    modification time (not its content: hashing 100k images on every run would cost minutes)."""
+    from bench.data.sample import ImageFile
+
     h = hashlib.sha256(json.dumps([task, list(classnames)]).encode())
     for part, samples in (("train", train), ("eval", eval)):
         h.update(f"|{part}:{len(samples)}|".encode())
         for s in samples:
-            h.update(f"{s.image.mode}{s.image.size}".encode())
-            h.update(s.image.tobytes())
+            image = s.image
+            if isinstance(image, ImageFile) and isinstance(image.source, bytes):
+                h.update(image.source)
+            elif isinstance(image, ImageFile):
+                try:
+                    st = os.stat(image.source)
+                    h.update(f"{image.source}|{st.st_size}|{st.st_mtime_ns}".encode())
+                except OSError:
+                    h.update(f"{image.source}|missing".encode())
+            else:
+                h.update(f"{image.mode}{image.size}".encode())
+                h.update(image.tobytes())
             h.update(json.dumps([s.label, s.captions, s.question, s.answers, s.turns]).encode())
     return h.hexdigest()[:16]
 

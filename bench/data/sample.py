@@ -1,4 +1,8 @@
-"""The one in-memory shape every dataset format is loaded into, whatever its file layout.
+"""The one shape every dataset format is loaded into, whatever its file layout.
+
+A sample's image is either a decoded PIL image (the generated datasets, a few hundred small images)
+or an `ImageFile`: where to read it, opened only when a batch needs it (in a DataLoader worker,
+bench/data/stream.py), so a dataset of 100k images costs its records' text, not its pixels.
 
 A task (classification, caption, vqa) reads only the fields it needs:
 - classification: image, label (index into DatasetSplits.classnames)
@@ -9,19 +13,49 @@ A task (classification, caption, vqa) reads only the fields it needs:
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from dataclasses import dataclass, field
+
+from bench.errors import DataError
 
 TASKS = ("classification", "caption", "vqa")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 100k of them are held by the runner, the cell and each worker
+class ImageFile:
+    """An image not read yet: a path (a str: a Path object costs ~0.5 kB more) or encoded bytes, and where the data
+    file names it, for error messages."""
+
+    source: str | bytes
+    file: str  # the data file (or folder) that names the image
+    where: str  # e.g. "record 3, field 'image'"
+
+    def open(self):
+        """The image as RGB PIL, fully decoded; a DataError naming the data file, record and image if it cannot be."""
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(self.source) if isinstance(self.source, bytes) else self.source) as im:
+                return im.convert("RGB")
+        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError or DecompressionBombError
+            name = f" {self.source!r}" if isinstance(self.source, str) else ""
+            raise DataError(f"image{name} cannot be read: {type(e).__name__}: {e}", file=self.file, where=self.where,
+                            fix="re-save it as PNG or JPEG, or remove the record (or set on_bad_sample = \"skip\")") from None
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
-    image: PIL.Image.Image  # noqa: F821 - RGB PIL image
+    image: object  # an RGB PIL image, or an ImageFile read when needed (see `decoded`)
     label: int | None = None
     captions: tuple[str, ...] = ()
     question: str | None = None
     answers: tuple[str, ...] = ()
     turns: tuple[tuple[str, str], ...] = ()
+
+    def decoded(self) -> Sample:
+        """This sample with its image as PIL (read now if it is an ImageFile)."""
+        return dataclasses.replace(self, image=self.image.open()) if isinstance(self.image, ImageFile) else self
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import traceback
 
+from bench.data.stream import Skipped, train_batches
 from bench.errors import BenchError
 from bench.models.base import model_spec
-from bench.tasks.base import encode_kwargs, task_settings
+from bench.tasks.base import TrainingBatch, task_settings
 
 
 def resolve_device(requested: str) -> str:
@@ -40,7 +41,7 @@ def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> 
     task = task_for_family(cell.model["family"])
     torch.manual_seed(cell.train["seed"])
     loaded = family.build(model_spec(cell.model, zoo_path), device=device, seed=cell.train["seed"])
-    quality = task.evaluate(loaded, loaded.model, splits, task_settings(cell.train, device))
+    quality = task.evaluate(loaded, loaded.model, splits, task_settings(cell.train, device, splits))
     return _quality_dict(quality)
 
 
@@ -101,24 +102,40 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
                               quantization=quantization_config(cell.method, device), seed=seed)
         model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
         out["params"] = count_params(model, loaded.components)
-        ts = task_settings(settings, device)
-        encoded = task.encode(loaded, splits.train, ts, **encode_kwargs(task, splits))
-        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, max((len(e["input_ids"]) for e in encoded), default=0))
+        ts = task_settings(settings, device, splits)
+        # before training, at the most text positions max_seq_len allows: an OOM cell keeps its prediction
+        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, None)
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
+        skipped = Skipped()
+        batches = train_batches(splits.train, TrainingBatch(task, loaded, ts, splits), batch_size=settings["batch_size"],
+                                seed=seed, stream=ts.stream, skipped=skipped)
         probe.start_region()
-        result = train(model, task, encoded, loaded, settings, device=device, seed=seed, probe=probe, on_step=on_step)
+        try:
+            result = train(model, task, batches, settings, n_samples=len(splits.train), device=device, probe=probe,
+                           on_step=on_step)
+        finally:
+            batches.close()  # the workers stop here, not when the garbage collector gets to them
         out["cost"].update(probe.peak())
+        # after training, at the longest input it met: the prediction for what was measured
+        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, result.longest_input)
+        out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         out["cost"].update(_throughput(result, settings))
+        out["cost"].update(_data_cost(result, settings, ts.stream, skipped))
         out["cost"].update(_mfu(out["params"], out["cost"], settings, device))
         out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
         out["loss_curve"] = _subsample(result.losses)
         if cell.model["weights"] != "random":  # random weights: cost is real, quality is not
             out["tuned"] = _quality_dict(task.evaluate(loaded, model, splits, ts))
+            if out["tuned"]["n"] < len(splits.eval):
+                out["cost"]["skipped_samples"]["eval"] = len(splits.eval) - out["tuned"]["n"]
     except (torch.OutOfMemoryError, MemoryCapExceeded) as exc:
         out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
         out["cost"].update(probe.peak())
     except RuntimeError as exc:
-        if not _is_oom(exc):
+        if _is_worker_death(exc):
+            out.update(status="error", message=f"a data-loading worker died: {str(exc).splitlines()[0][:300]} (a worker killed "
+                       "by the OS is most often out of host memory; fix: lower num_workers or prefetch_factor)")
+        elif not _is_oom(exc):
             out.update(status="error", message=_error_message(exc))
         else:  # the CPU allocator's and some CUDA paths' out-of-memory arrive as plain RuntimeError
             out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
@@ -135,6 +152,11 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
     return out
 
 
+def _is_worker_death(exc: BaseException) -> bool:
+    # torch's DataLoader: "DataLoader worker (pid 123) is killed by signal: Killed." / "... exited unexpectedly"
+    return str(exc).startswith("DataLoader worker")
+
+
 def _is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "out of memory" in text or "can't allocate memory" in text
@@ -146,7 +168,7 @@ def _error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:600]}{at}"
 
 
-def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int) -> dict | None:
+def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int | None) -> dict | None:
     """The memory prediction for this cell at its longest training input, kept beside the measurement (None where
     no memory model exists). `bench plan --estimate`, which has no data, assumes max_seq_len text positions."""
     from bench.cost.estimate import estimate_memory, text_positions
@@ -156,7 +178,24 @@ def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int) ->
         return None
     family = cell.model["family"]
     return estimate_memory(family, config, params, {**settings, **cell.method}, cell.method["kind"],
-                           text_len=text_positions(family, config, longest_input))
+                           text_len=None if longest_input is None else text_positions(family, config, longest_input))
+
+
+def _data_cost(result, settings: dict, stream, skipped) -> dict:
+    """How the batches were read and what waiting for them cost: over the timed steps (those step_s_median is
+    taken over), as a share of their time; the first step's wait (worker start-up, first reads) apart."""
+    from bench.profile import step_stats
+
+    excluded = step_stats(result.step_times, settings["timing_warmup_steps"])["warmup_steps_excluded"]
+    wait = sum(result.data_waits[excluded:])
+    busy = wait + sum(result.step_times[excluded:])
+    return {
+        "num_workers": stream.num_workers,
+        "data_wait_s": round(wait, 4),
+        "data_wait_pct": round(100 * wait / busy, 2) if busy else None,
+        "data_start_s": round(result.data_waits[0], 4) if result.data_waits else None,
+        "skipped_samples": dict(skipped.counts),
+    }
 
 
 def _throughput(result, settings: dict) -> dict:

@@ -16,6 +16,7 @@ def build(family: str, *, emit=None) -> dict:
     import torch
 
     from bench.data.loader import load_dataset
+    from bench.data.stream import in_memory_batches
     from bench.methods import apply_method
     from bench.models import get_family
     from bench.models.base import ModelSpec
@@ -34,7 +35,10 @@ def build(family: str, *, emit=None) -> dict:
     encoded = task.encode(loaded, splits.train, ts, **encode_kwargs(task, splits))
     on_step = (lambda s, n, loss: emit("step", s, n, loss)) if emit else None
     torch.manual_seed(settings["seed"])
-    result = train(model, task, encoded, loaded, settings, device="cpu", seed=settings["seed"], on_step=on_step)
+    # the bundled source split is small and in memory: encoded once, batched in this process, as the cache was made
+    batches = in_memory_batches(encoded, lambda chunk: task.collate(chunk, loaded), batch_size=settings["batch_size"],
+                                seed=settings["seed"])
+    result = train(model, task, batches, settings, n_samples=len(encoded), device="cpu", on_step=on_step)
     quality = task.evaluate(loaded, model, splits, ts)
     target = zoo_path(family)
     target.parent.mkdir(parents=True, exist_ok=True)

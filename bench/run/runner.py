@@ -113,18 +113,22 @@ class Runner:
 
     # -- data ------------------------------------------------------------------------------
     def splits(self, dataset: dict):
-        """Load each dataset once in the parent; forked cells share it for free."""
-        from bench.data.loader import load_suite_dataset
+        """Each dataset loaded once per run and handed to its cells. The data file is parsed in a process of its own:
+        parsing 100k records leaves the parser's heap fragmented, and only the compact result comes back here."""
+        from bench.isolate import call_isolated
 
         key = dataset["name"]
         if key in self._split_errors:
             raise BenchError(self._split_errors[key])
         if key not in self._splits:
-            try:
-                self._splits[key] = load_suite_dataset(dataset, self.suite.base_dir)
-            except BenchError as exc:  # data met mid-run (a file changed since validation): this dataset's cells fail
-                self._split_errors[key] = exc.render()
-                raise
+            out = call_isolated(load_job, dataset, self.suite.base_dir, timeout_s=LOAD_TIMEOUT_S, isolate=self.isolate)
+            error = out.value[1] if out.kind == "ok" and out.value[0] == "error" else None
+            if out.kind != "ok":
+                error = BenchError(f"loading dataset '{key}' failed: {out.message}")
+            if error is not None:  # data met mid-run (a file changed since validation): this dataset's cells fail
+                self._split_errors[key] = error.render()
+                raise error
+            self._splits[key] = out.value[1]
         return self._splits[key]
 
     # -- the run ---------------------------------------------------------------------------
@@ -386,6 +390,19 @@ def _set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+LOAD_TIMEOUT_S = 3600  # reading, checking and fingerprinting a data file: minutes at most, even at 1M records
+
+
+def load_job(dataset: dict, base_dir, *, emit):
+    """("ok", splits) or ("error", the BenchError that names the file and record): run in a process of its own."""
+    from bench.data.loader import load_suite_dataset
+
+    try:
+        return "ok", load_suite_dataset(dataset, base_dir)
+    except BenchError as exc:
+        return "error", exc
 
 
 def zoo_job(family: str, threads: int = 0, *, emit):

@@ -58,8 +58,19 @@ def expand(suite) -> list[Cell]:
 
 
 def make_cell(model: dict, dataset: dict, method: dict, train: dict) -> Cell:
-    cell_id = stable_hash({"model": model, "dataset": dataset, "method": method, "train": train})
+    cell_id = stable_hash({"model": model, "dataset": dataset, "method": method, "train": identity(train)})
     return Cell(cell_id, model, dataset, method, train, _skip_reason(model, method))
+
+
+def identity(train: dict) -> dict:
+    """The training keys that name a cell (see Key.in_id): how its batches are read is not what it measures."""
+    from bench.suite.keys import TRAIN_KEYS
+
+    def counts(k, v) -> bool:
+        rule = TRAIN_KEYS[k].in_id if k in TRAIN_KEYS else "always"
+        return rule == "always" or rule == "unless_default" and v != TRAIN_KEYS[k].default
+
+    return {k: v for k, v in train.items() if counts(k, v)}
 
 
 def _skip_reason(model: dict, method: dict) -> str | None:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
+from bench.data.stream import StreamSettings, default_workers
+
 
 @dataclass(frozen=True)
 class TaskSettings:
@@ -34,6 +36,7 @@ class TaskSettings:
     num_beams: int = 1  # 1 = greedy
     prompt_template: str = "a photo of a {}"  # CLIP zero-shot class prompt
     device: str = "cpu"
+    stream: StreamSettings = StreamSettings()  # how batches are read: workers, prefetch, bad samples
 
 
 @dataclass
@@ -45,12 +48,40 @@ class Quality:
     n: int = 0  # evaluated samples
 
 
-def task_settings(train: dict, device: str) -> TaskSettings:
-    """The task-facing settings from a cell's resolved [defaults]/training table."""
+def task_settings(train: dict, device: str, splits=None) -> TaskSettings:
+    """The task-facing settings from a cell's resolved [defaults]/training table (`splits`: the data the cell
+    reads, which decides the default worker count)."""
     return TaskSettings(
         max_seq_len=train["max_seq_len"], eval_batch_size=train["eval_batch_size"], max_new_tokens=train["max_new_tokens"],
         num_beams=train["num_beams"], prompt_template=train["prompt_template"], device=device,
+        stream=stream_settings(train, device, splits.train if splits is not None else []),
     )
+
+
+def stream_settings(train: dict, device: str, samples: list) -> StreamSettings:
+    workers = train.get("num_workers")
+    return StreamSettings(
+        num_workers=default_workers(device, samples) if workers is None else workers,
+        prefetch_factor=train.get("prefetch_factor", 2), pin_memory=device.startswith("cuda"),
+        on_bad_sample=train.get("on_bad_sample", "error"), cache_mb=train.get("cache_mb", 0),
+    )
+
+
+class TrainingBatch:
+    """What the training stream's workers make of a micro-batch's samples: the task's encode, then its collate."""
+
+    def __init__(self, task, loaded, settings: TaskSettings, splits):
+        self.task, self.loaded, self.settings = task, loaded, settings
+        self.kwargs = encode_kwargs(task, splits)
+
+    def encode(self, samples: list) -> list[dict]:
+        return self.task.encode(self.loaded, samples, self.settings, **self.kwargs)
+
+    def collate(self, encoded: list[dict]) -> dict:
+        return self.task.collate(encoded, self.loaded)
+
+    def __call__(self, samples: list) -> dict:
+        return self.collate(self.encode(samples))
 
 
 def encode_kwargs(task, splits) -> dict:

@@ -93,7 +93,9 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
             raise DataError("a captioning eval sample needs at least one reference caption",
                             where=f"eval[{i}].captions", fix="give every eval sample one or more captions")
         references.append(refs)
-    predictions = generate_texts(loaded, model, [(s.image, "") for s in splits.eval], settings)
+    generated = generate_texts(loaded, model, splits.eval, lambda s: "", settings)
+    predictions = [text for _, text in generated]
+    references = [references[i] for i, _ in generated]  # a skipped unreadable sample is left out of the score
     scores = caption_scores(predictions, references) if predictions else {"CIDEr": 0.0, "BLEU-4": 0.0, "ROUGE-L": 0.0}
     extra = {k: v for k, v in scores.items() if k != METRIC}
     extra["examples"] = [{"prediction": p, "reference": r[0]} for p, r in zip(predictions[:EXAMPLES], references)]
@@ -104,10 +106,24 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
 # ---------------------------------------------------------------- shared with instruct.py
 
 
-def generate_texts(loaded, model, prompts: list[tuple], settings: TaskSettings) -> list[str]:
-    """Greedy (num_beams=1) or beam generation for (image, prompt text) pairs, in eval batches; only the new
-    tokens are decoded. Prompts are left-padded so every row's continuation starts at the same column."""
+class PromptInputs:
+    """What the evaluation stream's workers make of a chunk of samples: the processor's inputs for (image, prompt),
+    left-padded so every row's continuation starts at the same column."""
+
+    def __init__(self, processor, prompt_of):
+        self.processor, self.prompt_of = processor, prompt_of
+
+    def __call__(self, samples: list) -> dict:
+        return dict(self.processor(images=[s.image for s in samples], text=[self.prompt_of(s) for s in samples],
+                                   padding=True, padding_side="left", return_tensors="pt"))
+
+
+def generate_texts(loaded, model, samples: list, prompt_of, settings: TaskSettings) -> list[tuple[int, str]]:
+    """(sample index, generated text) for the samples, each prompted with prompt_of(sample): greedy (num_beams=1) or
+    beam generation in eval batches, only the new tokens decoded. A sample skipped as unreadable has no entry."""
     import torch
+
+    from bench.data.stream import eval_batches
 
     processor = loaded.processor
     tokenizer = processor.tokenizer
@@ -119,13 +135,12 @@ def generate_texts(loaded, model, prompts: list[tuple], settings: TaskSettings) 
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(prompts), settings.eval_batch_size):
-                chunk = prompts[start:start + settings.eval_batch_size]
-                inputs = processor(images=[im for im, _ in chunk], text=[t for _, t in chunk], padding=True,
-                                   padding_side="left", return_tensors="pt").to(device)
+            chunks = eval_batches(samples, settings.eval_batch_size, PromptInputs(processor, prompt_of), settings.stream)
+            for indices, inputs in chunks:
+                inputs = {k: v.to(device) for k, v in inputs.items()}
                 out = model.generate(**inputs, **kwargs)
                 new = out[:, inputs["input_ids"].shape[1]:]  # generate returns prompt + continuation
-                texts += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+                texts += zip(indices, [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)])
     finally:
         model.train(was_training)
     return texts

@@ -8,6 +8,7 @@ the backend's own loss (CLIPModel's return_loss, open_clip's ClipLoss).
 from __future__ import annotations
 
 from bench.data.sample import DatasetSplits, Sample
+from bench.data.stream import eval_batches
 from bench.errors import DataError
 from bench.models.clip import backend_of
 from bench.tasks.base import Quality, TaskSettings
@@ -102,20 +103,19 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
                 _text_embeddings(model, loaded.processor, prompts[i:i + settings.eval_batch_size], settings, device)
                 for i in range(0, len(prompts), settings.eval_batch_size)
             ])
-            hits1 = hits5 = 0
+            hits1 = hits5 = n = 0
             k = min(5, len(classnames))
-            for start in range(0, len(splits.eval), settings.eval_batch_size):
-                chunk = splits.eval[start:start + settings.eval_batch_size]
-                image_emb = _image_embeddings(model, loaded.processor, [s.image for s in chunk], device)
-                scores = image_emb @ class_emb.T
-                truth = torch.tensor(labels[start:start + len(chunk)], device=scores.device)
+            chunks = eval_batches(splits.eval, settings.eval_batch_size, ImagePixels(loaded.processor), settings.stream)
+            for indices, pixels in chunks:
+                scores = _image_embeddings(model, pixels.to(device)) @ class_emb.T
+                truth = torch.tensor([labels[i] for i in indices], device=scores.device)
                 top = scores.topk(k, dim=1).indices
                 hits1 += int((top[:, 0] == truth).sum())
                 hits5 += int((top == truth[:, None]).any(1).sum())
+                n += len(indices)
     finally:
         model.train(was_training)
 
-    n = len(splits.eval)
     top1 = 100.0 * hits1 / n if n else 0.0
     extra = {"top1": top1}
     if len(classnames) > 5:
@@ -176,10 +176,19 @@ def _text_embeddings(model, processor, texts, settings: TaskSettings, device):
     return F.normalize(emb.float(), dim=-1)
 
 
-def _image_embeddings(model, processor, images, device):
+class ImagePixels:
+    """What the evaluation stream's workers make of a chunk of samples: the processor's pixel values."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, samples: list):
+        return pixel_values(self.processor, [s.image for s in samples])
+
+
+def _image_embeddings(model, pixels):
     import torch.nn.functional as F
 
-    pixels = pixel_values(processor, images).to(device)
     if backend_of(model) == "open_clip":
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         emb = model.encode_image(pixels.to(_float_dtype(base.visual)))

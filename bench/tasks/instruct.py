@@ -111,11 +111,13 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
             raise DataError("a VQA eval sample needs a question and at least one reference answer",
                             where=f"eval[{i}]", fix="give every eval sample `question` and `answers`")
         answers.append(list(s.answers))
-    predictions = generate_texts(loaded, model, [(s.image, prompt(s.question)) for s in splits.eval], settings)
+    generated = generate_texts(loaded, model, splits.eval, lambda s: prompt(s.question), settings)
+    predictions = [text for _, text in generated]
+    answers = [answers[i] for i, _ in generated]  # a skipped unreadable sample is left out of the score
     value = vqa_accuracy(predictions, answers) if predictions else 0.0
     extra = {"exact_match": exact_match(predictions, answers) if predictions else 0.0,
-             "examples": [{"question": s.question, "prediction": p, "answers": list(s.answers)}
-                          for s, p in zip(splits.eval[:EXAMPLES], predictions)]}
+             "examples": [{"question": splits.eval[i].question, "prediction": p, "answers": list(splits.eval[i].answers)}
+                          for i, p in generated[:EXAMPLES]]}
     return Quality(metric=METRIC, value=float(value), higher_is_better=HIGHER_IS_BETTER, extra=extra,
                    n=len(predictions))
 

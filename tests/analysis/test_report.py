@@ -121,6 +121,16 @@ def test_cost_details_show_step_time_throughput_estimate_error_and_mfu_only_when
     assert row(section(report.render_report(cpu, title="t"), "Cost details"), "llava-tiny", "scenes-vqa", "lora")[-1] == "1.5 MB"
 
 
+def test_cost_details_show_the_wait_for_data_when_records_have_it():
+    assert "Data wait" not in section(report.render_report(RECORDS, title="t"), "Cost details").split("\n\n")[0]
+    fed = [method("lora", 40.0, 3.0, 27.0, **{"cost.data_wait_s": 0.5, "cost.data_wait_pct": 12.4}),
+           method("ia3", 45.0, 2.0, 10.0, **{"cost.data_wait_s": None, "cost.data_wait_pct": None})]
+    cost = section(report.render_report(fed, title="t"), "Cost details")
+    assert "| Data wait |" in cost
+    assert row(cost, "llava-tiny", "scenes-vqa", "lora")[7] == "500 ms (12 %)"
+    assert row(cost, "llava-tiny", "scenes-vqa", "ia3")[7] == "—"
+
+
 def test_an_empty_record_list_renders_a_page():
     page = report.render_report([], title="Empty")
     assert "# Empty" in page and "No records." in page

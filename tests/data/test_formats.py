@@ -70,7 +70,7 @@ def test_llava_loads_turns_without_the_image_placeholder(llava_dir):
     ]
     assert records[1].question == "what shape ?" and records[1].answers == ("a square",)
     samples = formats.to_samples(records)
-    assert samples[1].image.mode == "RGB" and samples[1].image.getpixel((0, 0)) == (0, 0, 255)
+    assert samples[1].decoded().image.mode == "RGB" and samples[1].decoded().image.getpixel((0, 0)) == (0, 0, 255)
 
 
 def test_llava_image_root_is_separate_from_the_json(tmp_path):

@@ -30,7 +30,7 @@ def make_csv_dataset(folder: Path, n: int = 10, classes=("cat", "dog")) -> Path:
 
 
 def reds(samples):
-    return [s.image.getpixel((0, 0))[0] // 20 for s in samples]  # the record index drawn into the pixel
+    return [s.decoded().image.getpixel((0, 0))[0] // 20 for s in samples]  # the record index drawn into the pixel
 
 
 def check(cfg, base_dir=Path(".")):
@@ -160,7 +160,7 @@ def test_llava_jsonl_and_coco_through_the_loader(tmp_path):
     check(cfg, base_dir=tmp_path)
     splits = load_dataset(cfg, base_dir=tmp_path)
     assert splits.task == "vqa" and len(splits.train) == 2 and len(splits.eval) == 1
-    assert splits.eval[0].turns == (("q ?", "yes"),) and splits.eval[0].image.getpixel((0, 0)) == (1, 2, 3)
+    assert splits.eval[0].turns == (("q ?", "yes"),) and splits.eval[0].decoded().image.getpixel((0, 0)) == (1, 2, 3)
 
     line = {"image": "images/a.png", "question": "q ?", "answers": ["yes"] * 10}
     (tmp_path / "data" / "vqa.jsonl").write_text((json.dumps(line) + "\n") * 4)

@@ -118,16 +118,29 @@ def test_killed_cell_process_is_recorded_and_the_suite_goes_on(write_suite, tmp_
     parent = psutil.Process(proc.pid)
     deadline = time.monotonic() + 120
     victim = None
+    def grandchildren():
+        # cells (and the short-lived process that reads the dataset) are forked by the forkserver, a child of `bench run`
+        try:
+            return [k for c in parent.children() for k in c.children() if k.status() != psutil.STATUS_ZOMBIE]
+        except psutil.NoSuchProcess:
+            return []
+
     while time.monotonic() < deadline and victim is None:
-        # cells are forked by the forkserver, a child of `bench run`: the cell is a grandchild
-        kids = [k for c in parent.children() for k in c.children() if k.status() != psutil.STATUS_ZOMBIE]
-        if kids:
-            time.sleep(1.0)  # let it get into training
-            victim = kids[0]
-            victim.send_signal(signal.SIGKILL)
+        if grandchildren():
+            time.sleep(1.0)  # let the cell get into training; the dataset reader has gone by then
+            for kid in grandchildren():
+                try:
+                    kid.send_signal(signal.SIGKILL)
+                    victim = kid
+                    break
+                except psutil.NoSuchProcess:
+                    continue
         time.sleep(0.1)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
+    try:
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()  # a failed search above must not leave a 100,000-step cell training after the test
+    assert victim is not None and proc.returncode == 0, out
     records = read_records(tmp_path / "results" / "mini.jsonl")
     assert len(records) == 2
     statuses = sorted(r["status"] for r in records)

@@ -104,11 +104,11 @@ def test_evaluate_untrained_gives_scores_in_range(loaded):
 def test_left_padded_batch_generates_what_single_prompts_do(loaded):
     from bench.tasks.captioning import generate_texts
 
-    prompts = [(solid((255, 0, 0)), instruct.prompt("what color is the circle on the left side?")),
-               (solid((0, 0, 255)), instruct.prompt("what?"))]
-    batched = generate_texts(loaded, loaded.model, prompts, SETTINGS)
-    single = [generate_texts(loaded, loaded.model, [p], SETTINGS)[0] for p in prompts]
-    assert batched == single and all(batched)
+    samples = [Sample(image=solid((255, 0, 0)), question="what color is the circle on the left side?"),
+               Sample(image=solid((0, 0, 255)), question="what?")]
+    batched = generate_texts(loaded, loaded.model, samples, lambda s: instruct.prompt(s.question), SETTINGS)
+    single = [generate_texts(loaded, loaded.model, [s], lambda s: instruct.prompt(s.question), SETTINGS)[0] for s in samples]
+    assert [i for i, _ in batched] == [0, 1] and [t for _, t in batched] == [t for _, t in single] and all(t for _, t in batched)
 
 
 def test_a_model_trained_on_two_answers_gives_them_back():
