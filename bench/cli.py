@@ -137,6 +137,8 @@ def cmd_run(args) -> int:
     elsewhere = f"; {summary.taken_elsewhere} taken by another run" if summary.taken_elsewhere else ""
     console.print(escape(f"ran {summary.ran} cell-run(s) ({statuses}); {summary.skipped_done} already recorded{elsewhere}; "
                          f"{summary.wall_s:.1f} s"))
+    if summary.ran:
+        console.print(escape(f"where the time went: {summary.phases_text()}"))
     failed = sum(n for s, n in summary.statuses.items() if s not in ("ok", "skipped"))
     if failed:  # a cell's failure is a measurement (its record says why), not a failed run: exit 0
         console.print(escape(f"{failed} cell-run(s) did not finish ok; their records say why (see the report's failures)"))

@@ -202,7 +202,9 @@ def environment(device: str) -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if cuda else None,
         **software(),
-        "torch": torch.__version__,  # the imported build (e.g. +cu132), not only the distribution's version
+        # the imported build (e.g. +cu132), not only the distribution's version; a plain str: unpickling a TorchVersion
+        # would import torch in the runner, which reads the result (1.5 s and 500 MB, once per run)
+        "torch": str(torch.__version__),
     }
 
 

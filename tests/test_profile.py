@@ -137,3 +137,11 @@ def test_environment_on_cuda_names_the_device():
     env = environment("cuda")
     assert env["device_name"] == torch.cuda.get_device_name(0) and env["device_count"] >= 1
     assert env["cuda"] == torch.version.cuda
+
+
+def test_the_environment_holds_plain_values_that_read_back_without_torch():
+    """A record's environment is unpickled by the runner, which must not import torch to read it."""
+    from bench.profile import environment
+
+    env = environment("cpu")
+    assert all(type(v) in (str, int, float, bool, type(None)) for v in env.values()), {k: type(v) for k, v in env.items()}

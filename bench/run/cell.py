@@ -8,6 +8,7 @@ once per (model, dataset) and passed in.
 from __future__ import annotations
 
 import math
+import time
 import traceback
 
 from bench.data.stream import Skipped, train_batches
@@ -92,6 +93,8 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
     _warm_runtime(device)
     probe = MemoryProbe(device)  # baseline before the model exists, after the runtime's one-off allocations
     out: dict = {"status": "ok", "message": "", "params": {}, "cost": {"device": device}, "loss_curve": [], "diverged_at_step": None}
+    phases = out["cost"]["phases_s"] = {}  # where the cell's time went: build, train (with waits for data), evaluate
+    clock = time.perf_counter()
     try:
         family = get_family(cell.model["family"])
         task = task_for_family(cell.model["family"])
@@ -110,11 +113,13 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         batches = train_batches(splits.train, TrainingBatch(task, loaded, ts, splits), batch_size=settings["batch_size"],
                                 seed=seed, stream=ts.stream, skipped=skipped)
         probe.start_region()
+        phases["build"], clock = round(time.perf_counter() - clock, 4), time.perf_counter()
         try:
             result = train(model, task, batches, settings, n_samples=len(splits.train), device=device, probe=probe,
                            on_step=on_step)
         finally:
             batches.close()  # the workers stop here, not when the garbage collector gets to them
+            phases["train"], clock = round(time.perf_counter() - clock, 4), time.perf_counter()
         out["cost"].update(probe.peak())
         # after training, at the longest input it met: the prediction for what was measured
         out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, result.longest_input)
@@ -126,6 +131,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         out["loss_curve"] = _subsample(result.losses)
         if cell.model["weights"] != "random":  # random weights: cost is real, quality is not
             out["tuned"] = _quality_dict(task.evaluate(loaded, model, splits, ts))
+            phases["evaluate"] = round(time.perf_counter() - clock, 4)
             if out["tuned"]["n"] < len(splits.eval):
                 out["cost"]["skipped_samples"]["eval"] = len(splits.eval) - out["tuned"]["n"]
     except (torch.OutOfMemoryError, MemoryCapExceeded) as exc:
@@ -199,16 +205,25 @@ def _data_cost(result, settings: dict, stream, skipped) -> dict:
 
 
 def _throughput(result, settings: dict) -> dict:
+    """Samples and tokens per second of the median timed step (a few slow steps do not drag it), the mean's beside."""
     from bench.profile import step_stats
 
     stats = step_stats(result.step_times, settings["timing_warmup_steps"])
     timed = sum(result.step_times[stats["warmup_steps_excluded"]:]) or float("nan")
+    counted = max(0, result.steps - settings["timing_warmup_steps"])  # the steps whose samples and tokens were counted
+    median = stats["step_s_median"]
+
+    def rates(total: int, name: str, digits: int) -> dict:
+        if not total or not counted or not median:
+            return {name: None, f"{name}_mean": None}
+        return {name: round(total / counted / median, digits), f"{name}_mean": round(total / timed, digits)}
+
     return {
         "train_wall_s": round(sum(result.step_times), 4),
         **stats,
-        "samples_per_s": round(result.samples / timed, 3) if result.samples else None,
-        "tokens_per_s": round(result.real_tokens / timed, 2) if result.real_tokens else None,
-        "padded_tokens_per_s": round(result.padded_tokens / timed, 2) if result.padded_tokens else None,
+        **rates(result.samples, "samples_per_s", 3),
+        **rates(result.real_tokens, "tokens_per_s", 2),
+        **rates(result.padded_tokens, "padded_tokens_per_s", 2),
         "optimizer_steps": result.steps,
     }
 

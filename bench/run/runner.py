@@ -41,6 +41,12 @@ class RunSummary:
     results: Path | None = None
     report: Path | None = None
     wall_s: float = 0.0
+    phases_s: dict = field(default_factory=dict)  # where the wall time went (see Runner.phases)
+
+    def phases_text(self) -> str:
+        """'training 40.1 s (62 %), tuned evaluation 6.0 s (9 %), ...', largest first."""
+        parts = sorted(((k, v) for k, v in self.phases_s.items() if v >= 0.05), key=lambda kv: -kv[1])
+        return ", ".join(f"{k} {v:.1f} s ({100 * v / self.wall_s:.0f} %)" for k, v in parts) if self.wall_s else ""
 
 
 def recorded(results: Path) -> dict[tuple[str, int], tuple[int, str]]:
@@ -110,6 +116,29 @@ class Runner:
         self._splits: dict[str, object] = {}
         self._split_errors: dict[str, str] = {}  # dataset -> why it could not be loaded (each of its cells says so)
         self._seen: dict = {}  # the results file's latest lines, as last read under the lock
+        self._time: dict[str, float] = {}  # seconds per phase of the run, summed over cells (see phases)
+
+    def _start_processes(self) -> None:
+        """Start the server that forks cells (it imports torch and the model libraries, once) before the first job,
+        so its start-up is its own line in the time split rather than part of whichever job came first."""
+        from bench.isolate import call_isolated
+
+        if self.isolate:
+            self._took("start-up (imports, once)", call_isolated(_ready, timeout_s=LOAD_TIMEOUT_S).elapsed_s)
+
+    def _took(self, phase: str, seconds: float) -> None:
+        self._time[phase] = self._time.get(phase, 0.0) + seconds
+
+    def phases(self, wall_s: float) -> dict[str, float]:
+        """The run's wall time split: reading data, untuned evaluation, and per cell its model build, training (the
+        loop, waits for data included), tuned evaluation and its process's start, hand-over and exit; the report; the
+        rest (set-up, zoo, records) as other."""
+        t = dict(self._time)
+        cells = t.pop("cells", 0.0)
+        inside = sum(t.get(k, 0.0) for k in ("model build", "training", "tuned evaluation"))
+        out = {**t, "cell processes (start, hand-over, exit)": max(0.0, cells - inside)}
+        out["other"] = max(0.0, wall_s - sum(out.values()))
+        return out
 
     # -- data ------------------------------------------------------------------------------
     def splits(self, dataset: dict):
@@ -122,6 +151,7 @@ class Runner:
             raise BenchError(self._split_errors[key])
         if key not in self._splits:
             out = call_isolated(load_job, dataset, self.suite.base_dir, timeout_s=LOAD_TIMEOUT_S, isolate=self.isolate)
+            self._took("reading data", out.elapsed_s)
             error = out.value[1] if out.kind == "ok" and out.value[0] == "error" else None
             if out.kind != "ok":
                 error = BenchError(f"loading dataset '{key}' failed: {out.message}")
@@ -145,6 +175,7 @@ class Runner:
             preflight(self.suite, jobs)
             self._check_outputs()
             with self._progress(len(jobs)) as progress:
+                self._start_processes()
                 self._ensure_zoo(jobs, progress)
                 bases = self._known_bases()
                 for job in jobs:
@@ -161,13 +192,16 @@ class Runner:
                     summary.ran += 1
                     summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
         self._sweep()
+        rendering = time.monotonic()
         try:
             summary.report = self.render_report()
         except (BenchError, OSError) as exc:  # the records are written; only the page is missing
             why = exc.render() if isinstance(exc, BenchError) else (exc.strerror or str(exc))
             raise OutputError(f"the records are saved in {self.results}, but the report could not be written: {why}",
                               fix=f"fix that, then `bench report {self.results}`") from None
+        self._took("report", time.monotonic() - rendering)
         summary.wall_s = time.monotonic() - start
+        summary.phases_s = self.phases(summary.wall_s)
         return summary
 
     def _check_outputs(self) -> None:
@@ -289,6 +323,7 @@ class Runner:
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
         out = call_isolated(_base_job, cell, self.suite.settings["device"], self.splits(cell.dataset), zpath,
                             self.suite.settings["threads"], timeout_s=cell.train["timeout_s"], isolate=self.isolate)
+        self._took("untuned evaluation", out.elapsed_s)
         if out.kind == "ok":
             bases[key] = out.value
             return key, out.value, ""
@@ -340,6 +375,10 @@ class Runner:
         while True:
             cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, s["threads"])
             out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"], on_event=progress.event, isolate=self.isolate)
+            self._took("cells", out.elapsed_s)
+            if out.kind == "ok":
+                for phase, name in (("build", "model build"), ("train", "training"), ("evaluate", "tuned evaluation")):
+                    self._took(name, out.value["cost"].get("phases_s", {}).get(phase, 0.0))
             status = out.value["status"] if out.kind == "ok" else out.kind
             attempts.append({"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"], "status": status,
                              "peak_memory_mb": out.value["cost"].get("peak_memory_mb") if out.kind == "ok" else None})
@@ -390,6 +429,10 @@ def _set_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _ready(*, emit) -> bool:
+    return True
 
 
 LOAD_TIMEOUT_S = 3600  # reading, checking and fingerprinting a data file: minutes at most, even at 1M records

@@ -204,3 +204,22 @@ def test_only_that_matches_nothing_is_an_input_error(mini_suite, tmp_path):
         run_suite(mini_suite, tmp_path, only="nope/*")
     assert "--only 'clip/*'" in err.value.render()
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_the_runner_never_imports_torch_and_says_where_the_time_went(mini_suite, tmp_path):
+    """Cells train in their own processes; the runner reads their results. Anything torch-typed in a result (a
+    TorchVersion in the environment once was) would import torch here — 500 MB and 1.5 s — on unpickling."""
+    script = (
+        "import sys\n"
+        "from bench.suite.load import load_suite\n"
+        "from bench.run.runner import Runner\n"
+        f"s = Runner(load_suite({str(mini_suite)!r}), results_dir='results', reports_dir='reports', show_progress=False).run()\n"
+        "print(s.ran, 'torch' in sys.modules, sorted(s.phases_s), round(abs(sum(s.phases_s.values()) - s.wall_s), 6))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    line = out.stdout.strip()
+    assert line.startswith("2 False "), out.stdout + out.stderr
+    for phase in ("training", "tuned evaluation", "model build", "start-up (imports, once)", "report", "other"):
+        assert phase in line
+    assert line.endswith(" 0.0"), line  # the phases add up to the wall time
