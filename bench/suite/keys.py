@@ -38,12 +38,12 @@ TRAIN_KEYS = {
     "max_seq_len": Key(int, 48, "maximum text tokens per sample (prompt + answer, image tokens excluded)", min=1, max=2**20),
     "eval_batch_size": Key(int, 32, "batch size for evaluation", min=1, max=65536),
     "num_workers": Key(int, None, "DataLoader worker processes that read, decode and process batches while the model trains "
-                       "(0: in the training process; default: 0 for the bundled in-memory data, else 1 on the CPU and cores − 1 up to 8 "
-                       "on a GPU)", min=0, max=256,
+                       "(0: in the training process; default: on a GPU with images on disk, cores − 1 up to 8; otherwise 0)", min=0, max=256,
                        in_id="never"),
     "prefetch_factor": Key(int, 2, "batches each worker prepares ahead (with num_workers ≥ 1)", min=1, max=1024, in_id="never"),
-    "cache_mb": Key(NUMBER, 512, "with num_workers = 0: encoded training samples kept up to this many MB, so later passes "
-                    "skip reading and processing (0: none)", min=0, max=1e7, in_id="never"),
+    "cache_mb": Key(NUMBER, None, "with num_workers = 0: encoded training samples kept up to this many MB, so later passes "
+                    "skip reading and processing (default: 512 for the bundled in-memory data, 0 for images on disk)",
+                    min=0, max=1e7, in_id="never"),
     "on_bad_sample": Key(str, "error", "an image that cannot be read: error (the cell fails, naming it) or skip (left out "
                          "and counted in the record)", choices=("error", "skip"), in_id="unless_default"),
     "max_new_tokens": Key(int, 8, "generation length for captioning and VQA evaluation", min=1, max=65536),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from bench.data.stream import StreamSettings, default_workers
+from bench.data.stream import StreamSettings, default_workers, on_disk
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,10 @@ def stream_settings(train: dict, device: str, samples: list) -> StreamSettings:
     return StreamSettings(
         num_workers=default_workers(device, samples) if workers is None else workers,
         prefetch_factor=train.get("prefetch_factor", 2), pin_memory=device.startswith("cuda"),
-        on_bad_sample=train.get("on_bad_sample", "error"), cache_mb=train.get("cache_mb", 0),
+        on_bad_sample=train.get("on_bad_sample", "error"),
+        # by default only in-memory data is cached (as it was encoded up front before); a dataset on disk is read
+        # again each pass, so memory does not grow with it
+        cache_mb=train.get("cache_mb") if train.get("cache_mb") is not None else (0 if on_disk(samples) else 512),
     )
 
 

@@ -1,0 +1,67 @@
+"""Wall time of `bench run suites/quickstart.toml` at two commits, side by side, and where it went.
+
+    .venv/bin/python benchmarks/wall_time.py --before REV [--after HEAD] [--rounds 1] [--suite suites/quickstart.toml]
+
+Each commit is checked out into a temporary worktree and run with this checkout's virtual environment
+(the zoo cache is shared, so both runs are "second runs": no base is pretrained). Rounds alternate the
+order. Printed: each run's wall time, the ratio after/before of the medians, and — where the commit
+prints it — the run's own split of its wall time (`where the time went`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(tree: Path, suite: str) -> tuple[float, str]:
+    out = Path(tempfile.mkdtemp(prefix="bench-wall-"))
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "bench", "run", suite, "--results-dir", str(out / "results"),
+                           "--reports-dir", str(out / "reports"), "--no-progress"], cwd=tree, env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{tree}: bench run exited {done.returncode}\n{done.stderr[-2000:]}")
+    text = done.stdout + done.stderr
+    split = " ".join(text.split("where the time went:", 1)[1].split("records:")[0].split()) if "where the time went" in text else ""
+    return wall, split
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True)
+    parser.add_argument("--after", default="HEAD")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--suite", default="suites/quickstart.toml")
+    args = parser.parse_args()
+    trees = {}
+    for name, rev in (("before", args.before), ("after", args.after)):
+        tree = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev], cwd=REPO, check=True)
+        trees[name] = tree
+    walls: dict[str, list[float]] = {"before": [], "after": []}
+    try:
+        for r in range(args.rounds):
+            for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                wall, split = run(trees[name], args.suite)
+                walls[name].append(wall)
+                print(f"{name:<6} {wall:6.1f} s  {split}")
+    finally:
+        for tree in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
+    before, after = statistics.median(walls["before"]), statistics.median(walls["after"])
+    print(f"median wall: before {before:.1f} s ({args.before}), after {after:.1f} s ({args.after}): ratio {after / before:.3f}")
+
+
+if __name__ == "__main__":
+    main()
