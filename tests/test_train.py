@@ -246,3 +246,25 @@ def test_every_family_trains_a_step_with_every_method(family, method):
     assert moved, "no trainable parameter changed"
     if method != "full":
         assert not any(".vision" in n and "lora" in n for n in moved)  # adapters stay off the vision side
+
+
+def test_epochs_over_a_stream_show_every_sample_once_per_pass(base):
+    """`epochs` with streamed batches: 2 passes over 16 samples at batch 4 are 8 steps, each sample read twice."""
+    from collections import Counter
+
+    from bench.data.stream import StreamSettings, train_batches
+    from bench.tasks.base import TrainingBatch
+
+    samples = scenes_dataset("vqa", train_size=16, eval_size=0).train
+    loaded, model = fresh(base)
+    make = TrainingBatch(task, loaded, task_settings(SETTINGS, "cpu"), scenes_dataset("vqa", train_size=1, eval_size=0))
+    seen = Counter()
+
+    def prepare(batch):
+        seen.update(id(s) for s in batch)
+        return make(batch)
+
+    batches = train_batches(samples, prepare, batch_size=4, seed=0, stream=StreamSettings(num_workers=0))
+    result = train(model, task, batches, {**SETTINGS, "epochs": 2, "steps": 99}, n_samples=len(samples), device="cpu")
+    assert result.steps == len(result.losses) == 8
+    assert sorted(seen.values()) == [2] * 16 and set(seen) == {id(s) for s in samples}
