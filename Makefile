@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test clean
+.PHONY: setup quickstart test peers clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# bench's training step against a bare PyTorch loop and transformers.Trainer (benchmarks/peers.py), 7 rounds
+peers: setup
+	$(BIN)/python benchmarks/peers.py --rounds 7 --save results/baselines/peers-cpu.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

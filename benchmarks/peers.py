@@ -1,0 +1,179 @@
+"""bench's training step against the same step in a bare PyTorch loop and in `transformers.Trainer`, side by side.
+
+    .venv/bin/python benchmarks/peers.py [--rounds 7] [--steps 40] [--save results/baselines/peers-cpu.json]
+
+Cells: tiny LLaVA + LoRA r=8 (instruction SFT) and tiny BLIP-2 full fine-tuning (captioning), batch 8, AdamW,
+cosine schedule, fp32, one thread, on the bundled scenes data. Each way trains a fresh copy of the same model
+on the same encoded samples:
+  bench    bench.train.train over the seeded in-memory batches (what a cell runs)
+  bare     for batch: loss = model(**batch).loss; backward; clip; AdamW step; scheduler step; zero_grad
+  Trainer  transformers.Trainer with the task's collate as data collator (no eval, no saving, no logging)
+Step time is taken around forward, backward and update only (Trainer: on_step_begin → on_step_end, which
+leaves its batch fetching out too); warm-up steps excluded; the median per run, then the median over rounds
+and its range. Printed: bench / bare step-time ratio (≤ 1.02 is the issue's bound) and bench / Trainer
+samples-per-second ratio (≥ 1.0). TRL's SFTTrainer is not installed here, so it is not compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench.data.scenes import scenes_dataset
+from bench.data.stream import in_memory_batches
+from bench.methods import apply_method
+from bench.models import get_family
+from bench.models.base import ModelSpec
+from bench.suite.keys import TRAIN_KEYS
+from bench.tasks import task_for_family
+from bench.tasks.base import TaskSettings
+from bench.train import make_optimizer, train
+
+CELLS = {
+    "llava-tiny LoRA r=8": ("llava", "vqa", {"name": "lora-r8", "kind": "lora", "r": 8, "alpha": 16, "dropout": 0.0,
+                                              "targets": None, "train_full": None}),
+    "blip2-tiny full": ("blip2", "caption", {"name": "full", "kind": "full", "freeze": []}),
+}
+BATCH, WARMUP = 8, 5
+
+
+def settings(steps: int) -> dict:
+    return {**{k: key.default for k, key in TRAIN_KEYS.items()}, "steps": steps, "batch_size": BATCH, "lr": 1e-3,
+            "warmup_steps": 2, "max_seq_len": 24, "timing_warmup_steps": WARMUP}
+
+
+def prepare(family: str, task_name: str, method: dict):
+    fam, task = get_family(family), task_for_family(family)
+    splits = scenes_dataset(task_name, train_size=128, eval_size=1)
+    torch.manual_seed(0)
+    loaded = fam.build(ModelSpec(name=family, family=family, preset="tiny", weights="random"))
+    encoded = task.encode(loaded, splits.train, TaskSettings(max_seq_len=24))
+    return fam, task, loaded, method, encoded
+
+
+def fresh(fam, loaded, method):
+    copied = copy.deepcopy(loaded)
+    torch.manual_seed(0)
+    return copied, apply_method(copied, method, fam)
+
+
+def run_bench(cell, steps: int) -> list[float]:
+    fam, task, loaded, method, encoded = cell
+    copied, model = fresh(fam, loaded, method)
+    batches = in_memory_batches(encoded, lambda chunk: task.collate(chunk, copied), batch_size=BATCH, seed=0)
+    return train(model, task, batches, settings(steps), n_samples=len(encoded), device="cpu").step_times
+
+
+def run_bare(cell, steps: int) -> list[float]:
+    from transformers import get_scheduler
+
+    fam, task, loaded, method, encoded = cell
+    copied, model = fresh(fam, loaded, method)
+    s = settings(steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, s, "cpu")
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=s["warmup_steps"], num_training_steps=steps)
+    batches = in_memory_batches(encoded, lambda chunk: task.collate(chunk, copied), batch_size=BATCH, seed=0)
+    model.train()
+    times = []
+    for _ in range(steps):
+        batch = next(batches)
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, s["max_grad_norm"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_trainer(cell, steps: int, scratch: Path) -> list[float]:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    fam, task, loaded, method, encoded = cell
+    copied, model = fresh(fam, loaded, method)
+    times: list[float] = []
+
+    class StepTimes(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.start)
+
+    args = TrainingArguments(output_dir=str(scratch), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
+                             lr_scheduler_type="cosine", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0,
+                             optim="adamw_torch", use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
+                             eval_strategy="no", dataloader_num_workers=0, remove_unused_columns=False, seed=0,
+                             disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=encoded, data_collator=lambda chunk: task.collate(chunk, copied),
+                      callbacks=[StepTimes()])
+    with contextlib.redirect_stdout(io.StringIO()):  # Trainer prints its own summary dict at the end
+        trainer.train()
+    return times
+
+
+def run_way(way: str, cell, steps: int, scratch: Path) -> list[float]:
+    if way == "bench":
+        return run_bench(cell, steps)
+    if way == "bare":
+        return run_bare(cell, steps)
+    return run_trainer(cell, steps, scratch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when bench's step is over 1.25 × the bare loop's or its samples/s under 0.8 × Trainer's "
+                             "(generous: .ci/run's short form catches a gross regression, not noise)")
+    parser.add_argument("--save", default=None, help="write the medians and ratios as JSON (e.g. results/baselines/peers-cpu.json)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    report = {"rounds": args.rounds, "steps": args.steps, "batch_size": BATCH, "threads": 1, "cells": {}}
+    ways = ("bench", "bare", "Trainer")
+    for name, (family, task_name, method) in CELLS.items():
+        cell = prepare(family, task_name, method)
+        medians: dict[str, list[float]] = {w: [] for w in ways}
+        run_bench(cell, WARMUP + 2)  # imports and first-use costs before anything is timed
+        for r in range(args.rounds):
+            for way in ways[r % 3:] + ways[:r % 3]:  # interleaved, the order rotated each round
+                times = run_way(way, cell, args.steps, scratch)
+                medians[way].append(statistics.median(times[WARMUP:]))
+        med = {w: statistics.median(v) for w, v in medians.items()}
+        step_ratio = med["bench"] / med["bare"]
+        rate_ratio = med["Trainer"] / med["bench"]  # samples/s ratio bench / Trainer = step time Trainer / bench
+        print(f"\n{name} (batch {BATCH}, {args.steps} steps, {args.rounds} rounds): median step time")
+        for w in ways:
+            print(f"  {w:<8} {med[w] * 1e3:7.2f} ms  (rounds {min(medians[w]) * 1e3:.2f}–{max(medians[w]) * 1e3:.2f})  "
+                  f"{BATCH / med[w]:7.1f} samples/s")
+        print(f"  bench / bare step time {step_ratio:.3f};  bench / Trainer samples/s {rate_ratio:.3f}")
+        report["cells"][name] = {"median_step_ms": {w: round(med[w] * 1e3, 3) for w in ways},
+                                 "range_step_ms": {w: [round(min(v) * 1e3, 3), round(max(v) * 1e3, 3)] for w, v in medians.items()},
+                                 "bench_over_bare_step": round(step_ratio, 4), "bench_over_trainer_samples_per_s": round(rate_ratio, 4)}
+    if args.save:
+        Path(args.save).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nsaved: {args.save}")
+    if args.check:
+        bad = [n for n, c in report["cells"].items()
+               if c["bench_over_bare_step"] > 1.25 or c["bench_over_trainer_samples_per_s"] < 0.8]
+        if bad:
+            raise SystemExit(f"bench's training step regressed against its peers on: {', '.join(bad)}")
+        print("peer check passed")
+
+
+if __name__ == "__main__":
+    main()
