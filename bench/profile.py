@@ -15,6 +15,7 @@ import socket
 import statistics
 import subprocess
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -226,3 +227,51 @@ def model_flops_per_token(total_params: int, trainable_params: int, checkpointin
     """Forward 2N, backward 2N for activation gradients + 2N_trainable for weight gradients (frozen weights
     need none), and one more forward when activations are recomputed."""
     return (2 + 2 + (2 if checkpointing else 0)) * total_params + 2 * trainable_params
+
+
+def tensor_tracker(model, optimizer):
+    """torch's MemTracker over a model and its optimizer: live tensor bytes by kind (parameters, gradients, optimizer
+    state, activations, temporaries), with the two changes a PEFT cell at full size needs (see _PeakTracker). Used by
+    the fake-tensor trace (bench/cost/trace.py) and, on real tensors, by training on the CPU (bench/train.py)."""
+    from collections import OrderedDict
+
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
+    from torch.utils.hooks import RemovableHandle
+
+    class _PeakTracker(MemTracker):
+        """- Only the device-wide peak is kept: MemTracker also keeps a peak per module, re-scanning every tracked
+             module after every op (a 7B model: 3 minutes instead of 10 seconds); nothing here reads them.
+           - Frozen parameters get no gradient hook: MemTracker (torch 2.15) hooks every parameter a module owns
+             and fails on frozen ones ("cannot register a hook on a tensor that doesn't require gradient"); a
+             no-op handle entered for each makes it skip them."""
+
+        def _update_peak_stats(self, peak_state) -> None:
+            for dev, snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:
+                    self._peak_mem[dev] = snap[_TOTAL_KEY]
+                    self._peak_mem_snap[dev] = dict(snap)
+
+    tracker = _PeakTracker()
+    tracker.track_external(model, optimizer)
+    no_hooks: OrderedDict = OrderedDict()
+    for p in model.parameters():
+        if not p.requires_grad:
+            tracker._param_to_grad_hook_handles[p] = (RemovableHandle(no_hooks), RemovableHandle(no_hooks))
+    return tracker
+
+
+@contextmanager
+def no_garbage_collection():
+    """Tensors caught in reference cycles die when Python's collector happens to run, which differs between a
+    fake and a real run (and from run to run): with it paused the peak is deterministic, equal for fake and real
+    tensors, and an upper bound of what a run holds."""
+    import gc
+
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

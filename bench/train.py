@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 from bench.errors import BenchError
@@ -37,6 +37,8 @@ class TrainResult:
     lrs: list[float] = field(default_factory=list)  # the learning rate each optimizer step used (the schedule as run)
     data_waits: list[float] = field(default_factory=list)  # per step, the wait for its batches (a starved device shows here)
     longest_input: int = 0  # the most real (unpadded) positions of any training input met
+    tracked_step_s: float = 0.0  # the tracked step's time (slowed by MemTracker's hooks; a warm-up step, never timed)
+    tensor_peak: dict | None = None  # CPU: MemTracker's peak over the untimed warm-up steps {"Total": bytes, kind: bytes}
 
 
 def total_steps(settings: dict, n_samples: int) -> int:
@@ -112,8 +114,11 @@ def _to_device(batch: dict, device: str) -> dict:
     return {k: v.to(device, non_blocking=v.is_pinned()) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
+TRACKED_STEP = 2  # the steady state: the first step creates the optimizer state, the second runs with it
+
+
 def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
-          probe: MemoryProbe | None = None, on_step=None) -> TrainResult:
+          probe: MemoryProbe | None = None, on_step=None, track_tensors: bool = False) -> TrainResult:
     """Train `model` in place for the cell's steps on micro-batches drawn from `batches` (CPU tensors, in the seed's
     order: bench/data/stream.py); raises Diverged or MemoryCapExceeded, lets OOM propagate. The step timer covers the
     forward, backward and update passes; the wait for the step's batches is measured on its own."""
@@ -137,33 +142,50 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
         if cap and probe is not None and probe.current_above_baseline_mb() > cap:
             raise MemoryCapExceeded(f"{probe.current_above_baseline_mb():.1f} MB above the baseline passed memory_cap_mb = {cap:g}")
 
+    # tensor memory on the CPU: torch's MemTracker over one step, the second (the first with optimizer state), and only
+    # when it is left out of the timing: its dispatch hooks slow every op. Garbage collection is paused meanwhile, so
+    # the peak does not depend on when the collector runs.
+    tracked = TRACKED_STEP if track_tensors and settings["timing_warmup_steps"] >= TRACKED_STEP <= steps else None
+    tracking = ExitStack()
     model.train()
-    for step in range(1, steps + 1):
-        waited = time.perf_counter()
-        micro = [next(batches) for _ in range(settings["grad_accum"])]
-        result.data_waits.append(time.perf_counter() - waited)
-        result.longest_input = max([result.longest_input] + [int(b["attention_mask"].sum(1).max()) for b in micro])
-        if step > settings["timing_warmup_steps"]:
-            for batch in micro:
-                real, padded = task.count_tokens(batch)
-                result.samples += len(batch["input_ids"])
-                result.real_tokens += real
-                result.padded_tokens += padded
-        timer.start()
-        on_device = (_to_device(batch, device) for batch in micro)
-        step_loss = accumulate(model, task, on_device, settings, device, scaler=scaler, after_backward=check_cap).item()
-        if not math.isfinite(step_loss) or step_loss > settings["diverge_loss"]:
-            raise Diverged(step, step_loss, result.losses + [(step, step_loss)])
-        result.lrs.append(optimizer.param_groups[0]["lr"])
-        update(optimizer, params, settings, scaler=scaler)
-        scheduler.step()
-        timer.stop()
-        del micro, on_device
-        result.losses.append((step, round(step_loss, 6)))
-        if step == 1:
-            result.optimizer_state_bytes = _state_bytes(optimizer)
-        if on_step:
-            on_step(step, steps, step_loss)
+    with tracking:  # closed after the tracked steps, or here when training stops early
+        for step in range(1, steps + 1):
+            waited = time.perf_counter()
+            micro = [next(batches) for _ in range(settings["grad_accum"])]
+            result.data_waits.append(time.perf_counter() - waited)
+            result.longest_input = max([result.longest_input] + [int(b["attention_mask"].sum(1).max()) for b in micro])
+            if step > settings["timing_warmup_steps"]:
+                for batch in micro:
+                    real, padded = task.count_tokens(batch)
+                    result.samples += len(batch["input_ids"])
+                    result.real_tokens += real
+                    result.padded_tokens += padded
+            if step == tracked:
+                from bench.profile import no_garbage_collection, tensor_tracker
+
+                tracker = tensor_tracker(model, optimizer)
+                tracking.enter_context(tracker)
+                tracking.enter_context(no_garbage_collection())
+            timer.start()
+            on_device = (_to_device(batch, device) for batch in micro)
+            step_loss = accumulate(model, task, on_device, settings, device, scaler=scaler, after_backward=check_cap,
+                                   before_forward=tracker.reset_mod_stats if step == tracked else None).item()
+            if not math.isfinite(step_loss) or step_loss > settings["diverge_loss"]:
+                raise Diverged(step, step_loss, result.losses + [(step, step_loss)])
+            result.lrs.append(optimizer.param_groups[0]["lr"])
+            update(optimizer, params, settings, scaler=scaler)
+            scheduler.step()
+            timer.stop()
+            if step == tracked:
+                tracking.close()
+                result.tracked_step_s = timer.times[-1]
+                result.tensor_peak = next(iter(tracker.get_tracker_snapshot("peak").values()), None)
+            del micro, on_device
+            result.losses.append((step, round(step_loss, 6)))
+            if step == 1:
+                result.optimizer_state_bytes = _state_bytes(optimizer)
+            if on_step:
+                on_step(step, steps, step_loss)
     result.step_times = timer.times
     return result
 

@@ -268,3 +268,16 @@ def test_epochs_over_a_stream_show_every_sample_once_per_pass(base):
     result = train(model, task, batches, {**SETTINGS, "epochs": 2, "steps": 99}, n_samples=len(samples), device="cpu")
     assert result.steps == len(result.losses) == 8
     assert sorted(seen.values()) == [2] * 16 and set(seen) == {id(s) for s in samples}
+
+
+def test_tensor_memory_on_the_cpu_is_measured_on_an_untimed_step_and_repeats_exactly(base, encoded):
+    """MemTracker over step 2 (the first with optimizer state) when it is a warm-up step: the same bytes on a rerun,
+    full fine-tuning above LoRA, and nothing tracked when step 2 would be timed."""
+    def peak(method, warmup):
+        loaded, model = fresh(base, method)
+        result = fit(model, task, encoded, loaded, {**SETTINGS, "timing_warmup_steps": warmup}, track_tensors=True)
+        return result.tensor_peak
+
+    full, again, lora = peak(FULL, 2), peak(FULL, 2), peak(LORA, 2)
+    assert full["Total"] == again["Total"] > lora["Total"] > 0
+    assert peak(FULL, 1) is None

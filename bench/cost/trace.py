@@ -83,35 +83,19 @@ def trace_cell(cell, splits, *, target_device: str = "cuda") -> dict:
 def _traced_steps(model, task, batch: dict, settings: dict, target_device: str) -> dict:
     """bench.train's optimizer step (train.accumulate + train.update), minus what reads values (the loss, the
     schedule), under MemTracker."""
+    from bench.profile import no_garbage_collection, tensor_tracker
     from bench.train import accumulate, update
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = _trace_optimizer(trainable, settings, target_device)
-    tracker = _tracker(model, optimizer)
+    tracker = tensor_tracker(model, optimizer)
     model.train()
-    with tracker, _no_garbage_collection():
+    with tracker, no_garbage_collection():
         for _ in range(TRACE_STEPS):
             # MemTracker refuses a second forward of a tracked module; its global peak stays
             accumulate(model, task, [batch] * settings["grad_accum"], settings, "cpu", before_forward=tracker.reset_mod_stats)
             update(optimizer, trainable, settings)
     return tracker.get_tracker_snapshot("peak")
-
-
-@contextmanager
-def _no_garbage_collection():
-    """Tensors caught in reference cycles die when Python's collector happens to run, which differs between a
-    fake and a real run (and from run to run): with it paused the peak is deterministic, equal for fake and real
-    tensors, and an upper bound of what a run holds."""
-    import gc
-
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _trace_optimizer(params, settings: dict, target_device: str):
@@ -126,35 +110,6 @@ def _trace_optimizer(params, settings: dict, target_device: str):
     if settings["optimizer"] == "sgd":
         return make_optimizer(params, settings, "cpu")
     raise NotTraceable(f"optimizer {settings['optimizer']!r} is bitsandbytes' and runs CUDA kernels on real data")
-
-
-def _tracker(model, optimizer):
-    """torch's MemTracker, with the two changes a PEFT cell at full size needs (see _PeakTracker)."""
-    from collections import OrderedDict
-
-    from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
-    from torch.utils.hooks import RemovableHandle
-
-    class _PeakTracker(MemTracker):
-        """- Only the device-wide peak is kept: MemTracker also keeps a peak per module, re-scanning every tracked
-             module after every op (a 7B model: 3 minutes instead of 10 seconds); nothing here reads them.
-           - Frozen parameters get no gradient hook: MemTracker (torch 2.15) hooks every parameter a module owns
-             and fails on frozen ones ("cannot register a hook on a tensor that doesn't require gradient"); a
-             no-op handle entered for each makes it skip them."""
-
-        def _update_peak_stats(self, peak_state) -> None:
-            for dev, snap in self._curr_mem_snap.items():
-                if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:
-                    self._peak_mem[dev] = snap[_TOTAL_KEY]
-                    self._peak_mem_snap[dev] = dict(snap)
-
-    tracker = _PeakTracker()
-    tracker.track_external(model, optimizer)
-    no_hooks: OrderedDict = OrderedDict()
-    for p in model.parameters():
-        if not p.requires_grad:
-            tracker._param_to_grad_hook_handles[p] = (RemovableHandle(no_hooks), RemovableHandle(no_hooks))
-    return tracker
 
 
 @contextmanager

@@ -116,18 +116,22 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         phases["build"], clock = round(time.perf_counter() - clock, 4), time.perf_counter()
         try:
             result = train(model, task, batches, settings, n_samples=len(splits.train), device=device, probe=probe,
-                           on_step=on_step)
+                           on_step=on_step, track_tensors=device == "cpu")
         finally:
             batches.close()  # the workers stop here, not when the garbage collector gets to them
             phases["train"], clock = round(time.perf_counter() - clock, 4), time.perf_counter()
+        # the step MemTracker watched is slowed by its hooks: that time measured memory, it did not train
+        phases["train"], phases["track"] = round(phases["train"] - result.tracked_step_s, 4), round(result.tracked_step_s, 4)
         out["cost"].update(probe.peak())
+        out["cost"].update(_tensor_memory(result, out["cost"]))
         # after training, at the longest input it met: the prediction for what was measured
         out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, result.longest_input)
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         out["cost"].update(_throughput(result, settings))
         out["cost"].update(_data_cost(result, settings, ts.stream, skipped))
         out["cost"].update(_mfu(out["params"], out["cost"], settings, device))
-        out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
+        if "breakdown_mb" not in out["cost"]:
+            out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
         out["loss_curve"] = _subsample(result.losses)
         if cell.model["weights"] != "random":  # random weights: cost is real, quality is not
             out["tuned"] = _quality_dict(task.evaluate(loaded, model, splits, ts))
@@ -240,6 +244,27 @@ def _mfu(params: dict, cost: dict, settings: dict, device: str) -> dict:
     achieved = flops * cost["padded_tokens_per_s"] / 1e12
     peak = device_peak_tflops(torch.cuda.get_device_name(0))
     return {"mfu": round(achieved / peak, 4) if peak else None, "model_tflops_per_s": round(achieved, 2)}
+
+
+# MemTracker's kinds -> the breakdown's names (as bench plan --trace reports them)
+TENSOR_KINDS = {"param": "weights", "buffer": "buffers", "grad": "gradients", "opt": "optimizer", "act": "activations",
+                "temp": "temporaries"}
+
+
+def _tensor_memory(result, cost: dict) -> dict:
+    """On the CPU, the training's own memory: live tensor bytes at their peak over the tracked warm-up steps (torch's
+    MemTracker: weights, gradients, optimizer state, activations, temporaries) as `peak_memory_mb`, the process's RSS
+    high-water mark above its baseline kept beside it. Without tracked steps (timing_warmup_steps = 0): RSS only."""
+    if not result.tensor_peak:
+        return {}
+    mb = 1024 * 1024
+    by_kind = {}
+    for kind, size in result.tensor_peak.items():
+        name = str(kind).split(".")[-1].lower()
+        if name != "total" and size:
+            by_kind[TENSOR_KINDS.get(name, name)] = round(size / mb, 3)
+    return {"memory_kind": "cpu_tensors", "peak_memory_mb": round(result.tensor_peak["Total"] / mb, 3),
+            "rss_peak_mb": cost.get("peak_memory_mb"), "breakdown_mb": by_kind}
 
 
 def _breakdown(model, result, peak_mb: float | None) -> dict:

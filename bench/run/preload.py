@@ -16,6 +16,7 @@ hf_logging.disable_progress_bar()  # re-quantised loads would draw shard bars th
 hf_logging.set_verbosity_error()
 
 import peft  # noqa: E402,F401
+import torch.distributed._tools.mem_tracker  # noqa: E402,F401  (CPU tensor memory: imported in every cell otherwise)
 from transformers import Blip2ForConditionalGeneration, CLIPModel, LlavaForConditionalGeneration  # noqa: E402,F401
 
 import bench.methods  # noqa: E402,F401

@@ -135,7 +135,7 @@ class Runner:
         rest (set-up, zoo, records) as other."""
         t = dict(self._time)
         cells = t.pop("cells", 0.0)
-        inside = sum(t.get(k, 0.0) for k in ("model build", "training", "tuned evaluation"))
+        inside = sum(t.get(k, 0.0) for k in ("model build", "training", "memory tracking (one step)", "tuned evaluation"))
         out = {**t, "cell processes (start, hand-over, exit)": max(0.0, cells - inside)}
         out["other"] = max(0.0, wall_s - sum(out.values()))
         return out
@@ -377,7 +377,8 @@ class Runner:
             out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"], on_event=progress.event, isolate=self.isolate)
             self._took("cells", out.elapsed_s)
             if out.kind == "ok":
-                for phase, name in (("build", "model build"), ("train", "training"), ("evaluate", "tuned evaluation")):
+                for phase, name in (("build", "model build"), ("train", "training"), ("track", "memory tracking (one step)"),
+                                    ("evaluate", "tuned evaluation")):
                     self._took(name, out.value["cost"].get("phases_s", {}).get(phase, 0.0))
             status = out.value["status"] if out.kind == "ok" else out.kind
             attempts.append({"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"], "status": status,
