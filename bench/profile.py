@@ -229,6 +229,11 @@ def model_flops_per_token(total_params: int, trainable_params: int, checkpointin
     return (2 + 2 + (2 if checkpointing else 0)) * total_params + 2 * trainable_params
 
 
+def tensor_kinds(snapshot: dict) -> dict[str, int]:
+    """A MemTracker snapshot of one device as {kind: bytes} with plain lower-case kinds ("param", "act", "opt", ...)."""
+    return {str(k).split(".")[-1].lower(): v for k, v in snapshot.items() if str(k) != "Total"}
+
+
 def tensor_tracker(model, optimizer):
     """torch's MemTracker over a model and its optimizer: live tensor bytes by kind (parameters, gradients, optimizer
     state, activations, temporaries), with the two changes a PEFT cell at full size needs (see _PeakTracker). Used by

@@ -25,6 +25,7 @@ import os
 from contextlib import contextmanager
 
 from bench.cost.estimate import MB
+from bench.profile import tensor_kinds
 
 TRACE_STEPS = 2
 
@@ -69,7 +70,7 @@ def trace_cell(cell, splits, *, target_device: str = "cuda") -> dict:
         with mode:
             peak = _traced_steps(model, task, batch, settings, target_device)
     snap = next(iter(peak.values()))  # one device: the fake CPU
-    by_kind = {str(k).split(".")[-1].lower(): round(v / MB, 2) for k, v in snap.items() if str(k) != "Total"}
+    by_kind = {k: round(v / MB, 2) for k, v in tensor_kinds(snap).items()}
     return {
         "peak_mb": round(snap["Total"] / MB, 2),
         "by_kind_mb": {k: v for k, v in by_kind.items() if v},

@@ -33,15 +33,23 @@ class ImageFile:
 
     def open(self):
         """The image as RGB PIL, fully decoded; a DataError naming the data file, record and image if it cannot be."""
+        return self._read(lambda im: im.convert("RGB"),
+                          fix="re-save it as PNG or JPEG, or remove the record (or set on_bad_sample = \"skip\")")
+
+    def header_size(self) -> tuple[int, int]:
+        """(width, height) from the header alone, as validation checks it; the pixels are not decoded."""
+        return self._read(lambda im: im.size, fix="re-save it as PNG or JPEG, or remove the record")
+
+    def _read(self, use, *, fix: str):
         from PIL import Image
 
         try:
             with Image.open(io.BytesIO(self.source) if isinstance(self.source, bytes) else self.source) as im:
-                return im.convert("RGB")
+                return use(im)
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError or DecompressionBombError
             name = f" {self.source!r}" if isinstance(self.source, str) else ""
             raise DataError(f"image{name} cannot be read: {type(e).__name__}: {e}", file=self.file, where=self.where,
-                            fix="re-save it as PNG or JPEG, or remove the record (or set on_bad_sample = \"skip\")") from None
+                            fix=fix) from None
 
 
 @dataclass(frozen=True, slots=True)

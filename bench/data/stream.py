@@ -87,6 +87,10 @@ class SeededBatches:
             yield batch
 
 
+def _tensor_bytes(batch: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in batch.values() if hasattr(v, "element_size"))
+
+
 class _Encoded:
     """A sample the cache already holds encoded: nothing to read or process."""
 
@@ -107,7 +111,7 @@ class EncodedCache:
         self.items: dict[int, dict] = {}
 
     def offer(self, index: int, encoded: dict) -> None:
-        size = sum(v.numel() * v.element_size() for v in encoded.values() if hasattr(v, "element_size"))
+        size = _tensor_bytes(encoded)
         if self.used + size <= self.budget:
             self.items[index] = encoded
             self.used += size
@@ -141,8 +145,7 @@ def _portable(value):
     a tiny model's whole step."""
     if not isinstance(value, dict):
         return value
-    tensors = [v for v in value.values() if hasattr(v, "element_size")]
-    if sum(v.numel() * v.element_size() for v in tensors) > INBAND_BYTES or any(str(v.dtype) == "torch.bfloat16" for v in tensors):
+    if _tensor_bytes(value) > INBAND_BYTES or any(str(getattr(v, "dtype", "")) == "torch.bfloat16" for v in value.values()):
         return value
     return {k: _InBand(v.numpy()) if hasattr(v, "element_size") else v for k, v in value.items()}
 
@@ -210,10 +213,10 @@ def _loader(samples: list, prepare, batches, stream: StreamSettings, *, seed: in
     from torch.utils.data import DataLoader
 
     kwargs = {"prefetch_factor": stream.prefetch_factor, "multiprocessing_context": "fork"}
-    collate = _Prepare(prepare, split, cache=cache, inband=not stream.pin_memory)
+    collate = _Prepare(prepare, split, inband=not stream.pin_memory)  # no cache: a worker's would be one of several
     # the generator seeds the workers; without one the DataLoader would draw from torch's global RNG, which
     # dropout and weight init also use, and the worker count would change the training numbers
-    return DataLoader(_Samples(samples, split, cache), batch_sampler=batches, collate_fn=collate,
+    return DataLoader(_Samples(samples, split), batch_sampler=batches, collate_fn=collate,
                       num_workers=stream.num_workers, pin_memory=stream.pin_memory,
                       generator=torch.Generator().manual_seed(seed), **kwargs)
 

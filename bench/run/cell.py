@@ -258,11 +258,9 @@ def _tensor_memory(result, cost: dict) -> dict:
     if not result.tensor_peak:
         return {}
     mb = 1024 * 1024
-    by_kind = {}
-    for kind, size in result.tensor_peak.items():
-        name = str(kind).split(".")[-1].lower()
-        if name != "total" and size:
-            by_kind[TENSOR_KINDS.get(name, name)] = round(size / mb, 3)
+    from bench.profile import tensor_kinds
+
+    by_kind = {TENSOR_KINDS.get(k, k): round(size / mb, 3) for k, size in tensor_kinds(result.tensor_peak).items() if size}
     return {"memory_kind": "cpu_tensors", "peak_memory_mb": round(result.tensor_peak["Total"] / mb, 3),
             "rss_peak_mb": cost.get("peak_memory_mb"), "breakdown_mb": by_kind}
 
