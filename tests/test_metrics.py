@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
@@ -82,6 +84,31 @@ def test_empty_and_multiline_predictions_keep_the_ptb_lines_aligned():
     refs = [["a red circle"], ["a blue square"], ["a green cross at the top"]]
     got = caption_scores(preds, refs)
     assert got["ROUGE-L"] == pytest.approx(100 * (0 + 1 + 1) / 3)  # per image: 0, 1, 1
+
+
+@needs_java
+def test_a_trailing_empty_prediction_scores_as_empty():
+    # the last line of the one tokenizer call: an empty prediction there must still be its own (empty) line
+    got = caption_scores(["a red circle", ""], [["a red circle"], ["a blue square"]])
+    assert got["ROUGE-L"] == pytest.approx(100 * (1 + 0) / 2)
+
+
+_WORDS = st.sampled_from(["a", "red", "circle", "two", "blue", "squares", "left.", "top,", "isn't", "(big)", "x-y"])
+_CAPTION = st.lists(_WORDS, max_size=6).map(" ".join)
+
+
+@needs_java
+@settings(max_examples=8, deadline=None)
+@given(st.lists(st.tuples(_CAPTION.filter(str.strip), st.lists(_CAPTION.filter(str.strip), min_size=1, max_size=3)),
+                min_size=1, max_size=6))
+def test_one_tokenizer_call_scores_as_pycocoevalcaps_two(pairs):
+    preds, refs = [p for p, _ in pairs], [r for _, r in pairs]
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in r] for i, r in enumerate(refs)})
+    res = tok.tokenize({i: [{"caption": p}] for i, p in enumerate(preds)})
+    got = caption_scores(preds, refs)
+    for name, value in reference_scores(gts, res).items():
+        assert got[name] == pytest.approx(value, abs=1e-9), name
 
 
 def test_caption_argument_errors():

@@ -1,6 +1,14 @@
 """Imported once by the cell-process server (see isolate.py): the heavy libraries and the model classes,
-so every forked cell starts warm instead of paying ~10 s of imports. Importing it is its only job."""
+so every forked cell starts warm instead of paying ~10 s of imports. Importing it is its only job.
 
+Warm means more than imported. Each family's architecture is adapted once on the meta device (no memory, no
+computation), which fills the caches Python keeps per process: isinstance checks against peft's and
+transformers' abstract classes, compiled regular expressions. Then every object is frozen out of the
+garbage collector's reach. Measured on tiny LLaVA LoRA (2-core CPU): a forked cell spent 0.7 s building its
+model and 0.28 s in one gc.collect cold, 0.14 s and ~0 warm; the warm-up costs the server ~0.5 s once.
+"""
+
+import gc
 import logging
 import warnings
 
@@ -30,3 +38,35 @@ for _family in FAMILY_MODULES:
     get_family(_family)
 for _family in TASK_MODULES:
     task_for_family(_family)
+
+
+
+def _adapt_each_family_on_meta() -> None:
+    """Every family's tiny architecture, adapted by a LoRA and an IA3 on the meta device: the class checks and
+    patterns a cell's build and method runs through are then cached in the server, and inherited by every fork.
+    The server stays free of real tensors (no thread pool started, nothing for a fork to inherit mid-use)."""
+    import copy
+
+    from bench.methods import apply_method
+    from bench.models.base import LoadedModel, ModelSpec
+
+    for name in FAMILY_MODULES:
+        family = get_family(name)
+        base = family.build_meta(ModelSpec(name="warm-up", family=name, preset="tiny", weights="random"))
+        for kind in ("lora", "ia3"):
+            model = copy.deepcopy(base)
+            loaded = LoadedModel(model=model, processor=None, family=name, backend="transformers",
+                                 components=family.components(model, "transformers"))
+            method = {"name": kind, "kind": kind, "r": 8, "alpha": 16, "dropout": 0.0, "targets": None, "train_full": None}
+            with torch.device("meta"):
+                apply_method(loaded, method, family)
+
+
+try:
+    _adapt_each_family_on_meta()
+except Exception:  # noqa: BLE001  an optimisation only: a cell that finds its caches cold is slower, never wrong
+    pass
+# what the imports and the warm-up made lives as long as the server: out of every collection a cell runs (a full
+# collection walked all of it, ~0.2 s each), and its pages are not written to, so forks keep sharing them
+gc.collect()
+gc.freeze()
