@@ -1,5 +1,6 @@
 """The measured fields of a record, written once: dotted path, short alias, unit, which way is better,
-whether `bench compare` shows it; and the environment keys that say where a number was measured.
+whether `bench compare` shows it, which record field names its kind (peak memory: RSS or tensor bytes);
+and the environment keys that say where a number was measured.
 
 stats (what is summarised), gate (rule names), compare (which fields and which direction) and report
 (the environment table) all read these tables. Nothing here imports torch.
@@ -16,6 +17,7 @@ class Field:
     unit: str
     better: str | None  # "lower", "higher", "quality" (the record's own higher_is_better), None (neutral)
     compared: bool = False  # a row of `bench compare`'s table
+    kind: str | None = None  # the record field naming what the number counts; numbers of two kinds never compare
 
     @property
     def alias(self) -> str:
@@ -24,7 +26,7 @@ class Field:
 
 
 FIELDS = (
-    Field("cost.peak_memory_mb", "MB", "lower", compared=True),
+    Field("cost.peak_memory_mb", "MB", "lower", compared=True, kind="cost.memory_kind"),
     Field("cost.peak_reserved_mb", "MB", "lower"),
     Field("cost.nvml_used_mb", "MB", "lower"),
     Field("cost.estimate_mb", "MB", "lower"),

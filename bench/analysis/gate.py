@@ -17,6 +17,9 @@ AND beyond the measured noise: the larger max-min spread of the repeats of eithe
 (bench/analysis/stats.py), where repeats exist. A numeric value that existed in the baseline and is gone
 now fails (with `status:ok` among the rules that cell is reported once, by the status rule);
 a baseline cell missing from the current records fails; a new cell is only a warning.
+A field whose row in bench.fields names a kind (peak_memory_mb: cost.memory_kind, RSS or tensor bytes) is
+compared only between numbers of one and the same kind; otherwise the check fails saying so, and the fix
+is a baseline re-recorded on purpose (`bench baseline update SUITE`), never a ratio of two different things.
 Reads records only; never imports torch.
 """
 
@@ -28,6 +31,7 @@ from bench.analysis import stats
 from bench.analysis.compare import env_differences, fmt_value, terminal_table
 from bench.analysis.report import cell_text
 from bench.analysis.stats import Group, Summary
+from bench.fields import BY_PATH
 from bench.suite.rules import DEFAULT_RULES, Rule, StatusRule, Threshold, parse_rule
 
 
@@ -182,6 +186,8 @@ def _check(rule: Rule, old: Group, new: Group, status_gated: bool) -> tuple[obje
         if status_gated and new.status != "ok" and old.status == "ok":
             return o.mean, None, None, "n/a", f"cell is {new.status} now (see status:ok)"
         return o.mean, None, None, "fail", f"no value now (status {new.status})"
+    if unlike := _unlike_kinds(rule.field, old, new):
+        return o.mean, n.mean, None, "fail", unlike
     noise = stats.noise(o, n)
     # mirror quality rules of lower-is-better metrics so the sign always means "worse"
     flip = -1.0 if rule.field.startswith("quality.") and not new.higher_is_better else 1.0
@@ -189,6 +195,26 @@ def _check(rule: Rule, old: Group, new: Group, status_gated: bool) -> tuple[obje
     if beyond_threshold and not stats.differs(o, n):
         return o.mean, n.mean, noise, "pass", "within noise"
     return o.mean, n.mean, noise, "fail" if beyond_threshold else "pass", ""
+
+
+def _kinds(group: Group, dotted: str, kind_path: str) -> list[str]:
+    """The kinds of the numbers `group.summary(dotted)` averages ("unrecorded" where a record names none)."""
+    return sorted({str(stats.get(r, kind_path) or "unrecorded") for r in group.ok
+                   if stats.number(stats.get(r, dotted)) is not None})
+
+
+def _unlike_kinds(dotted: str, old: Group, new: Group) -> str:
+    """Why the two sides' numbers of `dotted` count different things ("" when both count one and the same kind)."""
+    kind_path = BY_PATH[dotted].kind
+    if kind_path is None:
+        return ""
+    o, n = _kinds(old, dotted, kind_path), _kinds(new, dotted, kind_path)
+    if o == n and len(o) == 1:
+        return ""
+    name = kind_path.rsplit(".", 1)[-1]
+    suite = stats.get(new.first, "suite_file") or "SUITE"
+    return (f"not comparable: {name} is {' + '.join(o)} in the baseline, {' + '.join(n)} now; "
+            f"re-record the baseline on purpose: `bench baseline update {suite}`")
 
 
 def _mean(s: Summary | None) -> float | None:

@@ -1,11 +1,16 @@
 import copy
 
 import pytest
-from conftest import record
+from conftest import REPO, record
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
+from bench.analysis import stats
 from bench.analysis.gate import gate, render_markdown, render_terminal
 from bench.errors import BenchError
+from bench.records import read_latest
+from bench.suite.load import load_suite
 from bench.suite.rules import DEFAULT_RULES, StatusRule, Threshold, parse_rule, parse_rules
 
 
@@ -188,3 +193,93 @@ def test_terminal_table_fits_an_80_column_terminal():
     gate(base, current).render_terminal(console)
     table = [line for line in console.export_text().splitlines() if line[:1] in "┏┃┡│└"]
     assert table and all(line[-1] in "┓┃┩│┘" for line in table)  # the right border is not cut off
+
+
+# ---------------------------------------------------------------- memory kinds: RSS and tensor bytes never compare
+
+_KINDS = st.sampled_from(["cpu_tensors", "cpu_rss_hwm", "cuda_allocated", None])  # None: a record that names none
+_MB = st.floats(1.0, 1000.0)
+
+
+def _repeats(cell: str, sides: list[tuple[str | None, float]], wall: float = 1.0) -> list[dict]:
+    return [record(cell_id=cell, repeat=i, seed=i, **{"method.name": cell, "cost.memory_kind": kind,
+                                                       "cost.peak_memory_mb": mb, "cost.train_wall_s": wall})
+            for i, (kind, mb) in enumerate(sides)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_KINDS, _MB), min_size=1, max_size=3), st.lists(st.tuples(_KINDS, _MB), min_size=1, max_size=3))
+def test_peak_memory_is_compared_only_between_numbers_of_one_kind(old, new):
+    result = gate(_repeats("lora", old), _repeats("lora", new), ["peak_memory_mb:+5%", "train_wall_s:+20%"])
+    memory, wall = result.rows
+    old_kinds, new_kinds = {k or "unrecorded" for k, _ in old}, {k or "unrecorded" for k, _ in new}
+    comparable = old_kinds == new_kinds and len(old_kinds) == 1
+    if comparable:  # the kind changes nothing: the same numbers under any one kind get the same verdict
+        same = gate(_repeats("lora", [("cpu_tensors", mb) for _, mb in old]),
+                    _repeats("lora", [("cpu_tensors", mb) for _, mb in new]), ["peak_memory_mb:+5%"])
+        assert (memory.verdict, memory.note) == (same.rows[0].verdict, same.rows[0].note)
+    else:  # fails whatever the numbers, even equal ones or a drop, naming every kind and the fix
+        assert memory.verdict == "fail" and not result.passed
+        assert all(k in memory.message() for k in old_kinds | new_kinds)
+        assert "not comparable" in memory.note and "bench baseline update suites/quickstart.toml" in memory.note
+        assert any(memory.note in m for m in result.messages())
+    assert wall.verdict == "pass"  # a field without a kind is not touched
+
+
+def test_an_rss_baseline_against_tensor_bytes_fails_instead_of_passing_as_a_big_saving():
+    old = cells(lora={"cost.memory_kind": "cpu_rss_hwm", "cost.peak_memory_mb": 68.1})
+    new = cells(lora={"cost.memory_kind": "cpu_tensors", "cost.peak_memory_mb": 5.0})
+    result = gate(old, new, ["status:ok", "peak_memory_mb:+5%", "delta:-3"])
+    [failure] = result.failures
+    assert failure.rule.text == "peak_memory_mb:+5%" and failure.noise is None
+    assert failure.note == ("not comparable: memory_kind is cpu_rss_hwm in the baseline, cpu_tensors now; "
+                            "re-record the baseline on purpose: `bench baseline update suites/quickstart.toml`")
+    assert "cpu_rss_hwm" in result.render_markdown() and "cpu_tensors" in result.render_markdown()
+    assert gate(new, copy.deepcopy(new), ["peak_memory_mb:+5%"]).passed  # re-recorded: the same kind passes
+
+
+# ---------------------------------------------------------------- the CI gate as committed: +5 % on cpu_tensors memory
+
+CI_SUITE = load_suite(REPO / "suites" / "ci_gate.toml")
+CI_BASELINE = read_latest([CI_SUITE.base_dir / CI_SUITE.gate["baseline"]])
+
+
+def _memory_scaled(records: list[dict], factor: float) -> list[dict]:
+    out = copy.deepcopy(records)
+    for r in out:
+        if r["status"] == "ok":
+            r["cost"]["peak_memory_mb"] *= factor
+    return out
+
+
+def test_the_ci_gate_baseline_is_tensor_bytes_under_a_five_percent_rule():
+    assert CI_BASELINE and {r["cost"]["memory_kind"] for r in CI_BASELINE} == {"cpu_tensors"}
+    assert "peak_memory_mb:+5%" in CI_SUITE.gate["rules"]
+    assert gate(CI_BASELINE, copy.deepcopy(CI_BASELINE), CI_SUITE.gate["rules"]).passed
+
+
+def test_the_ci_gate_fails_a_ten_percent_memory_regression_in_every_cell_and_passes_three_percent():
+    rules = CI_SUITE.gate["rules"]
+    cells_ = stats.group_by_cell(CI_BASELINE)
+    # The gate is noise-aware: a rule fails only beyond its threshold AND beyond the larger spread between the
+    # seeds of either side. cpu_tensors counts the same bytes for both seeds, so the measured spread is 0 and a
+    # 10 % rise is beyond it: the noise rule is applied (noise 0, not None) and it is what lets the failure through.
+    for g in cells_.values():
+        assert g.summary("cost.peak_memory_mb").n == 2 and g.summary("cost.peak_memory_mb").spread == 0
+    ten = gate(CI_BASELINE, _memory_scaled(CI_BASELINE, 1.10), rules)
+    assert not ten.passed
+    assert {r.cell_id for r in ten.failures} == set(cells_)
+    for row in ten.failures:
+        assert row.rule.text == "peak_memory_mb:+5%" and row.note == "" and row.noise == 0
+        assert row.new == pytest.approx(row.old * 1.10)
+        assert "peak_memory_mb:+5%" in row.message() and "+10.0 %" in row.message()
+    three = gate(CI_BASELINE, _memory_scaled(CI_BASELINE, 1.03), rules)
+    assert three.passed
+    assert not any(r.note == "within noise" for r in three.rows)  # passed on the threshold, not on the noise
+    # the same 10 % over seeds 17 % apart (the old RSS figure's run-to-run noise) is inside the spread and passes:
+    # under RSS the gate could not have caught it, whatever its threshold
+    noisy = copy.deepcopy(CI_BASELINE)
+    for r in noisy:
+        r["cost"]["peak_memory_mb"] *= 1.17 if r["repeat"] == 1 else 1.0
+    masked = gate(noisy, _memory_scaled(noisy, 1.10), rules)
+    assert masked.passed and {r.note for r in masked.rows if r.rule.text == "peak_memory_mb:+5%"} == {"within noise"}
