@@ -63,7 +63,8 @@ def cmd_plan(args) -> int:
     if args.estimate:
         from bench.cost.estimate import estimate_cells
 
-        estimates = estimate_cells(cells, counts or None, meta_models)
+        # a suite that runs on the CPU is estimated for the CPU; any other for a GPU (what the preview is for)
+        estimates = estimate_cells(cells, counts or None, meta_models, "cpu" if suite.settings["device"] == "cpu" else "cuda")
     traces = _trace(suite, [c for c in cells if not c.skip_reason]) if args.trace else {}
     rows = []
     for cell in cells:

@@ -51,6 +51,32 @@ NUMERIC_FIELDS = tuple(BY_PATH)
 ALIASES = {f.alias: f.path for f in FIELDS}
 assert len(ALIASES) == len(FIELDS), "every field's alias must be unique"
 
+
+
+@dataclass(frozen=True)
+class MemoryKind:
+    label: str  # how a plot's axis names it
+    counts: str  # what the number is, as the report and the README say it
+    tensor_bytes: bool  # counts tensors, as the memory estimate does (so the estimate's error means something)
+
+
+# cost.memory_kind: what a record's peak_memory_mb counts, per device
+MEMORY_KINDS = {
+    "cuda_allocated": MemoryKind(
+        "CUDA peak allocated", "torch.cuda.max_memory_allocated over the training, above what was allocated before the "
+        "model was built: weights, gradients, optimizer state, activations, temporaries (not the CUDA context nor the "
+        "allocator's cached free blocks: peak_reserved_mb and nvml_used_mb stand beside it)", True),
+    "cpu_tensors": MemoryKind(
+        "CPU tensor bytes", "live tensor bytes at their peak over one untimed warm-up step (the second, the first with "
+        "optimizer state), counted by torch's MemTracker: weights, gradients, optimizer state, activations, temporaries; "
+        "the same bytes in every run of the same batch. The process's RSS high-water mark stands beside it as "
+        "rss_peak_mb (it also holds the libraries' pages and the data)", True),
+    "cpu_rss_hwm": MemoryKind(
+        "process RSS high-water mark", "the process's resident-set high-water mark above its baseline before the model: "
+        "CPU runs with no untimed warm-up step to track (timing_warmup_steps < 2); it includes pages of code and data "
+        "the training touched first, and moves between runs with the allocator", False),
+}
+
 # where a number was measured: a difference in the first group makes cost numbers incomparable
 ENV_COMPARED = ("device_name", "device_count", "torch", "transformers", "peft", "bitsandbytes")
 ENV_KEYS = (*ENV_COMPARED, "git_sha", "git_dirty")  # the report's environment table

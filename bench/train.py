@@ -37,6 +37,7 @@ class TrainResult:
     lrs: list[float] = field(default_factory=list)  # the learning rate each optimizer step used (the schedule as run)
     data_waits: list[float] = field(default_factory=list)  # per step, the wait for its batches (a starved device shows here)
     longest_input: int = 0  # the most real (unpadded) positions of any training input met
+    tracked_input: int = 0  # the same over the tracked step's batches: the shape the tensor peak was measured at
     tracked_step_s: float = 0.0  # the tracked step's time (slowed by MemTracker's hooks; a warm-up step, never timed)
     tensor_peak: dict | None = None  # CPU: MemTracker's peak over the untimed warm-up steps {"Total": bytes, kind: bytes}
 
@@ -164,6 +165,7 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
                 from bench.profile import no_garbage_collection, tensor_tracker
 
                 tracker = tensor_tracker(model, optimizer)
+                result.tracked_input = max(int(b["attention_mask"].sum(1).max()) for b in micro)
                 tracking.enter_context(tracker)
                 tracking.enter_context(no_garbage_collection())
             timer.start()

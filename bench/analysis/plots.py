@@ -10,16 +10,13 @@ import math
 from pathlib import Path
 
 from bench.analysis import stats
+from bench.fields import MEMORY_KINDS
 from bench.paths import inside
 from bench.records import latest_per_cell
 
 AXES = {
     "peak_memory_mb": ("cost.peak_memory_mb", "Peak memory (MB)"),
     "train_wall_s": ("cost.train_wall_s", "Training wall time (s)"),
-}
-MEMORY_KINDS = {
-    "cpu_rss_hwm": "process RSS high-water mark",
-    "cuda_max_allocated": "CUDA peak allocated",
 }
 
 
@@ -74,7 +71,7 @@ def pareto_figure(records: list[dict], x: str):
     kinds = {stats.get(r, "cost.memory_kind") for r in records if r.get("status") == "ok"} - {None}
     if x == "peak_memory_mb" and len(kinds) == 1:
         kind = next(iter(kinds))
-        xlabel = f"Peak memory, {MEMORY_KINDS.get(kind, kind)} (MB)"
+        xlabel = f"Peak memory, {MEMORY_KINDS[kind].label if kind in MEMORY_KINDS else kind} (MB)"
     colours = _colours(g.method for groups in facets.values() for g in groups)
     fig, axes = _figure(len(facets))
     for ax, ((model, dataset), groups) in zip(axes, facets.items()):

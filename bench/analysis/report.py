@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.analysis import stats
 from bench.analysis.stats import Group
-from bench.fields import ENV_KEYS
+from bench.fields import ENV_KEYS, MEMORY_KINDS
 from bench.paths import PAGE_MARK, inside, page_target, write_atomic
 
 STATUS_LABELS = {"oom": "OOM", "timeout": "timeout", "error": "error", "diverged": "diverged", "skipped": "skipped"}
@@ -244,7 +244,7 @@ def _cost_section(page: _Page) -> list[str]:
             est = g.mean("cost.estimate_mb")
             if est is None:
                 row.append("—")
-            elif measured and stats.get(g.first, "cost.memory_kind") == "cuda_allocated":
+            elif measured and _tensor_bytes(stats.get(g.first, "cost.memory_kind")):
                 row.append(f"{fmt_mb(est)} ({(est - measured) / measured * 100:+.0f} %)")
             else:
                 row.append(fmt_mb(est))
@@ -254,14 +254,18 @@ def _cost_section(page: _Page) -> list[str]:
         rows.append(row)
     kinds = sorted({stats.get(r, "cost.memory_kind") for g in ok for r in g.ok} - {None})
     lines = ["## Cost details", ""] + _table(header, rows) + [""]
-    lines += [f"Peak memory is measured as: {', '.join(f'`{k}`' for k in kinds)}. "
+    lines += [f"Peak memory is measured as {' and '.join(f'`{k}`' for k in kinds) or 'nothing'}: "
+              + " ".join(f"`{k}` is {MEMORY_KINDS[k].counts}." for k in kinds if k in MEMORY_KINDS) + " "
               "Step time excludes warm-up steps and the wait for batches; *Data wait* is the time the timed steps "
               "waited for their batches in all and its share of their time (reading, decoding and processing that "
               "the workers did not hide; with the bundled in-memory data, the first pass's encoding); estimate "
-              "error is (estimate − measured) / measured. The estimate "
-              "models tensor memory (what CUDA's allocator counts); a CPU process's RSS also holds the runtime's own "
-              "pages, so on the CPU the estimate is shown without an error.", ""]
+              "error is (estimate − measured) / measured, where the measurement counts tensors as the estimate does "
+              "(an RSS figure also holds the runtime's own pages: its estimate is shown without an error).", ""]
     return lines
+
+
+def _tensor_bytes(kind) -> bool:
+    return kind in MEMORY_KINDS and MEMORY_KINDS[kind].tensor_bytes
 
 
 def _failures_section(page: _Page) -> list[str]:

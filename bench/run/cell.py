@@ -107,7 +107,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         out["params"] = count_params(model, loaded.components)
         ts = task_settings(settings, device, splits)
         # before training, at the most text positions max_seq_len allows: an OOM cell keeps its prediction
-        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, None)
+        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, None, device)
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         skipped = Skipped()
         batches = train_batches(splits.train, TrainingBatch(task, loaded, ts, splits), batch_size=settings["batch_size"],
@@ -124,8 +124,10 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         phases["train"], phases["track"] = round(phases["train"] - result.tracked_step_s, 4), round(result.tracked_step_s, 4)
         out["cost"].update(probe.peak())
         out["cost"].update(_tensor_memory(result, out["cost"]))
-        # after training, at the longest input it met: the prediction for what was measured
-        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, result.longest_input)
+        # after training, the prediction for what was measured: the tracked step's batch where tensors were tracked
+        # (the CPU), else the longest input met (a CUDA peak is over every step)
+        measured_at = result.tracked_input if result.tensor_peak else result.longest_input
+        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, measured_at, device)
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         out["cost"].update(_throughput(result, settings))
         out["cost"].update(_data_cost(result, settings, ts.stream, skipped))
@@ -178,7 +180,7 @@ def _error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:600]}{at}"
 
 
-def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int | None) -> dict | None:
+def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int | None, device: str) -> dict | None:
     """The memory prediction for this cell at its longest training input, kept beside the measurement (None where
     no memory model exists). `bench plan --estimate`, which has no data, assumes max_seq_len text positions."""
     from bench.cost.estimate import estimate_memory, text_positions
@@ -188,7 +190,8 @@ def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int | N
         return None
     family = cell.model["family"]
     return estimate_memory(family, config, params, {**settings, **cell.method}, cell.method["kind"],
-                           text_len=None if longest_input is None else text_positions(family, config, longest_input))
+                           text_len=None if longest_input is None else text_positions(family, config, longest_input),
+                           device="cpu" if device == "cpu" else "cuda")
 
 
 def _data_cost(result, settings: dict, stream, skipped) -> dict:

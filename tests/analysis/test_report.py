@@ -116,9 +116,14 @@ def test_cost_details_show_step_time_throughput_estimate_error_and_mfu_only_when
     cost = section(report.render_report(gpu, title="t"), "Cost details")
     assert "| Estimate (error) | MFU |" in cost
     assert row(cost, "llava-tiny", "scenes-vqa", "lora")[6:] == ["200 MB", "256 MB", "180 MB (-10 %)", "12.3 %"]
-    # on the CPU the RSS holds the runtime's pages too: the estimate is shown, its "error" is not
-    cpu = [method("lora", 200.0, 3.0, 27.0, **{"cost.estimate_mb": 1.5})]
-    assert row(section(report.render_report(cpu, title="t"), "Cost details"), "llava-tiny", "scenes-vqa", "lora")[-1] == "1.5 MB"
+    # an RSS figure holds the runtime's pages too: the estimate is shown, its "error" is not
+    rss = [method("lora", 200.0, 3.0, 27.0, **{"cost.estimate_mb": 1.5, "cost.memory_kind": "cpu_rss_hwm"})]
+    assert row(section(report.render_report(rss, title="t"), "Cost details"), "llava-tiny", "scenes-vqa", "lora")[-1] == "1.5 MB"
+    # tensor bytes on the CPU count what the estimate models: the error is shown, and the page says what was counted
+    cpu = [method("lora", 5.0, 3.0, 27.0, **{"cost.estimate_mb": 4.6, "cost.memory_kind": "cpu_tensors"})]
+    cost = section(report.render_report(cpu, title="t"), "Cost details")
+    assert row(cost, "llava-tiny", "scenes-vqa", "lora")[-1] == "4.6 MB (-8 %)"
+    assert "`cpu_tensors` is live tensor bytes" in cost and "MemTracker" in cost
 
 
 def test_cost_details_show_the_wait_for_data_when_records_have_it():
