@@ -25,6 +25,11 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# a cell's cost.phases_s (bench/run/cell.py) -> how the run's time split names them
+CELL_PHASES = {"build": "model build", "train": "training", "track": "memory tracking (hooks on one step)",
+               "evaluate": "tuned evaluation"}
+
+
 @dataclass
 class Job:
     cell: Cell
@@ -135,7 +140,7 @@ class Runner:
         rest (set-up, zoo, records) as other."""
         t = dict(self._time)
         cells = t.pop("cells", 0.0)
-        inside = sum(t.get(k, 0.0) for k in ("model build", "training", "memory tracking (one step)", "tuned evaluation"))
+        inside = sum(t.get(k, 0.0) for k in CELL_PHASES.values())
         out = {**t, "cell processes (start, hand-over, exit)": max(0.0, cells - inside)}
         out["other"] = max(0.0, wall_s - sum(out.values()))
         return out
@@ -377,8 +382,7 @@ class Runner:
             out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"], on_event=progress.event, isolate=self.isolate)
             self._took("cells", out.elapsed_s)
             if out.kind == "ok":
-                for phase, name in (("build", "model build"), ("train", "training"), ("track", "memory tracking (one step)"),
-                                    ("evaluate", "tuned evaluation")):
+                for phase, name in CELL_PHASES.items():
                     self._took(name, out.value["cost"].get("phases_s", {}).get(phase, 0.0))
             status = out.value["status"] if out.kind == "ok" else out.kind
             attempts.append({"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"], "status": status,
