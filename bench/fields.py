@@ -39,6 +39,7 @@ FIELDS = (
     Field("cost.mfu", "fraction", "higher"),
     Field("cost.data_wait_s", "s", "lower"),
     Field("cost.data_wait_pct", "%", "lower"),
+    Field("cost.data_held_mb", "MB", None),
     Field("quality.delta", "points", "quality", compared=True),
     Field("quality.tuned", "points", "quality", compared=True),
     Field("quality.base", "points", "quality"),

@@ -257,14 +257,34 @@ def _checked(batches, stream: StreamSettings, split: str, skipped: Skipped | Non
             yield prepared.indices, _restored(prepared.value)
 
 
+class TrainBatches:
+    """The training micro-batches, an endless iterator, and the encoded cache behind them (data the cell holds)."""
+
+    def __init__(self, batches, cache: EncodedCache | None):
+        self._batches, self.cache = batches, cache
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._batches)
+
+    def close(self) -> None:
+        self._batches.close()
+
+    @property
+    def cached_bytes(self) -> int:
+        return self.cache.used if self.cache is not None else 0
+
+
 def train_batches(samples: list, prepare, *, batch_size: int, seed: int, stream: StreamSettings,
-                  skipped: Skipped | None = None):
+                  skipped: Skipped | None = None) -> TrainBatches:
     """Micro-batches for training, without end, in the seed's order. `prepare(samples) -> batch` runs in the workers;
     with num_workers = 0 and a `prepare` that has `encode` and `collate`, encoded samples are cached (cache_mb)."""
     cache = EncodedCache(stream.cache_mb) if not stream.num_workers and stream.cache_mb and hasattr(prepare, "encode") else None
     loader = _loader(samples, prepare, SeededBatches(len(samples), batch_size, seed), stream, seed=seed, split="train",
                      cache=cache)
-    return (value for _, value in _checked(loader, stream, "train", skipped))
+    return TrainBatches((value for _, value in _checked(loader, stream, "train", skipped)), cache)
 
 
 def eval_batches(samples: list, batch_size: int, prepare, stream: StreamSettings, *, skipped: Skipped | None = None):

@@ -134,6 +134,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         out["cost"].update(_throughput(result, settings))
         out["cost"].update(_data_cost(result, settings, ts.stream, skipped))
+        out["cost"]["data_held_mb"] = _data_held_mb(splits, batches)
         out["cost"].update(_mfu(out["params"], out["cost"], settings, device))
         if "breakdown_mb" not in out["cost"]:
             out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
@@ -195,6 +196,14 @@ def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int | N
     return estimate_memory(family, config, params, {**settings, **cell.method}, cell.method["kind"],
                            text_len=None if longest_input is None else text_positions(family, config, longest_input),
                            device="cpu" if device == "cpu" else "cuda")
+
+
+def _data_held_mb(splits, batches) -> float:
+    """Data the cell holds beside the training's tensors (not in peak_memory_mb): the splits' images in memory (decoded
+    pixels or encoded bytes; files on disk hold none) and the encoded samples cached for later passes."""
+    from bench.data.sample import held_bytes
+
+    return round((held_bytes(splits.train) + held_bytes(splits.eval) + batches.cached_bytes) / 2**20, 3)
 
 
 def _data_cost(result, settings: dict, stream, skipped) -> dict:

@@ -178,3 +178,31 @@ def test_default_workers_feed_a_gpu_from_disk_and_leave_the_cpu_to_training(brok
     assert default_workers("cpu", broken_on_disk.train, cpus=2) == default_workers("cpu", broken_on_disk.train, cpus=64) == 0
     assert default_workers("cuda", broken_on_disk.train, cpus=16) == 8
     assert default_workers("cuda", broken_on_disk.train, cpus=4) == 3
+
+
+def test_the_cache_counts_the_bytes_of_what_it_keeps_and_stops_at_its_budget(built):
+    """data_held_mb's cache part: the encoded tensors kept, never beyond cache_mb, nothing without a cache."""
+    family, (task_name, _) = "llava", FAMILIES["llava"]
+    splits = scenes_dataset(task_name, train_size=32, eval_size=1)
+    loaded, task = built[family], task_for_family(family)
+    make = TrainingBatch(task, loaded, TaskSettings(max_seq_len=24), splits)
+    one = make.encode(splits.train[:1])[0]
+    size = sum(v.element_size() * v.numel() for v in one.values() if hasattr(v, "numel"))
+    for budget_samples in (0.5, 5, 100):  # below one sample, a few, all of them
+        stream = StreamSettings(num_workers=0, cache_mb=budget_samples * size / 2**20)
+        batches = train_batches(splits.train, make, batch_size=8, seed=0, stream=stream)
+        take(batches, 4)  # one pass over the 32 samples
+        assert batches.cached_bytes <= stream.cache_mb * 2**20
+        assert batches.cached_bytes >= min(32, int(budget_samples)) * size * 0.5  # samples differ a little in length
+    assert train_batches(splits.train, make, batch_size=8, seed=0, stream=StreamSettings(num_workers=0, cache_mb=0)).cached_bytes == 0
+
+
+def test_held_bytes_count_pixels_and_encoded_bytes_but_not_paths(tmp_path):
+    from PIL import Image
+
+    from bench.data.sample import ImageFile, Sample, held_bytes
+
+    png = tmp_path / "a.png"
+    Image.new("RGB", (5, 7)).save(png)
+    samples = [Sample(Image.new("RGB", (4, 3))), Sample(ImageFile(png.read_bytes(), "f", "r")), Sample(ImageFile(str(png), "f", "r"))]
+    assert held_bytes(samples) == 4 * 3 * 3 + len(png.read_bytes())
