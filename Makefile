@@ -20,7 +20,7 @@ quickstart: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# bench's training step against a bare PyTorch loop and transformers.Trainer (benchmarks/peers.py), 7 rounds
+# bench's training step against a bare PyTorch loop, transformers.Trainer and TRL's SFTTrainer (benchmarks/peers.py), 7 rounds
 peers: setup
 	$(BIN)/python benchmarks/peers.py --rounds 7 --save results/baselines/peers-cpu.json
 

@@ -70,7 +70,8 @@ def _act(config) -> str:
 
 
 def _ffn(config) -> int:
-    return getattr(config, "intermediate_size", None) or config.ffn_dim
+    # transformers names it intermediate_size (CLIP, Llama, BERT-style) or ffn_dim (OPT); 4 × hidden is the classic shape
+    return getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None) or 4 * config.hidden_size
 
 
 def stacks(family: str, config, max_seq_len: int) -> list[Stack]:
