@@ -106,12 +106,9 @@ def run_bare(cell, steps: int) -> list[float]:
     return times
 
 
-def run_trainer(cell, steps: int, scratch: Path) -> list[float]:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    fam, task, loaded, method, encoded = cell
-    copied, model = fresh(fam, loaded, method)
-    times: list[float] = []
+def _step_times(times: list[float]):
+    """A Trainer callback that appends each step's time (on_step_begin -> on_step_end: batch fetching left out)."""
+    from transformers import TrainerCallback
 
     class StepTimes(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -120,13 +117,25 @@ def run_trainer(cell, steps: int, scratch: Path) -> list[float]:
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self.start)
 
-    args = TrainingArguments(output_dir=str(scratch), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
-                             lr_scheduler_type="cosine", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0,
-                             optim="adamw_torch", use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
-                             eval_strategy="no", dataloader_num_workers=0, remove_unused_columns=False, seed=0,
-                             disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=encoded, data_collator=lambda chunk: task.collate(chunk, copied),
-                      callbacks=[StepTimes()])
+    return StepTimes()
+
+
+def _trainer_args(scratch: Path, steps: int) -> dict:
+    """What Trainer and SFTTrainer are both given: the bench cell's optimizer, schedule and batch; nothing else runs."""
+    return dict(output_dir=str(scratch), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
+                lr_scheduler_type="cosine", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
+                use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", eval_strategy="no",
+                dataloader_num_workers=0, remove_unused_columns=False, seed=0, disable_tqdm=True)
+
+
+def run_trainer(cell, steps: int, scratch: Path) -> list[float]:
+    from transformers import Trainer, TrainingArguments
+
+    fam, task, loaded, method, encoded = cell
+    copied, model = fresh(fam, loaded, method)
+    times: list[float] = []
+    trainer = Trainer(model=model, args=TrainingArguments(**_trainer_args(scratch, steps)), train_dataset=encoded,
+                      data_collator=lambda chunk: task.collate(chunk, copied), callbacks=[_step_times(times)])
     with contextlib.redirect_stdout(io.StringIO()):  # Trainer prints its own summary dict at the end
         trainer.train()
     return times
@@ -137,29 +146,16 @@ def run_sft_trainer(cell, steps: int, scratch: Path) -> list[float]:
     every training setting the Trainer way has (SFTConfig's own defaults turn on bf16, gradient checkpointing and
     truncation at 1024 tokens, so they are turned off here)."""
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     fam, task, loaded, method, encoded = cell
     copied, model = fresh(fam, loaded, method)
     times: list[float] = []
-
-    class StepTimes(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.start)
-
-    args = SFTConfig(output_dir=str(scratch), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
-                     lr_scheduler_type="cosine", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0,
-                     optim="adamw_torch", use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
-                     eval_strategy="no", dataloader_num_workers=0, remove_unused_columns=False, seed=0,
-                     disable_tqdm=True, bf16=False, activation_checkpointing=False, max_length=None, packing=False,
-                     padding_free=False, dataset_kwargs={"skip_prepare_dataset": True})
+    args = SFTConfig(**_trainer_args(scratch, steps), bf16=False, activation_checkpointing=False, max_length=None,
+                     packing=False, padding_free=False, dataset_kwargs={"skip_prepare_dataset": True})
     trainer = SFTTrainer(model=model, args=args, train_dataset=encoded_dataset(encoded, Dataset),
                          data_collator=lambda chunk: task.collate(chunk, copied), processing_class=loaded.processor,
-                         callbacks=[StepTimes()])
+                         callbacks=[_step_times(times)])
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.train()
     return times
