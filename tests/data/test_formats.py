@@ -11,6 +11,7 @@ from PIL import Image
 
 from bench.data import formats
 from bench.data.hf_format import read_hf
+from bench.data.sample import ImageFile
 from bench.errors import DataError
 
 
@@ -339,7 +340,9 @@ def test_hf_saved_dataset_maps_columns(tmp_path):
     ds.save_to_disk(str(tmp_path / "saved"))
     records = read_hf(task="classification", path=tmp_path / "saved", columns={"image": "img", "label": "y"})
     assert [r.label for r in records] == ["dog", "cat"]
-    assert formats.to_samples(records, ("cat", "dog"))[0].image.getpixel((0, 0)) == (9, 9, 9)
+    image = formats.to_samples(records, ("cat", "dog"))[0].image  # the encoded bytes, read when a batch needs them
+    assert isinstance(image, ImageFile) and isinstance(image.source, bytes)
+    assert image.open().getpixel((0, 0)) == (9, 9, 9)
     raises_at(lambda: read_hf(task="classification", path=tmp_path / "saved"), "columns.image", "'img'")
 
 
