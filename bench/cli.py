@@ -132,7 +132,7 @@ def cmd_run(args) -> int:
     suite = load_suite(args.suite)
     console = _console(stderr=True)
     runner = Runner(suite, results_dir=args.results_dir, reports_dir=args.reports_dir, only=args.only, retry=args.retry,
-                    console=console, show_progress=not args.no_progress)
+                    console=console, show_progress=not args.no_progress, jobs=args.jobs)
     summary = runner.run()
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing to run"
     elsewhere = f"; {summary.taken_elsewhere} taken by another run" if summary.taken_elsewhere else ""
@@ -311,6 +311,19 @@ def _pattern(text: str) -> str:
     return text
 
 
+def _positive(text: str) -> int:
+    from bench.suite.keys import SUITE_KEYS
+
+    most = SUITE_KEYS["jobs"].max
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give how many cells run at once, e.g. 2") from None
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; give 1 to {most}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="Cost/quality benchmark of PEFT methods on vision-language models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -339,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--only", metavar="PATTERN", type=_pattern, help="run only cells whose id or model/dataset/method matches this glob")
     s.add_argument("--retry", action="store_true", help="run again the cells whose last record is not ok")
     s.add_argument("--no-progress", action="store_true", help="no live display (one line per cell)")
+    s.add_argument("--jobs", type=_positive, default=None, metavar="N",
+                   help="run up to N cells at once (default: the suite's `jobs`, 1): each on a GPU of its own, or on the CPU "
+                        "with cores ÷ N threads unless the suite sets threads")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("report", help="render the Markdown page (and plots) from records")

@@ -23,7 +23,7 @@ from typing import Any
 
 @dataclass
 class Outcome:
-    kind: str  # "ok" | "raised" | "timeout" | "crashed"
+    kind: str  # "ok" | "raised" | "timeout" | "crashed" | "cancelled"
     value: Any = None
     message: str = ""
     elapsed_s: float = 0.0
@@ -39,8 +39,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child(conn, fn, args, kwargs):
+def _child(conn, fn, args, kwargs, env):
     _die_with_parent()
+    # before anything imports CUDA: a cell that runs beside others sees only its own device(s)
+    os.environ.update(env or {})
     # Ctrl-C reaches the whole process group; the parent owns it (it records, releases claims and exits 130),
     # and this process dies with its server when the parent is gone
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -64,8 +66,11 @@ def _child(conn, fn, args, kwargs):
     os._exit(0)
 
 
-def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | None = None, isolate: bool = True, **kwargs) -> Outcome:
-    """Call fn(*args, emit=..., **kwargs) in a forked child; `emit(*event)` reaches `on_event` in the parent."""
+def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | None = None, isolate: bool = True,
+                  env: dict | None = None, cancel=None, **kwargs) -> Outcome:
+    """Call fn(*args, emit=..., **kwargs) in a forked child; `emit(*event)` reaches `on_event` in the parent. `env`: the
+    child's extra environment variables; `cancel`: a threading.Event that, once set, kills the child (outcome
+    "cancelled": the run is being interrupted, nobody wants the result)."""
     start = time.monotonic()
     if not isolate:
         try:
@@ -78,12 +83,15 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     # not daemonic: a cell starts DataLoader workers of its own, and daemonic processes may not have children;
     # the `finally` below kills a cell still running when this call ends early (an interrupt)
-    proc = ctx.Process(target=_child, args=(child_conn, fn, args, kwargs), daemon=False)
+    proc = ctx.Process(target=_child, args=(child_conn, fn, args, kwargs, env), daemon=False)
     proc.start()
     child_conn.close()
     try:
         while True:
             remaining = timeout_s - (time.monotonic() - start)
+            if cancel is not None and cancel.is_set():
+                _kill(proc)
+                return Outcome("cancelled", message="the run was interrupted", elapsed_s=time.monotonic() - start)
             if remaining <= 0:
                 _kill(proc)
                 return Outcome("timeout", message=f"no result after {timeout_s:g} s; the cell's process was killed", elapsed_s=time.monotonic() - start)

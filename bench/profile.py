@@ -192,6 +192,21 @@ def software() -> dict:
     }
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs cells may use, as CUDA_VISIBLE_DEVICES names them, found without initialising CUDA in this process:
+    CUDA_VISIBLE_DEVICES when it is set, else what nvidia-smi lists; none on a machine without either."""
+    named = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if named is not None:
+        ids = [d.strip() for d in named.split(",") if d.strip()]
+        return [] if not ids or ids[0].startswith("-") else ids  # "-1" or "" hide every device
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                                text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip()] if listed.returncode == 0 else []
+
+
 def environment(device: str) -> dict:
     """The fingerprint of where a number was measured: the device, then software()."""
     import torch

@@ -47,3 +47,23 @@ def test_hang_past_the_timeout_is_killed():
     start = time.monotonic()
     out = call_isolated(_hang, timeout_s=1.0)
     assert out.kind == "timeout" and time.monotonic() - start < 15
+
+
+def _env(*, emit):
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_the_child_gets_its_own_environment_and_the_parent_keeps_its():
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    assert call_isolated(_env, timeout_s=30, env={"CUDA_VISIBLE_DEVICES": "3"}).value == "3"
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
+
+
+def test_a_cancelled_call_kills_its_child_within_a_poll():
+    import threading
+
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    start = time.monotonic()
+    out = call_isolated(_hang, timeout_s=60, cancel=cancel)
+    assert out.kind == "cancelled" and time.monotonic() - start < 10

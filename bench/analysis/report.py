@@ -261,6 +261,11 @@ def _cost_section(page: _Page) -> list[str]:
               "the workers did not hide; with the bundled in-memory data, the first pass's encoding); estimate "
               "error is (estimate − measured) / measured, where the measurement counts tensors as the estimate does "
               "(an RSS figure also holds the runtime's own pages: its estimate is shown without an error).", ""]
+    side = sorted({n for g in ok for r in g.ok if isinstance(n := stats.get(r, "cost.concurrent_cells"), int) and n > 1})
+    if side:
+        lines += [f"Cells ran side by side ({' or '.join(map(str, side))} at a time, `cost.concurrent_cells`): their step times "
+                  "include what a neighbour took of the machine's memory bandwidth and caches; compare speeds between "
+                  "runs made the same way.", ""]
     return lines
 
 

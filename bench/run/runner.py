@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import queue
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +33,20 @@ CELL_PHASES = {"build": "model build", "train": "training", "track": "memory tra
                "evaluate": "tuned evaluation"}
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Where one of the cells that run side by side runs: its line of the progress display, its CPU threads and, on a
+    machine with GPUs, the device(s) its process sees."""
+
+    index: int
+    threads: int
+    env: dict = field(default_factory=dict)
+
+
+class Cancelled(Exception):
+    """The run is being interrupted: the cell's process was killed and nothing is recorded for it."""
+
+
 @dataclass
 class Job:
     cell: Cell
@@ -47,11 +64,15 @@ class RunSummary:
     report: Path | None = None
     wall_s: float = 0.0
     phases_s: dict = field(default_factory=dict)  # where the wall time went (see Runner.phases)
+    jobs: int = 1  # cells run at once
 
     def phases_text(self) -> str:
-        """'training 40.1 s (62 %), tuned evaluation 6.0 s (9 %), ...', largest first."""
+        """'training 40.1 s (62 %), tuned evaluation 6.0 s (9 %), ...', largest first; with cells side by side, shares
+        of jobs × wall (the run's capacity), said first."""
+        capacity = self.wall_s * self.jobs
         parts = sorted(((k, v) for k, v in self.phases_s.items() if v >= 0.05), key=lambda kv: -kv[1])
-        return ", ".join(f"{k} {v:.1f} s ({100 * v / self.wall_s:.0f} %)" for k, v in parts) if self.wall_s else ""
+        text = ", ".join(f"{k} {v:.1f} s ({100 * v / capacity:.0f} %)" for k, v in parts) if capacity else ""
+        return f"{self.jobs} cells at a time, shares of {self.jobs} × the wall time: {text}" if self.jobs > 1 else text
 
 
 def recorded(results: Path) -> dict[tuple[str, int], tuple[int, str]]:
@@ -108,7 +129,8 @@ def preflight(suite, jobs: list[Job]) -> None:
 
 
 class Runner:
-    def __init__(self, suite, *, results_dir="results", reports_dir="reports", only=None, retry=False, console=None, show_progress=True):
+    def __init__(self, suite, *, results_dir="results", reports_dir="reports", only=None, retry=False, console=None, show_progress=True,
+                 jobs: int | None = None):
         self.suite = suite
         self.results = results_path(results_dir, suite.name)
         self.reports_dir = Path(reports_dir)
@@ -122,6 +144,10 @@ class Runner:
         self._split_errors: dict[str, str] = {}  # dataset -> why it could not be loaded (each of its cells says so)
         self._seen: dict = {}  # the results file's latest lines, as last read under the lock
         self._time: dict[str, float] = {}  # seconds per phase of the run, summed over cells (see phases)
+        self.jobs = jobs or suite.settings["jobs"]  # cells run at once (--jobs, else the suite's `jobs`)
+        self._lock = threading.Lock()  # the state cells running side by side share: times, claims, bases, counts
+        self._key_locks: dict = {}  # one lock per dataset and per base: each is loaded / measured once
+        self._cancel = threading.Event()  # set when the run is interrupted: running cells are killed
 
     def _start_processes(self) -> None:
         """Start the server that forks cells (it imports torch and the model libraries, once) before the first job,
@@ -132,7 +158,12 @@ class Runner:
             self._took("start-up (imports, once)", call_isolated(_ready, timeout_s=LOAD_TIMEOUT_S).elapsed_s)
 
     def _took(self, phase: str, seconds: float) -> None:
-        self._time[phase] = self._time.get(phase, 0.0) + seconds
+        with self._lock:
+            self._time[phase] = self._time.get(phase, 0.0) + seconds
+
+    def _key_lock(self, key) -> threading.Lock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
 
     def phases(self, wall_s: float) -> dict[str, float]:
         """The run's wall time split: reading data, untuned evaluation, and per cell its model build, training (the
@@ -142,16 +173,21 @@ class Runner:
         cells = t.pop("cells", 0.0)
         inside = sum(t.get(k, 0.0) for k in CELL_PHASES.values())
         out = {**t, "cell processes (start, hand-over, exit)": max(0.0, cells - inside)}
-        out["other"] = max(0.0, wall_s - sum(out.values()))
+        # side by side, the capacity no cell used (start-up, zoo, the last cells finishing alone) is part of the rest
+        out["other" if self.jobs == 1 else "other, and slots left idle"] = max(0.0, wall_s * self.jobs - sum(out.values()))
         return out
 
     # -- data ------------------------------------------------------------------------------
     def splits(self, dataset: dict):
         """Each dataset loaded once per run and handed to its cells. The data file is parsed in a process of its own:
         parsing 100k records leaves the parser's heap fragmented, and only the compact result comes back here."""
+        key = dataset["name"]
+        with self._key_lock(("data", key)):
+            return self._load_splits(dataset, key)
+
+    def _load_splits(self, dataset: dict, key: str):
         from bench.isolate import call_isolated
 
-        key = dataset["name"]
         if key in self._split_errors:
             raise BenchError(self._split_errors[key])
         if key not in self._splits:
@@ -175,27 +211,20 @@ class Runner:
             example = expand(self.suite)[0]
             raise BenchError(f"--only {self.only!r} matches no cell of suite '{self.suite.name}'",
                              fix=f"match a cell id or model/dataset/method, e.g. --only '{example.model['name']}/*'")
-        summary = RunSummary(skipped_done=done, results=self.results)
+        summary = RunSummary(skipped_done=done, results=self.results, jobs=self.jobs)
         if jobs:
             preflight(self.suite, jobs)
+            slots = self._slots()
             self._check_outputs()
-            with self._progress(len(jobs)) as progress:
+            with self._progress(len(jobs), len(slots)) as progress:
                 self._start_processes()
                 self._ensure_zoo(jobs, progress)
                 bases = self._known_bases()
-                for job in jobs:
-                    claim = self._claim(job, retry_before)
-                    if isinstance(claim, str):
-                        summary.taken_elsewhere += 1
-                        progress.pass_item(f"{job.cell.label} (repeat {job.repeat})", claim)
-                        continue
-                    try:
-                        bases.update(self._known_bases(self._seen))  # another run may have measured one meanwhile
-                        record = self._run_job(job, bases, progress)
-                    finally:
-                        self._release(claim)
-                    summary.ran += 1
-                    summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+                if len(slots) == 1:
+                    for job in jobs:
+                        self._run_one(job, bases, progress, slots[0], retry_before, summary)
+                else:
+                    self._side_by_side(jobs, bases, progress, slots, retry_before, summary)
         self._sweep()
         rendering = time.monotonic()
         try:
@@ -208,6 +237,70 @@ class Runner:
         summary.wall_s = time.monotonic() - start
         summary.phases_s = self.phases(summary.wall_s)
         return summary
+
+    def _run_one(self, job: Job, bases: dict, progress, slot: Slot, retry_before: int, summary: RunSummary) -> None:
+        with self._lock:  # claims and the results file's latest lines are read and taken one cell at a time
+            claim = self._claim(job, retry_before)
+            if not isinstance(claim, str):
+                bases.update(self._known_bases(self._seen))  # another run may have measured one meanwhile
+        if isinstance(claim, str):
+            with self._lock:
+                summary.taken_elsewhere += 1
+            progress.pass_item(f"{job.cell.label} (repeat {job.repeat})", claim)
+            return
+        try:
+            record = self._run_job(job, bases, progress, slot)
+        finally:
+            with self._lock:
+                self._release(claim)
+        with self._lock:
+            summary.ran += 1
+            summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+
+    def _side_by_side(self, jobs: list[Job], bases: dict, progress, slots: list[Slot], retry_before: int,
+                      summary: RunSummary) -> None:
+        """Up to len(slots) cells at once, in the suite's order, each in its own process on its own slot. A failure that
+        stops a run (a record that cannot be saved, an interrupt) kills the cells still running and is raised."""
+        free: queue.Queue = queue.Queue()
+        for slot in slots:
+            free.put(slot)
+
+        def work(job: Job) -> None:
+            if self._cancel.is_set():
+                return
+            slot = free.get()
+            try:
+                self._run_one(job, bases, progress, slot, retry_before, summary)
+            finally:
+                free.put(slot)
+
+        with ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="bench-cell") as pool:
+            futures = [pool.submit(work, job) for job in jobs]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+            except BaseException:
+                self._cancel.set()  # the running cells' processes are killed; the threads return within a poll
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _slots(self) -> list[Slot]:
+        """One slot per cell run at once. Side by side on the CPU each cell gets cores // jobs threads (unless the suite
+        sets threads); with GPUs each its own device, through CUDA_VISIBLE_DEVICES in its process (this process never
+        initialises CUDA). More cells at once than GPUs is refused before anything runs."""
+        from bench.profile import visible_gpus
+
+        s = self.suite.settings
+        if self.jobs == 1:
+            return [Slot(0, s["threads"])]
+        gpus = [] if s["device"] == "cpu" else visible_gpus()
+        if gpus and len(gpus) < self.jobs:
+            raise BenchError(f"--jobs {self.jobs} runs {self.jobs} cells at once, each on a GPU of its own, but "
+                             f"{len(gpus)} GPU(s) are visible ({', '.join(gpus)})",
+                             fix=f"use --jobs {len(gpus)} or fewer (or set CUDA_VISIBLE_DEVICES to the GPUs to use)")
+        threads = s["threads"] or max(1, (os.cpu_count() or 1) // self.jobs)
+        return [Slot(i, threads, {"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else {}) for i in range(self.jobs)]
 
     def _check_outputs(self) -> None:
         """Before anything trains (exit 2 otherwise, and the folders this made are removed again): both output
@@ -280,10 +373,10 @@ class Runner:
         write_index(self.reports_dir)
         return out
 
-    def _progress(self, total: int):
+    def _progress(self, total: int, slots: int = 1):
         from bench.run.progress import SuiteProgress
 
-        return SuiteProgress(total, console=self.console, enabled=self.show_progress)
+        return SuiteProgress(total, console=self.console, enabled=self.show_progress, slots=slots)
 
     def _ensure_zoo(self, jobs: list[Job], progress) -> None:
         from bench.suite import zoo
@@ -317,24 +410,33 @@ class Runner:
                                         "extra": extra, "n": q.get("n_eval")}
         return bases
 
-    def _base_for(self, cell: Cell, bases: dict, progress) -> tuple[str, dict | None, str]:
+    def _base_for(self, cell: Cell, bases: dict, progress, slot: Slot) -> tuple[str, dict | None, str]:
+        key = base_key(cell)
+        if cell.model["weights"] == "random":
+            return key, None, ""
+        with self._key_lock(("base", key)):  # cells side by side wait for one measurement of their base
+            if key in bases:
+                return key, bases[key], ""
+            return self._measure_base(cell, key, bases, progress, slot)
+
+    def _measure_base(self, cell: Cell, key: str, bases: dict, progress, slot: Slot) -> tuple[str, dict | None, str]:
         from bench.isolate import call_isolated
         from bench.suite import zoo
 
-        key = base_key(cell)
-        if cell.model["weights"] == "random" or key in bases:
-            return key, bases.get(key), ""
-        progress.start_item(f"{cell.model['name']} × {cell.dataset['name']}: untuned quality", 0)
+        progress.start_item(f"{cell.model['name']} × {cell.dataset['name']}: untuned quality", 0, slot.index)
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
         out = call_isolated(_base_job, cell, self.suite.settings["device"], self.splits(cell.dataset), zpath,
-                            self.suite.settings["threads"], timeout_s=cell.train["timeout_s"], isolate=self.isolate)
+                            slot.threads, timeout_s=cell.train["timeout_s"], isolate=self.isolate, env=slot.env,
+                            cancel=self._cancel)
         self._took("untuned evaluation", out.elapsed_s)
+        if out.kind == "cancelled":
+            raise Cancelled(out.message)
         if out.kind == "ok":
             bases[key] = out.value
             return key, out.value, ""
         return key, None, f"base evaluation failed: {out.message}"
 
-    def _run_job(self, job: Job, bases: dict, progress) -> dict:
+    def _run_job(self, job: Job, bases: dict, progress, slot: Slot) -> dict:
         from bench.suite import zoo
 
         cell = job.cell
@@ -349,10 +451,11 @@ class Runner:
             record.update(status="error", message=f"loading dataset '{cell.dataset['name']}' failed: {exc.render()}")
             return self._append(record, progress)
         record["dataset"].update(fingerprint=splits.fingerprint, train_size=len(splits.train), eval_size=len(splits.eval))
-        key, base, base_note = self._base_for(cell, bases, progress)
-        progress.start_item(f"{cell.label} (repeat {job.repeat})" if len(self.suite.seeds) > 1 else cell.label, None)
+        key, base, base_note = self._base_for(cell, bases, progress, slot)
+        progress.start_item(f"{cell.label} (repeat {job.repeat})" if len(self.suite.seeds) > 1 else cell.label, None,
+                            slot.index)
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
-        out, settings, attempts = self._attempts(job, splits, base, zpath, progress)
+        out, settings, attempts = self._attempts(job, splits, base, zpath, progress, slot)
         record["cost"]["attempts"] = attempts
         if out.kind == "ok":
             result = out.value
@@ -370,7 +473,7 @@ class Runner:
             record["quality"]["note"] = base_note
         return self._append(record, progress)
 
-    def _attempts(self, job: Job, splits, base, zpath, progress):
+    def _attempts(self, job: Job, splits, base, zpath, progress, slot: Slot):
         """Run the cell; on OOM with back-off on, again in a fresh process with half the micro-batch and twice the
         accumulation (same effective batch) until it fits or min_batch_size is reached."""
         from bench.isolate import call_isolated
@@ -378,9 +481,12 @@ class Runner:
         s = self.suite.settings
         settings, attempts = dict(job.cell.train), []
         while True:
-            cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, s["threads"])
-            out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"], on_event=progress.event, isolate=self.isolate)
+            cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, slot.threads)
+            out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"], on_event=progress.events_of(slot.index),
+                                isolate=self.isolate, env=slot.env, cancel=self._cancel)
             self._took("cells", out.elapsed_s)
+            if out.kind == "cancelled":
+                raise Cancelled(out.message)
             if out.kind == "ok":
                 for phase, name in CELL_PHASES.items():
                     self._took(name, out.value["cost"].get("phases_s", {}).get(phase, 0.0))
@@ -400,7 +506,8 @@ class Runner:
             "suite_file": _display_path(self.suite.path), "run_id": self.run_id, "repeat": job.repeat, "seed": job.seed,
             "model": dict(cell.model), "dataset": dict(cell.dataset), "method": dict(cell.method),
             "train": {**cell.train, "seed": job.seed}, "status": "error", "message": "", "params": {},
-            "cost": {"device": self.suite.settings["device"]}, "quality": {}, "loss_curve": [], "diverged_at_step": None,
+            "cost": {"device": self.suite.settings["device"], "concurrent_cells": self.jobs}, "quality": {}, "loss_curve": [],
+            "diverged_at_step": None,
             "env": {}, "started_at": started,
         }
 

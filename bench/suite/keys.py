@@ -16,7 +16,10 @@ SUITE_KEYS = {
     "seeds": Key(list, None, "explicit seeds per cell (instead of repeats)"),
     "device": Key(str, "auto", "where cells run", choices=("auto", "cpu", "cuda")),
     "isolate": Key(bool, True, "run each cell in its own process (crash and memory isolation)"),
-    "threads": Key(int, 0, "CPU threads per cell (0: torch's default); tiny models run fastest on 1", min=0, max=4096),
+    "threads": Key(int, 0, "CPU threads per cell (0: torch's default, or cores ÷ jobs side by side); tiny models run fastest on 1",
+                   min=0, max=4096),
+    "jobs": Key(int, 1, "cells run at once (`bench run --jobs` overrides): each on a GPU of its own, or on its share of the CPU cores",
+                min=1, max=1024),
     "oom_backoff": Key(bool, False, "on out-of-memory halve the micro-batch and double accumulation, keeping the effective batch"),
     "min_batch_size": Key(int, 1, "smallest micro-batch the OOM back-off tries", min=1, max=65536),
 }

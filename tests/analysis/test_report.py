@@ -126,6 +126,13 @@ def test_cost_details_show_step_time_throughput_estimate_error_and_mfu_only_when
     assert "`cpu_tensors` is live tensor bytes" in cost and "MemTracker" in cost
 
 
+def test_cost_details_say_when_cells_ran_side_by_side():
+    alone = [method("lora", 5.0, 3.0, 27.0, **{"cost.concurrent_cells": 1})]
+    assert "side by side" not in section(report.render_report(alone, title="t"), "Cost details")
+    side = [method("lora", 5.0, 3.0, 27.0, **{"cost.concurrent_cells": 2})]
+    assert "Cells ran side by side (2 at a time" in section(report.render_report(side, title="t"), "Cost details")
+
+
 def test_cost_details_show_the_wait_for_data_when_records_have_it():
     assert "Data wait" not in section(report.render_report(RECORDS, title="t"), "Cost details").split("\n\n")[0]
     fed = [method("lora", 40.0, 3.0, 27.0, **{"cost.data_wait_s": 0.5, "cost.data_wait_pct": 12.4}),

@@ -223,3 +223,63 @@ def test_the_runner_never_imports_torch_and_says_where_the_time_went(mini_suite,
     for phase in ("training", "tuned evaluation", "model build", "start-up (imports, once)", "report", "other"):
         assert phase in line
     assert line.endswith(" 0.0"), line  # the phases add up to the wall time
+
+
+# ---------------------------------------------------------------- cells side by side (--jobs)
+
+SIDE_BY_SIDE = MINI_SUITE.replace('name = "mini"', 'name = "mini"\nrepeats = 2\nthreads = 1').replace(
+    'methods = ["lora", "full"]', 'methods = ["lora", "full", "ia3"]').replace("[methods.full]", '[methods.ia3]\nkind = "ia3"\n\n[methods.full]')
+
+
+def test_cells_side_by_side_record_each_cell_run_once_with_what_they_learn_alone(write_suite, tmp_path):
+    """--jobs 2: the same cell-runs as one at a time, each recorded once, the same losses for the same seeds (each cell
+    is seeded and runs in its own process), and records that say they ran beside another."""
+    path = write_suite(SIDE_BY_SIDE)
+    alone, one = run_suite(path, tmp_path / "one")
+    side, two = run_suite(path, tmp_path / "two", jobs=2)
+    a, b = read_records(one.results), read_records(two.results)
+    assert alone.ran == side.ran == 6 and len(b) == 6 and side.statuses == {"ok": 6}
+    assert len({(r["cell_id"], r["repeat"]) for r in b}) == 6
+    by_run = {(r["cell_id"], r["seed"]): r["loss_curve"] for r in a}
+    assert {(r["cell_id"], r["seed"]): r["loss_curve"] for r in b} == by_run
+    assert {r["cost"]["concurrent_cells"] for r in b} == {2} and {r["cost"]["concurrent_cells"] for r in a} == {1}
+    assert "2 cells at a time" in side.phases_text() and sum(side.phases_s.values()) == pytest.approx(2 * side.wall_s, rel=0.01)
+
+
+def test_more_cells_at_once_than_gpus_is_refused_before_anything_runs(mini_suite, tmp_path, monkeypatch):
+    from bench.errors import BenchError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    runner = Runner(load_suite(mini_suite), results_dir=tmp_path / "results", reports_dir=tmp_path / "reports",
+                    show_progress=False, jobs=2)
+    with pytest.raises(BenchError, match="1 GPU"):
+        runner.run()
+    assert not (tmp_path / "results").exists()
+
+
+def test_side_by_side_cells_share_the_cores_or_get_a_gpu_each(mini_suite, monkeypatch):
+    suite = load_suite(mini_suite)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible
+    slots = Runner(suite, jobs=4, show_progress=False)._slots()
+    assert [(s.index, s.threads, s.env) for s in slots] == [(i, 2, {}) for i in range(4)]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
+    assert [s.env for s in Runner(suite, jobs=3, show_progress=False)._slots()] == [{"CUDA_VISIBLE_DEVICES": d} for d in "257"]
+    assert Runner(suite, show_progress=False)._slots()[0].env == {}  # one at a time: the devices the user set, untouched
+
+
+def test_visible_gpus_come_from_the_environment_or_nvidia_smi(tmp_path, monkeypatch):
+    from bench.profile import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1, 3")
+    assert visible_gpus() == ["1", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_gpus() == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '0\\n1\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert visible_gpus() == ["0", "1"]
+    fake.write_text("#!/bin/sh\nexit 9\n")
+    assert visible_gpus() == []
