@@ -283,3 +283,15 @@ def test_visible_gpus_come_from_the_environment_or_nvidia_smi(tmp_path, monkeypa
     assert visible_gpus() == ["0", "1"]
     fake.write_text("#!/bin/sh\nexit 9\n")
     assert visible_gpus() == []
+
+
+def test_a_dataset_reaches_cells_as_bytes_pickled_once_and_comes_back_whole():
+    from bench.data.scenes import scenes_dataset
+    from bench.run.runner import SharedSplits
+
+    splits = scenes_dataset("vqa", train_size=12, eval_size=5)
+    shared = SharedSplits.of(splits)
+    assert (shared.fingerprint, shared.train_size, shared.eval_size) == (splits.fingerprint, 12, 5)
+    back = shared.load()
+    assert back.train == splits.train and back.eval == splits.eval and back.fingerprint == splits.fingerprint
+    assert isinstance(shared.payload, bytes)
