@@ -18,7 +18,7 @@ quickstart: setup
 	$(BIN)/bench run suites/quickstart.toml
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not ci_only"
 
 # bench's training step against a bare PyTorch loop, transformers.Trainer and TRL's SFTTrainer (benchmarks/peers.py), 7 rounds
 peers: setup

@@ -131,7 +131,7 @@ def preflight(suite, jobs: list[Job]) -> None:
 
 class Runner:
     def __init__(self, suite, *, results_dir="results", reports_dir="reports", only=None, retry=False, console=None, show_progress=True,
-                 jobs: int | None = None):
+                 jobs: int | None = None, cluster=None):
         self.suite = suite
         self.results = results_path(results_dir, suite.name)
         self.reports_dir = Path(reports_dir)
@@ -149,6 +149,7 @@ class Runner:
         self._lock = threading.Lock()  # the state cells running side by side share: times, claims, bases, counts
         self._key_locks: dict = {}  # one lock per dataset and per base: each is loaded / measured once
         self._cancel = threading.Event()  # set when the run is interrupted: running cells are killed
+        self.cluster = cluster  # bench.run.cluster.ClusterOptions: cells as submitit jobs instead of forked here
 
     def _start_processes(self) -> None:
         """Start the server that forks cells (it imports torch and the model libraries, once) before the first job,
@@ -218,10 +219,13 @@ class Runner:
             slots = self._slots()
             self._check_outputs()
             with self._progress(len(jobs), len(slots)) as progress:
-                self._start_processes()
+                if self.cluster is None:
+                    self._start_processes()
                 self._ensure_zoo(jobs, progress)
                 bases = self._known_bases()
-                if len(slots) == 1:
+                if self.cluster is not None:
+                    self._on_cluster(jobs, bases, progress, retry_before, summary)
+                elif len(slots) == 1:
                     for job in jobs:
                         self._run_one(job, bases, progress, slots[0], retry_before, summary)
                 else:
@@ -286,6 +290,132 @@ class Runner:
                     future.cancel()
                 raise
 
+    def _on_cluster(self, jobs: list[Job], bases: dict, progress, retry_before: int, summary: RunSummary) -> None:
+        """Every pending cell-run as a submitit job (bench/run/cluster.py): claimed here, submitted, or re-attached to the
+        job a previous driver submitted; polled; its record appended here when it ends."""
+        from bench.run import cluster
+
+        folder = self._jobs_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        cluster.sweep(folder, set(recorded(self.results)))
+        longest = max(j.cell.train["timeout_s"] for j in jobs) * 2  # the base evaluation may run in the job too
+        executor = cluster.make_executor(self.cluster, folder, longest)
+        waiting: dict = {}
+        fresh: list = []
+        for job in jobs:
+            with self._lock:
+                claim = self._claim(job, retry_before)
+            if isinstance(claim, str):
+                summary.taken_elsewhere += 1
+                progress.pass_item(f"{job.cell.label} (repeat {job.repeat})", claim)
+                continue
+            key = (job.cell.cell_id, job.repeat)
+            sub = cluster.load(folder, key)
+            if sub is not None:
+                waiting[key] = (job, claim, cluster.attach(sub))
+                continue
+            cell_job = self._cluster_cell_job(job, bases, progress, claim, summary)
+            if cell_job is not None:
+                fresh.append((job, claim, cell_job))
+        if fresh:  # one submission for them all: a job array on Slurm
+            with executor.batch():
+                handles = [executor.submit(cluster.cluster_job, cj, cj.base is None and cj.cell.model["weights"] != "random")
+                           for _, _, cj in fresh]
+            for (job, claim, _), handle in zip(fresh, handles):
+                waiting[(job.cell.cell_id, job.repeat)] = (job, claim, self._submitted(job, handle, folder))
+        if waiting:
+            progress.log(f"{len(waiting)} job(s) with {self.cluster.executor}; their ids are kept in {folder}; "
+                         "if this run stops, run it again to collect them")
+        while waiting:
+            cluster.refresh([sub for _, _, sub in waiting.values()])
+            for key, (job, claim, sub) in list(waiting.items()):
+                st = cluster.state(sub)
+                if st == "running":
+                    continue
+                if st == "lost":  # a local job gone without a result: submitted again
+                    progress.log(f"  job {sub.job_id} of {job.cell.label} (repeat {job.repeat}) is gone; submitting it again")
+                    cluster.forget(folder, key)
+                    cell_job = self._cluster_cell_job(job, bases, progress, claim, summary)
+                    if cell_job is None:
+                        del waiting[key]
+                    else:
+                        handle = executor.submit(cluster.cluster_job, cell_job,
+                                                 cell_job.base is None and cell_job.cell.model["weights"] != "random")
+                        waiting[key] = (job, claim, self._submitted(job, handle, folder))
+                    continue
+                self._collect(job, sub, bases, progress, summary)
+                cluster.forget(folder, key)  # after the record: a driver dying in between leaves a file the sweep removes
+                self._release(claim)
+                del waiting[key]
+            if waiting:
+                cluster.wait(self.cluster.poll_s)
+
+    def _cluster_cell_job(self, job: Job, bases: dict, progress, claim, summary: RunSummary):
+        """What a job needs to run this cell-run, or None once the cell-run is recorded as one that cannot run (skipped,
+        unreadable data)."""
+        from bench.suite import zoo
+
+        cell = job.cell
+        if cell.skip_reason:
+            record = self._record_head(job, _now())
+            record.update(status="skipped", message=cell.skip_reason)
+            self._finish(record, progress, claim, summary)
+            return None
+        try:
+            splits = self.splits(cell.dataset)
+        except BenchError as exc:
+            record = self._record_head(job, _now())
+            record.update(status="error", message=f"loading dataset '{cell.dataset['name']}' failed: {exc.render()}")
+            self._finish(record, progress, claim, summary)
+            return None
+        s = self.suite.settings
+        zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
+        return CellJob(cell, job.seed, s["device"], splits, bases.get(base_key(cell)), zpath, dict(cell.train), s["threads"])
+
+    def _submitted(self, job: Job, handle, folder: Path):
+        """The job file of a submitted cell-run, written before anything waits on it."""
+        from bench.run import cluster
+
+        sub = cluster.Submitted((job.cell.cell_id, job.repeat), str(handle.job_id), self.cluster.executor,
+                                str(folder / "%j"), _now(), handle)
+        cluster.save(folder, sub)
+        return sub
+
+    def _collect(self, job: Job, sub, bases: dict, progress, summary: RunSummary) -> None:
+        from bench.run import cluster
+
+        cell = job.cell
+        record = self._record_head(job, sub.started_at)
+        with contextlib.suppress(BenchError):  # a job re-attached after its data changed: the record still comes
+            splits = self.splits(cell.dataset)
+            record["dataset"].update(fingerprint=splits.fingerprint, train_size=splits.train_size, eval_size=splits.eval_size)
+        status, value, why = cluster.outcome(sub)
+        key = base_key(cell)
+        if value is not None:
+            _merge_result(record, value["result"])
+            if value["base"] is not None and cell.model["weights"] != "random":
+                bases.setdefault(key, value["base"])
+            if value["base_note"]:
+                record["quality"]["note"] = value["base_note"]
+        else:
+            record.update(status=status, message=why)
+        record["cost"]["attempts"] = [{"batch_size": cell.train["batch_size"], "grad_accum": cell.train["grad_accum"],
+                                       "status": record["status"], "peak_memory_mb": record["cost"].get("peak_memory_mb")}]
+        record["cost"]["job_id"] = sub.job_id
+        record["train"]["fitted_batch_size"] = cell.train["batch_size"]
+        record["train"]["fitted_grad_accum"] = cell.train["grad_accum"]
+        record["quality"]["base_key"] = key
+        self._append(record, progress)
+        with self._lock:
+            summary.ran += 1
+            summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+
+    def _finish(self, record: dict, progress, claim, summary: RunSummary) -> None:
+        self._append(record, progress)
+        self._release(claim)
+        summary.ran += 1
+        summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+
     def _slots(self) -> list[Slot]:
         """One slot per cell run at once. Side by side on the CPU each cell gets cores // jobs threads (unless the suite
         sets threads); with GPUs each its own device, through CUDA_VISIBLE_DEVICES in its process (this process never
@@ -293,6 +423,14 @@ class Runner:
         from bench.profile import visible_gpus
 
         s = self.suite.settings
+        if self.cluster is not None:
+            from bench.run.cluster import check_executor
+
+            if self.jobs != 1:
+                raise BenchError(f"--jobs {self.jobs} runs cells side by side on this machine; with --executor "
+                                 f"{self.cluster.executor} the scheduler decides how many run at once", fix="drop --jobs")
+            check_executor(self.cluster)
+            return [Slot(0, s["threads"])]
         if self.jobs == 1:
             return [Slot(0, s["threads"])]
         gpus = [] if s["device"] == "cpu" else visible_gpus()
@@ -323,9 +461,13 @@ class Runner:
     def _check_files(self) -> None:
         fix = "move it away, or choose other folders with --results-dir / --reports-dir"
         for path, kind, what in ((self.results, "file", "records"), (Path(str(self.results) + ".lock"), "file", "lock"),
-                                 (self.claims.folder, "folder", "claims"),
+                                 (self.claims.folder, "folder", "claims"), (self._jobs_folder(), "folder", "job ids"),
                                  (inside(self.reports_dir, self.suite.name), "folder", "plots")):
             require_plain(path, kind, what=what, fix=fix)
+
+    def _jobs_folder(self) -> Path:
+        """Where a cluster driver keeps which job runs which cell-run (bench/run/cluster.py)."""
+        return inside(self.results.parent, f"{self.suite.name}.jobs")
 
     def _claim(self, job: Job, retry_before: int):
         """Take the cell-run under the results lock, or say why not (bench.run.claims)."""
@@ -459,11 +601,7 @@ class Runner:
         out, settings, attempts = self._attempts(job, splits, base, zpath, progress, slot)
         record["cost"]["attempts"] = attempts
         if out.kind == "ok":
-            result = out.value
-            record.update(status=result["status"], message=result["message"], params=result["params"],
-                          quality=result["quality"], loss_curve=result["loss_curve"], diverged_at_step=result["diverged_at_step"],
-                          env=result["env"])
-            record["cost"].update(result["cost"])
+            _merge_result(record, out.value)
         else:
             record.update(status="timeout" if out.kind == "timeout" else "error", message=out.message)
             record["cost"]["train_wall_s"] = round(out.elapsed_s, 3)
@@ -519,6 +657,13 @@ class Runner:
         append_record(self.results, record)  # the claim made this process the only writer of this cell-run
         progress.finish_item(record)
         return record
+
+
+def _merge_result(record: dict, result: dict) -> None:
+    """A cell's result (bench/run/cell.py's run_cell, with its environment) into the record the runner began."""
+    record.update(status=result["status"], message=result["message"], params=result["params"], quality=result["quality"],
+                  loss_curve=result["loss_curve"], diverged_at_step=result["diverged_at_step"], env=result["env"])
+    record["cost"].update(result["cost"])
 
 
 def _display_path(path: Path) -> str:
