@@ -132,7 +132,8 @@ def cmd_run(args) -> int:
     suite = load_suite(args.suite)
     console = _console(stderr=True)
     runner = Runner(suite, results_dir=args.results_dir, reports_dir=args.reports_dir, only=args.only, retry=args.retry,
-                    console=console, show_progress=not args.no_progress, jobs=args.jobs, cluster=_cluster_options(args))
+                    console=console, show_progress=not args.no_progress, jobs=args.jobs,
+                    cluster=_cluster_options(args, suite.cluster))
     summary = runner.run()
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing to run"
     elsewhere = f"; {summary.taken_elsewhere} taken by another run" if summary.taken_elsewhere else ""
@@ -311,20 +312,28 @@ def _pattern(text: str) -> str:
     return text
 
 
-def _cluster_options(args):
-    """--executor and its options, checked; None without --executor (cells forked on this machine)."""
-    if args.executor is None:
-        given = [f for f, v in (("--partition", args.partition), ("--gpus-per-cell", args.gpus_per_cell),
-                                ("--cpus-per-cell", args.cpus_per_cell)) if v]
-        if given:
-            raise BenchError(f"{', '.join(given)} only apply with --executor slurm", fix="add --executor slurm, or drop them")
+def _cluster_options(args, table: dict):
+    """--executor and its options over the suite's [cluster] table, checked; None when neither names an executor (cells
+    forked on this machine)."""
+    given = {"executor": args.executor, "partition": args.partition, "gpus_per_cell": args.gpus_per_cell,
+             "cpus_per_cell": args.cpus_per_cell, "poll_s": args.poll_s}
+    merged = {k: v if v is not None else table.get(k) for k, v in given.items()}
+    if merged["executor"] is None:
+        flags = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if flags:
+            raise BenchError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only with --executor (or [cluster] "
+                             "executor in the suite)",
+                             fix="add --executor slurm, or drop them")
         return None
     from bench.run.cluster import ClusterOptions
+    from bench.suite.keys import CLUSTER_KEYS
 
-    if args.gpus_per_cell < 0 or (args.cpus_per_cell is not None and args.cpus_per_cell < 1) or not 0.05 <= args.poll_s <= 3600:
-        raise BenchError("--gpus-per-cell must be 0 or more, --cpus-per-cell 1 or more, --poll-s between 0.05 and 3600",
-                         fix="e.g. --gpus-per-cell 1 --cpus-per-cell 8 --poll-s 30")
-    return ClusterOptions(args.executor, args.partition, args.gpus_per_cell, args.cpus_per_cell, args.poll_s)
+    for key in ("gpus_per_cell", "cpus_per_cell", "poll_s"):
+        if given[key] is not None and CLUSTER_KEYS[key].problem(given[key]):
+            raise BenchError(f"--{key.replace('_', '-')} {given[key]}: {CLUSTER_KEYS[key].problem(given[key])}",
+                             fix="e.g. --gpus-per-cell 1 --cpus-per-cell 8 --poll-s 30")
+    return ClusterOptions(merged["executor"], merged["partition"], merged["gpus_per_cell"] or 0, merged["cpus_per_cell"],
+                          float(merged["poll_s"] if merged["poll_s"] is not None else CLUSTER_KEYS["poll_s"].default))
 
 
 def _positive(text: str) -> int:
@@ -372,9 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run each cell-run as a submitit job: on Slurm (sbatch), or locally through the same path; the "
                         "driver appends the records, and running it again re-attaches to its jobs")
     s.add_argument("--partition", default=None, help="Slurm partition (with --executor slurm)")
-    s.add_argument("--gpus-per-cell", type=int, default=0, metavar="N", help="GPUs each Slurm job asks for (default 0)")
+    s.add_argument("--gpus-per-cell", type=int, default=None, metavar="N", help="GPUs each Slurm job asks for (default 0)")
     s.add_argument("--cpus-per-cell", type=int, default=None, metavar="N", help="CPUs each Slurm job asks for")
-    s.add_argument("--poll-s", type=float, default=30.0, metavar="S",
+    s.add_argument("--poll-s", type=float, default=None, metavar="S",
                    help="seconds between the driver's looks at its jobs (default 30; one sacct call for all of them)")
     s.add_argument("--jobs", type=_positive, default=None, metavar="N",
                    help="run up to N cells at once (default: the suite's `jobs`, 1): each on a GPU of its own, or on the CPU "

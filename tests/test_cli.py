@@ -185,3 +185,24 @@ def test_key_docs_render_in_markdown_tables():
     assert "results/&lt;name>.jsonl" in text  # a bare <name> would be swallowed as an HTML tag
     assert "| `lr` | 0.001 | peak learning rate |" in text
     assert "| `family` | required | model family (`clip` / `blip2` / `llava`) |" in text
+
+
+def test_cluster_options_come_from_the_flags_over_the_suites_cluster_table():
+    from argparse import Namespace
+
+    from bench.cli import _cluster_options
+    from bench.errors import BenchError
+    from bench.suite.keys import CLUSTER_KEYS
+
+    table = {k: key.default for k, key in CLUSTER_KEYS.items()}
+    none = Namespace(executor=None, partition=None, gpus_per_cell=None, cpus_per_cell=None, poll_s=None)
+    assert _cluster_options(none, table) is None  # no executor anywhere: cells forked here
+    slurm = _cluster_options(none, {**table, "executor": "slurm", "partition": "a100", "gpus_per_cell": 2})
+    assert (slurm.executor, slurm.partition, slurm.gpus_per_cell, slurm.poll_s) == ("slurm", "a100", 2, 30.0)
+    flags = Namespace(executor="local", partition=None, gpus_per_cell=None, cpus_per_cell=None, poll_s=0.5)
+    assert (_cluster_options(flags, {**table, "executor": "slurm"}).executor, _cluster_options(flags, table).poll_s) == ("local", 0.5)
+    for bad in ({"poll_s": float("nan")}, {"gpus_per_cell": -1}, {"cpus_per_cell": 0}):
+        with pytest.raises(BenchError):
+            _cluster_options(Namespace(**{**vars(flags), **bad}), table)
+    with pytest.raises(BenchError, match="--partition applies only with --executor"):
+        _cluster_options(Namespace(**{**vars(none), "partition": "x"}), table)

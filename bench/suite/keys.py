@@ -97,9 +97,18 @@ GATE_KEYS = {
     "baseline": Key(str, None, "baseline results file for `bench gate` (relative to the suite file)"),
 }
 
+CLUSTER_KEYS = {
+    "executor": Key(str, None, "run cells as submitit jobs: on Slurm, or locally through the same path (`bench run --executor` overrides)",
+                    choices=("local", "slurm")),
+    "partition": Key(str, None, "Slurm partition"),
+    "gpus_per_cell": Key(int, 0, "GPUs each Slurm job asks for", min=0, max=1024),
+    "cpus_per_cell": Key(int, None, "CPUs each Slurm job asks for", min=1, max=4096),
+    "poll_s": Key(NUMBER, 30.0, "seconds between the driver's looks at its jobs (one sacct call for all)", min=0.05, max=3600),
+}
+
 EXCLUDE_KEYS = {"model": Key(str), "dataset": Key(str), "method": Key(str)}
 
-TOP_LEVEL = ("suite", "defaults", "models", "datasets", "methods", "grid", "gate")
+TOP_LEVEL = ("suite", "defaults", "models", "datasets", "methods", "grid", "gate", "cluster")
 
 
 def _fmt_default(k: Key) -> str:
@@ -128,7 +137,7 @@ def markdown_tables() -> str:
     datasets = DATASET_KEYS
     sections = [("[suite]", SUITE_KEYS), ("[defaults] (and every `train = {...}` override)", TRAIN_KEYS),
                 ("[models.NAME]", MODEL_KEYS), ("[datasets.NAME]", datasets), ("[methods.NAME]", METHOD_KEYS),
-                ("[[grid]]", GRID_KEYS), ("[gate]", GATE_KEYS)]
+                ("[[grid]]", GRID_KEYS), ("[gate]", GATE_KEYS), ("[cluster]", CLUSTER_KEYS)]
     out = []
     for title, spec in sections:
         out += [f"#### {title}", "", "| key | default | meaning |", "|---|---|---|"]

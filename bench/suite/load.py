@@ -16,7 +16,17 @@ from bench.errors import BenchError, DataError, SuiteError
 from bench.keyspec import MAX_DEPTH, SEED_MAX, Key, type_name
 from bench.models.catalog import ADAPTER_KINDS, FAMILIES, RANKED_KINDS
 from bench.paths import baseline_problem, suite_name_problem
-from bench.suite.keys import EXCLUDE_KEYS, GATE_KEYS, GRID_KEYS, METHOD_KEYS, MODEL_KEYS, SUITE_KEYS, TOP_LEVEL, TRAIN_KEYS
+from bench.suite.keys import (
+    CLUSTER_KEYS,
+    EXCLUDE_KEYS,
+    GATE_KEYS,
+    GRID_KEYS,
+    METHOD_KEYS,
+    MODEL_KEYS,
+    SUITE_KEYS,
+    TOP_LEVEL,
+    TRAIN_KEYS,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class Suite:
     methods: dict[str, Entry]
     grids: tuple[Grid, ...]
     gate: dict
+    cluster: dict = field(default_factory=dict)  # [cluster] with defaults: cells as submitit jobs when it names an executor
 
     @property
     def base_dir(self) -> Path:
@@ -213,7 +224,8 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
             parse_rules(gate["rules"])
         except BenchError as exc:
             raise c.fail("[gate] key 'rules'", exc.message, exc.fix) from None
-    suite = Suite(settings["name"], path, settings, defaults, models, datasets, methods, grids, gate)
+    cluster = c.keys(c.table(raw.get("cluster", {}), "cluster"), CLUSTER_KEYS, "cluster")
+    suite = Suite(settings["name"], path, settings, defaults, models, datasets, methods, grids, gate, cluster)
 
     from bench.suite.plan import expand  # a suite must expand to at least one cell
 
