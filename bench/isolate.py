@@ -79,6 +79,8 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
         except Exception as exc:
             return Outcome("raised", message=f"{type(exc).__name__}: {exc}", elapsed_s=time.monotonic() - start)
 
+    if cancel is not None and cancel.is_set():  # interrupted already: no process to start and kill
+        return Outcome("cancelled", message="the run was interrupted")
     ctx = _context()
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     # not daemonic: a cell starts DataLoader workers of its own, and daemonic processes may not have children;
@@ -118,7 +120,7 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
         _kill(proc)
 
 
-_PRELOAD = ["bench.run.preload"]
+_PRELOAD = ["bench.run.server_signals", "bench.run.preload"]  # in this order: Ctrl-C while importing exits quietly
 
 
 def _context():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+
+import pytest
 
 from bench.isolate import call_isolated
 
@@ -67,3 +70,43 @@ def test_a_cancelled_call_kills_its_child_within_a_poll():
     start = time.monotonic()
     out = call_isolated(_hang, timeout_s=60, cancel=cancel)
     assert out.kind == "cancelled" and time.monotonic() - start < 10
+
+
+def test_a_call_made_once_the_run_is_interrupted_starts_no_process(monkeypatch):
+    import threading
+
+    import bench.isolate
+
+    monkeypatch.setattr(bench.isolate, "_context", lambda: pytest.fail("a process was started"))
+    cancel = threading.Event()
+    cancel.set()
+    assert call_isolated(_ok, 1, timeout_s=30, cancel=cancel).kind == "cancelled"
+
+
+def test_ctrl_c_while_the_cell_server_still_imports_prints_no_traceback():
+    """A terminal's Ctrl-C reaches the cell server too. multiprocessing makes the server ignore it only after the preload
+    imports (seconds); before that it must end quietly, not print the interrupted import's traceback."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    code = ("import sys\nfrom bench.isolate import call_isolated\nfrom bench.run.runner import _ready\n"
+            "try:\n    call_isolated(_ready, timeout_s=300)\nexcept KeyboardInterrupt:\n    sys.exit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+    def server_started() -> bool:
+        for child in psutil.Process(proc.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "forkserver" in " ".join(child.cmdline()):
+                    return True
+        return False
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and not server_started():
+        time.sleep(0.05)
+    time.sleep(1.0)  # the server is importing torch and the model libraries
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in out, out

@@ -193,8 +193,12 @@ class Runner:
         if key in self._split_errors:
             raise BenchError(self._split_errors[key])
         if key not in self._splits:
-            out = call_isolated(load_job, dataset, self.suite.base_dir, timeout_s=LOAD_TIMEOUT_S, isolate=self.isolate)
+            # cancellable: side by side a slot's thread loads, and an interrupt must not wait for a big file's last record
+            out = call_isolated(load_job, dataset, self.suite.base_dir, timeout_s=LOAD_TIMEOUT_S, isolate=self.isolate,
+                                cancel=self._cancel)
             self._took("reading data", out.elapsed_s)
+            if out.kind == "cancelled":  # nothing learnt about the data: no error kept for its cells
+                raise Cancelled(out.message)
             error = out.value[1] if out.kind == "ok" and out.value[0] == "error" else None
             if out.kind != "ok":
                 error = BenchError(f"loading dataset '{key}' failed: {out.message}")
@@ -213,6 +217,10 @@ class Runner:
             example = expand(self.suite)[0]
             raise BenchError(f"--only {self.only!r} matches no cell of suite '{self.suite.name}'",
                              fix=f"match a cell id or model/dataset/method, e.g. --only '{example.model['name']}/*'")
+        if self.cluster is None and jobs:
+            # no more slots than cell-runs: an idle slot would only thin each cell's threads, add a blank display line,
+            # count as capacity in the time split and make records claim more neighbours than they had
+            self.jobs = min(self.jobs, len(jobs))
         summary = RunSummary(skipped_done=done, results=self.results, jobs=self.jobs)
         if jobs:
             preflight(self.suite, jobs)
@@ -433,6 +441,10 @@ class Runner:
             return [Slot(0, s["threads"])]
         if self.jobs == 1:
             return [Slot(0, s["threads"])]
+        if not self.isolate:  # threads of this process would share torch's settings, and no timeout or Ctrl-C reaches them
+            raise BenchError(f"{self.jobs} cells at once (--jobs or the suite's jobs) run each in a process of its own, but "
+                             f"suite '{self.suite.name}' sets isolate = false (cells run inside this process)",
+                             fix="run one cell at a time (--jobs 1), or drop isolate = false")
         gpus = [] if s["device"] == "cpu" else visible_gpus()
         if gpus and len(gpus) < self.jobs:
             raise BenchError(f"--jobs {self.jobs} runs {self.jobs} cells at once, each on a GPU of its own, but "

@@ -268,6 +268,40 @@ def test_side_by_side_cells_share_the_cores_or_get_a_gpu_each(mini_suite, monkey
     assert Runner(suite, show_progress=False)._slots()[0].env == {}  # one at a time: the devices the user set, untouched
 
 
+def test_no_more_cells_at_once_than_cell_runs_and_none_beside_each_other_in_process(write_suite, tmp_path):
+    """--jobs 8 on two cell-runs runs two at a time (records say 2 neighbours, not 8; the time split's capacity is 2 x wall);
+    isolate = false would run them as threads of the runner, so side by side it is refused before anything runs."""
+    from bench.errors import BenchError
+
+    path = write_suite(MINI_SUITE.replace('name = "mini"', 'name = "mini"\nthreads = 1'))
+    summary, runner = run_suite(path, tmp_path / "eight", jobs=8)
+    assert summary.jobs == 2 and "2 cells at a time" in summary.phases_text()
+    assert {r["cost"]["concurrent_cells"] for r in read_records(runner.results)} == {2}
+    path = write_suite(MINI_SUITE.replace('name = "mini"', 'name = "mini"\nisolate = false'), "inproc.toml")
+    with pytest.raises(BenchError, match="isolate = false"):
+        run_suite(path, tmp_path / "inproc", jobs=2)
+    assert not (tmp_path / "inproc").exists()
+
+
+def test_an_interrupt_does_not_wait_for_a_dataset_still_loading(write_suite, tmp_path):
+    """Side by side, a slot's thread reads the data file: the interrupt kills that read too (it took the whole read,
+    minutes for a big file, before), and no error is kept for the dataset."""
+    import threading
+
+    from bench.run.runner import Cancelled
+    from bench.suite.plan import expand
+
+    path = write_suite(MINI_SUITE.replace("train_size = 16", "train_size = 300000"))
+    runner = Runner(load_suite(path), results_dir=tmp_path / "results", reports_dir=tmp_path / "reports",
+                    show_progress=False, jobs=2)
+    runner._start_processes()  # the cell server up first: its imports are not what is timed
+    threading.Timer(1.0, runner._cancel.set).start()
+    start = time.monotonic()
+    with pytest.raises(Cancelled):
+        runner.splits(expand(runner.suite)[0].dataset)
+    assert time.monotonic() - start < 15 and not runner._splits and not runner._split_errors
+
+
 def test_visible_gpus_come_from_the_environment_or_nvidia_smi(tmp_path, monkeypatch):
     from bench.profile import visible_gpus
 
