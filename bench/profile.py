@@ -192,19 +192,31 @@ def software() -> dict:
     }
 
 
-def visible_gpus() -> list[str]:
-    """The GPUs cells may use, as CUDA_VISIBLE_DEVICES names them, found without initialising CUDA in this process:
-    CUDA_VISIBLE_DEVICES when it is set, else what nvidia-smi lists; none on a machine without either."""
-    named = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if named is not None:
-        ids = [d.strip() for d in named.split(",") if d.strip()]
-        return [] if not ids or ids[0].startswith("-") else ids  # "-1" or "" hide every device
+def listed_gpus(timeout_s: float = 5.0) -> list[str]:
+    """The GPU indices nvidia-smi lists (without initialising CUDA in this process); none without a driver, or when its
+    output is not a list of indices (an error message printed with exit status 0)."""
     try:
         listed = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                                text=True, timeout=30)
+                                text=True, timeout=timeout_s)
     except (OSError, subprocess.SubprocessError):
         return []
-    return [line.strip() for line in listed.stdout.splitlines() if line.strip()] if listed.returncode == 0 else []
+    lines = [line.strip() for line in listed.stdout.splitlines() if line.strip()]
+    return lines if listed.returncode == 0 and lines and all(line.isdigit() for line in lines) else []
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs cells may use, as CUDA_VISIBLE_DEVICES names them: its entries when it is set (read as CUDA reads them:
+    up to the first that is not an index or a GPU-/MIG- UUID), else what nvidia-smi lists."""
+    named = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if named is None:
+        return listed_gpus()
+    ids = []
+    for entry in named.split(","):
+        entry = entry.strip()
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break  # "-1", "", "abc": CUDA sees no device from here on
+        ids.append(entry)
+    return ids
 
 
 def environment(device: str) -> dict:

@@ -292,11 +292,11 @@ class Runner:
             try:
                 for future in as_completed(futures):
                     future.result()
-            except BaseException:
+            except BaseException as first:
                 self._cancel.set()  # the running cells' processes are killed; the threads return within a poll
                 for future in futures:
                     future.cancel()
-                raise
+                raise _with_others(first, futures) from None
 
     def _on_cluster(self, jobs: list[Job], bases: dict, progress, retry_before: int, summary: RunSummary) -> None:
         """Every pending cell-run as a submitit job (bench/run/cluster.py): claimed here, submitted, or re-attached to the
@@ -428,7 +428,7 @@ class Runner:
         """One slot per cell run at once. Side by side on the CPU each cell gets cores // jobs threads (unless the suite
         sets threads); with GPUs each its own device, through CUDA_VISIBLE_DEVICES in its process (this process never
         initialises CUDA). More cells at once than GPUs is refused before anything runs."""
-        from bench.profile import visible_gpus
+        from bench.profile import listed_gpus, visible_gpus
 
         s = self.suite.settings
         if self.cluster is not None:
@@ -446,6 +446,8 @@ class Runner:
                              f"suite '{self.suite.name}' sets isolate = false (cells run inside this process)",
                              fix="run one cell at a time (--jobs 1), or drop isolate = false")
         gpus = [] if s["device"] == "cpu" else visible_gpus()
+        if gpus and s["device"] == "auto" and not listed_gpus():  # a CUDA_VISIBLE_DEVICES with no GPU behind it: the CPU
+            gpus = []
         if gpus and len(gpus) < self.jobs:
             raise BenchError(f"--jobs {self.jobs} runs {self.jobs} cells at once, each on a GPU of its own, but "
                              f"{len(gpus)} GPU(s) are visible ({', '.join(gpus)})",
@@ -646,7 +648,8 @@ class Runner:
                              "peak_memory_mb": out.value["cost"].get("peak_memory_mb") if out.kind == "ok" else None})
             if status == "oom" and s["oom_backoff"] and settings["batch_size"] // 2 >= s["min_batch_size"]:
                 settings = {**settings, "batch_size": settings["batch_size"] // 2, "grad_accum": settings["grad_accum"] * 2}
-                progress.log(f"  out of memory: retrying with batch_size {settings['batch_size']} × grad_accum {settings['grad_accum']}")
+                progress.log(f"  {job.cell.label} (repeat {job.repeat}): out of memory; retrying with batch_size "
+                             f"{settings['batch_size']} × grad_accum {settings['grad_accum']}")
                 continue
             return out, settings, attempts
 
@@ -669,6 +672,21 @@ class Runner:
         append_record(self.results, record)  # the claim made this process the only writer of this cell-run
         progress.finish_item(record)
         return record
+
+
+def _with_others(first: BaseException, futures) -> BaseException:
+    """The error that stopped a run of cells side by side; when other cells' records could not be saved either, the
+    message names every side file that keeps one (each RecordNotSaved says where its record went)."""
+    from concurrent.futures import wait
+
+    if not isinstance(first, RecordNotSaved):
+        return first
+    wait(futures)
+    others = [f.exception() for f in futures if not f.cancelled() and f.exception() not in (None, first)]
+    others = [e for e in others if isinstance(e, RecordNotSaved)]
+    if not others:
+        return first
+    return RecordNotSaved(first.message + "".join(f"\n- also: {e.message}" for e in others), fix=first.fix)
 
 
 def _merge_result(record: dict, result: dict) -> None:

@@ -246,9 +246,18 @@ def test_cells_side_by_side_record_each_cell_run_once_with_what_they_learn_alone
     assert "2 cells at a time" in side.phases_text() and sum(side.phases_s.values()) == pytest.approx(2 * side.wall_s, rel=0.01)
 
 
+def fake_nvidia_smi(folder: Path, monkeypatch, gpus: int) -> None:
+    """An nvidia-smi on PATH that lists `gpus` GPU indices, as the real one does on a machine with them."""
+    fake = folder / "nvidia-smi"
+    fake.write_text("#!/bin/sh\n" + "".join(f"echo {i}\n" for i in range(gpus)))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+
+
 def test_more_cells_at_once_than_gpus_is_refused_before_anything_runs(mini_suite, tmp_path, monkeypatch):
     from bench.errors import BenchError
 
+    fake_nvidia_smi(tmp_path, monkeypatch, 1)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     runner = Runner(load_suite(mini_suite), results_dir=tmp_path / "results", reports_dir=tmp_path / "reports",
                     show_progress=False, jobs=2)
@@ -257,8 +266,9 @@ def test_more_cells_at_once_than_gpus_is_refused_before_anything_runs(mini_suite
     assert not (tmp_path / "results").exists()
 
 
-def test_side_by_side_cells_share_the_cores_or_get_a_gpu_each(mini_suite, monkeypatch):
+def test_side_by_side_cells_share_the_cores_or_get_a_gpu_each(mini_suite, tmp_path, monkeypatch):
     suite = load_suite(mini_suite)
+    fake_nvidia_smi(tmp_path, monkeypatch, 8)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible
     slots = Runner(suite, jobs=4, show_progress=False)._slots()
@@ -309,6 +319,10 @@ def test_visible_gpus_come_from_the_environment_or_nvidia_smi(tmp_path, monkeypa
     assert visible_gpus() == ["1", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     assert visible_gpus() == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,,1")  # CUDA stops at the first entry that names no device
+    assert visible_gpus() == ["0"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2c,abc,2")
+    assert visible_gpus() == ["GPU-8f2c"]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\nprintf '0\\n1\\n'\n")
@@ -317,6 +331,8 @@ def test_visible_gpus_come_from_the_environment_or_nvidia_smi(tmp_path, monkeypa
     assert visible_gpus() == ["0", "1"]
     fake.write_text("#!/bin/sh\nexit 9\n")
     assert visible_gpus() == []
+    fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver'\n")
+    assert visible_gpus() == []  # exit status 0, but not a list of indices
 
 
 def test_a_dataset_reaches_cells_as_bytes_pickled_once_and_comes_back_whole():
@@ -329,3 +345,32 @@ def test_a_dataset_reaches_cells_as_bytes_pickled_once_and_comes_back_whole():
     back = shared.load()
     assert back.train == splits.train and back.eval == splits.eval and back.fingerprint == splits.fingerprint
     assert isinstance(shared.payload, bytes)
+
+
+def test_a_cuda_visible_devices_with_no_gpu_behind_it_leaves_auto_cells_on_the_cpu(mini_suite, tmp_path, monkeypatch):
+    """Some containers set CUDA_VISIBLE_DEVICES=0 on machines without a GPU: device "auto" then means the CPU."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nexit 9\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    slots = Runner(load_suite(mini_suite), jobs=2, show_progress=False)._slots()
+    assert [s.env for s in slots] == [{}, {}]
+
+
+def test_every_record_that_could_not_be_saved_is_named_when_cells_side_by_side_fail_together():
+    from concurrent.futures import Future
+
+    from bench.records import RecordNotSaved
+    from bench.run.runner import _with_others
+
+    first = RecordNotSaved("record A kept in /tmp/a", fix="free space")
+    futures = []
+    for exc in (first, RecordNotSaved("record B kept in /tmp/b", fix="free space"), None):
+        f = Future()
+        f.set_exception(exc) if exc else f.set_result(None)
+        futures.append(f)
+    combined = _with_others(first, futures)
+    assert "/tmp/a" in combined.message and "/tmp/b" in combined.message and combined.fix == "free space"
+    interrupt = KeyboardInterrupt()
+    assert _with_others(interrupt, futures) is interrupt
