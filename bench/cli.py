@@ -332,8 +332,11 @@ def _cluster_options(args, table: dict):
         if given[key] is not None and CLUSTER_KEYS[key].problem(given[key]):
             raise BenchError(f"--{key.replace('_', '-')} {given[key]}: {CLUSTER_KEYS[key].problem(given[key])}",
                              fix="e.g. --gpus-per-cell 1 --cpus-per-cell 8 --poll-s 30")
+    poll = merged["poll_s"] if merged["poll_s"] is not None else CLUSTER_KEYS["poll_s"].default
+    if merged["executor"] == "local" and given["poll_s"] is None and poll == CLUSTER_KEYS["poll_s"].default:
+        poll = 1.0  # no scheduler to spare on this machine: 30 s would only make the run wait
     return ClusterOptions(merged["executor"], merged["partition"], merged["gpus_per_cell"] or 0, merged["cpus_per_cell"],
-                          float(merged["poll_s"] if merged["poll_s"] is not None else CLUSTER_KEYS["poll_s"].default))
+                          float(poll))
 
 
 def _positive(text: str) -> int:

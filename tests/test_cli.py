@@ -201,6 +201,7 @@ def test_cluster_options_come_from_the_flags_over_the_suites_cluster_table():
     assert (slurm.executor, slurm.partition, slurm.gpus_per_cell, slurm.poll_s) == ("slurm", "a100", 2, 30.0)
     flags = Namespace(executor="local", partition=None, gpus_per_cell=None, cpus_per_cell=None, poll_s=0.5)
     assert (_cluster_options(flags, {**table, "executor": "slurm"}).executor, _cluster_options(flags, table).poll_s) == ("local", 0.5)
+    assert _cluster_options(Namespace(**{**vars(flags), "poll_s": None}), table).poll_s == 1.0  # local: no scheduler to spare
     for bad in ({"poll_s": float("nan")}, {"gpus_per_cell": -1}, {"cpus_per_cell": 0}):
         with pytest.raises(BenchError):
             _cluster_options(Namespace(**{**vars(flags), **bad}), table)

@@ -124,7 +124,17 @@ def env_differences(base_records: list[dict], current_records: list[dict]) -> li
                             + (" (cost numbers are not comparable)" if key.startswith("device") else ""))
         elif len(old) > 1:
             warnings.append(f"{key} is mixed within each side: {_show(old)}")
+    old, new = _side_by_side(base_records), _side_by_side(current_records)
+    if old != new:
+        warnings.append(f"cells at a time differ: baseline {_show(old)} vs current {_show(new)} (cost.concurrent_cells: "
+                        "step times measured beside other cells are not comparable with ones measured alone)")
     return warnings
+
+
+def _side_by_side(records: list[dict]) -> set:
+    """How many cells ran at once when each record was measured (records from before the field: one)."""
+    values = {(r.get("cost") or {}).get("concurrent_cells", 1) for r in records}
+    return {v if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in values}
 
 
 def _show(values: set) -> str:

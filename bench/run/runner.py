@@ -331,6 +331,8 @@ class Runner:
                            for _, _, cj in fresh]
             for (job, claim, _), handle in zip(fresh, handles):
                 waiting[(job.cell.cell_id, job.repeat)] = (job, claim, self._submitted(job, handle, folder))
+        # the local executor starts every job at once on this machine: their records say how many shared it
+        at_once = len(waiting) if self.cluster.executor == "local" else 1
         if waiting:
             progress.log(f"{len(waiting)} job(s) with {self.cluster.executor}; their ids are kept in {folder}; "
                          "if this run stops, run it again to collect them")
@@ -351,12 +353,14 @@ class Runner:
                                                  cell_job.base is None and cell_job.cell.model["weights"] != "random")
                         waiting[key] = (job, claim, self._submitted(job, handle, folder))
                     continue
-                self._collect(job, sub, bases, progress, summary)
+                self._collect(job, sub, bases, progress, summary, at_once)
                 cluster.forget(folder, key)  # after the record: a driver dying in between leaves a file the sweep removes
                 self._release(claim)
                 del waiting[key]
             if waiting:
+                waited = time.monotonic()
                 cluster.wait(self.cluster.poll_s)
+                self._took("waiting for jobs", time.monotonic() - waited)
 
     def _cluster_cell_job(self, job: Job, bases: dict, progress, claim, summary: RunSummary):
         """What a job needs to run this cell-run, or None once the cell-run is recorded as one that cannot run (skipped,
@@ -389,11 +393,12 @@ class Runner:
         cluster.save(folder, sub)
         return sub
 
-    def _collect(self, job: Job, sub, bases: dict, progress, summary: RunSummary) -> None:
+    def _collect(self, job: Job, sub, bases: dict, progress, summary: RunSummary, at_once: int) -> None:
         from bench.run import cluster
 
         cell = job.cell
         record = self._record_head(job, sub.started_at)
+        record["cost"]["concurrent_cells"] = at_once
         with contextlib.suppress(BenchError):  # a job re-attached after its data changed: the record still comes
             splits = self.splits(cell.dataset)
             record["dataset"].update(fingerprint=splits.fingerprint, train_size=splits.train_size, eval_size=splits.eval_size)

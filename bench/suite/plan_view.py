@@ -29,6 +29,9 @@ def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, esti
         table.add_column("trainable by component")
     if estimate:
         table.add_column("est. peak MB", justify="right")
+        # the plan knows no data: it prices max_seq_len text positions, the most a batch can hold; a run records the
+        # estimate again at the batch it measured, so a report's estimate can be lower
+        table.caption = "est. peak MB: at max_seq_len text positions (the worst case); a run's record re-estimates at its measured batch"
     if trace:
         table.add_column("traced MB", justify="right")
         table.add_column("est. at trace", justify="right")
@@ -45,12 +48,19 @@ def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, esti
                      f"{p['trainable_pct']:.3f}" if p.get("trainable_pct") is not None else escape(p.get("error", "-")), escape(comps)]
         if estimate:
             e = r.get("estimate") or {}
-            cols.append(f"{e['total_mb']:.0f}" if e.get("total_mb") is not None else "-")
+            cols.append(_mb(e.get("total_mb")))
         if trace:
             t, at = r.get("trace") or {}, r.get("estimate_at_trace") or {}
             why = t.get("not_traced") or t.get("error") or "-"
-            cols.append(f"{t['peak_mb']:.0f}" if "peak_mb" in t else f"[dim]{escape(why.splitlines()[0][:40])}[/]")
-            cols.append(f"{at['total_mb']:.0f}" if at else "-")
+            cols.append(_mb(t["peak_mb"]) if "peak_mb" in t else f"[dim]{escape(why.splitlines()[0][:40])}[/]")
+            cols.append(_mb(at["total_mb"]) if at else "-")
             cols.append(f"{at['error_pct']:+.1f}%" if at else "-")
         table.add_row(*cols)
     return table
+
+
+def _mb(value) -> str:
+    """Whole megabytes at scale, one decimal below 100 MB (tiny presets: 1.7 and 3.0 MB differ)."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"

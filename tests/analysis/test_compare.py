@@ -68,6 +68,14 @@ def test_environment_differences_are_loud():
     assert env_differences(old, copy.deepcopy(old)) == []
 
 
+def test_cells_run_side_by_side_against_cells_run_alone_are_flagged():
+    alone = [record(cell_id="a")]  # a record from before the field: one cell at a time
+    side = [record(cell_id="a", **{"cost.concurrent_cells": 2})]
+    assert any(w.startswith("cells at a time differ") and "1" in w and "2" in w for w in env_differences(alone, side))
+    assert env_differences(side, copy.deepcopy(side)) == []
+    assert env_differences(alone, [record(cell_id="a", **{"cost.concurrent_cells": 1})]) == []
+
+
 def test_status_change_and_vanished_values():
     old = [record(cell_id="a")]
     new = [record(cell_id="a", status="oom", message="CUDA out of memory", **{"cost.peak_memory_mb": None})]

@@ -31,8 +31,10 @@ def test_plain_plan_shows_state_and_pending_repeats():
 
 def test_params_and_estimate_columns():
     text = rendered([{**ROW, "params": PARAMS, "estimate": {"total_mb": 16761.21}}], params=True, estimate=True)
-    for part in ("7.07B", "25.17M", "0.356", "vision 0/303.51M", "projector 20.98M/20.98M", "16761"):
+    for part in ("7.07B", "25.17M", "0.356", "vision 0/303.51M", "projector 20.98M/20.98M", "16,761", "worst case"):
         assert part in text, part
+    tiny = rendered([{**ROW, "estimate": {"total_mb": 1.74}}], estimate=True)
+    assert "1.7" in tiny  # a tiny preset's estimate keeps a decimal
     assert "qformer" not in text  # components without parameters are left out
 
 
