@@ -56,6 +56,10 @@ def validate_record(record) -> None:
     for key, kind in (("cell_id", str), ("suite", str), ("repeat", int), ("message", str), *((s, dict) for s in SECTIONS)):
         if not isinstance(record[key], kind) or isinstance(record[key], bool):
             raise ValueError(f"record field {key!r} is not {'an object' if kind is dict else kind.__name__}")
+    # checked here, not only where lines are read, so that every check of "is this a record" agrees
+    version = record["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError("record schema_version is not an integer")
 
 
 @contextmanager
@@ -239,8 +243,6 @@ def migrate(record) -> dict:
     here for when they do)."""
     validate_record(record)
     version = record.get("schema_version", 1)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError("record schema_version is not an integer")
     if version > SCHEMA_VERSION:
         raise ValueError(f"record schema_version {version} is newer than this bench ({SCHEMA_VERSION}); upgrade bench")
     return _normalise(record)

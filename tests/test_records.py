@@ -95,3 +95,19 @@ def test_newer_schema_is_refused_by_name(tmp_path):
     path.write_text(json.dumps(make_record(schema_version=SCHEMA_VERSION + 1)) + "\n")
     with pytest.warns(TornRecordWarning, match="newer than this bench"):
         assert read_records(path) == []
+
+
+def test_a_record_whose_schema_version_is_not_an_integer_is_not_a_record_anywhere(tmp_path):
+    """Found by the hostile gate test: validate_record accepted schema_version NaN while the reader refused the line,
+    so two checks of "is this a record" disagreed about the same line."""
+    import copy
+
+    import pytest
+    from conftest import EXAMPLE_RECORD
+
+    from bench.records import validate_record
+
+    for bad in (float("nan"), "1", True, 1.0, None):
+        with pytest.raises(ValueError, match="schema_version"):
+            validate_record({**copy.deepcopy(EXAMPLE_RECORD), "schema_version": bad})
+    validate_record(copy.deepcopy(EXAMPLE_RECORD))
