@@ -133,14 +133,12 @@ class ClusterDriver:
         record["quality"]["base_key"] = key
         self.runner._append(record, self.progress)
         with self.runner._lock:
-            self.summary.ran += 1
-            self.summary.statuses[record["status"]] = self.summary.statuses.get(record["status"], 0) + 1
+            self.summary.count(record["status"])
 
     def _finish(self, record: dict, claim) -> None:
         self.runner._append(record, self.progress)
         self.runner._release(claim)
-        self.summary.ran += 1
-        self.summary.statuses[record["status"]] = self.summary.statuses.get(record["status"], 0) + 1
+        self.summary.count(record["status"])
 
 
 def _needs_base(cell_job) -> bool:

@@ -67,6 +67,11 @@ class RunSummary:
     phases_s: dict = field(default_factory=dict)  # where the wall time went (see Runner.phases)
     jobs: int = 1  # cells run at once
 
+    def count(self, status: str) -> None:
+        """One more cell-run recorded with this status."""
+        self.ran += 1
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
     def phases_text(self) -> str:
         """'training 40.1 s (62 %), tuned evaluation 6.0 s (9 %), ...', largest first; with cells side by side, shares
         of jobs × wall (the run's capacity), said first."""
@@ -267,8 +272,7 @@ class Runner:
             with self._lock:
                 self._release(claim)
         with self._lock:
-            summary.ran += 1
-            summary.statuses[record["status"]] = summary.statuses.get(record["status"], 0) + 1
+            summary.count(record["status"])
 
     def _side_by_side(self, jobs: list[Job], bases: dict, progress, slots: list[Slot], retry_before: int,
                       summary: RunSummary) -> None:
