@@ -204,12 +204,13 @@ def listed_gpus(timeout_s: float = 5.0) -> list[str]:
     return lines if listed.returncode == 0 and lines and all(line.isdigit() for line in lines) else []
 
 
-def visible_gpus() -> list[str]:
+def visible_gpus(listed: list[str] | None = None) -> list[str]:
     """The GPUs cells may use, as CUDA_VISIBLE_DEVICES names them: its entries when it is set (read as CUDA reads them:
-    up to the first that is not an index or a GPU-/MIG- UUID), else what nvidia-smi lists."""
+    up to the first that is not an index or a GPU-/MIG- UUID), else what nvidia-smi lists (`listed`, when the caller
+    has already asked it)."""
     named = os.environ.get("CUDA_VISIBLE_DEVICES")
     if named is None:
-        return listed_gpus()
+        return listed_gpus() if listed is None else listed
     ids = []
     for entry in named.split(","):
         entry = entry.strip()

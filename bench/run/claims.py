@@ -42,6 +42,17 @@ def _start_time(pid: int) -> str | None:
 MAX_CLAIM_S = 60 * 86400  # a claim promising to run longer than this (a hand-edited `expires`) is not believed
 
 
+def process_exists(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (someone else's counts: it exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        pass
+    return True
+
+
 def _alive(owner: dict) -> bool:
     """Whether the claim's owner may still be running. Anything malformed is stale: a claim file is a hint
     between bench processes, and one that cannot be read must not block a cell forever."""
@@ -54,14 +65,8 @@ def _alive(owner: dict) -> bool:
     if owner.get("host") != socket.gethostname():
         return True  # another machine's pid cannot be checked from here: trusted until it expires
     pid = owner.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not process_exists(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        pass  # someone else's process: it exists
     started = _start_time(pid)
     if started is None:  # no /proc (macOS): the pid's liveness is all that can be known
         return True

@@ -13,15 +13,14 @@ once: its record is appended before its job file is removed, and a job file whos
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.errors import BenchError
 from bench.paths import inside, write_atomic
+from bench.run.claims import process_exists
 
 EXECUTORS = ("local", "slurm")
 
@@ -114,10 +113,7 @@ def load(folder: Path, key: tuple[str, int]) -> Submitted | None:
 
 
 def forget(folder: Path, key: tuple[str, int]) -> None:
-    try:
-        job_file(folder, key).unlink()
-    except FileNotFoundError:
-        pass
+    job_file(folder, key).unlink(missing_ok=True)
 
 
 def sweep(folder: Path, recorded: set) -> None:
@@ -160,17 +156,7 @@ def state(sub: Submitted) -> str:
     process = getattr(handle, "_process", None)  # known when this driver submitted it
     if process is not None:
         return "running" if process.poll() is None else "done"
-    return "running" if _alive(int(sub.job_id.split("_")[0])) else "lost"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return "running" if process_exists(int(sub.job_id.split("_")[0])) else "lost"
 
 
 def outcome(sub: Submitted) -> tuple[str, dict | None, str]:
@@ -197,6 +183,3 @@ def _last(exc: BaseException) -> str:
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
-
-def wait(seconds: float) -> None:
-    time.sleep(seconds)

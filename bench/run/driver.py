@@ -76,7 +76,7 @@ class ClusterDriver:
                 del waiting[key]
             if waiting:
                 waited = time.monotonic()
-                cluster.wait(runner.cluster.poll_s)
+                time.sleep(runner.cluster.poll_s)
                 runner._took("waiting for jobs", time.monotonic() - waited)
 
     def _cell_job(self, job, claim):

@@ -328,9 +328,9 @@ class Runner:
             raise BenchError(f"{self.jobs} cells at once (--jobs or the suite's jobs) run each in a process of its own, but "
                              f"suite '{self.suite.name}' sets isolate = false (cells run inside this process)",
                              fix="run one cell at a time (--jobs 1), or drop isolate = false")
-        gpus = [] if s["device"] == "cpu" else visible_gpus()
-        if gpus and s["device"] == "auto" and not listed_gpus():  # a CUDA_VISIBLE_DEVICES with no GPU behind it: the CPU
-            gpus = []
+        listed = [] if s["device"] == "cpu" else listed_gpus()  # nvidia-smi asked once
+        # device auto with no GPU listed runs on the CPU, whatever a CUDA_VISIBLE_DEVICES says (no GPU behind it)
+        gpus = [] if s["device"] == "cpu" or (s["device"] == "auto" and not listed) else visible_gpus(listed)
         if gpus and len(gpus) < self.jobs:
             raise BenchError(f"--jobs {self.jobs} runs {self.jobs} cells at once, each on a GPU of its own, but "
                              f"{len(gpus)} GPU(s) are visible ({', '.join(gpus)})",
