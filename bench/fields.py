@@ -36,6 +36,8 @@ FIELDS = (
     Field("cost.samples_per_s", "samples/s", "higher", compared=True),
     Field("cost.tokens_per_s", "tokens/s", "higher", compared=True),
     Field("cost.padded_tokens_per_s", "tokens/s", "higher"),
+    Field("cost.samples_per_s_per_device", "samples/s", "higher"),
+    Field("cost.tokens_per_s_per_device", "tokens/s", "higher"),
     Field("cost.mfu", "fraction", "higher"),
     Field("cost.data_wait_s", "s", "lower"),
     Field("cost.data_wait_pct", "%", "lower"),

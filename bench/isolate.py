@@ -29,7 +29,7 @@ class Outcome:
     elapsed_s: float = 0.0
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: a cell outlives neither the server that forked it nor, through it, a killed `bench run`."""
     try:
         import ctypes
@@ -40,7 +40,7 @@ def _die_with_parent() -> None:
 
 
 def _child(conn, fn, args, kwargs, env):
-    _die_with_parent()
+    die_with_parent()
     # before anything imports CUDA: a cell that runs beside others sees only its own device(s)
     os.environ.update(env or {})
     # Ctrl-C reaches the whole process group; the parent owns it (it records, releases claims and exits 130),

@@ -59,8 +59,9 @@ def check_targets(model, components: dict, targets: dict[str, list[str]], method
             )
 
 
-def quantization_config(method: dict, device: str):
-    """A BitsAndBytesConfig for QLoRA (NF4, double quantisation, compute dtype), else None."""
+def quantization_config(method: dict, device: str, *, sharded: bool = False):
+    """A BitsAndBytesConfig for QLoRA (NF4, double quantisation, compute dtype), else None. `sharded` (FSDP): the 4-bit
+    weights are stored as the compute dtype, so FSDP can flatten them with the rest (peft's FSDP-QLoRA recipe)."""
     if method["kind"] != "qlora":
         return None
     import torch
@@ -74,6 +75,7 @@ def quantization_config(method: dict, device: str):
         bnb_4bit_quant_type=method["quant_type"],
         bnb_4bit_use_double_quant=method["double_quant"],
         bnb_4bit_compute_dtype=dtype,
+        **({"bnb_4bit_quant_storage": dtype} if sharded else {}),
     )
 
 

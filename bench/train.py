@@ -42,9 +42,14 @@ class TrainResult:
     tensor_peak: dict | None = None  # CPU: MemTracker's peak over the untimed warm-up steps {"Total": bytes, kind: bytes}
 
 
+def effective_batch(settings: dict) -> int:
+    """Samples per optimizer step: the micro-batch on each device, times accumulation, times devices."""
+    return settings["batch_size"] * settings["grad_accum"] * settings.get("devices", 1)
+
+
 def total_steps(settings: dict, n_samples: int) -> int:
     if settings.get("epochs"):
-        per_step = settings["batch_size"] * settings["grad_accum"]
+        per_step = effective_batch(settings)
         return max(1, math.ceil(settings["epochs"] * n_samples / per_step))
     return settings["steps"]
 
@@ -75,17 +80,19 @@ def autocast(settings: dict, device: str):
 
 
 def accumulate(model, task, micro_batches, settings: dict, device: str, *, scaler=None, before_forward=None,
-               after_backward=None):
+               after_backward=None, ranks=None):
     """The forward and backward passes of one optimizer step, over its micro-batches (the step bench.train runs
     and bench.cost.trace traces). Each loss is divided by grad_accum; the returned sum stays on the device, so reading
-    it (one device sync) is the caller's choice, once per step."""
+    it (one device sync) is the caller's choice, once per step. On several devices (`ranks`) only the last micro-batch's
+    backward averages the gradients over them."""
     loss_sum = None
-    for batch in micro_batches:
+    for i, batch in enumerate(micro_batches):
         if before_forward:
             before_forward()
-        with autocast(settings, device):
-            loss = task.loss(model, batch) / settings["grad_accum"]
-        (scaler.scale(loss) if scaler else loss).backward()
+        with ranks.no_sync(model, last=i == settings["grad_accum"] - 1) if ranks else nullcontext():
+            with autocast(settings, device):
+                loss = task.loss(model, batch) / settings["grad_accum"]
+            (scaler.scale(loss) if scaler else loss).backward()
         # float64, as Python's float sum of per-micro-batch .item() values was: the same numbers, bit for bit
         loss_sum = loss.detach().double() if loss_sum is None else loss_sum + loss.detach().double()
         del loss
@@ -94,14 +101,15 @@ def accumulate(model, task, micro_batches, settings: dict, device: str, *, scale
     return loss_sum
 
 
-def update(optimizer, params, settings: dict, *, scaler=None) -> None:
-    """The end of one optimizer step: unscale (fp16), clip, step, clear the gradients."""
+def update(optimizer, params, settings: dict, *, scaler=None, clip=None) -> None:
+    """The end of one optimizer step: unscale (fp16), clip, step, clear the gradients. `clip(params, max_norm)`: how the
+    global gradient norm is clipped where it is not torch's over `params` (FSDP: over every device's shard)."""
     import torch
 
     if scaler:
         scaler.unscale_(optimizer)
     if settings["max_grad_norm"]:
-        torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
+        (clip or torch.nn.utils.clip_grad_norm_)(params, settings["max_grad_norm"])
     if scaler:
         scaler.step(optimizer)
         scaler.update()
@@ -119,11 +127,14 @@ TRACKED_STEP = 2  # the steady state: the first step creates the optimizer state
 
 
 def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
-          probe: MemoryProbe | None = None, on_step=None, track_tensors: bool = False) -> TrainResult:
+          probe: MemoryProbe | None = None, on_step=None, track_tensors: bool = False, ranks=None) -> TrainResult:
     """Train `model` in place for the cell's steps on micro-batches drawn from `batches` (CPU tensors, in the seed's
     order: bench/data/stream.py); raises Diverged or MemoryCapExceeded, lets OOM propagate. The step timer covers the
-    forward, backward and update passes; the wait for the step's batches is measured on its own."""
-    import torch
+    forward, backward and update passes; the wait for the step's batches is measured on its own.
+
+    On several devices (`ranks`: bench/ranks.py) `model` is the wrapped one and `batches` this device's share; the
+    step's loss is the devices' mean (every device sees the same, so all stop together on divergence) and the sample
+    and token counts are the whole cell's."""
     from transformers import get_scheduler
 
     steps = total_steps(settings, n_samples)
@@ -134,7 +145,8 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     # transformers' "constant" ignores warm-up; bench's schedule is what follows warm-up, so constant means constant_with_warmup
     schedule = "constant_with_warmup" if settings["schedule"] == "constant" else settings["schedule"]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=settings["warmup_steps"], num_training_steps=steps)
-    scaler = torch.amp.GradScaler("cuda") if settings["precision"] == "fp16" and device.startswith("cuda") else None
+    scaler = _scaler(settings, device, ranks)
+    clip = (lambda ps, norm: ranks.clip(model, ps, norm)) if ranks else None
     result = TrainResult(steps=steps)
     timer = StepTimer(device)
     cap = settings.get("memory_cap_mb")
@@ -170,12 +182,13 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
                 tracking.enter_context(no_garbage_collection())
             timer.start()
             on_device = (_to_device(batch, device) for batch in micro)
-            step_loss = accumulate(model, task, on_device, settings, device, scaler=scaler, after_backward=check_cap,
-                                   before_forward=tracker.reset_mod_stats if step == tracked else None).item()
+            loss_sum = accumulate(model, task, on_device, settings, device, scaler=scaler, after_backward=check_cap,
+                                  before_forward=tracker.reset_mod_stats if step == tracked else None, ranks=ranks)
+            step_loss = (ranks.mean(loss_sum) if ranks else loss_sum).item()
             if not math.isfinite(step_loss) or step_loss > settings["diverge_loss"]:
                 raise Diverged(step, step_loss, result.losses + [(step, step_loss)])
             result.lrs.append(optimizer.param_groups[0]["lr"])
-            update(optimizer, params, settings, scaler=scaler)
+            update(optimizer, params, settings, scaler=scaler, clip=clip)
             scheduler.step()
             timer.stop()
             if step == tracked:
@@ -189,7 +202,23 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
             if on_step:
                 on_step(step, steps, step_loss)
     result.step_times = timer.times
+    if ranks:
+        result.samples, result.real_tokens, result.padded_tokens = ranks.total([result.samples, result.real_tokens,
+                                                                               result.padded_tokens])
     return result
+
+
+def _scaler(settings: dict, device: str, ranks):
+    """fp16 on CUDA scales the loss; FSDP's scaler knows its gradients are shards."""
+    if settings["precision"] != "fp16" or not device.startswith("cuda"):
+        return None
+    if ranks and ranks.strategy == "fsdp":
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler()
+    import torch
+
+    return torch.amp.GradScaler("cuda")
 
 
 def _state_bytes(optimizer) -> int:

@@ -70,21 +70,29 @@ class Prepared:
 
 class SeededBatches:
     """Batches of indices into a split of `n` samples, without end: a fresh permutation per pass from a generator
-    seeded with `seed`; a pass's short tail joins the next pass. (A DataLoader batch sampler.)"""
+    seeded with `seed`; a pass's short tail joins the next pass. (A DataLoader batch sampler.)
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    `shard = (rank, world)`: one device's share of a cell on several, every world-th batch of the same sequence from
+    the rank-th on. So an optimizer step's batches are the same samples whatever the devices: world devices with
+    grad_accum = a take the batches one device with grad_accum = world × a does."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shard: tuple[int, int] = (0, 1)):
+        self.n, self.batch_size, self.seed, self.shard = n, batch_size, seed, shard
 
     def __iter__(self):
         import torch
 
+        rank, world = self.shard
         generator = torch.Generator().manual_seed(self.seed)
         order: list[int] = []
+        index = 0
         while True:
             if len(order) < self.batch_size:
                 order += torch.randperm(self.n, generator=generator).tolist()
             batch, order = order[: self.batch_size], order[self.batch_size:]
-            yield batch
+            if index % world == rank:
+                yield batch
+            index += 1
 
 
 def _tensor_bytes(batch: dict) -> int:
@@ -278,12 +286,13 @@ class TrainBatches:
 
 
 def train_batches(samples: list, prepare, *, batch_size: int, seed: int, stream: StreamSettings,
-                  skipped: Skipped | None = None) -> TrainBatches:
-    """Micro-batches for training, without end, in the seed's order. `prepare(samples) -> batch` runs in the workers;
-    with num_workers = 0 and a `prepare` that has `encode` and `collate`, encoded samples are cached (cache_mb)."""
+                  skipped: Skipped | None = None, shard: tuple[int, int] = (0, 1)) -> TrainBatches:
+    """Micro-batches for training, without end, in the seed's order (`shard`: one device's share, see SeededBatches).
+    `prepare(samples) -> batch` runs in the workers; with num_workers = 0 and a `prepare` that has `encode` and
+    `collate`, encoded samples are cached (cache_mb)."""
     cache = EncodedCache(stream.cache_mb) if not stream.num_workers and stream.cache_mb and hasattr(prepare, "encode") else None
-    loader = _loader(samples, prepare, SeededBatches(len(samples), batch_size, seed), stream, seed=seed, split="train",
-                     cache=cache)
+    loader = _loader(samples, prepare, SeededBatches(len(samples), batch_size, seed, shard), stream, seed=seed,
+                     split="train", cache=cache)
     return TrainBatches((value for _, value in _checked(loader, stream, "train", skipped)), cache)
 
 

@@ -64,6 +64,13 @@ class LoadedModel:
     info: dict = field(default_factory=dict)  # provenance: checkpoint, revision, preset, config hash, image size
 
 
+def base_model(model):
+    """The model itself, looking through a data-parallel wrapper (DDP, FSDP: bench/ranks.py) and a PEFT one."""
+    if type(model).__name__ in ("DistributedDataParallel", "FullyShardedDataParallel"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def component_of(module_name: str, components: dict[str, tuple[str, ...]]) -> str | None:
     """Which component a module or parameter name belongs to (longest matching prefix wins)."""
     best, best_len = None, -1

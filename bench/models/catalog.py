@@ -19,13 +19,16 @@ class MethodKind:
     # which default targets a family gives it when the method names none: "attention" (the LoRA family:
     # q/v projections) or "ia3" (k/v and the feed-forward output); a family may override per kind
     targets: str | None = None
+    # whether distributed = "fsdp" takes it: full fine-tuning shards the model itself; of the adapters, peft documents
+    # FSDP for the LoRA family (QLoRA since peft 0.10, its 4-bit weights stored as bf16); the others are refused
+    fsdp: bool = False
 
 
 METHOD_KINDS: dict[str, MethodKind] = {m.name: m for m in (
-    MethodKind("full", adapter=False, ranked=False),
-    MethodKind("lora", adapter=True, ranked=True, targets="attention"),
-    MethodKind("dora", adapter=True, ranked=True, targets="attention"),
-    MethodKind("qlora", adapter=True, ranked=True, targets="attention"),
+    MethodKind("full", adapter=False, ranked=False, fsdp=True),
+    MethodKind("lora", adapter=True, ranked=True, targets="attention", fsdp=True),
+    MethodKind("dora", adapter=True, ranked=True, targets="attention", fsdp=True),
+    MethodKind("qlora", adapter=True, ranked=True, targets="attention", fsdp=True),
     MethodKind("ia3", adapter=True, ranked=False, targets="ia3"),
     MethodKind("loha", adapter=True, ranked=True, targets="attention"),
     MethodKind("lokr", adapter=True, ranked=True, targets="attention"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.errors import SuiteError
 from bench.models import hf
-from bench.models.base import LoadedModel, ModelSpec, check_backend, present_components, targets_from
+from bench.models.base import LoadedModel, ModelSpec, base_model, check_backend, present_components, targets_from
 from bench.models.hub import checkpoint_error, local_config, preflight_checkpoint
 from bench.models.tokenizer import EOS_ID, PAD_ID, TINY_IDS, TINY_VOCAB_SIZE
 
@@ -106,9 +106,8 @@ def feedforward_modules(backend: str = "transformers") -> tuple[str, ...]:
 
 
 def backend_of(model) -> str:
-    """Which backend built `model`, looking through a PEFT wrapper."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "open_clip" if type(base).__module__.startswith("open_clip") else "transformers"
+    """Which backend built `model`, looking through data-parallel and PEFT wrappers."""
+    return "open_clip" if type(base_model(model)).__module__.startswith("open_clip") else "transformers"
 
 
 def build(spec: ModelSpec, *, device: str = "cpu", dtype=None, quantization=None, seed: int = 0) -> LoadedModel:

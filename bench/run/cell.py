@@ -48,11 +48,12 @@ def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> 
 
 
 def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_path: str | None = None,
-             settings: dict | None = None, on_step=None) -> dict:
+             settings: dict | None = None, on_step=None, ranks=None) -> dict:
     """Train and evaluate one cell once (OOM back-off is the runner's: each attempt gets a fresh process);
-    returns the record's variable part."""
+    returns the record's variable part. `ranks`: this process is one of the cell's devices (bench/run/launch.py)."""
     settings = settings or dict(cell.train)
-    outcome = _attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step)
+    outcome = _attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step,
+                       ranks=ranks)
     outcome["quality"] = _quality_record(cell, base, outcome.pop("tuned", None))
     return outcome
 
@@ -82,7 +83,7 @@ def _warm_runtime(device: str) -> None:
     del layer, opt
 
 
-def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step) -> dict:
+def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step, ranks=None) -> dict:
     import torch
 
     from bench.methods import apply_method, count_params, quantization_config
@@ -93,7 +94,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
 
     _warm_runtime(device)
     probe = MemoryProbe(device)  # baseline before the model exists, after the runtime's one-off allocations
-    out: dict = {"status": "ok", "message": "", "params": {}, "cost": {"device": device}, "loss_curve": [], "diverged_at_step": None}
+    out: dict = {"status": "ok", "message": "", "params": {}, "cost": {"device": device, "devices": 1}, "loss_curve": [], "diverged_at_step": None}
     phases = out["cost"]["phases_s"] = {}  # where the cell's time went: build, train (with waits for data), evaluate
     clock = time.perf_counter()
     try:
@@ -102,22 +103,29 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         torch.manual_seed(seed)
         # bf16 runs keep frozen weights in bf16 (what users do on GPUs); fp16 autocasts over fp32 weights
         dtype = torch.bfloat16 if settings["precision"] == "bf16" else torch.float32
-        loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=dtype,
-                              quantization=quantization_config(cell.method, device), seed=seed)
-        model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
+        sharded = ranks is not None and ranks.strategy == "fsdp"
+
+        def build():
+            loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=dtype,
+                                  quantization=quantization_config(cell.method, device, sharded=sharded), seed=seed)
+            return loaded, apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
+
+        loaded, model = build()
         out["params"] = count_params(model, loaded.components)
         ts = task_settings(settings, device, splits)
-        # before training, at the most text positions max_seq_len allows: an OOM cell keeps its prediction
-        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, None, device)
+        # before training, at the most text positions max_seq_len allows: an OOM cell keeps its prediction (the memory
+        # model is one device holding the whole model: none for FSDP's shards)
+        out["cost"]["estimate"] = None if sharded else _estimate(cell, loaded, out["params"], settings, None, device)
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         skipped = Skipped()
         batches = train_batches(splits.train, TrainingBatch(task, loaded, ts, splits), batch_size=settings["batch_size"],
-                                seed=seed, stream=ts.stream, skipped=skipped)
+                                seed=seed, stream=ts.stream, skipped=skipped, shard=(ranks.rank, ranks.world) if ranks else (0, 1))
+        trained = ranks.wrap(model) if ranks else model
         probe.start_region()
         phases["build"], clock = round(time.perf_counter() - clock, 4), time.perf_counter()
         try:
-            result = train(model, task, batches, settings, n_samples=len(splits.train), device=device, probe=probe,
-                           on_step=on_step, track_tensors=device == "cpu")
+            result = train(trained, task, batches, settings, n_samples=len(splits.train), device=device, probe=probe,
+                           on_step=on_step, track_tensors=device == "cpu", ranks=ranks)
         finally:
             batches.close()  # the workers stop here, not when the garbage collector gets to them
             phases["train"], clock = round(time.perf_counter() - clock, 4), time.perf_counter()
@@ -130,7 +138,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         # after training, the prediction for what was measured: the tracked step's batch where tensors were tracked
         # (the CPU), else the longest input met (a CUDA peak is over every step)
         measured_at = result.tracked_input if result.tensor_peak else result.longest_input
-        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, measured_at, device)
+        out["cost"]["estimate"] = None if sharded else _estimate(cell, loaded, out["params"], settings, measured_at, device)
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         out["cost"].update(_throughput(result, settings))
         out["cost"].update(_data_cost(result, settings, ts.stream, skipped))
@@ -139,7 +147,9 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         if "breakdown_mb" not in out["cost"]:
             out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
         out["loss_curve"] = _subsample(result.losses)
-        if cell.model["weights"] != "random":  # random weights: cost is real, quality is not
+        evaluated = _evaluable(ranks, trained, model, loaded, build) if cell.model["weights"] != "random" else None
+        if evaluated is not None:  # random weights: cost is real, quality is not; several devices: the main one's
+            loaded, model = evaluated
             out["tuned"] = _quality_dict(task.evaluate(loaded, model, splits, ts))
             phases["evaluate"] = round(time.perf_counter() - clock, 4)
             if out["tuned"]["n"] < len(splits.eval):
@@ -166,6 +176,24 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         out.update(status="error", message=_error_message(exc))
     out["cost"].setdefault("peak_memory_mb", None)
     return out
+
+
+def _evaluable(ranks, trained, model, loaded, build):
+    """What evaluates the tuned model, once: (loaded, model) on one device, or on the main one of several (DDP's copies
+    are all the same model); FSDP's shards gathered whole into a fresh build on the main device. None elsewhere."""
+    if ranks is None:
+        return loaded, model
+    if ranks.strategy != "fsdp":
+        return (loaded, model) if ranks.main else None
+    state = ranks.full_state(trained)  # every device takes part in the gather
+    if not ranks.main:
+        return None
+    fresh_loaded, fresh = build()
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    if unexpected or any(p.requires_grad for n, p in fresh.named_parameters() if n in set(missing)):
+        raise BenchError(f"the gathered FSDP weights do not fit a fresh build ({len(unexpected)} unexpected, "
+                         f"{len(missing)} missing keys)", fix='report this; distributed = "ddp" evaluates without gathering')
+    return fresh_loaded, fresh
 
 
 def _is_worker_death(exc: BaseException) -> bool:

@@ -34,8 +34,9 @@ class ClusterOptions:
     poll_s: float = 30.0  # how often the driver asks for its jobs' states (one sacct call for all on Slurm)
 
 
-def check_executor(options: ClusterOptions) -> None:
-    """Before anything is claimed or built: the executor can be used here (exit 2 otherwise)."""
+def check_executor(options: ClusterOptions, *, devices: int = 1, device: str = "auto") -> None:
+    """Before anything is claimed or built: the executor can be used here, and a job has the devices its cell trains
+    on (exit 2 otherwise)."""
     try:
         import submitit  # noqa: F401
     except ImportError:
@@ -44,6 +45,9 @@ def check_executor(options: ClusterOptions) -> None:
     if options.executor == "slurm" and shutil.which("sbatch") is None:
         raise BenchError("--executor slurm needs Slurm's `sbatch` on PATH, and there is none on this machine",
                          fix="run bench on a Slurm login node, or use --executor local to run the same path here")
+    if options.executor == "slurm" and device != "cpu" and 0 < options.gpus_per_cell < devices:
+        raise BenchError(f"a cell trains on {devices} devices, and each Slurm job asks for {options.gpus_per_cell} GPU(s)",
+                         fix=f"use --gpus-per-cell {devices} (or gpus_per_cell in [cluster])")
 
 
 def make_executor(options: ClusterOptions, folder: Path, timeout_s: float):

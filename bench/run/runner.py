@@ -23,6 +23,7 @@ from bench.paths import ensure_writable_folder, inside, page_target, require_pla
 from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, latest_lines, line_count, locked, read_latest
 from bench.run.claims import Claims
 from bench.suite.plan import Cell, base_key, expand, results_path
+from bench.train import effective_batch
 
 
 def _now() -> str:
@@ -229,7 +230,7 @@ class Runner:
         summary = RunSummary(skipped_done=done, results=self.results, jobs=self.jobs)
         if jobs:
             preflight(self.suite, jobs)
-            slots = self._slots()
+            slots = self._slots(jobs)
             self._check_outputs()
             with self._progress(len(jobs), len(slots)) as progress:
                 if self.cluster is None:
@@ -307,36 +308,58 @@ class Runner:
 
         ClusterDriver(self, bases, progress, summary).run(jobs, retry_before)
 
-    def _slots(self) -> list[Slot]:
+    def _slots(self, jobs: list[Job]) -> list[Slot]:
         """One slot per cell run at once. Side by side on the CPU each cell gets cores // jobs threads (unless the suite
-        sets threads); with GPUs each its own device, through CUDA_VISIBLE_DEVICES in its process (this process never
-        initialises CUDA). More cells at once than GPUs is refused before anything runs."""
+        sets threads); with GPUs each its own device(s), through CUDA_VISIBLE_DEVICES in its process (this process never
+        initialises CUDA). More devices than this machine has (cells at once × a cell's devices) is refused before
+        anything runs."""
         from bench.profile import listed_gpus, visible_gpus
 
         s = self.suite.settings
+        need = max(job.cell.train["devices"] for job in jobs)  # every slot can take any cell
         if self.cluster is not None:
             from bench.run.cluster import check_executor
 
             if self.jobs != 1:
                 raise BenchError(f"--jobs {self.jobs} runs cells side by side on this machine; with --executor "
                                  f"{self.cluster.executor} the scheduler decides how many run at once", fix="drop --jobs")
-            check_executor(self.cluster)
+            check_executor(self.cluster, devices=need, device=s["device"])
             return [Slot(0, s["threads"])]
-        if self.jobs == 1:
+        if self.jobs == 1 and need == 1:
             return [Slot(0, s["threads"])]
-        if not self.isolate:  # threads of this process would share torch's settings, and no timeout or Ctrl-C reaches them
+        if self.jobs > 1 and not self.isolate:  # threads of this process would share torch's settings, and no timeout or Ctrl-C reaches them
             raise BenchError(f"{self.jobs} cells at once (--jobs or the suite's jobs) run each in a process of its own, but "
                              f"suite '{self.suite.name}' sets isolate = false (cells run inside this process)",
                              fix="run one cell at a time (--jobs 1), or drop isolate = false")
         listed = [] if s["device"] == "cpu" else listed_gpus()  # nvidia-smi asked once
         # device auto with no GPU listed runs on the CPU, whatever a CUDA_VISIBLE_DEVICES says (no GPU behind it)
         gpus = [] if s["device"] == "cpu" or (s["device"] == "auto" and not listed) else visible_gpus(listed)
-        if gpus and len(gpus) < self.jobs:
-            raise BenchError(f"--jobs {self.jobs} runs {self.jobs} cells at once, each on a GPU of its own, but "
-                             f"{len(gpus)} GPU(s) are visible ({', '.join(gpus)})",
-                             fix=f"use --jobs {len(gpus)} or fewer (or set CUDA_VISIBLE_DEVICES to the GPUs to use)")
-        threads = s["threads"] or max(1, (os.cpu_count() or 1) // self.jobs)
-        return [Slot(i, threads, {"CUDA_VISIBLE_DEVICES": gpus[i]} if gpus else {}) for i in range(self.jobs)]
+        cores = os.cpu_count() or 1
+        if gpus and len(gpus) < self.jobs * need:
+            raise BenchError(f"{self._asked(need)} {self.jobs * need} GPU(s), and {len(gpus)} GPU(s) are visible ({', '.join(gpus)})",
+                             fix=f"use --jobs {max(1, len(gpus) // need)} or fewer, fewer devices per cell, or set "
+                             "CUDA_VISIBLE_DEVICES to the GPUs to use" if len(gpus) >= need else
+                             f"set devices = {len(gpus)} or fewer (or run on a machine with {need} GPUs)")
+        if not gpus:
+            self._check_cpu_devices(jobs, need, cores)
+        threads = s["threads"] if self.jobs == 1 else s["threads"] or max(1, cores // self.jobs)
+        return [Slot(i, threads, {"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * need:(i + 1) * need])} if gpus else {})
+                for i in range(self.jobs)]
+
+    def _asked(self, need: int) -> str:
+        cells = f"--jobs {self.jobs} runs {self.jobs} cells at once" if self.jobs > 1 else "one cell at a time"
+        return f"{cells}, each on {need} device(s) of its own: that takes"
+
+    def _check_cpu_devices(self, jobs: list[Job], need: int, cores: int) -> None:
+        """On the CPU a cell's device is a process with a core of its own at least, and FSDP does not run there."""
+        sharded = next((job.cell for job in jobs if job.cell.train["devices"] > 1 and job.cell.train["distributed"] == "fsdp"), None)
+        if sharded is not None:
+            raise BenchError(f"cell {sharded.label} sets distributed = \"fsdp\", which shards over GPUs (accelerate runs "
+                             "FSDP on CUDA only), and no GPU is visible here", fix='use distributed = "ddp" on the CPU')
+        if need > 1 and self.jobs * need > cores:
+            raise BenchError(f"{self._asked(need)} {self.jobs * need} CPU processes, and this machine has {cores} core(s) "
+                             "(no GPU is visible)", fix=f"set devices = {max(1, cores // self.jobs)} or fewer"
+                             + (", or use fewer --jobs" if self.jobs > 1 else ""))
 
     def _check_outputs(self) -> None:
         """Before anything trains (exit 2 otherwise, and the folders this made are removed again): both output
@@ -504,6 +527,7 @@ class Runner:
             record["cost"]["train_wall_s"] = round(out.elapsed_s, 3)
         record["train"]["fitted_batch_size"] = settings["batch_size"]
         record["train"]["fitted_grad_accum"] = settings["grad_accum"]
+        record["train"]["effective_batch"] = effective_batch(settings)
         record["quality"]["base_key"] = key
         if base_note:
             record["quality"]["note"] = base_note
@@ -671,10 +695,15 @@ def run_cell_job(job: CellJob, *, emit):
     from bench.profile import environment
     from bench.run.cell import resolve_device, run_cell
 
-    _set_threads(job.threads)
     device = resolve_device(job.device)
-    result = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits.load(), base=job.base, zoo_path=job.zoo_path,
-                      settings=job.settings, on_step=lambda s, n, loss: emit("step", s, n, loss))
+    if job.settings.get("devices", 1) > 1:
+        from bench.run.launch import run_on_devices
+
+        result = run_on_devices(job, device, emit)
+    else:
+        _set_threads(job.threads)
+        result = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits.load(), base=job.base,
+                          zoo_path=job.zoo_path, settings=job.settings, on_step=lambda s, n, loss: emit("step", s, n, loss))
     result["env"] = environment(device)
     return result
 

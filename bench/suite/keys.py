@@ -28,7 +28,13 @@ TRAIN_KEYS = {
     "steps": Key(int, 60, "optimizer steps per cell (ignored when epochs is set)", min=1, max=10**8),
     "epochs": Key(NUMBER, None, "passes over the training split instead of a step count", above=0, max=10**4),
     "batch_size": Key(int, 8, "micro-batch size per step", min=1, max=65536),
-    "grad_accum": Key(int, 1, "gradient accumulation steps; effective batch = batch_size × grad_accum", min=1, max=65536),
+    "grad_accum": Key(int, 1, "gradient accumulation steps; effective batch = batch_size × grad_accum × devices", min=1, max=65536),
+    "devices": Key(int, 1, "devices one cell trains on, one process each, started by torch's elastic launcher (torchrun's) "
+                   "and joined by accelerate; batch_size is per device. On the CPU each is a process with its share of the "
+                   "cores (gloo)", min=1, max=1024, in_id="unless_default"),
+    "distributed": Key(str, "ddp", "how a cell on several devices splits its work: ddp (each device a full copy, gradients "
+                       "averaged) or fsdp (weights, gradients and optimizer state sharded over the devices: FULL_SHARD; CUDA "
+                       "only)", choices=("ddp", "fsdp"), in_id="unless_default"),
     "lr": Key(NUMBER, 1e-3, "peak learning rate", above=0, max=10),
     "schedule": Key(str, "cosine", "learning-rate schedule after warm-up", choices=("constant", "linear", "cosine")),
     "warmup_steps": Key(int, 0, "linear learning-rate warm-up steps", min=0, max=10**8),

@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.errors import BenchError, DataError, SuiteError
 from bench.keyspec import MAX_DEPTH, SEED_MAX, Key, type_name
-from bench.models.catalog import ADAPTER_KINDS, FAMILIES, RANKED_KINDS
+from bench.models.catalog import ADAPTER_KINDS, FAMILIES, METHOD_KINDS, RANKED_KINDS
 from bench.paths import baseline_problem, suite_name_problem
 from bench.suite.keys import (
     CLUSTER_KEYS,
@@ -229,9 +229,39 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
 
     from bench.suite.plan import expand  # a suite must expand to at least one cell
 
-    if not expand(suite):
+    cells = expand(suite)
+    if not cells:
         raise c.fail("[[grid]]", "every combination is excluded, so the suite expands to zero cells", "remove or narrow the exclude entries")
+    for cell in cells:
+        _check_devices(c, cell, settings)
     return suite
+
+
+def _check_devices(c: _Checker, cell, settings: dict) -> None:
+    """A cell on several devices: what its processes and FSDP can do, known before anything runs (what this machine
+    has is the runner's check)."""
+    train, method = cell.train, cell.method
+    if train["devices"] == 1:
+        return
+    where = f"key 'devices' of cell {cell.label}"
+    if not settings["isolate"]:
+        raise c.fail(where, f"devices = {train['devices']} starts one process per device from the cell's own process, "
+                     "but the suite sets isolate = false (cells run inside bench's process)", "drop isolate = false")
+    if train["distributed"] != "fsdp":
+        return
+    where = f"key 'distributed' of cell {cell.label}"
+    if settings["device"] == "cpu":
+        raise c.fail(where, 'distributed = "fsdp" shards over GPUs (accelerate runs FSDP on CUDA only), and the suite '
+                     'sets device = "cpu"', 'use distributed = "ddp" on the CPU')
+    if not METHOD_KINDS[method["kind"]].fsdp:
+        taken = [k for k, m in METHOD_KINDS.items() if m.fsdp and m.adapter]
+        raise c.fail(where, f"method '{method['name']}' is {method['kind']}; FSDP here takes full fine-tuning and the "
+                     f"adapters peft documents for FSDP ({', '.join(taken)})",
+                     f'use distributed = "ddp" for it, e.g. [methods.{method["name"]}] train = {{distributed = "ddp"}}')
+    if method["kind"] == "qlora" and train["precision"] != "bf16":
+        raise c.fail(where, f"QLoRA under FSDP keeps its 4-bit weights in bf16 storage so FSDP can flatten them with the "
+                     f"rest, which needs precision = \"bf16\" (this cell has {train['precision']})",
+                     'set precision = "bf16" for this cell, or use distributed = "ddp"')
 
 
 def _entries(c: _Checker, raw: dict, kind: str, build) -> dict[str, Entry]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from bench.data.sample import DatasetSplits, Sample
 from bench.data.stream import eval_batches
 from bench.errors import DataError
+from bench.models.base import base_model
 from bench.models.clip import backend_of
 from bench.tasks.base import Quality, TaskSettings
 
@@ -156,7 +157,7 @@ def _float_dtype(module):
 
 
 def _open_clip_features(model, batch: dict):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     pixels = batch["pixel_values"].to(_float_dtype(base.visual))
     out = model(image=pixels, text=batch["input_ids"])
     if isinstance(out, dict):
@@ -190,7 +191,7 @@ def _image_embeddings(model, pixels):
     import torch.nn.functional as F
 
     if backend_of(model) == "open_clip":
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         emb = model.encode_image(pixels.to(_float_dtype(base.visual)))
     else:
         emb = _pooled(model.get_image_features(pixel_values=pixels))

@@ -246,6 +246,13 @@ def test_cells_side_by_side_record_each_cell_run_once_with_what_they_learn_alone
     assert "2 cells at a time" in side.phases_text() and sum(side.phases_s.values()) == pytest.approx(2 * side.wall_s, rel=0.01)
 
 
+def jobs_of(suite) -> list:
+    from bench.run.runner import Job
+    from bench.suite.plan import expand
+
+    return [Job(cell, 0, 0) for cell in expand(suite)]
+
+
 def fake_nvidia_smi(folder: Path, monkeypatch, gpus: int) -> None:
     """An nvidia-smi on PATH that lists `gpus` GPU indices, as the real one does on a machine with them."""
     fake = folder / "nvidia-smi"
@@ -271,11 +278,11 @@ def test_side_by_side_cells_share_the_cores_or_get_a_gpu_each(mini_suite, tmp_pa
     fake_nvidia_smi(tmp_path, monkeypatch, 8)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible
-    slots = Runner(suite, jobs=4, show_progress=False)._slots()
+    slots = Runner(suite, jobs=4, show_progress=False)._slots(jobs_of(suite))
     assert [(s.index, s.threads, s.env) for s in slots] == [(i, 2, {}) for i in range(4)]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
-    assert [s.env for s in Runner(suite, jobs=3, show_progress=False)._slots()] == [{"CUDA_VISIBLE_DEVICES": d} for d in "257"]
-    assert Runner(suite, show_progress=False)._slots()[0].env == {}  # one at a time: the devices the user set, untouched
+    assert [s.env for s in Runner(suite, jobs=3, show_progress=False)._slots(jobs_of(suite))] == [{"CUDA_VISIBLE_DEVICES": d} for d in "257"]
+    assert Runner(suite, show_progress=False)._slots(jobs_of(suite))[0].env == {}  # one at a time: the devices the user set, untouched
 
 
 def test_no_more_cells_at_once_than_cell_runs_and_none_beside_each_other_in_process(write_suite, tmp_path):
@@ -354,7 +361,8 @@ def test_a_cuda_visible_devices_with_no_gpu_behind_it_leaves_auto_cells_on_the_c
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    slots = Runner(load_suite(mini_suite), jobs=2, show_progress=False)._slots()
+    suite = load_suite(mini_suite)
+    slots = Runner(suite, jobs=2, show_progress=False)._slots(jobs_of(suite))
     assert [s.env for s in slots] == [{}, {}]
 
 
