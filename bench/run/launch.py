@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -40,8 +42,14 @@ def run_on_devices(job, device: str, emit) -> dict:
             elastic_launch(config, device_main)(job, device, folder, emit)
         except ChildFailedError as exc:
             failure = exc
-        outcomes = {r: pickle.loads(p.read_bytes()) for r in range(devices) if (p := _outcome_path(folder, r)).exists()}
-        return merge(outcomes, devices, job.settings["distributed"], crash=_crash_text(failure, folder) if failure else None)
+        written = {r: pickle.loads(p.read_bytes()) for r in range(devices) if (p := _outcome_path(folder, r)).exists()}
+        outcomes = {r: out for r, (_, out) in written.items()}
+        # a device that fails first is the cause; the others fail after it, at their next collective step
+        order = sorted(written, key=lambda r: written[r][0])
+        # ... unless a process died without a word: then it is the cause (the launcher's own stop leaves a mark)
+        lost = next((_lost_text(r, devices, failure, folder) for r in range(devices)
+                     if r not in outcomes and not _stopped_path(folder, r).exists()), None)
+        return merge(outcomes, devices, job.settings["distributed"], lost=lost, order=order)
 
 
 def device_main(job, device: str, folder: str, emit) -> None:
@@ -52,6 +60,7 @@ def device_main(job, device: str, folder: str, emit) -> None:
 
     die_with_parent()  # a killed cell (timeout, interrupt) takes its device processes with it
     local = int(os.environ["LOCAL_RANK"])
+    signal.signal(signal.SIGTERM, lambda *_: _stop(folder, int(os.environ["RANK"])))
     devices = job.settings["devices"]
     if device.startswith("cuda"):
         import torch
@@ -64,7 +73,7 @@ def device_main(job, device: str, folder: str, emit) -> None:
     out = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits.load(), base=job.base, zoo_path=job.zoo_path,
                    settings=job.settings, on_step=on_step, ranks=ranks)
     path = _outcome_path(folder, ranks.rank)
-    path.with_suffix(".tmp").write_bytes(pickle.dumps(out))
+    path.with_suffix(".tmp").write_bytes(pickle.dumps((time.monotonic(), out)))  # one clock for the whole machine
     path.with_suffix(".tmp").replace(path)
     if out["status"] != "ok":
         raise DeviceFailed(out["message"])
@@ -82,17 +91,20 @@ def _outcome_path(folder: str, rank: int) -> Path:
     return Path(folder) / f"rank-{rank}.pkl"
 
 
-def merge(outcomes: dict[int, dict], devices: int, strategy: str, *, crash: str | None = None) -> dict:
-    """The cell's result from its devices' outcomes: the main device's (it evaluated), or the first device's that
-    failed; memory per device beside its maximum; throughput for the whole cell and per device."""
-    failed = [r for r in sorted(outcomes) if outcomes[r]["status"] != "ok"]
-    if failed:
+def merge(outcomes: dict[int, dict], devices: int, strategy: str, *, lost: str | None = None,
+          order: list[int] | None = None) -> dict:
+    """The cell's result from its devices' outcomes: the main device's (it evaluated); else the root cause of a
+    failure: a process that died without an outcome (`lost`: the others then fail only at their next collective step),
+    or the first device, in `order` (when each wrote its outcome), whose outcome is not ok. Memory per device beside
+    its maximum; throughput for the whole cell and per device."""
+    failed = [r for r in (order or sorted(outcomes)) if outcomes[r]["status"] != "ok"]
+    if lost or (not failed and 0 not in outcomes):
+        out = {"status": "error", "message": lost or "the main device's process reported no outcome", "params": {},
+               "cost": {}, "loss_curve": [], "diverged_at_step": None, "quality": (outcomes.get(0) or {}).get("quality", {})}
+    elif failed:
         out = outcomes[failed[0]]
         if out["status"] != "diverged":  # a divergence is of the devices' mean loss: every device's, not one's
             out["message"] = f"on device {failed[0]} of {devices}: {out['message']}"
-    elif crash or 0 not in outcomes:
-        out = {"status": "error", "message": crash or "the main device's process reported no outcome", "params": {},
-               "cost": {}, "loss_curve": [], "diverged_at_step": None, "quality": (outcomes.get(0) or {}).get("quality", {})}
     else:
         out = outcomes[0]
     cost = out["cost"]
@@ -106,17 +118,32 @@ def merge(outcomes: dict[int, dict], devices: int, strategy: str, *, crash: str 
     return out
 
 
-def _crash_text(failure, folder: str) -> str:
-    """Which device's process died and how, with the last line it wrote (no outcome of its own was left)."""
-    rank, why = next(iter(sorted(failure.failures.items())), (None, None))
-    if why is None:
-        return f"the device processes failed: {failure}"
-    code = why.exitcode
-    how = f"was killed by {why.signal_name()}" if code is not None and code < 0 else f"exited with code {code}"
-    if code == -9:
+def _stop(folder: str, rank: int) -> None:
+    """SIGTERM, which the launcher sends every device process once one has failed: leave the mark that says this
+    one was stopped rather than lost, and go."""
+    _stopped_path(folder, rank).touch()
+    os._exit(128 + signal.SIGTERM)
+
+
+def _stopped_path(folder: str, rank: int) -> Path:
+    return Path(folder) / f"rank-{rank}.stopped"
+
+
+def _lost_text(rank: int, devices: int, failure, folder: str) -> str:
+    """How the process of device `rank` ended without an outcome (as the launcher saw it, when it did), with the last
+    line it wrote."""
+    why = (failure.failures if failure is not None else {}).get(rank)
+    code = why.exitcode if why is not None else None
+    if code is None:
+        how = "ended without an outcome (killed, or crashed)"
+    elif code < 0:
+        how = f"was killed by {why.signal_name()}"
+    else:
+        how = f"exited with code {code} before reporting an outcome"
+    if code in (None, -signal.SIGKILL):
         how += " (the kernel's out-of-memory killer sends SIGKILL)"
     last = _last_line(Path(folder), rank)
-    return f"the process of device {rank} {how}" + (f": {last}" if last else "")
+    return f"the process of device {rank} of {devices} {how}" + (f": {last}" if last else "")
 
 
 def _last_line(folder: Path, rank: int) -> str:

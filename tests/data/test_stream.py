@@ -93,6 +93,21 @@ def test_seeded_batches_are_whole_passes_in_the_seeds_order(n, batch_size, seed)
         assert sorted(flat[start:start + n]) == list(range(n))
 
 
+@settings(max_examples=int(os.environ.get("BENCH_HYPOTHESIS_EXAMPLES", 60)), deadline=None)
+@given(n=st.integers(1, 40), batch_size=st.integers(1, 20), seed=st.integers(0, 2**63 - 1), world=st.integers(1, 8),
+       accum=st.integers(1, 4), steps=st.integers(1, 6))
+def test_devices_together_take_the_batches_one_device_takes_with_their_accumulation(n, batch_size, seed, world, accum,
+                                                                                     steps):
+    """A cell on `world` devices with grad_accum = accum uses, at every optimizer step, the very batches one device
+    with grad_accum = world × accum uses at that step: the shards interleave back into the one sequence."""
+    one = [b for b, _ in zip(SeededBatches(n, batch_size, seed), range(steps * world * accum))]
+    shards = [[b for b, _ in zip(SeededBatches(n, batch_size, seed, (r, world)), range(steps * accum))] for r in range(world)]
+    for step in range(steps):
+        alone = one[step * world * accum:(step + 1) * world * accum]
+        together = [b for shard in shards for b in shard[step * accum:(step + 1) * accum]]
+        assert sorted(map(tuple, together)) == sorted(map(tuple, alone))
+
+
 def test_another_seed_gives_another_order():
     a = [b for b, _ in zip(SeededBatches(50, 10, 0), range(5))]
     b = [b for b, _ in zip(SeededBatches(50, 10, 1), range(5))]

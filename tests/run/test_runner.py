@@ -382,3 +382,41 @@ def test_every_record_that_could_not_be_saved_is_named_when_cells_side_by_side_f
     assert "/tmp/a" in combined.message and "/tmp/b" in combined.message and combined.fix == "free space"
     interrupt = KeyboardInterrupt()
     assert _with_others(interrupt, futures) is interrupt
+
+
+def test_a_cells_devices_are_checked_against_this_machine_before_anything_runs(write_suite, tmp_path, monkeypatch):
+    """More devices than GPUs (or than cores on the CPU), FSDP without a GPU, and Slurm jobs asking for fewer GPUs than a
+    cell trains on: each an exit-2 message before any folder is made; cells that fit get their GPUs in groups."""
+    from bench.errors import BenchError
+    from bench.run.cluster import ClusterOptions
+
+    two = load_suite(write_suite(MINI_SUITE.replace("steps = 2", "steps = 2\ndevices = 2")))
+
+    def refused(suite, says: str, **kw) -> None:
+        runner = Runner(suite, results_dir=tmp_path / "results", reports_dir=tmp_path / "reports", show_progress=False, **kw)
+        with pytest.raises(BenchError, match=says):
+            runner.run()
+        assert not (tmp_path / "results").exists()
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    refused(two, r"--jobs 2 runs 2 cells at once, each on 2 device\(s\) of its own: that takes 4 CPU processes, and this "
+                 r"machine has 2 core\(s\)", jobs=2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    refused(two, r"one cell at a time, each on 2 device\(s\) of its own: that takes 2 CPU processes")
+    sharded = load_suite(write_suite(MINI_SUITE.replace("steps = 2", 'steps = 2\ndevices = 2\ndistributed = "fsdp"'),
+                                     "fsdp.toml"))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    refused(sharded, r"FSDP on CUDA only\), and no GPU is visible")
+
+    fake_nvidia_smi(tmp_path, monkeypatch, 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    refused(two, r"that takes 4 GPU\(s\), and 3 GPU\(s\) are visible \(0, 1, 2\)", jobs=2)
+    fake_nvidia_smi(tmp_path, monkeypatch, 4)
+    assert [s.env for s in Runner(two, jobs=2, show_progress=False)._slots(jobs_of(two))] == [
+        {"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert Runner(sharded, show_progress=False)._slots(jobs_of(sharded))[0].env == {"CUDA_VISIBLE_DEVICES": "0,1"}
+
+    monkeypatch.setenv("PATH", f"{REPO / 'tests' / 'run' / 'fake_slurm'}:{os.environ['PATH']}")
+    refused(two, r"a cell trains on 2 devices, and each Slurm job asks for 1 GPU(?s:.)*--gpus-per-cell 2",
+            cluster=ClusterOptions("slurm", gpus_per_cell=1))

@@ -62,6 +62,21 @@ MALFORMED = {
     "unknown component in targets": (_replace("r = 4", 'r = 4\ntargets = { langauge = ["q_proj"] }'), ["[methods.lora] key 'targets'", "['langauge']", "vision, projector, language"]),
     "unknown component in freeze": (_replace('kind = "full"', 'kind = "full"\nfreeze = ["visoin"]'), ["[methods.full] key 'freeze'", "['visoin']"]),
     "bad gate rule": (MINI_SUITE + '\n[gate]\nrules = ["peak_memory:+5"]\n', ["[gate] key 'rules'"]),
+    "fsdp with an adapter peft does not document for it": (
+        _replace('kind = "full"', 'kind = "ia3"\ntrain = { devices = 2, distributed = "fsdp" }'),
+        ["key 'distributed' of cell clip × cls × full", "ia3", "(lora, dora, qlora)", 'use distributed = "ddp"']),
+    "fsdp with qlora outside bf16": (
+        _replace('kind = "full"', 'kind = "qlora"\ntrain = { devices = 2, distributed = "fsdp" }'),
+        ["key 'distributed'", "bf16 storage", "this cell has fp32", 'precision = "bf16"']),
+    "fsdp on the cpu": (
+        _replace('name = "mini"', 'name = "mini"\ndevice = "cpu"').replace('kind = "full"', 'kind = "full"\ntrain = { devices = 2, distributed = "fsdp" }'),
+        ["key 'distributed'", "CUDA only", 'device = "cpu"']),
+    "devices without isolation": (
+        _replace('name = "mini"', 'name = "mini"\nisolate = false').replace("steps = 2", "steps = 2\ndevices = 2"),
+        ["key 'devices' of cell", "isolate = false"]),
+    "devices zero": (_replace("steps = 2", "steps = 2\ndevices = 0"), ["[defaults] key 'devices'", "between 1 (included)"]),
+    "unknown distributed strategy": (_replace("steps = 2", 'steps = 2\ndistributed = "zero3"'),
+                                     ["[defaults] key 'distributed'", "not one of ddp, fsdp"]),
     "unknown dataset format": (_replace('format = "scenes"', 'format = "parquet"'), ["[datasets.cls] key 'format'", "is not one of"]),
     "missing dataset path": (_replace('format = "scenes"\ntask = "classification"\nsplit = "target"', 'format = "coco_captions"\npath = "nowhere/captions.json"\nimage_root = "nowhere"'), ["nowhere"]),
 }
