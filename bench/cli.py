@@ -73,7 +73,8 @@ def cmd_plan(args) -> int:
         # a recorded failure is "done" for `bench run` (only --retry redoes it): say so instead of "done"
         state = "skip" if cell.skip_reason else ("pending" if n_pending else "failed" if failed else "done")
         row = {"cell_id": cell.cell_id, "model": cell.model["name"], "dataset": cell.dataset["name"], "method": cell.method["name"],
-               "state": state, "pending_repeats": n_pending, "repeats": len(suite.seeds)}
+               "state": state, "pending_repeats": n_pending, "repeats": len(suite.seeds),
+               "devices": cell.train["devices"], "distributed": cell.train["distributed"]}
         if failed:
             row["failed_statuses"] = failed
         if cell.skip_reason:

@@ -33,7 +33,7 @@ class Ranks:
                                                     state_dict_type="FULL_STATE_DICT")
         # a static graph: the same parameters take part in every step, and some trainable ones never do (LLaVA's last
         # vision layer, whose output it does not read), which DDP otherwise stops on
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True, gradient_as_bucket_view=True)
         # precision stays bench's own autocast (bench.train.autocast), as on one device: the numbers mean the same
         return cls(Accelerator(cpu=device == "cpu", fsdp_plugin=plugin, mixed_precision="no", kwargs_handlers=[ddp]), strategy)
 

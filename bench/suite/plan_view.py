@@ -22,13 +22,16 @@ def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, esti
     table = Table(title=escape(f"suite {suite_name}: {len(rows)} cells"))
     for col in ("cell", "model", "dataset", "method", "state"):
         table.add_column(col)
+    spread = any(r.get("devices", 1) > 1 for r in rows)  # a column only where some cell trains on several devices
+    if spread:
+        table.add_column("devices")
     if params:
         table.add_column("total", justify="right")
         table.add_column("trainable", justify="right")
         table.add_column("%", justify="right")
         table.add_column("trainable by component")
     if estimate:
-        table.add_column("est. peak MB", justify="right")
+        table.add_column("est. peak MB per device" if spread else "est. peak MB", justify="right")
         # the plan knows no data: it prices max_seq_len text positions, the most a batch can hold; a run records the
         # estimate again at the batch it measured, so a report's estimate can be lower
         table.caption = "est. peak MB: at max_seq_len text positions (the worst case); a run's record re-estimates at its measured batch"
@@ -41,6 +44,8 @@ def render_plan(suite_name: str, rows: list[dict], *, params: bool = False, esti
         if r.get("failed_statuses"):
             state += f" ({', '.join(r['failed_statuses'])}; --retry redoes it)"
         cols = [escape(str(r[k])) for k in ("cell_id", "model", "dataset", "method")] + [f"[{_STATE_STYLE[r['state']]}]{state}[/]"]
+        if spread:
+            cols.append(f"{r['devices']} ({r['distributed']})" if r["devices"] > 1 else "1")
         if params:
             p = r.get("params") or {}
             comps = ", ".join(f"{c} {_count(v['trainable'])}/{_count(v['total'])}" for c, v in (p.get("by_component") or {}).items() if v["total"])

@@ -298,3 +298,32 @@ def test_the_estimate_is_within_15_percent_of_tensor_memory_measured_on_the_cpu(
     est = estimate_memory(family, loaded.model.config, count_params(model, loaded.components), {**settings, **spec},
                           spec["kind"], text_len=text_positions(family, loaded.model.config, result.tracked_input), device="cpu")
     assert abs(est["total_mb"] - measured) / measured < 0.15, (est, measured)
+
+
+def test_ddp_keeps_a_full_copy_per_device_with_its_gradient_buckets_alive_through_the_forward():
+    one = estimate_memory("llava", LLAVA, FULL, TRAIN, "full")
+    two = estimate_memory("llava", LLAVA, FULL, {**TRAIN, "devices": 2, "distributed": "ddp"}, "full")
+    parts = ("weights", "gradients", "optimizer", "activations", "optimizer_step")
+    assert {k: two[k] for k in parts} == {k: one[k] for k in parts}
+    w, g, o, a, s = (two[k] * MB for k in parts)
+    assert two["total_mb"] == pytest.approx((w + o + max(a + g, g + s)) / MB, abs=0.006)
+
+
+@settings(max_examples=40, deadline=None)
+@given(devices=st.integers(2, 64), method=st.sampled_from(["full", "lora"]), accum=st.integers(1, 4))
+def test_fsdp_shards_weights_gradients_and_optimizer_state_and_gathers_the_root_and_two_blocks(devices, method, accum):
+    """Per device: the sharded state ÷ devices, plus the root unit (parameters outside the blocks) and two blocks
+    whole; activations are the device's own micro-batch's, whatever the devices."""
+    count = FULL if method == "full" else LORA
+    train = {**TRAIN, "grad_accum": accum}
+    one = estimate_memory("llava", LLAVA, count, train, method)
+    many = estimate_memory("llava", LLAVA, count, {**train, "devices": devices, "distributed": "fsdp"}, method)
+    llama_block = 4 * H * H + 3 * H * F  # Llama's MLP is gated (SwiGLU): gate, up and down
+    vision_block = 4 * H * H + 2 * H * F
+    root = max(0, 200_000 - 2 * llama_block - 2 * vision_block)
+    gathered = (root + 2 * llama_block) * 4
+    assert many["weights"] == pytest.approx((one["weights"] * MB / devices + gathered) / MB, abs=0.006)
+    for part in ("gradients", "optimizer", "optimizer_step"):
+        assert many[part] == pytest.approx(one[part] / devices, abs=0.006)
+    assert many["activations"] == one["activations"]
+    assert many["total_mb"] <= one["total_mb"] + gathered / MB + 0.01

@@ -85,6 +85,9 @@ def test_two_cpu_processes_train_as_one_process_accumulating_over_their_batches(
         assert cost["devices"] == 2 and cost["distributed"] == "ddp" and by[one]["cost"]["devices"] == 1
         assert len(cost["peak_memory_per_device_mb"]) == 2 and cost["peak_memory_mb"] == max(cost["peak_memory_per_device_mb"])
         assert cost["tokens_per_s_per_device"] == pytest.approx(cost["tokens_per_s"] / 2, abs=1e-3)
+    # the memory model's DDP term (gradient buckets alive through the forward) against the tracked tensors
+    full = by["two-devices"]["cost"]
+    assert abs(full["estimate_mb"] - full["peak_memory_mb"]) <= 0.05 * full["peak_memory_mb"]
     page = (tmp_path / "reports" / "devices.md").read_text()
     assert "| 2 × cpu |" in page
 
