@@ -84,3 +84,35 @@ def test_a_fake_trace_predicts_cuda_allocated_memory(write_suite):
         optimizer.zero_grad(set_to_none=True)
     measured = (torch.cuda.max_memory_allocated() - base) / 1024**2
     assert traced["peak_mb"] == pytest.approx(measured, rel=0.15)
+
+
+def _two_gpus() -> bool:
+    import torch
+
+    return torch.cuda.device_count() >= 2
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_cell_on_two_gpus_trains_as_one_gpu_accumulating_over_their_batches(write_suite, tmp_path, strategy):
+    """NCCL through the same accelerate path the CPU test runs on gloo; FSDP gathers the shards to evaluate."""
+    if not _two_gpus():
+        pytest.skip("needs two CUDA devices")
+    suite = MINI_SUITE.replace('name = "mini"', 'name = "mini"\ndevice = "cuda"').replace(
+        "steps = 2", "steps = 4").replace('weights = "random"', "").replace(
+        'methods = ["lora", "full"]', 'methods = ["full-2", "full-accum"]') + f"""
+[methods.full-2]
+kind = "full"
+train = {{ devices = 2, distributed = "{strategy}" }}
+
+[methods.full-accum]
+kind = "full"
+train = {{ grad_accum = 2 }}
+"""
+    runner = Runner(load_suite(write_suite(suite)), results_dir=tmp_path / "r", reports_dir=tmp_path / "p", show_progress=False)
+    assert runner.run().statuses == {"ok": 2}, [r["message"] for r in read_records(runner.results)]
+    by = {r["method"]["name"]: r for r in read_records(runner.results)}
+    two, one = by["full-2"], by["full-accum"]
+    assert two["cost"]["devices"] == 2 and len(two["cost"]["peak_memory_per_device_mb"]) == 2
+    # TF32 and NCCL's reduction order move the last digits: close, not equal
+    assert max(abs(a - b) for (_, a), (_, b) in zip(two["loss_curve"], one["loss_curve"])) <= 1e-2
+    assert two["quality"]["tuned"] is not None
