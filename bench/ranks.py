@@ -28,9 +28,9 @@ class Ranks:
 
             # FULL_SHARD: weights, gradients and optimizer state split over the devices; original parameters kept so a
             # unit may hold frozen and trainable ones (adapters); units are the model's own no-split blocks
-            plugin = FullyShardedDataParallelPlugin(sharding_strategy="FULL_SHARD", auto_wrap_policy="transformer_based_wrap",
-                                                    use_orig_params=True, sync_module_states=True,
-                                                    state_dict_type="FULL_STATE_DICT")
+            plugin = FullyShardedDataParallelPlugin(fsdp_version=1, reshard_after_forward="FULL_SHARD",
+                                                    auto_wrap_policy="transformer_based_wrap", use_orig_params=True,
+                                                    sync_module_states=True, state_dict_type="FULL_STATE_DICT")
         # a static graph: the same parameters take part in every step, and some trainable ones never do (LLaVA's last
         # vision layer, whose output it does not read), which DDP otherwise stops on
         ddp = DistributedDataParallelKwargs(find_unused_parameters=True, gradient_as_bucket_view=True)

@@ -88,8 +88,9 @@ def test_plan_json_lists_every_cell(mini_suite, tmp_path, capsys):
     assert plan["suite"] == "mini" and plan["results"] == str(tmp_path / "mini.jsonl")
     assert [c["method"] for c in plan["cells"]] == ["lora", "full"]
     for cell in plan["cells"]:
-        assert set(cell) == {"cell_id", "model", "dataset", "method", "state", "pending_repeats", "repeats"}
+        assert set(cell) == {"cell_id", "model", "dataset", "method", "state", "pending_repeats", "repeats", "devices", "distributed"}
         assert (cell["model"], cell["dataset"], cell["state"], cell["pending_repeats"], cell["repeats"]) == ("clip", "cls", "pending", 1, 1)
+        assert (cell["devices"], cell["distributed"]) == (1, "ddp")
         assert len(cell["cell_id"]) == 12
 
 

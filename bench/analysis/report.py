@@ -149,10 +149,10 @@ class _Page:
 
 
 def _device(record: dict) -> str:
-    """What the cell trained on, as the documents' cost tables write it: `A100-SXM4-80GB`, `4 × A100-SXM4-80GB`
-    (records from before cells could span devices ran on one)."""
+    """What the cell trained on, as the documents' cost tables write it: `NVIDIA A100-SXM4-80GB`, `4 × NVIDIA
+    A100-SXM4-80GB` (records from before cells could span devices ran on one)."""
     env = record.get("env") or {}
-    name = str(env.get("device_name") or stats.get(record, "cost.device") or "?").removeprefix("NVIDIA ")
+    name = str(env.get("device_name") or stats.get(record, "cost.device") or "?")
     count = stats.number(stats.get(record, "cost.devices"))  # a record is data: anything but a count reads as one
     return f"{int(count)} × {name}" if count and count > 1 and count == int(count) else name
 

@@ -186,7 +186,7 @@ def test_a_device_process_killed_outright_is_recorded_as_such(write_suite, monke
 
 
 @pytest.mark.parametrize(("devices", "name", "shown"), [
-    (4, "NVIDIA A100-SXM4-80GB", "4 × A100-SXM4-80GB"), (1, "NVIDIA H200", "H200"), (None, "cpu", "cpu"),
+    (4, "NVIDIA A100-SXM4-80GB", "4 × NVIDIA A100-SXM4-80GB"), (1, "NVIDIA H200", "NVIDIA H200"), (None, "cpu", "cpu"),
     ("4", "cpu", "cpu"), (True, "cpu", "cpu"), (2.5, "cpu", "cpu"),
 ])
 def test_the_device_column_reads_like_the_documents_cost_table(devices, name, shown):
