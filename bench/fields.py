@@ -42,9 +42,9 @@ FIELDS = (
     Field("cost.data_wait_s", "s", "lower"),
     Field("cost.data_wait_pct", "%", "lower"),
     Field("cost.data_held_mb", "MB", None),
-    Field("quality.delta", "points", "quality", compared=True),
-    Field("quality.tuned", "points", "quality", compared=True),
-    Field("quality.base", "points", "quality"),
+    Field("quality.delta", "points", "quality", compared=True, kind="quality.version"),
+    Field("quality.tuned", "points", "quality", compared=True, kind="quality.version"),
+    Field("quality.base", "points", "quality", kind="quality.version"),
     Field("params.total", "parameters", None),
     Field("params.trainable", "parameters", None, compared=True),
     Field("params.trainable_pct", "%", None),
@@ -54,6 +54,14 @@ NUMERIC_FIELDS = tuple(BY_PATH)
 ALIASES = {f.alias: f.path for f in FIELDS}
 assert len(ALIASES) == len(FIELDS), "every field's alias must be unique"
 
+
+
+# the record fields that name what a number counts (Field.kind), and why two of them do not compare
+KIND_MEANINGS = {
+    "cost.memory_kind": "the two sides count peak memory differently (see MEMORY_KINDS)",
+    "quality.version": "the task's evaluation or its metric was revised in between (a version of bench/metrics.py's "
+                       "METRICS or a task module's VERSION): the two sides' quality numbers measure different things",
+}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 - Captions: CIDEr, BLEU-4, ROUGE-L (and METEOR) through pycocoevalcap's own scorers, after its
   PTB tokenizer (Java) as the COCO caption evaluation does, or a plain lower-case split without Java.
 - VQA: the official accuracy (min(1, matching humans / 3), averaged over the leave-one-annotator-out
-  subsets) after the official answer normalisation (GT-Vision-Lab/VQA, vqaEval.py).
+  subsets), the prediction normalised and the references compared exactly as the official script does it
+  (GT-Vision-Lab/VQA, vqaEval.py), quirks included; exact_match is the always-normalising reading.
 - Classification: plain accuracy.
 
 pycocoevalcap is imported only when caption scores are asked for, so importing this module is cheap.
@@ -17,21 +18,70 @@ import shutil
 import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
-# name -> higher is better; every metric a task can report is declared here
-METRICS: dict[str, bool] = {
-    "CIDEr": True,
-    "BLEU-4": True,
-    "ROUGE-L": True,
-    "METEOR": True,
-    "vqa_acc": True,
-    "exact_match": True,
-    "accuracy": True,
-    "zero_shot_acc": True,
+from bench.records import version_text
+
+
+@dataclass(frozen=True)
+class Metric:
+    higher_is_better: bool
+    # bumped whenever what the metric computes changes: quality numbers of two versions never compare
+    # (quality_version puts it in each record, evaluation_versions in the untuned base's key)
+    version: int = 1
+
+
+# every metric a task can report, declared here
+METRICS: dict[str, Metric] = {
+    "CIDEr": Metric(True),
+    "BLEU-4": Metric(True),
+    "ROUGE-L": Metric(True),
+    "METEOR": Metric(True),
+    # 2: the official script's rule (references normalised only when they disagree; threshold 3 whatever their
+    # number); 1 normalised every reference and lowered the threshold for fewer than ten
+    "vqa_acc": Metric(True, version=2),
+    "exact_match": Metric(True),
+    "accuracy": Metric(True),
+    "zero_shot_acc": Metric(True),
 }
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A task's evaluation (bench/tasks/): its procedure's version (bumped when what evaluate() measures changes: prompt,
+    generation, scoring) and the metrics it reports."""
+
+    version: int
+    metrics: tuple[str, ...]
+
+
+EVALUATIONS: dict[str, Evaluation] = {
+    "classification": Evaluation(1, ("zero_shot_acc",)),
+    "caption": Evaluation(1, ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR")),
+    "vqa": Evaluation(1, ("vqa_acc", "exact_match")),
+}
+
+
+def quality_version(task: str, metric: str) -> str:
+    """What a quality number is, as records carry it (quality.version), e.g. "vqa-1/vqa_acc-2": the task's evaluation
+    and the metric, each with its version. Numbers of two versions are never compared (bench gate, bench compare)."""
+    return version_text(task, EVALUATIONS[task].version, metric, metric_version(metric))
+
+
+def evaluation_versions(task: str) -> dict:
+    """The versions an untuned base's evaluation depends on (part of its key: bench.suite.plan.base_key)."""
+    return {"task": EVALUATIONS[task].version, "metrics": {m: metric_version(m) for m in EVALUATIONS[task].metrics}}
+
+
 def higher_is_better(name: str) -> bool:
+    return _metric(name).higher_is_better
+
+
+def metric_version(name: str) -> int:
+    return _metric(name).version
+
+
+def _metric(name: str) -> Metric:
     if name not in METRICS:
         raise KeyError(f"unknown metric {name!r}; known: {sorted(METRICS)}")
     return METRICS[name]
@@ -127,15 +177,17 @@ def _meteor(gts: dict, res: dict) -> float:
 
 
 # ---------------------------------------------------------------- VQA answer normalisation
-# Reimplemented from the official evaluation (GT-Vision-Lab/VQA vqaEval.py), quirks included, so
-# that numbers are comparable with published VQA accuracies.
+# Reimplemented from the official evaluation (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py),
+# quirks included, so that numbers are comparable with published VQA accuracies.
 
 # Punctuation the official script removes (or turns into a space); the apostrophe is kept for contractions.
 _PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 _COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
-# The official pattern is "(?!<=\d)(\.)(?!\d)": its first group is a lookahead (a typo for a
-# lookbehind) that never fires, so in effect: drop every period that is not followed by a digit.
+# The official pattern is "(?!<=\d)(\.)(?!\d)": its first group is a lookahead (a typo for a lookbehind) that never
+# fires, so in effect: drop a period that is not followed by a digit. It is called as sub("", text, re.UNICODE), which
+# passes re.UNICODE (32) as the count: only the first 32 such periods go.
 _PERIOD = re.compile(r"\.(?!\d)")
+_PERIODS_DROPPED = 32
 _NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
     "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
@@ -168,8 +220,8 @@ _CONTRACTIONS["somebody'd"] = "somebodyd"  # an inverted entry in the official t
 
 
 def _strip_punctuation(text: str) -> str:
-    # The official rule: a mark next to a space (or any text with a digit,digit comma) is deleted,
-    # otherwise it becomes a space ("black-and-white" -> "black and white", "yes !" -> "yes ").
+    """The official processPunctuation: a mark next to a space (or any mark, in a text with a digit,digit comma) is
+    deleted, otherwise it becomes a space ("black-and-white" -> "black and white"); then the periods."""
     delete_all = _COMMA_BETWEEN_DIGITS.search(text) is not None
     out = text
     for p in _PUNCT:
@@ -177,16 +229,19 @@ def _strip_punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD.sub("", out)
+    return _PERIOD.sub("", out, count=_PERIODS_DROPPED)
+
+
+def _digits_articles(text: str) -> str:
+    """The official processDigitArticle: lower case, number words to digits, no articles, contractions mended."""
+    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 
 def normalize_vqa_answer(answer: str) -> str:
-    """The official VQA normalisation: punctuation, number words -> digits, no articles, contractions."""
-    text = " ".join(answer.replace("\n", " ").replace("\t", " ").split())
-    text = _strip_punctuation(text)
-    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
-    words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
-    return " ".join(words)
+    """The official normalisation of a predicted answer: line breaks and tabs to spaces, stripped, punctuation, then
+    number words, articles and contractions."""
+    return _digits_articles(_strip_punctuation(answer.replace("\n", " ").replace("\t", " ").strip()))
 
 
 # ---------------------------------------------------------------- VQA accuracy, exact match, accuracy
@@ -197,24 +252,24 @@ def _as_references(refs) -> list[str]:
 
 
 def vqa_answer_score(prediction: str, answers: Sequence[str]) -> float:
-    """One question's VQA accuracy in [0, 1].
+    """One question's VQA accuracy in [0, 1], as the official script computes it.
 
-    With n answers: the average, over the n subsets that leave one annotator out, of
-    min(1, matches in the subset / 3). For n = 10 this is the official metric. Fewer answers
-    (small or user-made sets) would make the threshold of 3 unreachable (one reference can
-    never give more than 0), so the threshold becomes min(3, n - 1), and a single reference is
-    an exact match.
+    The prediction is normalised (normalize_vqa_answer). The references are compared as written when they are all
+    the same, and only stripped of punctuation (no lower case, number words or articles) when they are not: so ten
+    "two" never match a predicted "two" (normalised to "2"), as in the official evaluation. Then, for each annotator
+    left out, min(1, matching answers of the others / 3), averaged. The threshold is 3 whatever the number of answers:
+    a question needs at least four to be answerable in full, and one with a single answer always scores 0 (the
+    VQA task reports exact_match instead for such data).
     """
-    refs = [normalize_vqa_answer(a) for a in _as_references(answers)]
+    refs = _as_references(answers)
     if not refs:
         raise ValueError("a VQA question needs at least one reference answer")
     pred = normalize_vqa_answer(prediction or "")
-    if len(refs) == 1:
-        return float(pred == refs[0])
-    need = min(3, len(refs) - 1)
+    if len(set(refs)) > 1:
+        refs = [_strip_punctuation(r) for r in refs]
     matches = sum(r == pred for r in refs)
     # leaving out annotator i removes one match exactly when that annotator agreed with the prediction
-    return sum(min(1.0, (matches - (r == pred)) / need) for r in refs) / len(refs)
+    return sum(min(1.0, (matches - (r == pred)) / 3) for r in refs) / len(refs)
 
 
 def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> float:
@@ -226,7 +281,8 @@ def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -
 
 
 def exact_match(predictions: Sequence[str], answers: Sequence[Sequence[str] | str]) -> float:
-    """Share of predictions equal to any reference after VQA normalisation, 0-100."""
+    """Share of predictions equal to any reference, both normalised as the official script normalises a prediction,
+    0-100: the always-normalising reading, and the headline for data with fewer than four answers per question."""
     _same_length(predictions, answers)
     if not predictions:
         return 0.0

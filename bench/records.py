@@ -245,7 +245,21 @@ def migrate(record) -> dict:
     version = record.get("schema_version", 1)
     if version > SCHEMA_VERSION:
         raise ValueError(f"record schema_version {version} is newer than this bench ({SCHEMA_VERSION}); upgrade bench")
+    _first_quality_version(record)
     return _normalise(record)
+
+
+def version_text(task: str, task_version: int, metric: str, metric_version: int) -> str:
+    """quality.version: the task's evaluation and its metric, each with its version (bench.metrics.quality_version)."""
+    return f"{task}-{task_version}/{metric}-{metric_version}"
+
+
+def _first_quality_version(record: dict) -> None:
+    """Records from before quality carried a version were measured with every task and metric at version 1: say so, so
+    that they compare with today's numbers where nothing changed and are refused where something did (bench.fields)."""
+    quality, task = record["quality"], record["dataset"].get("task")
+    if "version" not in quality and isinstance(quality.get("metric"), str) and isinstance(task, str):
+        quality["version"] = version_text(task, 1, quality["metric"], 1)
 
 
 # fields that name things: shown and grouped by, so always text when present

@@ -148,36 +148,119 @@ def test_normalize_vqa_answer(raw, normal):
     assert normalize_vqa_answer(raw) == normal
 
 
-def test_vqa_accuracy_by_hand():
-    # Ten annotators; for each one left out, the score is min(1, matches among the other nine / 3).
-    def answers(n_match, match="red", other="blue"):
-        return [match] * n_match + [other] * (10 - n_match)
-
-    # 3 match: leaving out one of the 3 leaves 2 -> 2/3 (3 times); leaving out another leaves 3 -> 1 (7 times)
-    # (3 * 2/3 + 7 * 1) / 10 = 0.9
-    assert vqa_accuracy(["red"], [answers(3)]) == pytest.approx(90.0)
-    # 1 match: 0 once, 1/3 nine times -> 0.3
-    assert vqa_accuracy(["red"], [answers(1)]) == pytest.approx(30.0)
-    # 2 match: 1/3 twice, 2/3 eight times -> (2/3 + 16/3) / 10 = 0.6
-    assert vqa_accuracy(["red"], [answers(2)]) == pytest.approx(60.0)
-    # 4 match: at least 3 remain in every subset -> 1
-    assert vqa_accuracy(["red"], [answers(4)]) == pytest.approx(100.0)
-    assert vqa_accuracy(["green"], [answers(10)]) == 0.0
-    # the mean over questions, after normalisation on both sides ("Two" and "2" are the same answer)
-    assert vqa_accuracy(["red", "Two"], [answers(3), ["2"] * 10]) == pytest.approx(95.0)
-    # the scenes' accepted synonym: 7 "center" + 3 "middle"; "middle" earns what 3 of 10 earns
-    synonym = ["center"] * 7 + ["middle"] * 3
-    assert vqa_accuracy(["middle", "center"], [synonym, synonym]) == pytest.approx((90 + 100) / 2)
+# The official score of a question with ten answers, k of which match the prediction under the official rules:
+# each annotator left out in turn, min(1, matches among the other nine / 3), averaged.
+OFFICIAL = {0: 0.0, 1: 0.3, 2: 0.6, 3: 0.9, 4: 1.0, 5: 1.0, 6: 1.0, 7: 1.0, 8: 1.0, 9: 1.0, 10: 1.0}
 
 
-def test_vqa_accuracy_with_fewer_answers():
-    assert vqa_answer_score("red", ["red"]) == 1.0 and vqa_answer_score("Red.", ("red",)) == 1.0
-    assert vqa_answer_score("blue", ["red"]) == 0.0
-    # two answers: the threshold is min(3, n - 1) = 1; leaving out "red" leaves none, leaving out "blue" leaves one
-    assert vqa_answer_score("red", ["red", "blue"]) == pytest.approx(0.5)
-    assert vqa_answer_score("red", ["red", "red"]) == 1.0
+def ten(*groups) -> list[str]:
+    """Ten annotator answers from (answer, times) groups."""
+    out = [a for a, n in groups for _ in range(n)]
+    assert len(out) == 10
+    return out
+
+
+# (prediction, the ten answers, k: how many answers the official vqaEval.py counts as matching), worked out by hand from
+# its evaluate(): the prediction always goes through processPunctuation and processDigitArticle; the answers are
+# compared as written when all ten are identical, and after processPunctuation only (no lower case, no number words,
+# no articles) when they are not
+VQA_CASES = [
+    # all ten identical: compared as written, against the normalised prediction
+    ("yes", ten(("yes", 10)), 10),
+    ("Yes", ten(("yes", 10)), 10),  # the prediction is lower-cased
+    ("YES.", ten(("yes", 10)), 10),
+    ("yes", ten(("Yes", 10)), 0),  # ... the answers are not
+    ("two", ten(("two", 10)), 0),  # "two" becomes "2"; ten "two" stay "two"
+    ("2", ten(("two", 10)), 0),
+    ("two", ten(("2", 10)), 10),
+    ("none", ten(("0", 10)), 10),
+    ("none", ten(("none", 10)), 0),
+    ("ten", ten(("10", 10)), 10),
+    ("eleven", ten(("11", 10)), 0),  # only zero to ten are mapped
+    ("a dog", ten(("dog", 10)), 10),  # the prediction loses its article
+    ("dog", ten(("a dog", 10)), 0),  # the answers keep theirs
+    ("a dog", ten(("a dog", 10)), 0),
+    ("the red one", ten(("red 1", 10)), 10),  # every word is mapped: "one" too
+    ("the red one", ten(("red one", 10)), 0),
+    ("yes", ten(("yes.", 10)), 0),  # the answers keep their period
+    ("3,000", ten(("3,000", 10)), 0),  # digit,digit: the prediction's comma goes, the answers' stays
+    ("3000", ten(("3000", 10)), 10),
+    ("3.5", ten(("3.5", 10)), 10),  # a period before a digit stays
+    ("dont", ten(("don't", 10)), 10),  # the prediction's contraction is mended
+    ("don't", ten(("dont", 10)), 0),
+    ("yes/no", ten(("yes/no", 10)), 0),  # "/" becomes a space in the prediction only
+    ("black-and-white", ten(("black and white", 10)), 10),
+    ("black and white", ten(("black-and-white", 10)), 0),
+    (" yes\n", ten(("yes", 10)), 10),  # line breaks, tabs and outer spaces
+    ("yes\tno", ten(("yes no", 10)), 10),
+    ("yes ?", ten(("yes", 10)), 10),  # a mark beside a space is deleted
+    ("yes?", ten(("yes", 10)), 10),  # ... one that is not becomes a space, and split() drops it
+    ("", ten(("yes", 10)), 0),
+    ("yes" + "." * 40, ten(("yes", 10)), 0),  # sub("", text, re.UNICODE): only the first 32 periods go
+    ("yes" + "." * 32, ten(("yes", 10)), 10),
+    ("(red)", ten(("red", 10)), 10),
+    # answers that differ: processPunctuation on them, nothing else
+    ("red", ten(("red", 3), ("blue", 7)), 3),
+    ("Red", ten(("red", 3), ("blue", 7)), 3),
+    ("the red", ten(("red", 3), ("blue", 7)), 3),
+    ("red", ten(("red", 1), ("blue", 9)), 1),
+    ("red", ten(("red", 2), ("blue", 8)), 2),
+    ("red", ten(("red", 4), ("blue", 6)), 4),
+    ("green", ten(("red", 4), ("blue", 6)), 0),
+    ("2", ten(("two", 8), ("2", 2)), 2),  # "two" is not mapped on the answers' side
+    ("two", ten(("two", 8), ("2", 2)), 2),
+    ("2", ten(("two", 2), ("2", 8)), 8),
+    ("yes", ten(("Yes", 8), ("yes", 2)), 2),  # nor lower-cased
+    ("yes", ten(("Yes", 5), ("yes", 5)), 5),
+    ("dog", ten(("a dog", 6), ("dog", 4)), 4),  # nor stripped of articles
+    ("yes", ten(("yes!", 3), ("no", 7)), 0),  # "yes!" becomes "yes " (a space where the "!" was)
+    ("yes", ten(("yes !", 3), ("no", 7)), 0),  # "yes !" becomes "yes " (the "!" beside a space deleted)
+    ("no", ten(("yes!", 3), ("no", 7)), 7),
+    ("red", ten(("(red)", 4), ("blue", 6)), 0),  # "(red)" becomes " red "
+    ("black and white", ten(("black-and-white", 4), ("black and white", 6)), 10),
+    ("3000", ten(("3,000", 5), ("3000", 5)), 10),  # digit,digit: every mark deleted
+    ("3000", ten(("3,000 people", 5), ("3000", 5)), 5),
+    ("dont", ten(("dont", 5), ("don't", 5)), 5),  # the answers' contractions are not mended
+    ("center", ten(("center", 7), ("middle", 3)), 7),
+    ("middle", ten(("center", 7), ("middle", 3)), 3),
+    ("yes.", ten(("yes.", 5), ("yes", 5)), 10),  # the answers' final period goes too
+    ("left side", ten(("left side", 4), ("left", 6)), 4),
+]
+
+
+@pytest.mark.parametrize(("prediction", "answers", "k"), VQA_CASES)
+def test_vqa_accuracy_is_the_official_scripts(prediction, answers, k):
+    assert vqa_answer_score(prediction, answers) == pytest.approx(OFFICIAL[k], abs=1e-12)
+
+
+def test_vqa_hand_cases_are_many_and_cover_the_official_quirks():
+    assert len(VQA_CASES) >= 50
+    assert {k for _, _, k in VQA_CASES} >= {0, 1, 2, 3, 4, 5, 7, 8, 10}
+
+
+def test_vqa_accuracy_averages_questions_and_keeps_the_threshold_of_three_for_any_number_of_answers():
+    assert vqa_accuracy(["red", "two"], [ten(("red", 3), ("blue", 7)), ["2"] * 10]) == pytest.approx(95.0)
+    assert vqa_answer_score("red", ["red"]) == 0.0  # one answer: nobody is left to agree
+    assert vqa_answer_score("red", ["red"] * 3) == pytest.approx(2 / 3)  # each subset of two has two matches
+    assert vqa_answer_score("red", ["red"] * 4) == 1.0
+    # two different answers: leaving out "red" leaves no match, leaving out "blue" leaves one (1/3)
+    assert vqa_answer_score("red", ["red", "blue"]) == pytest.approx(1 / 6)
     with pytest.raises(ValueError):
         vqa_answer_score("red", [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["red", "Red", "two", "2", "a dog", "dog", "yes!", "3,000", "dont", "left"]), min_size=1,
+                max_size=12), st.sampled_from(["red", "two", "2", "dog", "yes", "3000", "don't", "left"]))
+def test_vqa_score_is_the_leave_one_out_mean_of_a_match_count(answers, prediction):
+    """Whatever the answers: a mean of min(1, matches / 3) over the annotators left out, so a multiple of 1/(3n) in
+    [0, 1], 1 exactly when four answers match, and never more than exact agreement with the normalised prediction."""
+    score = vqa_answer_score(prediction, answers)
+    n = len(answers)
+    assert 0.0 <= score <= 1.0
+    assert score * 3 * n == pytest.approx(round(score * 3 * n), abs=1e-9)
+    if score > 0:
+        assert exact_match([prediction], [answers]) == 100.0
 
 
 def test_exact_match_and_accuracy():
@@ -188,8 +271,9 @@ def test_exact_match_and_accuracy():
         accuracy([1], [1, 2])
 
 
-def test_every_metric_declares_its_direction():
-    assert metrics.METRICS and all(isinstance(v, bool) for v in metrics.METRICS.values())
+def test_every_metric_declares_its_direction_and_version():
+    assert metrics.METRICS and all(isinstance(m.higher_is_better, bool) and m.version >= 1 for m in metrics.METRICS.values())
+    assert metrics.metric_version("vqa_acc") == 2 and metrics.metric_version("CIDEr") == 1
     assert {"CIDEr", "BLEU-4", "ROUGE-L", "METEOR", "vqa_acc", "exact_match", "accuracy"} <= set(metrics.METRICS)
     assert metrics.higher_is_better("CIDEr")
     with pytest.raises(KeyError):

@@ -94,6 +94,7 @@ class CompareResult:
     extra: list[Group]  # in the current records, not in the baseline
     env_warnings: list[str]
     invalid: list[str] = field(default_factory=list)  # measurements that are not finite numbers, in either file
+    incomparable: list[str] = field(default_factory=list)  # a field whose two sides count different things (its kind)
 
     def worse(self) -> list[tuple[CellChange, MetricChange]]:
         """Changes for the worse that are beyond noise."""
@@ -102,9 +103,10 @@ class CompareResult:
     @property
     def failed(self) -> bool:
         """`bench compare` exits 1: something got worse beyond noise, a cell stopped finishing, a baseline cell
-        is gone, or a file holds a measurement that is not a finite number."""
+        is gone, a file holds a measurement that is not a finite number, or a field is not comparable (another kind:
+        a revised metric, memory counted another way)."""
         stopped = any(c.old_status == "ok" and c.new_status != "ok" for c in self.cells)
-        return bool(self.worse() or stopped or self.missing or self.invalid)
+        return bool(self.worse() or stopped or self.missing or self.invalid or self.incomparable)
 
 
 def _env_values(records: list[dict], key: str) -> set:
@@ -153,7 +155,7 @@ def compare(base_records: list[dict], current_records: list[dict], fields=None) 
     fields = list(fields or FIELDS)
     old_groups = stats.group_by_cell(base_records)
     new_groups = stats.group_by_cell(current_records)
-    cells = []
+    cells, incomparable = [], []
     for cell_id, new in new_groups.items():
         old = old_groups.get(cell_id)
         if old is None:
@@ -162,12 +164,15 @@ def compare(base_records: list[dict], current_records: list[dict], fields=None) 
         for f in fields:
             if old.random_weights and f.startswith("quality."):
                 continue  # quality of random weights means nothing; do not show its "changes"
+            if why := stats.unlike_kinds(f, old, new):  # refused, not measured: the numbers mean different things
+                incomparable.append(f"{change.label} {f}: {why}")
+                continue
             change.changes.append(MetricChange(f, old.summary(f), new.summary(f), _better(f, new)))
         cells.append(change)
     missing = [g for cid, g in old_groups.items() if cid not in new_groups]
     extra = [g for cid, g in new_groups.items() if cid not in old_groups]
     invalid = stats.invalid_on_either_side(base_records, current_records, fields)
-    return CompareResult(cells, missing, extra, env_differences(base_records, current_records), invalid)
+    return CompareResult(cells, missing, extra, env_differences(base_records, current_records), invalid, incomparable)
 
 
 # ---------------------------------------------------------------- rendering
@@ -241,6 +246,9 @@ def render_markdown(result: CompareResult, *, show_all: bool = False) -> str:
             lines += [f"## {title}", ""] + [f"- `{g.cell_id}` {cell_text(f'{g.model} / {g.dataset} / {g.method}')}" for g in groups] + [""]
     if result.invalid:
         lines += ["## Not finite numbers (the files were edited or corrupted)", ""] + [f"- {cell_text(p)}" for p in result.invalid] + [""]
+    if result.incomparable:
+        lines += ["## Not comparable (re-record the baseline on purpose: `bench baseline update SUITE`)", ""]
+        lines += [f"- {cell_text(p)}" for p in result.incomparable] + [""]
     return "\n".join(lines)
 
 
@@ -293,3 +301,5 @@ def render_terminal(result: CompareResult, console=None, *, show_all: bool = Fal
             console.print(Text.assemble((label, style), f"{g.cell_id} {g.model} / {g.dataset} / {g.method}"))
     for problem in result.invalid:
         console.print(Text.assemble(("not a finite number: ", "bold red"), problem))
+    for problem in result.incomparable:
+        console.print(Text.assemble(("not comparable: ", "bold red"), problem.replace("not comparable: ", "")))

@@ -31,7 +31,6 @@ from bench.analysis import stats
 from bench.analysis.compare import env_differences, fmt_value, terminal_table
 from bench.analysis.report import cell_text
 from bench.analysis.stats import Group, Summary
-from bench.fields import BY_PATH
 from bench.suite.rules import DEFAULT_RULES, Rule, StatusRule, Threshold, parse_rule
 
 
@@ -197,24 +196,13 @@ def _check(rule: Rule, old: Group, new: Group, status_gated: bool) -> tuple[obje
     return o.mean, n.mean, noise, "fail" if beyond_threshold else "pass", ""
 
 
-def _kinds(group: Group, dotted: str, kind_path: str) -> list[str]:
-    """The kinds of the numbers `group.summary(dotted)` averages ("unrecorded" where a record names none)."""
-    return sorted({str(stats.get(r, kind_path) or "unrecorded") for r in group.ok
-                   if stats.number(stats.get(r, dotted)) is not None})
-
-
 def _unlike_kinds(dotted: str, old: Group, new: Group) -> str:
-    """Why the two sides' numbers of `dotted` count different things ("" when both count one and the same kind)."""
-    kind_path = BY_PATH[dotted].kind
-    if kind_path is None:
+    """Why the two sides' numbers of `dotted` count different things, and what to do ("" when they do not)."""
+    why = stats.unlike_kinds(dotted, old, new)
+    if not why:
         return ""
-    o, n = _kinds(old, dotted, kind_path), _kinds(new, dotted, kind_path)
-    if o == n and len(o) == 1:
-        return ""
-    name = kind_path.rsplit(".", 1)[-1]
     suite = stats.get(new.first, "suite_file") or "SUITE"
-    return (f"not comparable: {name} is {' + '.join(o)} in the baseline, {' + '.join(n)} now; "
-            f"re-record the baseline on purpose: `bench baseline update {suite}`")
+    return f"{why}; re-record the baseline on purpose: `bench baseline update {suite}`"
 
 
 def _mean(s: Summary | None) -> float | None:

@@ -24,7 +24,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from bench.fields import NUMERIC_FIELDS
+from bench.fields import BY_PATH, KIND_MEANINGS, NUMERIC_FIELDS
 from bench.records import latest_per_cell
 
 
@@ -253,3 +253,21 @@ def by_model_dataset(groups) -> dict[tuple[str, str], list[Group]]:
     for g in groups:
         out.setdefault((g.model, g.dataset), []).append(g)
     return out
+
+
+def _kinds(group: Group, dotted: str, kind_path: str) -> list[str]:
+    """The kinds of the numbers `group.summary(dotted)` averages ("unrecorded" where a record names none)."""
+    return sorted({str(get(r, kind_path) or "unrecorded") for r in group.ok if number(get(r, dotted)) is not None})
+
+
+def unlike_kinds(dotted: str, old: Group, new: Group) -> str:
+    """Why the two sides' numbers of `dotted` count different things ("" when both count one and the same kind): the
+    field's kind (bench.fields) differs between them, or is mixed within one."""
+    kind_path = BY_PATH[dotted].kind if dotted in BY_PATH else None
+    if kind_path is None:
+        return ""
+    o, n = _kinds(old, dotted, kind_path), _kinds(new, dotted, kind_path)
+    if o == n and len(o) <= 1:
+        return ""
+    name = kind_path.rsplit(".", 1)[-1]
+    return f"not comparable: {name} is {' + '.join(o) or 'none'} in the baseline, {' + '.join(n) or 'none'} now ({KIND_MEANINGS[kind_path]})"

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from bench.data.formats import dataset_splits
 from bench.data.sample import TASKS, DatasetSplits, Sample
-from bench.data.vocabulary import COLORS, COUNTS, POSITION_SYNONYMS, SHAPES, SHAPES_PLURAL
+from bench.data.vocabulary import COLORS, COUNTS, DIGITS, POSITION_SYNONYMS, SHAPES, SHAPES_PLURAL
 
 SPLITS = ("source", "target")
 
@@ -236,7 +236,7 @@ def question_answers(scene: Scene) -> tuple[str, tuple[str, ...]]:
         answer = scene.shape
     elif kind == "count":
         question = f"how many {plural} are there ?"
-        answer = COUNTS[scene.count]
+        answer = DIGITS[scene.count]
     else:
         question = (f"where is the {scene.color} {scene.shape} ?" if one
                     else f"where are the {scene.color} {plural} ?")

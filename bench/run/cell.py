@@ -28,8 +28,11 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def _quality_dict(q) -> dict:
-    return {"metric": q.metric, "higher_is_better": q.higher_is_better, "value": round(float(q.value), 4), "extra": q.extra, "n": q.n}
+def _quality_dict(q, task) -> dict:
+    from bench.metrics import quality_version
+
+    return {"metric": q.metric, "higher_is_better": q.higher_is_better, "value": round(float(q.value), 4), "extra": q.extra,
+            "n": q.n, "version": quality_version(task.TASK, q.metric)}
 
 
 def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> dict:
@@ -44,7 +47,7 @@ def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> 
     torch.manual_seed(cell.train["seed"])
     loaded = family.build(model_spec(cell.model, zoo_path), device=device, seed=cell.train["seed"])
     quality = task.evaluate(loaded, loaded.model, splits, task_settings(cell.train, device, splits))
-    return _quality_dict(quality)
+    return _quality_dict(quality, task)
 
 
 def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_path: str | None = None,
@@ -63,7 +66,7 @@ def _quality_record(cell, base: dict | None, tuned: dict | None) -> dict:
         return {"metric": None, "higher_is_better": None, "base": None, "tuned": None, "delta": None,
                 "applicable": False, "note": "random weights: cost is real, quality is not applicable"}
     ref = tuned or base or {}
-    out = {"metric": ref.get("metric"), "higher_is_better": ref.get("higher_is_better"),
+    out = {"metric": ref.get("metric"), "higher_is_better": ref.get("higher_is_better"), "version": ref.get("version"),
            "base": base["value"] if base else None, "tuned": tuned["value"] if tuned else None,
            "n_eval": ref.get("n"), "applicable": True, "extra": (tuned or {}).get("extra", {}),
            "base_extra": (base or {}).get("extra", {})}
@@ -150,7 +153,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         evaluated = _evaluable(ranks, trained, model, loaded, build) if cell.model["weights"] != "random" else None
         if evaluated is not None:  # random weights: cost is real, quality is not; several devices: the main one's
             loaded, model = evaluated
-            out["tuned"] = _quality_dict(task.evaluate(loaded, model, splits, ts))
+            out["tuned"] = _quality_dict(task.evaluate(loaded, model, splits, ts), task)
             phases["evaluate"] = round(time.perf_counter() - clock, 4)
             if out["tuned"]["n"] < len(splits.eval):
                 out["cost"]["skipped_samples"]["eval"] = len(splits.eval) - out["tuned"]["n"]

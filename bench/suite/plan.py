@@ -87,9 +87,14 @@ def _match(ex: dict, model: str, dataset: str, method: str) -> bool:
 def base_key(cell: Cell) -> str:
     """Identifies the untuned model's evaluation, shared by every method and repeat on the same (model, dataset).
 
-    Pretrained and zoo weights are fixed, so the seed plays no part; random weights have no quality at all.
+    Pretrained and zoo weights are fixed, so the seed plays no part; random weights have no quality at all. The task's
+    and its metrics' versions are part of it.
     """
+    from bench.metrics import evaluation_versions
+
     evaluation = {k: cell.train[k] for k in ("max_new_tokens", "num_beams", "prompt_template", "max_seq_len", "eval_batch_size")}
+    # a revised evaluation or metric measures the base again rather than reuse a number that meant something else
+    evaluation["versions"] = evaluation_versions(cell.dataset["task"])
     return stable_hash({"model": cell.model, "dataset": cell.dataset, "eval": evaluation})
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.suite.plan import stable_hash
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the vocabulary gained the digits (VQA count answers)
 
 _COMMON = {"schedule": "cosine", "warmup_steps": 20, "weight_decay": 0.0, "max_grad_norm": 1.0, "optimizer": "adamw",
            "precision": "fp32", "gradient_checkpointing": False, "seed": 1234, "grad_accum": 1, "epochs": None,

@@ -5,6 +5,7 @@ A task module defines at module level:
     TASK: str                 # classification | caption | vqa  (must equal the family's TASK)
     METRIC: str               # the headline metric's name, e.g. "zero_shot_acc", "CIDEr", "vqa_acc"
     HIGHER_IS_BETTER: bool
+                              # (its evaluation's version and metrics: bench.metrics.EVALUATIONS[TASK])
 
     def encode(loaded: LoadedModel, samples: list[Sample], settings: TaskSettings) -> list[dict]
         # per-sample tensors (CPU), done once before training; the images go through the
@@ -90,3 +91,4 @@ class TrainingBatch:
 def encode_kwargs(task, splits) -> dict:
     """Extra arguments a task's encode takes from the dataset (CLIP needs the class names for its prompts)."""
     return {"classnames": splits.classnames} if "classnames" in inspect.signature(task.encode).parameters else {}
+

@@ -31,8 +31,11 @@ from bench.tasks.captioning import (
 )
 
 TASK = "vqa"
-METRIC = "vqa_acc"
+METRIC = "vqa_acc"  # the headline where every eval question has FULL_CREDIT_ANSWERS answers or more
 HIGHER_IS_BETTER = True
+# the official VQA accuracy gives full credit when three other annotators agree: a question needs four answers for it,
+# and one with a single answer always scores 0. Data with fewer (a single-answer set) is headlined by exact match
+FULL_CREDIT_ANSWERS = 4
 
 IMAGE = "<image>"
 
@@ -102,7 +105,8 @@ def encode(loaded, samples: list[Sample], settings: TaskSettings) -> list[dict]:
 
 
 def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Quality:
-    """VQA accuracy (0-100) of answers generated for the eval questions; exact match in extra."""
+    """VQA accuracy (0-100) of answers generated for the eval questions, exact match in extra; on data with fewer than
+    FULL_CREDIT_ANSWERS answers to some question, the other way round."""
     from bench.metrics import exact_match, vqa_accuracy
 
     answers = []
@@ -114,12 +118,19 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
     generated = generate_texts(loaded, model, splits.eval, lambda s: prompt(s.question), settings)
     predictions = [text for _, text in generated]
     answers = [answers[i] for i, _ in generated]  # a skipped unreadable sample is left out of the score
-    value = vqa_accuracy(predictions, answers) if predictions else 0.0
-    extra = {"exact_match": exact_match(predictions, answers) if predictions else 0.0,
-             "examples": [{"question": splits.eval[i].question, "prediction": p, "answers": list(splits.eval[i].answers)}
-                          for i, p in generated[:EXAMPLES]]}
-    return Quality(metric=METRIC, value=float(value), higher_is_better=HIGHER_IS_BETTER, extra=extra,
+    scores = {"vqa_acc": vqa_accuracy(predictions, answers) if predictions else 0.0,
+              "exact_match": exact_match(predictions, answers) if predictions else 0.0}
+    metric = headline(answers)
+    extra = {k: v for k, v in scores.items() if k != metric}
+    extra["examples"] = [{"question": splits.eval[i].question, "prediction": p, "answers": list(splits.eval[i].answers)}
+                         for i, p in generated[:EXAMPLES]]
+    return Quality(metric=metric, value=float(scores[metric]), higher_is_better=HIGHER_IS_BETTER, extra=extra,
                    n=len(predictions))
+
+
+def headline(answers: list[list[str]]) -> str:
+    """vqa_acc where every question can earn full credit, exact_match otherwise."""
+    return METRIC if all(len(a) >= FULL_CREDIT_ANSWERS for a in answers) else "exact_match"
 
 
 def _text_ids(tokenizer, text: str, n_image: int):

@@ -11,7 +11,7 @@ import pytest
 from bench.data import scenes
 from bench.data.digits import digits_dataset
 from bench.data.sample import TASKS
-from bench.data.vocabulary import COUNTS, SHAPES, SHAPES_PLURAL
+from bench.data.vocabulary import COUNTS, DIGITS, SHAPES, SHAPES_PLURAL
 
 
 def image_bytes(splits):
@@ -81,7 +81,7 @@ def test_vqa_answers_match_the_scene():
         question, answers = scenes.question_answers(spec)
         kinds[spec.question_kind] += 1
         assert len(answers) == 10 and all(len(a.split()) == 1 for a in answers)
-        expected = {"color": spec.color, "shape": spec.shape, "count": COUNTS[spec.count],
+        expected = {"color": spec.color, "shape": spec.shape, "count": DIGITS[spec.count],
                     "position": spec.position}[spec.question_kind]
         assert answers[0] == expected and question.endswith(" ?")
         assert Counter(answers).most_common(1)[0][0] == expected  # the synonym is never the majority

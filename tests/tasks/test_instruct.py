@@ -95,10 +95,15 @@ def test_training_step_gives_finite_loss_and_gradients():
 
 
 def test_evaluate_untrained_gives_scores_in_range(loaded):
-    quality = instruct.evaluate(loaded, loaded.model, DatasetSplits(task="vqa", train=[], eval=[QA, QA]), SETTINGS)
+    """Ten answers per question: the official VQA accuracy is the headline; three: exact match is (the official rule
+    needs four agreeing answers for full credit), with the VQA accuracy beside it."""
+    ten = Sample(image=QA.image, question=QA.question, answers=("blue",) * 8 + ("dark blue",) * 2)
+    quality = instruct.evaluate(loaded, loaded.model, DatasetSplits(task="vqa", train=[], eval=[ten, ten]), SETTINGS)
     assert quality.metric == "vqa_acc" and quality.n == 2
     assert 0 <= quality.value <= 100 and 0 <= quality.extra["exact_match"] <= 100
     assert quality.extra["examples"][0]["question"] == QA.question
+    few = instruct.evaluate(loaded, loaded.model, DatasetSplits(task="vqa", train=[], eval=[QA, ten]), SETTINGS)
+    assert few.metric == "exact_match" and 0 <= few.extra["vqa_acc"] <= 100
 
 
 def test_left_padded_batch_generates_what_single_prompts_do(loaded):
@@ -123,4 +128,5 @@ def test_a_model_trained_on_two_answers_gives_them_back():
         optimizer.zero_grad()
     quality = instruct.evaluate(fresh, fresh.model, DatasetSplits(task="vqa", train=train, eval=train), SETTINGS)
     assert [e["prediction"] for e in quality.extra["examples"]] == ["red", "blue"]  # stops at </s>
-    assert quality.value == pytest.approx(100.0) and quality.extra["exact_match"] == pytest.approx(100.0)
+    # one answer each: exact match is the headline; the official VQA accuracy gives a lone answer nobody to agree with
+    assert quality.metric == "exact_match" and quality.value == pytest.approx(100.0) and quality.extra["vqa_acc"] == 0.0
