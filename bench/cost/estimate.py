@@ -88,8 +88,8 @@ def stacks(family: str, config, max_seq_len: int) -> list[Stack]:
     t = config.text_config
     text = dict(layers=t.num_hidden_layers, hidden=t.hidden_size, heads=t.num_attention_heads, ffn=_ffn(t), act=_act(t),
                 dropout=getattr(t, "dropout", 0.0) or 0.0)
-    if family == "clip":
-        return [vision, Stack("language", seq=max_seq_len, **text)]
+    if family == "clip":  # its text is cut at the text model's positions (77), whatever max_seq_len says
+        return [vision, Stack("language", seq=min(max_seq_len, t.max_position_embeddings), **text)]
     if family == "blip2":
         q = config.qformer_config
         n_query = config.num_query_tokens

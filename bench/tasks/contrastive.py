@@ -40,7 +40,7 @@ def encode(loaded, samples: list[Sample], settings: TaskSettings, classnames=())
     """Per-sample CPU tensors: pixel values (through the processor once) and unpadded text tokens."""
     texts = [training_text(s, i, settings, classnames) for i, s in enumerate(samples)]
     pixels = pixel_values(loaded.processor, [s.image for s in samples])
-    ids, mask = tokenize(loaded.processor, texts, settings.max_seq_len)
+    ids, mask = tokenize(loaded.processor, texts, settings.max_seq_len, loaded.model)
     lengths = mask.sum(1).tolist()
     return [
         {"pixel_values": pixels[i], "input_ids": ids[i, :n].clone(), "attention_mask": mask[i, :n].clone()}
@@ -135,10 +135,23 @@ def pixel_values(processor, images):
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-def tokenize(processor, texts: list[str], max_length: int):
-    """(input_ids, attention_mask) as right-padded LongTensors, truncated to max_length (end token kept)."""
-    out = processor(text=texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+def tokenize(processor, texts: list[str], max_length: int, model=None):
+    """(input_ids, attention_mask) as right-padded LongTensors, truncated to max_length (end token kept), and never past
+    the text model's positions (CLIP's 77): a longer text would index past its position embeddings."""
+    limit = text_positions(model) if model is not None else None
+    length = min(max_length, limit) if limit else max_length
+    out = processor(text=texts, padding=True, truncation=True, max_length=length, return_tensors="pt")
     return out["input_ids"], out["attention_mask"]
+
+
+def text_positions(model) -> int | None:
+    """How many text positions the model has (transformers: its text config's max_position_embeddings; open_clip:
+    its context length, which its own tokenizer already keeps to)."""
+    base = base_model(model)
+    text_config = getattr(getattr(base, "config", None), "text_config", None)
+    if text_config is not None:
+        return getattr(text_config, "max_position_embeddings", None)
+    return getattr(base, "context_length", None)
 
 
 def pad_token_id(processor) -> int:
@@ -168,7 +181,7 @@ def _open_clip_features(model, batch: dict):
 def _text_embeddings(model, processor, texts, settings: TaskSettings, device):
     import torch.nn.functional as F
 
-    ids, mask = tokenize(processor, texts, settings.max_seq_len)
+    ids, mask = tokenize(processor, texts, settings.max_seq_len, model)
     ids, mask = ids.to(device), mask.to(device)
     if backend_of(model) == "open_clip":
         emb = model.encode_text(ids)

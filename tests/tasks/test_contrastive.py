@@ -87,6 +87,25 @@ def test_truncation_keeps_the_end_token(splits):
 
 
 @pytest.mark.parametrize("backend", clip.BACKENDS)
+def test_a_text_longer_than_the_models_positions_is_cut_at_them_on_both_backends(backend, splits):
+    """A 120-word caption with max_seq_len = 128 (as suites/vlm_costs.toml sets): cut at the text model's positions
+    (CLIP's 77; the tiny preset's 64) with its end token kept, and it trains and evaluates instead of raising."""
+    loaded = build(backend)
+    limit = task.text_positions(loaded.model)
+    assert limit == clip.PRESETS["tiny"]["text_config"]["max_position_embeddings"] == 64
+    words = ["red", "circle", "on", "the", "left", "and", "a", "blue", "square", "at", "top", "of", "it"]
+    long = Sample(image=splits.train[0].image, captions=(" ".join(words[i % len(words)] for i in range(120)),), label=0)
+    settings = TaskSettings(max_seq_len=128, eval_batch_size=4)
+    (encoded,) = task.encode(loaded, [long], settings)
+    assert len(encoded["input_ids"]) == limit and encoded["input_ids"][-1] == clip.clip_tokenizer().eos_token_id
+    batch = task.collate([encoded, encoded], loaded)
+    assert torch.isfinite(task.loss(loaded.model, batch))
+    long_names = DatasetSplits(task="classification", train=[], eval=splits.eval[:2],
+                               classnames=tuple(" ".join(["red"] * 120) + f" {c}" for c in CLASSNAMES))
+    assert 0 <= task.evaluate(loaded, loaded.model, long_names, settings).value <= 100
+
+
+@pytest.mark.parametrize("backend", clip.BACKENDS)
 def test_a_training_step_gives_a_finite_loss_and_gradients_on_both_towers(backend, splits):
     loaded = build(backend)
     batch = task.collate(task.encode(loaded, splits.train[:4], SETTINGS, classnames=CLASSNAMES), loaded)
