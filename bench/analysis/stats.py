@@ -267,7 +267,7 @@ def unlike_kinds(dotted: str, old: Group, new: Group) -> str:
     if kind_path is None:
         return ""
     o, n = _kinds(old, dotted, kind_path), _kinds(new, dotted, kind_path)
-    if o == n and len(o) <= 1:
+    if not o or not n or (o == n and len(o) == 1):  # a side without numbers is not a comparison of two kinds
         return ""
     name = kind_path.rsplit(".", 1)[-1]
-    return f"not comparable: {name} is {' + '.join(o) or 'none'} in the baseline, {' + '.join(n) or 'none'} now ({KIND_MEANINGS[kind_path]})"
+    return f"not comparable: {name} is {' + '.join(o)} in the baseline, {' + '.join(n)} now ({KIND_MEANINGS[kind_path]})"

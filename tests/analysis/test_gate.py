@@ -1,7 +1,7 @@
 import copy
 
 import pytest
-from conftest import REPO, record
+from conftest import REPO, record, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -232,10 +232,40 @@ def test_an_rss_baseline_against_tensor_bytes_fails_instead_of_passing_as_a_big_
     result = gate(old, new, ["status:ok", "peak_memory_mb:+5%", "delta:-3"])
     [failure] = result.failures
     assert failure.rule.text == "peak_memory_mb:+5%" and failure.noise is None
-    assert failure.note == ("not comparable: memory_kind is cpu_rss_hwm in the baseline, cpu_tensors now; "
-                            "re-record the baseline on purpose: `bench baseline update suites/quickstart.toml`")
+    assert failure.note == ("not comparable: memory_kind is cpu_rss_hwm in the baseline, cpu_tensors now (the two sides "
+                            "count peak memory differently (see MEMORY_KINDS)); re-record the baseline on purpose: "
+                            "`bench baseline update suites/quickstart.toml`")
     assert "cpu_rss_hwm" in result.render_markdown() and "cpu_tensors" in result.render_markdown()
     assert gate(new, copy.deepcopy(new), ["peak_memory_mb:+5%"]).passed  # re-recorded: the same kind passes
+
+
+def test_a_revised_metric_makes_the_gate_and_compare_against_an_old_baseline_fail_saying_why(tmp_path):
+    """A baseline recorded before quality carried a version (read as version 1 of everything) against today's vqa_acc
+    (version 2, the official script's rule): not comparable, whatever the numbers; a caption cell is unchanged (CIDEr is
+    still version 1) and compares as before."""
+    from bench.records import append_record
+
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    for i in range(2):
+        vqa = record(cell_id="vqa", repeat=i, seed=i, **{"method.name": "lora"})
+        vqa["quality"].pop("version", None)
+        cap = record(cell_id="cap", repeat=i, seed=i, **{"method.name": "full", "dataset.task": "caption",
+                                                          "quality.metric": "CIDEr"})
+        cap["quality"].pop("version", None)
+        append_record(old, vqa)
+        append_record(old, cap)
+        append_record(new, {**copy.deepcopy(vqa), "quality": {**vqa["quality"], "version": "vqa-1/vqa_acc-2"}})
+        append_record(new, {**copy.deepcopy(cap), "quality": {**cap["quality"], "version": "caption-1/CIDEr-1"}})
+    code, err, out = run_cli(["gate", "--baseline", old, "--rule", "delta:-0.5", new])
+    said = " ".join((out + err).split())  # the terminal table wraps long notes
+    assert code == 1
+    assert "not comparable: version is vqa-1/vqa_acc-1 in the baseline, vqa-1/vqa_acc-2 now" in said
+    assert "the task's evaluation or its metric was revised" in said
+    result = gate(read_latest([old]), read_latest([new]), ["delta:-0.5"])
+    assert sorted((r.cell_id, r.verdict) for r in result.rows) == [("cap", "pass"), ("vqa", "fail")]
+    code, err, out = run_cli(["compare", old, new])
+    said = " ".join((out + err).split())
+    assert code == 1 and "not comparable" in said and "vqa_acc-2" in said
 
 
 # ---------------------------------------------------------------- the CI gate as committed: +5 % on cpu_tensors memory
