@@ -79,8 +79,9 @@ def quantization_config(method: dict, device: str, *, sharded: bool = False):
     )
 
 
-def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpointing: bool = False):
-    """Freeze / adapt `loaded.model` as the method says; returns the model to train."""
+def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpointing: bool = False, sharded: bool = False):
+    """Freeze / adapt `loaded.model` as the method says; returns the model to train. `sharded` (FSDP): QLoRA keeps
+    its other weights in their stored dtype, as TRL does for FSDP-QLoRA, so FSDP can flatten each unit whole."""
     import peft
 
     model, components, kind = loaded.model, loaded.components, method["kind"]
@@ -106,7 +107,7 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
     targets = resolve_targets(method, family, loaded.backend)
     check_targets(model, components, targets, method["name"])
     regex = target_regex(components, targets)
-    if kind == "qlora":
+    if kind == "qlora" and not sharded:
         # without the kwargs peft re-enables checkpointing with torch's default, the reentrant variant
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                      gradient_checkpointing_kwargs=REENTRANT_OFF)

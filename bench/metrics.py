@@ -115,11 +115,18 @@ def caption_scores(
     """Corpus-level caption metrics ×100. CIDEr's IDF comes from these references, so scores on
     different subsets are not comparable. METEOR needs Java and takes ~10 s; it is left out
     (not zeroed) when Java is missing."""
+    return caption_scores_per_image(predictions, references, tokenize=tokenize, meteor=meteor)[0]
+
+
+def caption_scores_per_image(predictions: list[str], references: list[list[str]], *, tokenize: str = "ptb",
+                             meteor: bool = False) -> tuple[dict[str, float], list[float]]:
+    """caption_scores and each image's CIDEr ×100 (pycocoevalcap's corpus CIDEr is their mean; the IDF still comes from
+    every reference, so an image's score depends on the others')."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
     names = ["CIDEr", "BLEU-4", "ROUGE-L"] + (["METEOR"] if meteor and _has_java() else [])
     if not predictions:
-        return {n: 0.0 for n in names}
+        return {n: 0.0 for n in names}, []
     for i, refs in enumerate(references):
         if isinstance(refs, str) or not refs:
             raise ValueError(f"references[{i}] must be a non-empty list of strings, got {refs!r}")
@@ -151,12 +158,12 @@ def caption_scores(
     from pycocoevalcap.rouge.rouge import Rouge
 
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    cider, _ = Cider().compute_score(gts, res)
+    cider, per_image = Cider().compute_score(gts, res)
     rouge, _ = Rouge().compute_score(gts, res)
     scores = {"CIDEr": 100 * float(cider), "BLEU-4": 100 * float(bleu[3]), "ROUGE-L": 100 * float(rouge)}
     if "METEOR" in names:
         scores["METEOR"] = 100 * _meteor(gts, res)
-    return scores
+    return scores, [100 * float(x) for x in per_image]  # in the order of gts' keys: 0, 1, ...
 
 
 def _has_java() -> bool:

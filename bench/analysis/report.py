@@ -13,10 +13,11 @@ import os
 import re
 from pathlib import Path
 
-from bench.analysis import stats
+from bench.analysis import intervals, stats
 from bench.analysis.stats import Group
 from bench.fields import ENV_KEYS, MEMORY_KINDS
 from bench.paths import PAGE_MARK, inside, page_target, write_atomic
+from bench.suite.keys import TRAIN_KEYS
 
 STATUS_LABELS = {"oom": "OOM", "timeout": "timeout", "error": "error", "diverged": "diverged", "skipped": "skipped"}
 STAR = "★"
@@ -105,6 +106,9 @@ class _Page:
         self.front_time: set[str] = set()
         self.near_best: set[str] = set()
         self.best: set[str] = set()
+        # Δ's 95 % interval per cell, where its records kept per-item scores (bench/analysis/intervals.py)
+        self.intervals = {g.cell_id: intervals.delta_interval(g.ok) for g in self.groups
+                          if g.ok and not g.random_weights}
         for groups in self.blocks.values():
             self.front_memory |= stats.pareto_cells(groups, "cost.peak_memory_mb")
             self.front_time |= stats.pareto_cells(groups, "cost.train_wall_s")
@@ -112,14 +116,20 @@ class _Page:
         self.remote_code = sorted({g.model for g in self.groups if stats.get(g.first, "model.trust_remote_code")})
 
     def _mark_best(self, groups: list[Group]) -> None:
-        # the best Δ of a model x dataset, and every method whose Δ is inside the noise of it
+        # the best Δ of a model x dataset, and every method not told apart from it: the 95 % interval of their
+        # difference (items paired) holds 0; for records without per-item scores, a difference inside the noise
         scored = [g for g in groups if stats.gain(g) is not None]
         if not scored:
             return
         best = max(scored, key=stats.gain)
         self.best.add(best.cell_id)
         for g in scored:
-            if g is not best and not stats.differs(best.summary("quality.delta"), g.summary("quality.delta")):
+            if g is best:
+                continue
+            difference = intervals.difference_interval(g.ok, best.ok)
+            near = (intervals.contains_zero(difference) if difference is not None
+                    else not stats.differs(best.summary("quality.delta"), g.summary("quality.delta")))
+            if near:
                 self.near_best.add(g.cell_id)
 
     def model_label(self, g: Group) -> str:
@@ -141,6 +151,11 @@ class _Page:
         text = f"{_pm(s, None, signed=True)} {g.metric or ''}".rstrip()
         if s.n > 1:
             text += f" (n={s.n})"
+        interval = self.intervals.get(g.cell_id)
+        if interval is not None:
+            text += f" [{interval[0]:+.1f}, {interval[1]:+.1f}]"
+            if intervals.contains_zero(interval):  # no evidence the method moved quality at all
+                text = f"_{text}_"
         if g.cell_id in self.best and len(self.blocks[(g.model, g.dataset)]) > 1:
             text = f"**{text}**"
         elif g.cell_id in self.near_best:
@@ -154,7 +169,8 @@ def _device(record: dict) -> str:
     env = record.get("env") or {}
     name = str(env.get("device_name") or stats.get(record, "cost.device") or "?")
     count = stats.number(stats.get(record, "cost.devices"))  # a record is data: anything but a count reads as one
-    return f"{int(count)} × {name}" if count and count > 1 and count == int(count) else name
+    plausible = count is not None and 1 < count <= TRAIN_KEYS["devices"].max and count == int(count)
+    return f"{int(count)} × {name}" if plausible else name
 
 
 def _results_section(page: _Page) -> list[str]:
@@ -320,7 +336,11 @@ LEGEND = f"""## Legend
 
 - **Δ** = tuned − base quality on a 0–100 scale (points), on the same evaluation samples; mean ± sample
   standard deviation over repeats when there are several (n = number of finished repeats).
-- **bold** Δ: the best method of its model × dataset; {NEAR}: inside the noise of the best (the
+- [lo, hi] after a Δ: its 95 % confidence interval, from a paired bootstrap over the evaluation items (base and
+  tuned scored on the same items) with the repeats' seeds resampled too (`bench/analysis/intervals.py`);
+  _italic_: the interval contains 0 — no evidence the method changed quality.
+- **bold** Δ: the best method of its model × dataset; {NEAR}: not told apart from the best — the 95 %
+  interval of their difference (items paired) contains 0 (for records without per-item scores: the
   difference is not larger than the spread between repeats, see `bench/analysis/stats.py`).
 - {STAR} next to a time or a peak memory: Pareto-optimal for that cost — no other method of the same
   model × dataset is both cheaper and better in Δ.

@@ -32,7 +32,8 @@ def _quality_dict(q, task) -> dict:
     from bench.metrics import quality_version
 
     return {"metric": q.metric, "higher_is_better": q.higher_is_better, "value": round(float(q.value), 4), "extra": q.extra,
-            "n": q.n, "version": quality_version(task.TASK, q.metric)}
+            "n": q.n, "version": quality_version(task.TASK, q.metric), "items": [round(float(v), 4) for v in q.items],
+            "item_ids": list(q.item_ids)}
 
 
 def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> dict:
@@ -71,7 +72,26 @@ def _quality_record(cell, base: dict | None, tuned: dict | None) -> dict:
            "n_eval": ref.get("n"), "applicable": True, "extra": (tuned or {}).get("extra", {}),
            "base_extra": (base or {}).get("extra", {})}
     out["delta"] = round(out["tuned"] - out["base"], 4) if tuned and base else None
+    if tuned and base:
+        out.update(_paired_items(base, tuned))
     return out
+
+
+def _paired_items(base: dict, tuned: dict) -> dict:
+    """The per-item scores of base and tuned on the items both evaluated (quality.items), and Δ's 95 % interval from a
+    paired bootstrap over them (bench/analysis/intervals.py)."""
+    from bench.analysis.intervals import delta_interval
+
+    before = dict(zip(base.get("item_ids") or [], base.get("items") or []))
+    after = dict(zip(tuned.get("item_ids") or [], tuned.get("items") or []))
+    ids = sorted(set(before) & set(after))
+    if not ids:
+        return {}
+    items = {"base": [before[i] for i in ids], "tuned": [after[i] for i in ids]}
+    if ids != list(range(len(ids))):
+        items["ids"] = ids
+    interval = delta_interval([{"quality": {"items": items}}])
+    return {"items": items, "delta_ci": [round(interval[0], 4), round(interval[1], 4)] if interval else None}
 
 
 def _warm_runtime(device: str) -> None:
@@ -111,14 +131,14 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         def build():
             loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=dtype,
                                   quantization=quantization_config(cell.method, device, sharded=sharded), seed=seed)
-            return loaded, apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
+            return loaded, apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"],
+                                        sharded=sharded)
 
         loaded, model = build()
         out["params"] = count_params(model, loaded.components)
         ts = task_settings(settings, device, splits)
-        # before training, at the most text positions max_seq_len allows: an OOM cell keeps its prediction (the memory
-        # model is one device holding the whole model: none for FSDP's shards)
-        out["cost"]["estimate"] = None if sharded else _estimate(cell, loaded, out["params"], settings, None, device)
+        # before training, at the most text positions max_seq_len allows: an OOM cell keeps its prediction
+        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, None, device)
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         skipped = Skipped()
         batches = train_batches(splits.train, TrainingBatch(task, loaded, ts, splits), batch_size=settings["batch_size"],
@@ -141,7 +161,7 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         # after training, the prediction for what was measured: the tracked step's batch where tensors were tracked
         # (the CPU), else the longest input met (a CUDA peak is over every step)
         measured_at = result.tracked_input if result.tensor_peak else result.longest_input
-        out["cost"]["estimate"] = None if sharded else _estimate(cell, loaded, out["params"], settings, measured_at, device)
+        out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, measured_at, device)
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         out["cost"].update(_throughput(result, settings))
         out["cost"].update(_data_cost(result, settings, ts.stream, skipped))
@@ -161,7 +181,9 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
         out["cost"].update(probe.peak())
     except RuntimeError as exc:
-        if _is_worker_death(exc):
+        if ranks is not None and is_peer_loss(exc):  # another device is gone: its own failure is the cell's cause
+            out.update(status="error", message=_error_message(exc), peer_lost=True)
+        elif _is_worker_death(exc):
             out.update(status="error", message=f"a data-loading worker died: {str(exc).splitlines()[0][:300]} (a worker killed "
                        "by the OS is most often out of host memory; fix: lower num_workers or prefetch_factor)")
         elif not _is_oom(exc):
@@ -197,6 +219,17 @@ def _evaluable(ranks, trained, model, loaded, build):
         raise BenchError(f"the gathered FSDP weights do not fit a fresh build ({len(unexpected)} unexpected, "
                          f"{len(missing)} missing keys)", fix='report this; distributed = "ddp" evaluates without gathering')
     return fresh_loaded, fresh
+
+
+# what a collective step says when a peer device's process is gone (gloo's transport, NCCL's abort)
+_PEER_LOSS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport", "NCCL communicator",
+              "NCCL error")
+
+
+def is_peer_loss(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    return isinstance(exc, getattr(dist, "DistNetworkError", ())) or any(s in str(exc) for s in _PEER_LOSS)
 
 
 def _is_worker_death(exc: BaseException) -> bool:

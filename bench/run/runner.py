@@ -12,6 +12,8 @@ import datetime as dt
 import os
 import pickle
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -335,6 +337,9 @@ class Runner:
         # device auto with no GPU listed runs on the CPU, whatever a CUDA_VISIBLE_DEVICES says (no GPU behind it)
         gpus = [] if s["device"] == "cpu" or (s["device"] == "auto" and not listed) else visible_gpus(listed)
         cores = os.cpu_count() or 1
+        if s["device"] == "cuda" and not gpus:
+            raise BenchError('the suite sets device = "cuda", and no GPU is visible here',
+                             fix='use device = "auto" (the CPU where there is no GPU), or run where nvidia-smi lists one')
         if gpus and len(gpus) < self.jobs * need:
             raise BenchError(f"{self._asked(need)} {self.jobs * need} GPU(s), and {len(gpus)} GPU(s) are visible ({', '.join(gpus)})",
                              fix=f"use --jobs {max(1, len(gpus) // need)} or fewer, fewer devices per cell, or set "
@@ -357,9 +362,11 @@ class Runner:
             raise BenchError(f"cell {sharded.label} sets distributed = \"fsdp\", which shards over GPUs (accelerate runs "
                              "FSDP on CUDA only), and no GPU is visible here", fix='use distributed = "ddp" on the CPU')
         if need > 1 and self.jobs * need > cores:
+            fix = (f"set devices = {cores // self.jobs} or fewer" if cores // self.jobs > 1 else
+                   "run one cell at a time (--jobs 1)" if self.jobs > 1 and need <= cores else
+                   f"set devices = {cores} or fewer")
             raise BenchError(f"{self._asked(need)} {self.jobs * need} CPU processes, and this machine has {cores} core(s) "
-                             "(no GPU is visible)", fix=f"set devices = {max(1, cores // self.jobs)} or fewer"
-                             + (", or use fewer --jobs" if self.jobs > 1 else ""))
+                             "(no GPU is visible)", fix=fix)
 
     def _check_outputs(self) -> None:
         """Before anything trains (exit 2 otherwise, and the folders this made are removed again): both output
@@ -469,8 +476,12 @@ class Runner:
             if (r["status"] == "ok" and number(q.get("base")) is not None and isinstance(q.get("base_key"), str)
                     and isinstance(q.get("metric"), str) and isinstance(q.get("higher_is_better"), bool)):
                 extra = q.get("base_extra") if isinstance(q.get("base_extra"), dict) else {}
+                items = q.get("items") if isinstance(q.get("items"), dict) else {}
+                base_items = items.get("base") if isinstance(items.get("base"), list) else []
+                ids = items.get("ids") if isinstance(items.get("ids"), list) else list(range(len(base_items)))
                 bases[q["base_key"]] = {"metric": q["metric"], "higher_is_better": q["higher_is_better"], "value": q["base"],
-                                        "extra": extra, "n": q.get("n_eval")}
+                                        "extra": extra, "n": q.get("n_eval"), "version": q.get("version"),
+                                        "items": base_items, "item_ids": ids}
         return bases
 
     def _base_for(self, cell: Cell, bases: dict, progress, slot: Slot) -> tuple[str, dict | None, str]:
@@ -541,9 +552,16 @@ class Runner:
         s = self.suite.settings
         settings, attempts = dict(job.cell.train), []
         while True:
-            cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, slot.threads)
-            out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"], on_event=progress.events_of(slot.index),
-                                isolate=self.isolate, env=slot.env, cancel=self._cancel)
+            # a cell on several devices: their processes' files in a folder removed here, even when the cell is killed
+            scratch = tempfile.mkdtemp(prefix="bench-devices-") if settings["devices"] > 1 else None
+            cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, slot.threads, scratch)
+            try:
+                out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"],
+                                    on_event=progress.events_of(slot.index), isolate=self.isolate, env=slot.env,
+                                    cancel=self._cancel)
+            finally:
+                if scratch:
+                    shutil.rmtree(scratch, ignore_errors=True)
             self._took("cells", out.elapsed_s)
             if out.kind == "cancelled":
                 raise Cancelled(out.message)
@@ -567,7 +585,8 @@ class Runner:
             "suite_file": _display_path(self.suite.path), "run_id": self.run_id, "repeat": job.repeat, "seed": job.seed,
             "model": dict(cell.model), "dataset": dict(cell.dataset), "method": dict(cell.method),
             "train": {**cell.train, "seed": job.seed}, "status": "error", "message": "", "params": {},
-            "cost": {"device": self.suite.settings["device"], "concurrent_cells": self.jobs}, "quality": {}, "loss_curve": [],
+            "cost": {"device": self.suite.settings["device"], "devices": cell.train["devices"], "concurrent_cells": self.jobs},
+            "quality": {}, "loss_curve": [],
             "diverged_at_step": None,
             "env": {}, "started_at": started,
         }
@@ -689,17 +708,23 @@ class CellJob:
     zoo_path: str | None
     settings: dict  # the cell's training settings after any OOM back-off
     threads: int = 0
+    scratch: str | None = None  # a cell on several devices: where its processes write (the runner removes it)
 
 
 def run_cell_job(job: CellJob, *, emit):
     from bench.profile import environment
     from bench.run.cell import resolve_device, run_cell
 
+    devices = job.settings.get("devices", 1)
+    if devices > 1:  # CUDA's availability asked of NVML: an initialised CUDA would not survive the fork of the devices
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     device = resolve_device(job.device)
-    if job.settings.get("devices", 1) > 1:
-        from bench.run.launch import run_on_devices
+    if devices > 1:
+        from bench.run.launch import device_threads, run_on_devices
 
         result = run_on_devices(job, device, emit)
+        result["env"] = {**environment(device), "torch_threads": device_threads(job.threads, devices)}
+        return result
     else:
         _set_threads(job.threads)
         result = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits.load(), base=job.base,

@@ -58,6 +58,11 @@ def expand(suite) -> list[Cell]:
 
 
 def make_cell(model: dict, dataset: dict, method: dict, train: dict) -> Cell:
+    from bench.suite.keys import TRAIN_KEYS
+
+    if train.get("devices", 1) == 1 and "distributed" in train:
+        # one device splits nothing: a strategy set for the suite's multi-device cells neither names nor changes this one
+        train = {**train, "distributed": TRAIN_KEYS["distributed"].default}
     cell_id = stable_hash({"model": model, "dataset": dataset, "method": method, "train": identity(train)})
     return Cell(cell_id, model, dataset, method, train, _skip_reason(model, method))
 

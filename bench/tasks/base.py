@@ -47,6 +47,10 @@ class Quality:
     higher_is_better: bool
     extra: dict = field(default_factory=dict)  # other metrics of the same evaluation (BLEU-4, ROUGE-L, ...)
     n: int = 0  # evaluated samples
+    # each evaluated sample's share of `value`, on the same scale (value is their mean), and which sample of the eval
+    # split it is: what a paired bootstrap of Δ resamples (bench/analysis/intervals.py)
+    items: list[float] = field(default_factory=list)
+    item_ids: list[int] = field(default_factory=list)
 
 
 def task_settings(train: dict, device: str, splits=None) -> TaskSettings:

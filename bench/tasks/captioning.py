@@ -84,7 +84,7 @@ def count_tokens(batch: dict) -> tuple[int, int]:
 
 def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Quality:
     """CIDEr (0-100 scale, IDF from these references) of captions generated for splits.eval; BLEU-4 and ROUGE-L in extra."""
-    from bench.metrics import caption_scores
+    from bench.metrics import caption_scores_per_image
 
     references = []
     for i, s in enumerate(splits.eval):
@@ -96,11 +96,11 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
     generated = generate_texts(loaded, model, splits.eval, lambda s: "", settings)
     predictions = [text for _, text in generated]
     references = [references[i] for i, _ in generated]  # a skipped unreadable sample is left out of the score
-    scores = caption_scores(predictions, references) if predictions else {"CIDEr": 0.0, "BLEU-4": 0.0, "ROUGE-L": 0.0}
+    scores, per_image = caption_scores_per_image(predictions, references)
     extra = {k: v for k, v in scores.items() if k != METRIC}
     extra["examples"] = [{"prediction": p, "reference": r[0]} for p, r in zip(predictions[:EXAMPLES], references)]
     return Quality(metric=METRIC, value=float(scores[METRIC]), higher_is_better=HIGHER_IS_BETTER, extra=extra,
-                   n=len(predictions))
+                   n=len(predictions), items=per_image, item_ids=[i for i, _ in generated])
 
 
 # ---------------------------------------------------------------- shared with instruct.py

@@ -106,12 +106,16 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
             ])
             hits1 = hits5 = n = 0
             k = min(5, len(classnames))
+            items, item_ids = [], []
             chunks = eval_batches(splits.eval, settings.eval_batch_size, ImagePixels(loaded.processor), settings.stream)
             for indices, pixels in chunks:
                 scores = _image_embeddings(model, pixels.to(device)) @ class_emb.T
                 truth = torch.tensor([labels[i] for i in indices], device=scores.device)
                 top = scores.topk(k, dim=1).indices
-                hits1 += int((top[:, 0] == truth).sum())
+                right = (top[:, 0] == truth).tolist()
+                items += [100.0 * r for r in right]
+                item_ids += list(indices)
+                hits1 += sum(right)
                 hits5 += int((top == truth[:, None]).any(1).sum())
                 n += len(indices)
     finally:
@@ -121,7 +125,8 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
     extra = {"top1": top1}
     if len(classnames) > 5:
         extra["top5"] = 100.0 * hits5 / n if n else 0.0
-    return Quality(metric=METRIC, value=top1, higher_is_better=HIGHER_IS_BETTER, extra=extra, n=n)
+    return Quality(metric=METRIC, value=top1, higher_is_better=HIGHER_IS_BETTER, extra=extra, n=n, items=items,
+                   item_ids=item_ids)
 
 
 # ---------------------------------------------------------------- helpers

@@ -107,7 +107,7 @@ def encode(loaded, samples: list[Sample], settings: TaskSettings) -> list[dict]:
 def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Quality:
     """VQA accuracy (0-100) of answers generated for the eval questions, exact match in extra; on data with fewer than
     FULL_CREDIT_ANSWERS answers to some question, the other way round."""
-    from bench.metrics import exact_match, vqa_accuracy
+    from bench.metrics import exact_match, vqa_answer_score
 
     answers = []
     for i, s in enumerate(splits.eval):
@@ -118,14 +118,15 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
     generated = generate_texts(loaded, model, splits.eval, lambda s: prompt(s.question), settings)
     predictions = [text for _, text in generated]
     answers = [answers[i] for i, _ in generated]  # a skipped unreadable sample is left out of the score
-    scores = {"vqa_acc": vqa_accuracy(predictions, answers) if predictions else 0.0,
-              "exact_match": exact_match(predictions, answers) if predictions else 0.0}
+    per_item = {"vqa_acc": [100 * vqa_answer_score(p, a) for p, a in zip(predictions, answers)],
+                "exact_match": [exact_match([p], [a]) for p, a in zip(predictions, answers)]}
+    scores = {name: sum(values) / len(values) if values else 0.0 for name, values in per_item.items()}
     metric = headline(answers)
     extra = {k: v for k, v in scores.items() if k != metric}
     extra["examples"] = [{"question": splits.eval[i].question, "prediction": p, "answers": list(splits.eval[i].answers)}
                          for i, p in generated[:EXAMPLES]]
     return Quality(metric=metric, value=float(scores[metric]), higher_is_better=HIGHER_IS_BETTER, extra=extra,
-                   n=len(predictions))
+                   n=len(predictions), items=per_item[metric], item_ids=[i for i, _ in generated])
 
 
 def headline(answers: list[list[str]]) -> str:

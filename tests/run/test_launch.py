@@ -121,11 +121,17 @@ def test_a_failed_device_gives_the_cell_its_status_and_says_which_device():
 
 
 def test_a_device_process_lost_without_an_outcome_is_the_root_cause():
-    out = merge({0: outcome("error", message="RuntimeError: Connection closed by peer")}, 2, "ddp",
+    out = merge({0: {**outcome("error", message="RuntimeError: Connection closed by peer"), "peer_lost": True}}, 2, "ddp",
                 lost="the process of device 1 of 2 was killed by SIGKILL")
     assert out["status"] == "error" and out["message"] == "the process of device 1 of 2 was killed by SIGKILL"
     assert out["cost"]["peak_memory_per_device_mb"] == [1.0, None]
     assert merge({}, 2, "ddp")["message"] == "the main device's process reported no outcome"
+    # a device that failed on its own comes before a process the launcher stopped after it
+    own = merge({1: outcome("oom", message="out of memory: x")}, 2, "ddp", lost="the process of device 0 of 2 was killed")
+    assert own["status"] == "oom" and own["message"] == "on device 1 of 2: out of memory: x"
+    # with nobody else to blame, a device that only lost its peers says so
+    alone = merge({0: {**outcome("error", message="RuntimeError: Connection closed by peer"), "peer_lost": True}}, 2, "ddp")
+    assert alone["message"] == "on device 0 of 2: RuntimeError: Connection closed by peer" and "peer_lost" not in alone
 
 
 # -- device processes that fail, for real: the launcher forks this test process, so the patched cell runs there ----
@@ -144,12 +150,16 @@ def _cell_job(write_suite):
 
 def _waits_for_the_other_device(ranks) -> dict:
     """What bench.run.cell.run_cell does when a collective step fails: the error becomes the device's outcome."""
+    import torch
     import torch.distributed as dist
 
     try:
+        ranks.wrap(torch.nn.Linear(2, 2))  # joins the group, as the cell does once its model is built
         dist.barrier()  # the other device never arrives: its end (or the launcher's stop) ends this
     except RuntimeError as exc:
-        return outcome("error", message=f"RuntimeError: {exc}")
+        from bench.run.cell import is_peer_loss
+
+        return {**outcome("error", message=f"RuntimeError: {exc}"), "peer_lost": is_peer_loss(exc)}
     return outcome()
 
 
@@ -193,4 +203,5 @@ def test_the_device_column_reads_like_the_documents_cost_table(devices, name, sh
     from bench.analysis.report import _device
 
     assert _device(record({"cost.devices": devices, "env.device_name": name})) == shown
+
 
