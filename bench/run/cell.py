@@ -52,12 +52,19 @@ def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> 
 
 
 def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_path: str | None = None,
-             settings: dict | None = None, on_step=None, ranks=None) -> dict:
+             settings: dict | None = None, on_step=None, ranks=None, winner: dict | None = None) -> dict:
     """Train and evaluate one cell once (OOM back-off is the runner's: each attempt gets a fresh process);
-    returns the record's variable part. `ranks`: this process is one of the cell's devices (bench/run/launch.py)."""
+    returns the record's variable part. `ranks`: this process is one of the cell's devices (bench/run/launch.py).
+    A cell with a sweep runs its trials (bench/run/sweep.py), or only `winner`, repeat 0's pick."""
     settings = settings or dict(cell.train)
-    outcome = _attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step,
-                       ranks=ranks)
+    if settings.get("sweep"):
+        from bench.run.sweep import run_sweep
+
+        outcome = run_sweep(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step,
+                            winner=winner)
+    else:
+        outcome = attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step,
+                          ranks=ranks)
     outcome["quality"] = _quality_record(cell, base, outcome.pop("tuned", None))
     return outcome
 
@@ -106,7 +113,10 @@ def _warm_runtime(device: str) -> None:
     del layer, opt
 
 
-def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step, ranks=None) -> dict:
+def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step, ranks=None,
+            keep: dict | None = None) -> dict:
+    """Build, train on splits.train, evaluate on splits.eval; the outcome (never raises). `keep`: a dict that receives
+    the trained parameters ("state": name -> CPU tensor), for a sweep that evaluates its pick afterwards."""
     import torch
 
     from bench.methods import apply_method, count_params, quantization_config
@@ -170,6 +180,8 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         if "breakdown_mb" not in out["cost"]:
             out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
         out["loss_curve"] = _subsample(result.losses)
+        if keep is not None:
+            keep["state"] = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
         evaluated = _evaluable(ranks, trained, model, loaded, build) if cell.model["weights"] != "random" else None
         if evaluated is not None:  # random weights: cost is real, quality is not; several devices: the main one's
             loaded, model = evaluated
@@ -201,6 +213,38 @@ def _attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, 
         out.update(status="error", message=_error_message(exc))
     out["cost"].setdefault("peak_memory_mb", None)
     return out
+
+
+def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, state: dict) -> dict:
+    """The quality on splits.eval of the cell's model with `state` (its trained parameters) loaded into a fresh build."""
+    import torch
+
+    from bench.methods import apply_method, quantization_config
+    from bench.models import get_family
+    from bench.tasks import task_for_family
+
+    family, task = get_family(cell.model["family"]), task_for_family(cell.model["family"])
+    torch.manual_seed(seed)
+    dtype = torch.bfloat16 if settings["precision"] == "bf16" else torch.float32
+    loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=dtype,
+                          quantization=quantization_config(cell.method, device), seed=seed)
+    model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
+    _load_trained(model, state)
+    return _quality_dict(task.evaluate(loaded, model, splits, task_settings(settings, device, splits)), task)
+
+
+def _load_trained(model, state: dict) -> None:
+    """Trained parameters into a fresh build of the same model: every trainable parameter given, nothing else."""
+    import torch
+
+    params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    if set(state) != trainable:
+        raise BenchError(f"the kept parameters do not fit a fresh build ({len(set(state) ^ trainable)} differ)",
+                         fix="report this: the method's build is not deterministic")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
 
 
 def _evaluable(ranks, trained, model, loaded, build):

@@ -158,6 +158,7 @@ class Runner:
         self._key_locks: dict = {}  # one lock per dataset and per base: each is loaded / measured once
         self._cancel = threading.Event()  # set when the run is interrupted: running cells are killed
         self.cluster = cluster  # bench.run.cluster.ClusterOptions: cells as submitit jobs instead of forked here
+        self._picks: dict[str, threading.Event] = {}  # sweep cells whose repeat 0 runs now: set once it is recorded
 
     def _start_processes(self) -> None:
         """Start the server that forks cells (it imports torch and the model libraries, once) before the first job,
@@ -230,6 +231,9 @@ class Runner:
             # count as capacity in the time split and make records claim more neighbours than they had
             self.jobs = min(self.jobs, len(jobs))
         summary = RunSummary(skipped_done=done, results=self.results, jobs=self.jobs)
+        # a sweep cell's later repeats train repeat 0's pick: they wait for it, so every repeat 0 goes first
+        self._picks = {j.cell.cell_id: threading.Event() for j in jobs if j.cell.train["sweep"] and j.repeat == 0}
+        jobs.sort(key=lambda j: j.repeat > 0 and j.cell.cell_id in self._picks)
         if jobs:
             preflight(self.suite, jobs)
             slots = self._slots(jobs)
@@ -274,6 +278,8 @@ class Runner:
         finally:
             with self._lock:
                 self._release(claim)
+            if job.repeat == 0 and job.cell.cell_id in self._picks:  # recorded (or failed): later repeats may look
+                self._picks[job.cell.cell_id].set()
         with self._lock:
             summary.count(record["status"])
 
@@ -529,7 +535,7 @@ class Runner:
         progress.start_item(f"{cell.label} (repeat {job.repeat})" if len(self.suite.seeds) > 1 else cell.label, None,
                             slot.index)
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
-        out, settings, attempts = self._attempts(job, splits, base, zpath, progress, slot)
+        out, settings, attempts = self._attempts(job, splits, base, zpath, progress, slot, self._pick_for(job))
         record["cost"]["attempts"] = attempts
         if out.kind == "ok":
             _merge_result(record, out.value)
@@ -544,7 +550,23 @@ class Runner:
             record["quality"]["note"] = base_note
         return self._append(record, progress)
 
-    def _attempts(self, job: Job, splits, base, zpath, progress, slot: Slot):
+    def _pick_for(self, job: Job) -> dict | None:
+        """A sweep cell's later repeat: repeat 0's pick (waited for when repeat 0 runs now), or None to sweep itself
+        (no repeat 0 recorded ok with a pick)."""
+        cell = job.cell
+        if not cell.train["sweep"] or job.repeat == 0:
+            return None
+        done = self._picks.get(cell.cell_id)
+        while done is not None and not done.wait(0.25):
+            if self._cancel.is_set():
+                raise Cancelled("the run was interrupted")
+        with self._lock:
+            latest = latest_lines(self.results, warn=False).get((cell.cell_id, 0))
+        record = latest[1] if latest else None
+        chosen = (record.get("sweep") or {}).get("chosen") if record and record["status"] == "ok" else None
+        return chosen if isinstance(chosen, dict) and set(chosen) == set(cell.train["sweep"]) else None
+
+    def _attempts(self, job: Job, splits, base, zpath, progress, slot: Slot, pick: dict | None = None):
         """Run the cell; on OOM with back-off on, again in a fresh process with half the micro-batch and twice the
         accumulation (same effective batch) until it fits or min_batch_size is reached."""
         from bench.isolate import call_isolated
@@ -554,7 +576,7 @@ class Runner:
         while True:
             # a cell on several devices: their processes' files in a folder removed here, even when the cell is killed
             scratch = tempfile.mkdtemp(prefix="bench-devices-") if settings["devices"] > 1 else None
-            cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, slot.threads, scratch)
+            cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, slot.threads, scratch, pick)
             try:
                 out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"],
                                     on_event=progress.events_of(slot.index), isolate=self.isolate, env=slot.env,
@@ -620,6 +642,9 @@ def _merge_result(record: dict, result: dict) -> None:
     record.update(status=result["status"], message=result["message"], params=result["params"], quality=result["quality"],
                   loss_curve=result["loss_curve"], diverged_at_step=result["diverged_at_step"], env=result["env"])
     record["cost"].update(result["cost"])
+    if "sweep" in result:  # what was tried and picked; the training settings as the pick ran
+        record["sweep"] = result["sweep"]
+        record["train"].update(result["sweep"]["chosen"] or {})
 
 
 def _display_path(path: Path) -> str:
@@ -709,6 +734,7 @@ class CellJob:
     settings: dict  # the cell's training settings after any OOM back-off
     threads: int = 0
     scratch: str | None = None  # a cell on several devices: where its processes write (the runner removes it)
+    pick: dict | None = None  # a sweep cell's later repeat: the values repeat 0 picked
 
 
 def run_cell_job(job: CellJob, *, emit):
@@ -728,7 +754,8 @@ def run_cell_job(job: CellJob, *, emit):
     else:
         _set_threads(job.threads)
         result = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits.load(), base=job.base,
-                          zoo_path=job.zoo_path, settings=job.settings, on_step=lambda s, n, loss: emit("step", s, n, loss))
+                          zoo_path=job.zoo_path, settings=job.settings, on_step=lambda s, n, loss: emit("step", s, n, loss),
+                          winner=job.pick)
     result["env"] = environment(device)
     return result
 

@@ -62,7 +62,18 @@ TRAIN_KEYS = {
     "timeout_s": Key(NUMBER, 1800, "wall-clock limit per cell; past it the cell is recorded as timeout", above=0, max=30 * 86400),
     "diverge_loss": Key(NUMBER, 1e4, "a loss above this (or NaN/inf) stops the cell as diverged", above=0, max=1e30),
     "memory_cap_mb": Key(NUMBER, None, "treat memory above this (MB above the cell's baseline) as out-of-memory", above=0, max=1e9),
+    "sweep": Key(dict, None, "training keys to try, each a list of values, e.g. {lr = [1e-4, 3e-4, 1e-3]} (`lr = [...]` in any "
+                 "training table says the same): every combination trains on the training split less validation_size "
+                 "samples, the task's metric on those picks one, and only it is evaluated; repeats reuse repeat 0's pick",
+                 in_id="unless_default"),
+    "validation_size": Key(int, 64, "with a sweep: training samples held out (the same ones for every method) to pick its "
+                           "values; never the evaluation split", min=1, max=10**7, in_id="unless_default"),
 }
+
+# the training keys a sweep may vary: what moves the optimisation, not what the evaluation or the cost is
+SWEEPABLE = ("lr", "steps", "epochs", "batch_size", "grad_accum", "schedule", "warmup_steps", "weight_decay", "max_grad_norm",
+             "optimizer")
+MAX_SWEEP = 32  # combinations per cell: each one trains
 
 MODEL_KEYS = {
     "family": Key(str, None, "model family", choices=tuple(FAMILIES), required=True),

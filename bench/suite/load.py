@@ -21,9 +21,11 @@ from bench.suite.keys import (
     EXCLUDE_KEYS,
     GATE_KEYS,
     GRID_KEYS,
+    MAX_SWEEP,
     METHOD_KEYS,
     MODEL_KEYS,
     SUITE_KEYS,
+    SWEEPABLE,
     TOP_LEVEL,
     TRAIN_KEYS,
 )
@@ -198,7 +200,7 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
                          "e.g. seeds = [0, 1]")
         if len(set(seeds)) != len(seeds):
             raise c.fail("[suite] key 'seeds'", "lists a seed twice, so two repeats would be the same run", "give distinct seeds")
-    defaults = c.keys(c.table(raw.get("defaults", {}), "defaults"), TRAIN_KEYS, "defaults")
+    defaults = c.keys(_sweeps(c, c.table(raw.get("defaults", {}), "defaults"), "defaults"), TRAIN_KEYS, "defaults")
     if settings["seeds"] is None and defaults["seed"] + settings["repeats"] - 1 > SEED_MAX:
         raise c.fail("[defaults] key 'seed'", "seed + repeats − 1 exceeds 2^63 − 1", "use a smaller seed")
 
@@ -234,7 +236,17 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
         raise c.fail("[[grid]]", "every combination is excluded, so the suite expands to zero cells", "remove or narrow the exclude entries")
     for cell in cells:
         _check_devices(c, cell, settings)
+        _check_sweep(c, cell)
     return suite
+
+
+def _check_sweep(c: _Checker, cell) -> None:
+    """A cell with a sweep: one device (the trials run in the cell's process), and fixed values for what it sweeps."""
+    if not cell.train["sweep"]:
+        return
+    if cell.train["devices"] > 1:
+        raise c.fail(f"key 'sweep' of cell {cell.label}", "a sweep runs its trials in the cell's one process, and this "
+                     f"cell trains on {cell.train['devices']} devices", "sweep on one device, then set the picked values")
 
 
 def _check_devices(c: _Checker, cell, settings: dict) -> None:
@@ -272,9 +284,40 @@ def _entries(c: _Checker, raw: dict, kind: str, build) -> dict[str, Entry]:
 def _train(c: _Checker, value, where: str) -> dict:
     if value is None:
         return {}
-    table = c.table(value, where)
+    table = _sweeps(c, c.table(value, where), where)
     checked = c.keys(table, TRAIN_KEYS, where)
     return {k: checked[k] for k in table}  # only the keys the entry sets: they override, the rest inherit
+
+
+def _sweeps(c: _Checker, table: dict, where: str) -> dict:
+    """A training table with its sweep gathered and checked: `lr = [1e-4, 3e-4]` is `sweep = {lr = [1e-4, 3e-4]}`;
+    every swept key must be one a sweep may vary, every value valid for its key, the combinations few enough."""
+    lists = {k: v for k, v in table.items() if k in SWEEPABLE and isinstance(v, list)}
+    sweep = table.get("sweep")
+    if not lists and sweep is None:
+        return table
+    if sweep is not None and not isinstance(sweep, dict):
+        raise c.fail(f"[{where}] key 'sweep'", "must be a table of lists", "e.g. sweep = {lr = [1e-4, 3e-4, 1e-3]}")
+    if lists and sweep:
+        raise c.fail(f"[{where}] key 'sweep'", f"is given beside {', '.join(lists)} = [...], which is a sweep too",
+                     "put every swept key in one place: sweep = {lr = [...], weight_decay = [...]}")
+    sweep = dict(lists or sweep)
+    combinations = 1
+    for key, values in sweep.items():
+        at = f"[{where}] key 'sweep.{key}'" if not lists else f"[{where}] key '{key}'"
+        if key not in SWEEPABLE:
+            raise c.fail(at, "is not a key a sweep may vary", f"sweep one of: {', '.join(SWEEPABLE)}")
+        if not isinstance(values, list) or not values:
+            raise c.fail(at, "must be a non-empty list of values", f"e.g. {key} = [{TRAIN_KEYS[key].default}, ...]")
+        checked = [c.value(v, TRAIN_KEYS[key], at) for v in values]
+        if len(set(map(repr, checked))) != len(checked):
+            raise c.fail(at, "lists a value twice", "give each value once")
+        sweep[key] = checked
+        combinations *= len(checked)
+    if combinations > MAX_SWEEP:
+        raise c.fail(f"[{where}] key 'sweep'", f"has {combinations} combinations; at most {MAX_SWEEP} train per cell",
+                     "sweep fewer values, or fewer keys at once")
+    return {**{k: v for k, v in table.items() if k not in lists}, "sweep": sweep}
 
 
 def _model(c: _Checker, name: str, table: dict) -> Entry:
