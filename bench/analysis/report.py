@@ -184,9 +184,46 @@ def _results_section(page: _Page) -> list[str]:
                 time += f" {STAR}"
         else:
             time = _status_label(g.status)
-        rows.append([page.model_label(g), cell_text(g.dataset), cell_text(g.method), cell_text(_device(g.first)),
-                     time, page.delta_text(g)])
+        method = cell_text(g.method) + (f" ({cell_text(picked)})" if (picked := _picked(g)) else "")
+        rows.append([page.model_label(g), cell_text(g.dataset), method, cell_text(_device(g.first)), time, page.delta_text(g)])
     return ["## Results", ""] + _table(header, rows) + [""]
+
+
+def _values_text(values) -> str:
+    """{"lr": 0.0003} -> "lr 0.0003" (what a sweep tried or picked); "" for anything that is not such a table."""
+    if not isinstance(values, dict):
+        return ""
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+
+
+def _picked(g: Group) -> str:
+    """The values a sweep cell's repeats trained with (repeat 0's pick; a repeat that had to pick again may differ)."""
+    picks = {_values_text((r.get("sweep") or {}).get("chosen")) for r in g.ok}
+    picks.discard("")
+    return " / ".join(sorted(picks))
+
+
+def _sweeps_section(page: _Page) -> list[str]:
+    """Per sweep cell: every combination tried, its validation score, and the pick."""
+    rows = []
+    for g in page.groups:
+        sweep = next((r.get("sweep") for r in g.records if isinstance(r.get("sweep"), dict) and r["sweep"].get("trials")), None)
+        if not sweep:
+            continue
+        tried = []
+        for t in sweep["trials"] if isinstance(sweep["trials"], list) else []:
+            score = t.get("validation") if isinstance(t, dict) else None
+            shown = f"{score:.1f}" if isinstance(score, (int, float)) else _status_label(str(t.get("status", "?")))
+            tried.append(f"{_values_text(t.get('values'))}: {shown}")
+        rows.append([page.model_label(g), cell_text(g.dataset), cell_text(g.method), cell_text(" · ".join(tried)),
+                     cell_text(_values_text(sweep.get("chosen")) or "—"), cell_text(f"{sweep.get('metric') or '?'}, "
+                                                                                   f"{sweep.get('validation_size')} samples")])
+    if not rows:
+        return []
+    return ["## Sweeps", "", "Each combination trained on the training split less a validation split carved from it, "
+            "scored there; the pick alone was evaluated on the evaluation split (repeats after the first trained "
+            "the pick).", ""] + _table(["Model", "Dataset", "Method", "Tried: validation score", "Picked", "Picked by"],
+                                       rows) + [""]
 
 
 def _block_section(page: _Page, key, groups: list[Group], loss_png: str | None) -> list[str]:
@@ -407,6 +444,7 @@ def _render(records: list[dict], title: str, plots_dir: Path | None, rel_to: Pat
         return Path(os.path.relpath(path, rel_to)).as_posix()
 
     lines += _results_section(page)
+    lines += _sweeps_section(page)
     lines += ["## Cost and quality per model × dataset", ""]
     for key, groups in page.blocks.items():
         png = None
