@@ -18,11 +18,12 @@ class Field:
     better: str | None  # "lower", "higher", "quality" (the record's own higher_is_better), None (neutral)
     compared: bool = False  # a row of `bench compare`'s table
     kind: str | None = None  # the record field naming what the number counts; numbers of two kinds never compare
+    short: str | None = None  # the short name, where the path's last part is another field's
 
     @property
     def alias(self) -> str:
-        """The short name gate rules use: the last part of the path (`peak_memory_mb`, `delta`)."""
-        return self.path.rsplit(".", 1)[-1]
+        """The short name gate rules use: the last part of the path (`peak_memory_mb`, `delta`), unless it has its own."""
+        return self.short or self.path.rsplit(".", 1)[-1]
 
 
 FIELDS = (
@@ -45,6 +46,8 @@ FIELDS = (
     Field("quality.delta", "points", "quality", compared=True, kind="quality.version"),
     Field("quality.tuned", "points", "quality", compared=True, kind="quality.version"),
     Field("quality.base", "points", "quality", kind="quality.version"),
+    Field("quality.retention.delta", "points", "quality", compared=True, kind="quality.retention.version",
+          short="retention_delta"),
     Field("params.total", "parameters", None),
     Field("params.trainable", "parameters", None, compared=True),
     Field("params.trainable_pct", "%", None),
@@ -59,6 +62,7 @@ assert len(ALIASES) == len(FIELDS), "every field's alias must be unique"
 # the record fields that name what a number counts (Field.kind), and why two of them do not compare
 KIND_MEANINGS = {
     "cost.memory_kind": "the two sides count peak memory differently (see MEMORY_KINDS)",
+    "quality.retention.version": "the retention dataset's evaluation or metric was revised in between",
     "quality.version": "the task's evaluation or its metric was revised in between (a version of bench/metrics.py's "
                        "METRICS or a task module's VERSION): the two sides' quality numbers measure different things",
 }

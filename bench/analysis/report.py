@@ -176,6 +176,9 @@ def _device(record: dict) -> str:
 def _results_section(page: _Page) -> list[str]:
     metrics = sorted({g.metric for g in page.groups if g.metric})
     header = ["Model", "Dataset", "Method", "Device", "Time", f"Δ {metrics[0]}" if len(metrics) == 1 else "Δ quality"]
+    retention = any(g.summary("quality.retention.delta") is not None for g in page.groups)
+    if retention:
+        header.append("Δ retention")
     rows = []
     for g in page.groups:
         if g.ok:
@@ -186,7 +189,19 @@ def _results_section(page: _Page) -> list[str]:
             time = _status_label(g.status)
         method = cell_text(g.method) + (f" ({cell_text(picked)})" if (picked := _picked(g)) else "")
         rows.append([page.model_label(g), cell_text(g.dataset), method, cell_text(_device(g.first)), time, page.delta_text(g)])
+        if retention:
+            rows[-1].append(_retention_text(g))
     return ["## Results", ""] + _table(header, rows) + [""]
+
+
+def _retention_text(g: Group) -> str:
+    """Δ on the retention dataset (tuned − base there), with the dataset's name: what the method forgot."""
+    s = g.summary("quality.retention.delta")
+    if s is None or not g.ok:
+        return "—"
+    where = stats.get(g.first, "quality.retention.dataset")
+    metric = stats.get(g.first, "quality.retention.metric") or ""
+    return f"{_pm(s, None, signed=True)} {metric}".rstrip() + (f" on {cell_text(str(where))}" if where else "")
 
 
 def _values_text(values) -> str:
@@ -373,6 +388,8 @@ LEGEND = f"""## Legend
 
 - **Δ** = tuned − base quality on a 0–100 scale (points), on the same evaluation samples; mean ± sample
   standard deviation over repeats when there are several (n = number of finished repeats).
+- **Δ retention** (with a grid's `retention` dataset): tuned − base quality on that other dataset — what
+  the method forgot of it (negative) or carried over (positive).
 - [lo, hi] after a Δ: its 95 % confidence interval, from a paired bootstrap over the evaluation items (base and
   tuned scored on the same items) with the repeats' seeds resampled too (`bench/analysis/intervals.py`);
   _italic_: the interval contains 0 — no evidence the method changed quality.

@@ -52,21 +52,35 @@ def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> 
 
 
 def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_path: str | None = None,
-             settings: dict | None = None, on_step=None, ranks=None, winner: dict | None = None) -> dict:
+             settings: dict | None = None, on_step=None, ranks=None, winner: dict | None = None,
+             retention=None) -> dict:
     """Train and evaluate one cell once (OOM back-off is the runner's: each attempt gets a fresh process);
     returns the record's variable part. `ranks`: this process is one of the cell's devices (bench/run/launch.py).
-    A cell with a sweep runs its trials (bench/run/sweep.py), or only `winner`, repeat 0's pick."""
+    A cell with a sweep runs its trials (bench/run/sweep.py), or only `winner`, repeat 0's pick. `retention`:
+    (splits, base quality) of a dataset the tuned model is also evaluated on."""
     settings = settings or dict(cell.train)
+    retention_splits, retention_base = retention or (None, None)
     if settings.get("sweep"):
         from bench.run.sweep import run_sweep
 
         outcome = run_sweep(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step,
-                            winner=winner)
+                            winner=winner, retention=retention_splits)
     else:
         outcome = attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step,
-                          ranks=ranks)
+                          ranks=ranks, retention=retention_splits)
     outcome["quality"] = _quality_record(cell, base, outcome.pop("tuned", None))
+    retained = outcome.pop("retained", None)
+    if retention is not None and cell.model["weights"] != "random":
+        outcome["quality"]["retention"] = _retention_record(cell, retention_base, retained)
     return outcome
+
+
+def _retention_record(cell, base: dict | None, tuned: dict | None) -> dict:
+    """Base and tuned quality on the retention dataset, and their difference: what the method forgot (or learnt)."""
+    ref = tuned or base or {}
+    return {"dataset": (cell.retention or {}).get("name"), "metric": ref.get("metric"), "version": ref.get("version"),
+            "base": base["value"] if base else None, "tuned": tuned["value"] if tuned else None,
+            "delta": round(tuned["value"] - base["value"], 4) if tuned and base else None, "n_eval": ref.get("n")}
 
 
 def _quality_record(cell, base: dict | None, tuned: dict | None) -> dict:
@@ -114,9 +128,10 @@ def _warm_runtime(device: str) -> None:
 
 
 def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step, ranks=None,
-            keep: dict | None = None) -> dict:
-    """Build, train on splits.train, evaluate on splits.eval; the outcome (never raises). `keep`: a dict that receives
-    the trained parameters ("state": name -> CPU tensor), for a sweep that evaluates its pick afterwards."""
+            keep: dict | None = None, retention=None) -> dict:
+    """Build, train on splits.train, evaluate on splits.eval (and on `retention`'s eval split); the outcome (never
+    raises). `keep`: a dict that receives the trained parameters ("state": name -> CPU tensor), for a sweep that
+    evaluates its pick afterwards."""
     import torch
 
     from bench.methods import apply_method, count_params, quantization_config
@@ -186,6 +201,9 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
         if evaluated is not None:  # random weights: cost is real, quality is not; several devices: the main one's
             loaded, model = evaluated
             out["tuned"] = _quality_dict(task.evaluate(loaded, model, splits, ts), task)
+            if retention is not None:
+                out["retained"] = _quality_dict(task.evaluate(loaded, model, retention, task_settings(settings, device, retention)),
+                                                task)
             phases["evaluate"] = round(time.perf_counter() - clock, 4)
             if out["tuned"]["n"] < len(splits.eval):
                 out["cost"]["skipped_samples"]["eval"] = len(splits.eval) - out["tuned"]["n"]
@@ -215,8 +233,10 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
     return out
 
 
-def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, state: dict) -> dict:
-    """The quality on splits.eval of the cell's model with `state` (its trained parameters) loaded into a fresh build."""
+def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, state: dict,
+                     retention=None) -> tuple[dict, dict | None]:
+    """The quality on splits.eval (and on `retention`'s) of the cell's model with `state` (its trained parameters)
+    loaded into a fresh build."""
     import torch
 
     from bench.methods import apply_method, quantization_config
@@ -230,7 +250,11 @@ def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zo
                           quantization=quantization_config(cell.method, device), seed=seed)
     model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
     _load_trained(model, state)
-    return _quality_dict(task.evaluate(loaded, model, splits, task_settings(settings, device, splits)), task)
+    tuned = _quality_dict(task.evaluate(loaded, model, splits, task_settings(settings, device, splits)), task)
+    retained = None
+    if retention is not None:
+        retained = _quality_dict(task.evaluate(loaded, model, retention, task_settings(settings, device, retention)), task)
+    return tuned, retained
 
 
 def _load_trained(model, state: dict) -> None:

@@ -24,7 +24,7 @@ from bench.errors import BenchError, OutputError
 from bench.paths import ensure_writable_folder, inside, page_target, require_plain
 from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, latest_lines, line_count, locked, read_latest
 from bench.run.claims import Claims
-from bench.suite.plan import Cell, base_key, expand, results_path
+from bench.suite.plan import Cell, base_key, expand, results_path, retention_cell
 from bench.train import effective_batch
 
 
@@ -488,6 +488,12 @@ class Runner:
                 bases[q["base_key"]] = {"metric": q["metric"], "higher_is_better": q["higher_is_better"], "value": q["base"],
                                         "extra": extra, "n": q.get("n_eval"), "version": q.get("version"),
                                         "items": base_items, "item_ids": ids}
+            kept = q.get("retention") if r["status"] == "ok" and isinstance(q.get("retention"), dict) else {}
+            if (number(kept.get("base")) is not None and isinstance(kept.get("base_key"), str)
+                    and isinstance(kept.get("metric"), str) and isinstance(q.get("higher_is_better"), bool)):
+                bases.setdefault(kept["base_key"], {"metric": kept["metric"], "higher_is_better": q["higher_is_better"],
+                                                    "value": kept["base"], "extra": {}, "n": kept.get("n_eval"),
+                                                    "version": kept.get("version"), "items": [], "item_ids": []})
         return bases
 
     def _base_for(self, cell: Cell, bases: dict, progress, slot: Slot) -> tuple[str, dict | None, str]:
@@ -498,6 +504,18 @@ class Runner:
             if key in bases:
                 return key, bases[key], ""
             return self._measure_base(cell, key, bases, progress, slot)
+
+    def _retention_for(self, cell: Cell, bases: dict, progress, slot: Slot) -> tuple[tuple | None, str]:
+        """((the retention dataset's splits, its untuned quality), "") for a cell with one; (None, why) when it cannot
+        be had (the cell still runs, its record says why); (None, "") without one (or with random weights)."""
+        if cell.retention is None or cell.model["weights"] == "random":
+            return None, ""
+        try:
+            splits = self.splits(cell.retention)
+        except BenchError as exc:
+            return None, f"retention dataset '{cell.retention['name']}' could not be loaded: {exc.render()}"
+        _, base, note = self._base_for(retention_cell(cell), bases, progress, slot)
+        return ((splits, base), "") if base is not None else (None, note or "no untuned quality on the retention dataset")
 
     def _measure_base(self, cell: Cell, key: str, bases: dict, progress, slot: Slot) -> tuple[str, dict | None, str]:
         from bench.isolate import call_isolated
@@ -532,10 +550,11 @@ class Runner:
             return self._append(record, progress)
         record["dataset"].update(fingerprint=splits.fingerprint, train_size=splits.train_size, eval_size=splits.eval_size)
         key, base, base_note = self._base_for(cell, bases, progress, slot)
+        retention, retention_note = self._retention_for(cell, bases, progress, slot)
         progress.start_item(f"{cell.label} (repeat {job.repeat})" if len(self.suite.seeds) > 1 else cell.label, None,
                             slot.index)
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
-        out, settings, attempts = self._attempts(job, splits, base, zpath, progress, slot, self._pick_for(job))
+        out, settings, attempts = self._attempts(job, splits, base, zpath, progress, slot, self._pick_for(job), retention)
         record["cost"]["attempts"] = attempts
         if out.kind == "ok":
             _merge_result(record, out.value)
@@ -548,6 +567,10 @@ class Runner:
         record["quality"]["base_key"] = key
         if base_note:
             record["quality"]["note"] = base_note
+        if retention_note:
+            record["quality"]["retention"] = {"dataset": cell.retention["name"], "note": retention_note}
+        elif isinstance(record["quality"].get("retention"), dict):
+            record["quality"]["retention"]["base_key"] = base_key(retention_cell(cell))
         return self._append(record, progress)
 
     def _pick_for(self, job: Job) -> dict | None:
@@ -566,7 +589,7 @@ class Runner:
         chosen = (record.get("sweep") or {}).get("chosen") if record and record["status"] == "ok" else None
         return chosen if isinstance(chosen, dict) and set(chosen) == set(cell.train["sweep"]) else None
 
-    def _attempts(self, job: Job, splits, base, zpath, progress, slot: Slot, pick: dict | None = None):
+    def _attempts(self, job: Job, splits, base, zpath, progress, slot: Slot, pick: dict | None = None, retention=None):
         """Run the cell; on OOM with back-off on, again in a fresh process with half the micro-batch and twice the
         accumulation (same effective batch) until it fits or min_batch_size is reached."""
         from bench.isolate import call_isolated
@@ -576,7 +599,8 @@ class Runner:
         while True:
             # a cell on several devices: their processes' files in a folder removed here, even when the cell is killed
             scratch = tempfile.mkdtemp(prefix="bench-devices-") if settings["devices"] > 1 else None
-            cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, slot.threads, scratch, pick)
+            cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, slot.threads, scratch, pick,
+                               retention)
             try:
                 out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"],
                                     on_event=progress.events_of(slot.index), isolate=self.isolate, env=slot.env,
@@ -735,6 +759,7 @@ class CellJob:
     threads: int = 0
     scratch: str | None = None  # a cell on several devices: where its processes write (the runner removes it)
     pick: dict | None = None  # a sweep cell's later repeat: the values repeat 0 picked
+    retention: tuple | None = None  # (SharedSplits, untuned quality) of the dataset retention is measured on
 
 
 def run_cell_job(job: CellJob, *, emit):
@@ -755,7 +780,7 @@ def run_cell_job(job: CellJob, *, emit):
         _set_threads(job.threads)
         result = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits.load(), base=job.base,
                           zoo_path=job.zoo_path, settings=job.settings, on_step=lambda s, n, loss: emit("step", s, n, loss),
-                          winner=job.pick)
+                          winner=job.pick, retention=(job.retention[0].load(), job.retention[1]) if job.retention else None)
     result["env"] = environment(device)
     return result
 

@@ -41,7 +41,8 @@ def carve(splits, size: int):
             [s for i, s in enumerate(splits.train) if i in held])
 
 
-def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step, winner: dict | None) -> dict:
+def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step, winner: dict | None,
+              retention=None) -> dict:
     """The cell's outcome for its pick (or for `winner`), with `sweep` saying what was tried and chosen."""
     from bench.run.cell import attempt, evaluate_trained
 
@@ -49,7 +50,7 @@ def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path,
     fixed = {k: v for k, v in settings.items() if k != "sweep"}
     if winner is not None:  # a later repeat: repeat 0's pick, trained on the same data, evaluated as usual
         out = attempt(cell, {**fixed, **winner}, seed=seed, device=device, splits=train_splits, zoo_path=zoo_path,
-                      on_step=on_step)
+                      on_step=on_step, retention=retention)
         out["sweep"] = _summary(settings, [], winner, len(validation), picked_by="repeat 0")
         return out
     choosing = replace(train_splits, eval=validation)
@@ -75,8 +76,9 @@ def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path,
     out["sweep"] = _summary(settings, trials, trials[pick]["values"], len(validation))
     if cell.model["weights"] != "random":  # random weights have no quality: the first trial that ran is the pick
         clock = time.perf_counter()
-        out["tuned"] = evaluate_trained(cell, {**fixed, **trials[pick]["values"]}, seed=seed, device=device,
-                                        splits=train_splits, zoo_path=zoo_path, state=kept)
+        out["tuned"], out["retained"] = evaluate_trained(cell, {**fixed, **trials[pick]["values"]}, seed=seed,
+                                                         device=device, splits=train_splits, zoo_path=zoo_path,
+                                                         state=kept, retention=retention)
         phases["evaluate"] = round(phases.get("evaluate", 0.0) + time.perf_counter() - clock, 4)
     return out
 

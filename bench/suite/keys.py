@@ -107,6 +107,8 @@ GRID_KEYS = {
     "methods": Key(list, None, "method names", required=True),
     "exclude": Key(list, [], "tables {model?, dataset?, method?} of combinations to skip"),
     "train": Key(dict, None, "training-setting overrides for this grid's cells"),
+    "retention": Key(str, None, "a dataset of the suite, of the grid's task, on which base and tuned quality are also "
+                     "measured (e.g. the scenes source split while tuning on target): Δ retention, what the method forgot"),
 }
 
 GATE_KEYS = {

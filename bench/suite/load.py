@@ -47,6 +47,7 @@ class Grid:
     methods: tuple[str, ...]
     exclude: tuple[dict, ...] = ()
     train: dict = field(default_factory=dict)
+    retention: str | None = None  # a dataset its cells are also evaluated on, base and tuned
 
 
 @dataclass(frozen=True)
@@ -443,7 +444,16 @@ def _grid(c: _Checker, i: int, table, models, datasets, methods) -> Grid:
                 )
     for m in g_models:
         _check_components(c, models[m], [methods[k] for k in g_methods])
-    return Grid(g_models, g_datasets, g_methods, tuple(excludes), _train(c, cfg["train"], f"{where}.train"))
+    if cfg["retention"] is not None:
+        (retention,) = c.names([cfg["retention"]], datasets, "dataset", f"[{where}] key 'retention'")
+        task = datasets[retention].config["task"]
+        other = next((d for d in g_datasets if datasets[d].config["task"] != task), None)
+        if other is not None:
+            raise c.fail(f"[{where}] key 'retention'", f"dataset '{retention}' is {task}, dataset '{other}' of this grid is "
+                         f"{datasets[other].config['task']}: a retention dataset is scored by the cells' own task",
+                         "name a dataset of the grid's task, or give the other datasets a grid of their own")
+    return Grid(g_models, g_datasets, g_methods, tuple(excludes), _train(c, cfg["train"], f"{where}.train"),
+                cfg["retention"])
 
 
 def _check_components(c: _Checker, model: Entry, methods: list[Entry]) -> None:

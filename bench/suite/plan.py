@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.models.catalog import FAMILIES
@@ -24,6 +24,7 @@ class Cell:
     method: dict
     train: dict
     skip_reason: str | None = None
+    retention: dict | None = None  # a dataset also evaluated on, base and tuned (it does not name the cell)
 
     @property
     def label(self) -> str:
@@ -53,6 +54,8 @@ def expand(suite) -> list[Cell]:
                     method = suite.methods[k]
                     train = {**suite.defaults, **model.train, **dataset.train, **method.train, **grid.train}
                     cell = make_cell(model.config, dataset.config, method.config, train)
+                    if grid.retention is not None:
+                        cell = replace(cell, retention=suite.datasets[grid.retention].config)
                     cells.setdefault(cell.cell_id, cell)  # the same point named by two grids runs once
     return list(cells.values())
 
@@ -103,6 +106,11 @@ def base_key(cell: Cell) -> str:
     # a revised evaluation or metric measures the base again rather than reuse a number that meant something else
     evaluation["versions"] = evaluation_versions(cell.dataset["task"])
     return stable_hash({"model": cell.model, "dataset": cell.dataset, "eval": evaluation})
+
+
+def retention_cell(cell: Cell) -> Cell:
+    """The cell as it would be on its retention dataset: what keys and measures the untuned quality there."""
+    return make_cell(cell.model, cell.retention, cell.method, cell.train)
 
 
 def results_path(results_dir: str | Path, suite_name: str) -> Path:
