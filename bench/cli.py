@@ -134,7 +134,7 @@ def cmd_run(args) -> int:
     console = _console(stderr=True)
     runner = Runner(suite, results_dir=args.results_dir, reports_dir=args.reports_dir, only=args.only, retry=args.retry,
                     console=console, show_progress=not args.no_progress, jobs=args.jobs,
-                    cluster=_cluster_options(args, suite.cluster))
+                    cluster=_cluster_options(args, suite.cluster), artifacts_dir=args.artifacts_dir)
     summary = runner.run()
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing to run"
     elsewhere = f"; {summary.taken_elsewhere} taken by another run" if summary.taken_elsewhere else ""
@@ -265,6 +265,15 @@ def cmd_gate(args) -> int:
     return 0 if result.passed else 1
 
 
+def cmd_export(args) -> int:
+    from bench.run.export import export, find_record
+
+    records = read_results([args.results], what="results file")
+    out = export(find_record(records, args.cell_id, args.repeat), Path(args.out), merged=args.merged)
+    print(f"written: {out}")
+    return 0
+
+
 def cmd_baseline_update(args) -> int:
     from bench.analysis.baseline import update_baseline
 
@@ -381,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--only", metavar="PATTERN", type=_pattern, help="run only cells whose id or model/dataset/method matches this glob")
     s.add_argument("--retry", action="store_true", help="run again the cells whose last record is not ok")
     s.add_argument("--no-progress", action="store_true", help="no live display (one line per cell)")
+    s.add_argument("--artifacts-dir", default=None, metavar="DIR",
+                   help="where cells keep their trained adapters (default: RESULTS_DIR/artifacts), as "
+                        "DIR/<suite>/<cell>/<seed>/")
     s.add_argument("--executor", choices=("local", "slurm"), default=None,
                    help="run each cell-run as a submitit job: on Slurm (sbatch), or locally through the same path; the "
                         "driver appends the records, and running it again re-attaches to its jobs")
@@ -393,6 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run up to N cells at once (default: the suite's `jobs`, 1): each on a GPU of its own, or on the CPU "
                         "with cores ÷ N threads unless the suite sets threads")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("export", help="write what a finished cell kept: its adapter, or (--merged) a plain transformers "
+                                      "model with the adapter merged in")
+    s.add_argument("results", metavar="RESULTS.jsonl")
+    s.add_argument("cell_id", metavar="CELL_ID")
+    s.add_argument("--repeat", type=int, default=0, help="which repeat's artifact (default 0)")
+    s.add_argument("--merged", action="store_true", help="merge the adapter into its base (merge_and_unload)")
+    s.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("report", help="render the Markdown page (and plots) from records")
     s.add_argument("results", nargs="+", metavar="RESULTS.jsonl")

@@ -15,6 +15,7 @@ import traceback
 from bench.data.stream import Skipped, train_batches
 from bench.errors import BenchError
 from bench.models.base import model_spec
+from bench.run.artifacts import save_artifact
 from bench.tasks.base import TrainingBatch, task_settings
 
 
@@ -53,7 +54,7 @@ def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> 
 
 def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_path: str | None = None,
              settings: dict | None = None, on_step=None, ranks=None, winner: dict | None = None,
-             retention=None) -> dict:
+             retention=None, artifact: str | None = None) -> dict:
     """Train and evaluate one cell once (OOM back-off is the runner's: each attempt gets a fresh process);
     returns the record's variable part. `ranks`: this process is one of the cell's devices (bench/run/launch.py).
     A cell with a sweep runs its trials (bench/run/sweep.py), or only `winner`, repeat 0's pick. `retention`:
@@ -64,10 +65,10 @@ def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_pat
         from bench.run.sweep import run_sweep
 
         outcome = run_sweep(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step,
-                            winner=winner, retention=retention_splits)
+                            winner=winner, retention=retention_splits, artifact=artifact)
     else:
         outcome = attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step,
-                          ranks=ranks, retention=retention_splits)
+                          ranks=ranks, retention=retention_splits, artifact=artifact)
     outcome["quality"] = _quality_record(cell, base, outcome.pop("tuned", None))
     retained = outcome.pop("retained", None)
     if retention is not None and cell.model["weights"] != "random":
@@ -128,10 +129,10 @@ def _warm_runtime(device: str) -> None:
 
 
 def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step, ranks=None,
-            keep: dict | None = None, retention=None) -> dict:
+            keep: dict | None = None, retention=None, artifact: str | None = None) -> dict:
     """Build, train on splits.train, evaluate on splits.eval (and on `retention`'s eval split); the outcome (never
     raises). `keep`: a dict that receives the trained parameters ("state": name -> CPU tensor), for a sweep that
-    evaluates its pick afterwards."""
+    evaluates its pick afterwards. `artifact`: the folder the trained adapter is kept in (bench/run/artifacts.py)."""
     import torch
 
     from bench.methods import apply_method, count_params, quantization_config
@@ -207,6 +208,9 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
             phases["evaluate"] = round(time.perf_counter() - clock, 4)
             if out["tuned"]["n"] < len(splits.eval):
                 out["cost"]["skipped_samples"]["eval"] = len(splits.eval) - out["tuned"]["n"]
+        kept = evaluated[1] if evaluated is not None else (model if not sharded else None)  # FSDP: the gathered model
+        if artifact and settings["save"] and kept is not None and (ranks is None or ranks.main):
+            out["artifact"] = save_artifact(kept, cell.method["kind"], artifact, save_full=settings["save_full"])
     except (torch.OutOfMemoryError, MemoryCapExceeded) as exc:
         out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
         out["cost"].update(probe.peak())
@@ -234,9 +238,9 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
 
 
 def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, state: dict,
-                     retention=None) -> tuple[dict, dict | None]:
+                     retention=None, artifact: str | None = None) -> tuple[dict, dict | None, dict | None]:
     """The quality on splits.eval (and on `retention`'s) of the cell's model with `state` (its trained parameters)
-    loaded into a fresh build."""
+    loaded into a fresh build, and what bench/run/artifacts.py kept of it in `artifact`."""
     import torch
 
     from bench.methods import apply_method, quantization_config
@@ -254,7 +258,8 @@ def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zo
     retained = None
     if retention is not None:
         retained = _quality_dict(task.evaluate(loaded, model, retention, task_settings(settings, device, retention)), task)
-    return tuned, retained
+    kept = save_artifact(model, cell.method["kind"], artifact, save_full=settings["save_full"]) if artifact and settings["save"] else None
+    return tuned, retained, kept
 
 
 def _load_trained(model, state: dict) -> None:

@@ -99,7 +99,9 @@ class ClusterDriver:
             return None
         s = self.runner.suite.settings
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
-        return CellJob(cell, job.seed, s["device"], splits, self.bases.get(base_key(cell)), zpath, dict(cell.train), s["threads"])
+        artifact = str(self.runner.artifacts / self.runner.suite.name / cell.cell_id / str(job.seed))
+        return CellJob(cell, job.seed, s["device"], splits, self.bases.get(base_key(cell)), zpath, dict(cell.train), s["threads"],
+                       artifact=artifact)
 
     def _submitted(self, job, handle, folder: Path):
         """The job file of a submitted cell-run, written before anything waits on it."""

@@ -139,9 +139,11 @@ def preflight(suite, jobs: list[Job]) -> None:
 
 class Runner:
     def __init__(self, suite, *, results_dir="results", reports_dir="reports", only=None, retry=False, console=None, show_progress=True,
-                 jobs: int | None = None, cluster=None):
+                 jobs: int | None = None, cluster=None, artifacts_dir=None):
         self.suite = suite
         self.results = results_path(results_dir, suite.name)
+        # what cells keep of their training (adapters): <artifacts>/<suite>/<cell>/<seed>/, beside the records
+        self.artifacts = Path(artifacts_dir) if artifacts_dir is not None else Path(results_dir) / "artifacts"
         self.reports_dir = Path(reports_dir)
         self.only, self.retry = only, retry
         self.console = console
@@ -599,8 +601,9 @@ class Runner:
         while True:
             # a cell on several devices: their processes' files in a folder removed here, even when the cell is killed
             scratch = tempfile.mkdtemp(prefix="bench-devices-") if settings["devices"] > 1 else None
+            artifact = str(self.artifacts / self.suite.name / job.cell.cell_id / str(job.seed))
             cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, slot.threads, scratch, pick,
-                               retention)
+                               retention, artifact)
             try:
                 out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"],
                                     on_event=progress.events_of(slot.index), isolate=self.isolate, env=slot.env,
@@ -666,6 +669,8 @@ def _merge_result(record: dict, result: dict) -> None:
     record.update(status=result["status"], message=result["message"], params=result["params"], quality=result["quality"],
                   loss_curve=result["loss_curve"], diverged_at_step=result["diverged_at_step"], env=result["env"])
     record["cost"].update(result["cost"])
+    if result.get("artifact"):  # what the cell kept of its training: bench/run/artifacts.py
+        record["artifact"] = result["artifact"]
     if "sweep" in result:  # what was tried and picked; the training settings as the pick ran
         record["sweep"] = result["sweep"]
         record["train"].update(result["sweep"]["chosen"] or {})
@@ -760,6 +765,7 @@ class CellJob:
     scratch: str | None = None  # a cell on several devices: where its processes write (the runner removes it)
     pick: dict | None = None  # a sweep cell's later repeat: the values repeat 0 picked
     retention: tuple | None = None  # (SharedSplits, untuned quality) of the dataset retention is measured on
+    artifact: str | None = None  # the folder the trained adapter is kept in
 
 
 def run_cell_job(job: CellJob, *, emit):
@@ -780,7 +786,8 @@ def run_cell_job(job: CellJob, *, emit):
         _set_threads(job.threads)
         result = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits.load(), base=job.base,
                           zoo_path=job.zoo_path, settings=job.settings, on_step=lambda s, n, loss: emit("step", s, n, loss),
-                          winner=job.pick, retention=(job.retention[0].load(), job.retention[1]) if job.retention else None)
+                          winner=job.pick, retention=(job.retention[0].load(), job.retention[1]) if job.retention else None,
+                          artifact=job.artifact)
     result["env"] = environment(device)
     return result
 

@@ -42,7 +42,7 @@ def carve(splits, size: int):
 
 
 def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step, winner: dict | None,
-              retention=None) -> dict:
+              retention=None, artifact: str | None = None) -> dict:
     """The cell's outcome for its pick (or for `winner`), with `sweep` saying what was tried and chosen."""
     from bench.run.cell import attempt, evaluate_trained
 
@@ -50,7 +50,7 @@ def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path,
     fixed = {k: v for k, v in settings.items() if k != "sweep"}
     if winner is not None:  # a later repeat: repeat 0's pick, trained on the same data, evaluated as usual
         out = attempt(cell, {**fixed, **winner}, seed=seed, device=device, splits=train_splits, zoo_path=zoo_path,
-                      on_step=on_step, retention=retention)
+                      on_step=on_step, retention=retention, artifact=artifact)
         out["sweep"] = _summary(settings, [], winner, len(validation), picked_by="repeat 0")
         return out
     choosing = replace(train_splits, eval=validation)
@@ -76,9 +76,9 @@ def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path,
     out["sweep"] = _summary(settings, trials, trials[pick]["values"], len(validation))
     if cell.model["weights"] != "random":  # random weights have no quality: the first trial that ran is the pick
         clock = time.perf_counter()
-        out["tuned"], out["retained"] = evaluate_trained(cell, {**fixed, **trials[pick]["values"]}, seed=seed,
-                                                         device=device, splits=train_splits, zoo_path=zoo_path,
-                                                         state=kept, retention=retention)
+        out["tuned"], out["retained"], out["artifact"] = evaluate_trained(
+            cell, {**fixed, **trials[pick]["values"]}, seed=seed, device=device, splits=train_splits, zoo_path=zoo_path,
+            state=kept, retention=retention, artifact=artifact)
         phases["evaluate"] = round(phases.get("evaluate", 0.0) + time.perf_counter() - clock, 4)
     return out
 

@@ -62,6 +62,11 @@ TRAIN_KEYS = {
     "timeout_s": Key(NUMBER, 1800, "wall-clock limit per cell; past it the cell is recorded as timeout", above=0, max=30 * 86400),
     "diverge_loss": Key(NUMBER, 1e4, "a loss above this (or NaN/inf) stops the cell as diverged", above=0, max=1e30),
     "memory_cap_mb": Key(NUMBER, None, "treat memory above this (MB above the cell's baseline) as out-of-memory", above=0, max=1e9),
+    "save": Key(bool, True, "keep the trained adapter in PEFT's format (adapter_config.json + adapter_model.safetensors) "
+                "under the results folder's artifacts/<suite>/<cell>/<seed>/ (`bench export` reads it); full fine-tunes "
+                "only with save_full", in_id="never"),
+    "save_full": Key(bool, False, "keep a full fine-tune's whole model too (safetensors: the model's full size)",
+                     in_id="never"),
     "sweep": Key(dict, None, "training keys to try, each a list of values, e.g. {lr = [1e-4, 3e-4, 1e-3]} (`lr = [...]` in any "
                  "training table says the same): every combination trains on the training split less validation_size "
                  "samples, the task's metric on those picks one, and only it is evaluated; repeats reuse repeat 0's pick",

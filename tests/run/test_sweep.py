@@ -41,7 +41,7 @@ def fake_training(monkeypatch, seen: dict):
 
     def evaluate_trained(cell, settings, *, splits, state, **_):
         seen.setdefault("evaluated", []).append((list(splits.eval), state["lr"], settings["lr"]))
-        return {"metric": "acc", "value": 50.0, "higher_is_better": True}, None
+        return {"metric": "acc", "value": 50.0, "higher_is_better": True}, None, None
 
     monkeypatch.setattr("bench.run.cell.attempt", attempt)
     monkeypatch.setattr("bench.run.cell.evaluate_trained", evaluate_trained)
