@@ -63,8 +63,8 @@ assert len(ALIASES) == len(FIELDS), "every field's alias must be unique"
 KIND_MEANINGS = {
     "cost.memory_kind": "the two sides count peak memory differently (see MEMORY_KINDS)",
     "quality.retention.version": "the retention dataset's evaluation or metric was revised in between",
-    "quality.version": "the task's evaluation or its metric was revised in between (a version of bench/metrics.py's "
-                       "METRICS or a task module's VERSION): the two sides' quality numbers measure different things",
+    "quality.version": "the task's evaluation or its metric was revised in between (a version in bench/metrics.py's "
+                       "METRICS or EVALUATIONS): the two sides' quality numbers measure different things",
 }
 
 

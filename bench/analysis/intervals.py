@@ -39,7 +39,8 @@ def _finite(v) -> bool:
 
 
 def _matrix(records: list[dict], side: str, ids: list[int]) -> np.ndarray:
-    return np.array([[item_scores(r, side)[i] for i in ids] for r in records], dtype=np.float64)
+    tables = [item_scores(r, side) for r in records]  # once per record: a table per item made it quadratic
+    return np.array([[table[i] for i in ids] for table in tables], dtype=np.float64)
 
 
 def _common_ids(tables: list[dict[int, float] | None]) -> list[int] | None:

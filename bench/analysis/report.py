@@ -213,7 +213,7 @@ def _values_text(values) -> str:
 
 def _picked(g: Group) -> str:
     """The values a sweep cell's repeats trained with (repeat 0's pick; a repeat that had to pick again may differ)."""
-    picks = {_values_text((r.get("sweep") or {}).get("chosen")) for r in g.ok}
+    picks = {_values_text(r["sweep"].get("chosen")) for r in g.ok if isinstance(r.get("sweep"), dict)}
     picks.discard("")
     return " / ".join(sorted(picks))
 
@@ -227,7 +227,9 @@ def _sweeps_section(page: _Page) -> list[str]:
             continue
         tried = []
         for t in sweep["trials"] if isinstance(sweep["trials"], list) else []:
-            score = t.get("validation") if isinstance(t, dict) else None
+            if not isinstance(t, dict):  # a record is data: a hand-edited trial is left out
+                continue
+            score = t.get("validation")
             shown = f"{score:.1f}" if isinstance(score, (int, float)) else _status_label(str(t.get("status", "?")))
             tried.append(f"{_values_text(t.get('values'))}: {shown}")
         rows.append([page.model_label(g), cell_text(g.dataset), cell_text(g.method), cell_text(" · ".join(tried)),

@@ -266,6 +266,13 @@ class Runner:
         return summary
 
     def _run_one(self, job: Job, bases: dict, progress, slot: Slot, retry_before: int, summary: RunSummary) -> None:
+        try:
+            self._claim_and_run(job, bases, progress, slot, retry_before, summary)
+        finally:  # recorded, failed, or taken by another run: a later repeat waiting for repeat 0's pick may look now
+            if job.repeat == 0 and job.cell.cell_id in self._picks:
+                self._picks[job.cell.cell_id].set()
+
+    def _claim_and_run(self, job: Job, bases: dict, progress, slot: Slot, retry_before: int, summary: RunSummary) -> None:
         with self._lock:  # claims and the results file's latest lines are read and taken one cell at a time
             claim = self._claim(job, retry_before)
             if not isinstance(claim, str):
@@ -280,8 +287,6 @@ class Runner:
         finally:
             with self._lock:
                 self._release(claim)
-            if job.repeat == 0 and job.cell.cell_id in self._picks:  # recorded (or failed): later repeats may look
-                self._picks[job.cell.cell_id].set()
         with self._lock:
             summary.count(record["status"])
 
