@@ -37,6 +37,37 @@ def _quality_dict(q, task) -> dict:
             "item_ids": list(q.item_ids)}
 
 
+def weights_dtype(precision: str):
+    """bf16 runs keep frozen weights in bf16 (what users do on GPUs); fp16 autocasts over fp32 weights."""
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def build_model(cell, settings: dict, *, device: str, zoo_path, seed: int, sharded: bool = False):
+    """(loaded, model to train): the cell's model built and adapted as its method says (`sharded`: for FSDP)."""
+    from bench.methods import apply_method, quantization_config
+    from bench.models import get_family
+
+    family = get_family(cell.model["family"])
+    loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=weights_dtype(settings["precision"]),
+                          quantization=quantization_config(cell.method, device, sharded=sharded), seed=seed)
+    return loaded, apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"],
+                                sharded=sharded)
+
+
+def _evaluate(task, loaded, model, splits, settings: dict, device: str) -> dict:
+    """The model's quality on splits.eval, as a record keeps it."""
+    return _quality_dict(task.evaluate(loaded, model, splits, task_settings(settings, device, splits)), task)
+
+
+def _keep(model, cell, settings: dict, artifact: str | None) -> dict | None:
+    """What bench/run/artifacts.py keeps of the trained model, where the cell keeps anything."""
+    if not artifact or not settings["save"]:
+        return None
+    return save_artifact(model, cell.method["kind"], artifact, save_full=settings["save_full"])
+
+
 def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> dict:
     """The untuned model's quality on the eval split (full precision, no adapters)."""
     import torch
@@ -135,8 +166,7 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
     evaluates its pick afterwards. `artifact`: the folder the trained adapter is kept in (bench/run/artifacts.py)."""
     import torch
 
-    from bench.methods import apply_method, count_params, quantization_config
-    from bench.models import get_family
+    from bench.methods import count_params
     from bench.profile import MemoryProbe
     from bench.tasks import task_for_family
     from bench.train import Diverged, MemoryCapExceeded, train
@@ -147,18 +177,12 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
     phases = out["cost"]["phases_s"] = {}  # where the cell's time went: build, train (with waits for data), evaluate
     clock = time.perf_counter()
     try:
-        family = get_family(cell.model["family"])
         task = task_for_family(cell.model["family"])
         torch.manual_seed(seed)
-        # bf16 runs keep frozen weights in bf16 (what users do on GPUs); fp16 autocasts over fp32 weights
-        dtype = torch.bfloat16 if settings["precision"] == "bf16" else torch.float32
         sharded = ranks is not None and ranks.strategy == "fsdp"
 
         def build():
-            loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=dtype,
-                                  quantization=quantization_config(cell.method, device, sharded=sharded), seed=seed)
-            return loaded, apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"],
-                                        sharded=sharded)
+            return build_model(cell, settings, device=device, zoo_path=zoo_path, seed=seed, sharded=sharded)
 
         loaded, model = build()
         out["params"] = count_params(model, loaded.components)
@@ -201,16 +225,15 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
         evaluated = _evaluable(ranks, trained, model, loaded, build) if cell.model["weights"] != "random" else None
         if evaluated is not None:  # random weights: cost is real, quality is not; several devices: the main one's
             loaded, model = evaluated
-            out["tuned"] = _quality_dict(task.evaluate(loaded, model, splits, ts), task)
+            out["tuned"] = _evaluate(task, loaded, model, splits, settings, device)
             if retention is not None:
-                out["retained"] = _quality_dict(task.evaluate(loaded, model, retention, task_settings(settings, device, retention)),
-                                                task)
+                out["retained"] = _evaluate(task, loaded, model, retention, settings, device)
             phases["evaluate"] = round(time.perf_counter() - clock, 4)
             if out["tuned"]["n"] < len(splits.eval):
                 out["cost"]["skipped_samples"]["eval"] = len(splits.eval) - out["tuned"]["n"]
         kept = evaluated[1] if evaluated is not None else (model if not sharded else None)  # FSDP: the gathered model
-        if artifact and settings["save"] and kept is not None and (ranks is None or ranks.main):
-            out["artifact"] = save_artifact(kept, cell.method["kind"], artifact, save_full=settings["save_full"])
+        if kept is not None and (ranks is None or ranks.main):
+            out["artifact"] = _keep(kept, cell, settings, artifact)
     except (torch.OutOfMemoryError, MemoryCapExceeded) as exc:
         out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
         out["cost"].update(probe.peak())
@@ -243,23 +266,14 @@ def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zo
     loaded into a fresh build, and what bench/run/artifacts.py kept of it in `artifact`."""
     import torch
 
-    from bench.methods import apply_method, quantization_config
-    from bench.models import get_family
     from bench.tasks import task_for_family
 
-    family, task = get_family(cell.model["family"]), task_for_family(cell.model["family"])
+    task = task_for_family(cell.model["family"])
     torch.manual_seed(seed)
-    dtype = torch.bfloat16 if settings["precision"] == "bf16" else torch.float32
-    loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=dtype,
-                          quantization=quantization_config(cell.method, device), seed=seed)
-    model = apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"])
+    loaded, model = build_model(cell, settings, device=device, zoo_path=zoo_path, seed=seed)
     _load_trained(model, state)
-    tuned = _quality_dict(task.evaluate(loaded, model, splits, task_settings(settings, device, splits)), task)
-    retained = None
-    if retention is not None:
-        retained = _quality_dict(task.evaluate(loaded, model, retention, task_settings(settings, device, retention)), task)
-    kept = save_artifact(model, cell.method["kind"], artifact, save_full=settings["save_full"]) if artifact and settings["save"] else None
-    return tuned, retained, kept
+    retained = _evaluate(task, loaded, model, retention, settings, device) if retention is not None else None
+    return _evaluate(task, loaded, model, splits, settings, device), retained, _keep(model, cell, settings, artifact)
 
 
 def _load_trained(model, state: dict) -> None:

@@ -112,7 +112,7 @@ def device_main(job, device: str, folder: str, emit) -> None:
     on_step = (lambda s, n, loss: emit("step", s, n, loss)) if ranks.main else None
     out = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits.load(), base=job.base, zoo_path=job.zoo_path,
                    settings=job.settings, on_step=on_step, ranks=ranks,
-                   retention=(job.retention[0].load(), job.retention[1]) if job.retention else None,
+                   retention=job.retention_loaded(),
                    artifact=job.artifact)
     path = _outcome_path(folder, rank)
     path.with_suffix(".tmp").write_bytes(pickle.dumps((time.monotonic(), out)))  # one clock for the whole machine

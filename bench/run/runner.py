@@ -480,27 +480,15 @@ class Runner:
 
     def _known_bases(self, seen: dict | None = None) -> dict:
         """Base qualities already measured in this results file (`seen`: its latest_lines, already read)."""
-        from bench.analysis.stats import number
-
         bases = {}
         for _, r in (seen if seen is not None else latest_lines(self.results, warn=False)).values():
             q = r["quality"]
-            # reused only when whole and finite: a hand-edited or foreign line must not become every method's base
-            if (r["status"] == "ok" and number(q.get("base")) is not None and isinstance(q.get("base_key"), str)
-                    and isinstance(q.get("metric"), str) and isinstance(q.get("higher_is_better"), bool)):
-                extra = q.get("base_extra") if isinstance(q.get("base_extra"), dict) else {}
-                items = q.get("items") if isinstance(q.get("items"), dict) else {}
-                base_items = items.get("base") if isinstance(items.get("base"), list) else []
-                ids = items.get("ids") if isinstance(items.get("ids"), list) else list(range(len(base_items)))
-                bases[q["base_key"]] = {"metric": q["metric"], "higher_is_better": q["higher_is_better"], "value": q["base"],
-                                        "extra": extra, "n": q.get("n_eval"), "version": q.get("version"),
-                                        "items": base_items, "item_ids": ids}
-            kept = q.get("retention") if r["status"] == "ok" and isinstance(q.get("retention"), dict) else {}
-            if (number(kept.get("base")) is not None and isinstance(kept.get("base_key"), str)
-                    and isinstance(kept.get("metric"), str) and isinstance(q.get("higher_is_better"), bool)):
-                bases.setdefault(kept["base_key"], {"metric": kept["metric"], "higher_is_better": q["higher_is_better"],
-                                                    "value": kept["base"], "extra": {}, "n": kept.get("n_eval"),
-                                                    "version": kept.get("version"), "items": [], "item_ids": []})
+            if r["status"] != "ok" or not isinstance(q.get("higher_is_better"), bool):
+                continue
+            if (known := _recorded_base(q, q["higher_is_better"])) is not None:
+                bases[known[0]] = known[1]
+            if isinstance(q.get("retention"), dict) and (known := _recorded_base(q["retention"], q["higher_is_better"])):
+                bases.setdefault(*known)  # a base of the retention dataset, measured for this cell
         return bases
 
     def _base_for(self, cell: Cell, bases: dict, progress, slot: Slot) -> tuple[str, dict | None, str]:
@@ -669,6 +657,22 @@ def _with_others(first: BaseException, futures) -> BaseException:
     return RecordNotSaved(first.message + "".join(f"\n- also: {e.message}" for e in others), fix=first.fix)
 
 
+def _recorded_base(section: dict, higher_is_better: bool) -> tuple[str, dict] | None:
+    """(base key, the base as a cell takes it) from a record's quality section or its retention part; None unless whole
+    and finite: a hand-edited or foreign line must not become every method's base."""
+    from bench.analysis.stats import number
+
+    if number(section.get("base")) is None or not isinstance(section.get("base_key"), str) or not isinstance(section.get("metric"), str):
+        return None
+    items = section.get("items") if isinstance(section.get("items"), dict) else {}
+    base_items = items.get("base") if isinstance(items.get("base"), list) else []
+    ids = items.get("ids") if isinstance(items.get("ids"), list) else list(range(len(base_items)))
+    extra = section.get("base_extra") if isinstance(section.get("base_extra"), dict) else {}
+    return section["base_key"], {"metric": section["metric"], "higher_is_better": higher_is_better, "value": section["base"],
+                                 "extra": extra, "n": section.get("n_eval"), "version": section.get("version"),
+                                 "items": base_items, "item_ids": ids}
+
+
 def _merge_result(record: dict, result: dict) -> None:
     """A cell's result (bench/run/cell.py's run_cell, with its environment) into the record the runner began."""
     record.update(status=result["status"], message=result["message"], params=result["params"], quality=result["quality"],
@@ -772,6 +776,10 @@ class CellJob:
     retention: tuple | None = None  # (SharedSplits, untuned quality) of the dataset retention is measured on
     artifact: str | None = None  # the folder the trained adapter is kept in
 
+    def retention_loaded(self) -> tuple | None:
+        """(splits, untuned quality) of the retention dataset, its samples unpickled here, in the cell's process."""
+        return (self.retention[0].load(), self.retention[1]) if self.retention else None
+
 
 def run_cell_job(job: CellJob, *, emit):
     from bench.profile import environment
@@ -791,7 +799,7 @@ def run_cell_job(job: CellJob, *, emit):
         _set_threads(job.threads)
         result = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits.load(), base=job.base,
                           zoo_path=job.zoo_path, settings=job.settings, on_step=lambda s, n, loss: emit("step", s, n, loss),
-                          winner=job.pick, retention=(job.retention[0].load(), job.retention[1]) if job.retention else None,
+                          winner=job.pick, retention=job.retention_loaded(),
                           artifact=job.artifact)
     result["env"] = environment(device)
     return result
