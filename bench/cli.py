@@ -54,18 +54,19 @@ def cmd_plan(args) -> int:
     args.params = args.params or args.trace
     args.estimate = args.estimate or args.trace
     counts, estimates, meta_models = {}, {}, {}  # one meta-device build per model, shared by both
+    trained = [c for c in cells if not c.sources]  # a composed cell trains nothing: no training cost to preview
     if args.params or args.estimate:
         import bench.run.preload  # noqa: F401  (the model libraries, with their start-up chatter silenced as in `run`)
     if args.params:
         from bench.cost.params import count_cells
 
-        counts = count_cells(cells, meta_models)
+        counts = count_cells(trained, meta_models)
     if args.estimate:
         from bench.cost.estimate import estimate_cells
 
         # a suite that runs on the CPU is estimated for the CPU; any other for a GPU (what the preview is for)
-        estimates = estimate_cells(cells, counts or None, meta_models, "cpu" if suite.settings["device"] == "cpu" else "cuda")
-    traces = _trace(suite, [c for c in cells if not c.skip_reason]) if args.trace else {}
+        estimates = estimate_cells(trained, counts or None, meta_models, "cpu" if suite.settings["device"] == "cpu" else "cuda")
+    traces = _trace(suite, [c for c in trained if not c.skip_reason]) if args.trace else {}
     rows = []
     for cell in cells:
         n_pending = sum((cell.cell_id, r) in pending for r in range(len(suite.seeds)))
@@ -79,6 +80,8 @@ def cmd_plan(args) -> int:
             row["failed_statuses"] = failed
         if cell.skip_reason:
             row["skip_reason"] = cell.skip_reason
+        if cell.sources:  # combines the adapters these cells keep (kind = "merge"): they run first
+            row["sources"] = list(cell.sources)
         if cell.cell_id in counts:
             row["params"] = counts[cell.cell_id]
         if cell.cell_id in estimates:

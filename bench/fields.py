@@ -48,6 +48,12 @@ FIELDS = (
     Field("quality.base", "points", "quality", kind="quality.version"),
     Field("quality.retention.delta", "points", "quality", compared=True, kind="quality.retention.version",
           short="retention_delta"),
+    Field("quality.merged_delta", "points", "quality", kind="quality.version"),
+    Field("serving.variants.unmerged.latency_ms", "ms", "lower", short="unmerged_latency_ms"),
+    Field("serving.variants.merged.latency_ms", "ms", "lower", short="merged_latency_ms"),
+    Field("serving.variants.4bit.latency_ms", "ms", "lower", short="quantized_latency_ms"),
+    Field("serving.variants.merged.peak_memory_mb", "MB", "lower", short="merged_memory_mb", kind="serving.memory_kind"),
+    Field("artifact.bytes", "bytes", "lower", short="artifact_bytes"),
     Field("params.total", "parameters", None),
     Field("params.trainable", "parameters", None, compared=True),
     Field("params.trainable_pct", "%", None),
@@ -62,6 +68,7 @@ assert len(ALIASES) == len(FIELDS), "every field's alias must be unique"
 # the record fields that name what a number counts (Field.kind), and why two of them do not compare
 KIND_MEANINGS = {
     "cost.memory_kind": "the two sides count peak memory differently (see MEMORY_KINDS)",
+    "serving.memory_kind": "the two sides count serving memory differently (CUDA allocator or process RSS)",
     "quality.retention.version": "the retention dataset's evaluation or metric was revised in between",
     "quality.version": "the task's evaluation or its metric was revised in between (a version in bench/metrics.py's "
                        "METRICS or EVALUATIONS): the two sides' quality numbers measure different things",
@@ -95,3 +102,11 @@ MEMORY_KINDS = {
 # where a number was measured: a difference in the first group makes cost numbers incomparable
 ENV_COMPARED = ("device_name", "device_count", "torch", "transformers", "peft", "bitsandbytes")
 ENV_KEYS = (*ENV_COMPARED, "git_sha", "git_dirty")  # the report's environment table
+
+# serving.memory_kind: what a serving variant's activations_mb (and so peak_memory_mb, with the weights) counts
+SERVING_MEMORY_KINDS = {
+    "cuda_allocated": "CUDA allocated tensor bytes (`torch.cuda.max_memory_allocated`) above what was allocated before "
+                      "the request",
+    "cpu_tensors": "live tensor bytes at their peak during the request, counted by torch's MemTracker (the process's RSS "
+                   "does not move once earlier requests touched the pages)",
+}

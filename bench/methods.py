@@ -11,7 +11,7 @@ import math
 import re
 
 from bench.errors import BenchError
-from bench.models.base import LoadedModel, component_of
+from bench.models.base import LoadedModel, base_model, component_of
 
 PEFT_PREFIX = "base_model.model."
 REENTRANT_OFF = {"use_reentrant": False}  # recomputation that works with frozen inputs, no input-grad hook needed
@@ -104,6 +104,8 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
             p.requires_grad_(component_of(name, components) not in frozen)
         return model
 
+    if kind == "fusion":
+        return _fusion(loaded, method)
     targets = resolve_targets(method, family, loaded.backend)
     check_targets(model, components, targets, method["name"])
     regex = target_regex(components, targets)
@@ -140,6 +142,65 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
         if component_of(name, components) in train_full and p.is_floating_point():
             p.requires_grad_(True)
     return model
+
+
+def _fusion(loaded: LoadedModel, method: dict):
+    """PEFT's X-LoRA over the adapters in method["experts"] (folders a source cell kept): the experts frozen, a classifier
+    on the language model's hidden states learns how much of each to apply per token. Parameters the experts trained in
+    full beside their adapters (LLaVA's projector) are their mean change from the base (task arithmetic at 1/n)."""
+    import peft
+
+    experts = list(method["experts"])
+    model = loaded.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n in beside_names(experts)}
+    config = getattr(model.config, "text_config", None) or model.config
+    model.config.use_cache = False  # X-LoRA's scaling pass runs the model twice per step; a cache would be reused
+    fused = peft.get_peft_model(model, peft.XLoraConfig(
+        task_type="CAUSAL_LM", hidden_size=config.hidden_size, xlora_depth=1,
+        adapters={str(i): path for i, path in enumerate(experts)}))  # peft 0.21 names experts by position
+    combine_beside(fused, before, experts, [1 / len(experts)] * len(experts))
+    return fused
+
+
+def beside_names(folders: list[str]) -> set[str]:
+    """Names (in the base model) of the parameters that adapters kept in `folders` trained in full beside themselves
+    (bench/run/artifacts.py adds them to the adapter's file under PEFT's prefix)."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for folder in folders:
+        with safe_open(f"{folder}/adapter_model.safetensors", framework="pt") as f:
+            names |= {k[len(PEFT_PREFIX):] for k in f.keys() if k.startswith(PEFT_PREFIX) and not _adapter_key(k)}
+    return names
+
+
+def _adapter_key(key: str) -> bool:
+    return any(part.startswith(("lora_", "ia3_")) for part in key.split("."))
+
+
+def combine_beside(model, before: dict, folders: list[str], weights: list[float]) -> None:
+    """Each parameter of `before` (name in the base model -> its base value) = the base value + Σ weight × (the value
+    kept in that folder − the base value); a folder without it adds nothing."""
+    import torch
+    from safetensors import safe_open
+
+    if not before:
+        return
+    params = dict(base_model(model).named_parameters())
+    combined = {n: v.clone().float() for n, v in before.items()}
+    for folder, weight in zip(folders, weights):
+        with safe_open(f"{folder}/adapter_model.safetensors", framework="pt") as f:
+            keys = set(f.keys())
+            for name, base in before.items():
+                if PEFT_PREFIX + name in keys:
+                    combined[name] += weight * (f.get_tensor(PEFT_PREFIX + name).to(base.device).float() - base.float())
+    missing = sorted(set(combined) - set(params))
+    if missing:
+        raise BenchError(f"an adapter's file holds {missing[0]}, which the base model has no parameter for",
+                         fix="compose adapters trained on this cell's base model")
+    with torch.no_grad():
+        for name, value in combined.items():
+            params[name].copy_(value.to(params[name].dtype))
 
 
 def _drop_input_grad_hooks(model) -> None:

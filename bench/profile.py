@@ -262,10 +262,11 @@ def tensor_kinds(snapshot: dict) -> dict[str, int]:
     return {str(k).split(".")[-1].lower(): v for k, v in snapshot.items() if str(k) != "Total"}
 
 
-def tensor_tracker(model, optimizer):
-    """torch's MemTracker over a model and its optimizer: live tensor bytes by kind (parameters, gradients, optimizer
+def tensor_tracker(model, optimizer=None):
+    """torch's MemTracker over a model and its optimizer (if any): live tensor bytes by kind (parameters, gradients, optimizer
     state, activations, temporaries), with the two changes a PEFT cell at full size needs (see _PeakTracker). Used by
-    the fake-tensor trace (bench/cost/trace.py) and, on real tensors, by training on the CPU (bench/train.py)."""
+    the fake-tensor trace (bench/cost/trace.py) and, on real tensors, by training and serving on the CPU (bench/train.py,
+    bench/run/serving.py)."""
     from collections import OrderedDict
 
     from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
@@ -276,7 +277,19 @@ def tensor_tracker(model, optimizer):
              module after every op (a 7B model: 3 minutes instead of 10 seconds); nothing here reads them.
            - Frozen parameters get no gradient hook: MemTracker (torch 2.15) hooks every parameter a module owns
              and fails on frozen ones ("cannot register a hook on a tensor that doesn't require gradient"); a
-             no-op handle entered for each makes it skip them."""
+             no-op handle entered for each makes it skip them (and for one swapped in later: see _pre_fw_hook).
+           - A root module may be called again (generation): see _pre_fw_hook."""
+
+        def _pre_fw_hook(self, module, inputs) -> None:
+            # a root module called again outside backward is the next iteration (generation calls forward once per
+            # token): its module stats start again, the device-wide peak stays
+            name = self._mod_tracker.get_known_fqn(module)
+            if module in self.memory_tracking and not self._mod_tracker.is_bw and \
+                    set(self._mod_tracker.parents) - {name} == {"Global"}:
+                self.reset_mod_stats()
+            if module not in self.memory_tracking:  # its parameters are about to be hooked: a frozen one may be new
+                skip_frozen(self, module)  # (PEFT's DoRA over a 4-bit layer on the CPU replaces its weight every call)
+            super()._pre_fw_hook(module, inputs)
 
         def _update_peak_stats(self, peak_state) -> None:
             for dev, snap in self._curr_mem_snap.items():
@@ -284,23 +297,28 @@ def tensor_tracker(model, optimizer):
                     self._peak_mem[dev] = snap[_TOTAL_KEY]
                     self._peak_mem_snap[dev] = dict(snap)
 
-    tracker = _PeakTracker()
-    tracker.track_external(model, optimizer)
     no_hooks: OrderedDict = OrderedDict()
-    for p in model.parameters():
-        if not p.requires_grad:
-            tracker._param_to_grad_hook_handles[p] = (RemovableHandle(no_hooks), RemovableHandle(no_hooks))
+
+    def skip_frozen(tracker, module) -> None:
+        for p in module.parameters():
+            if not p.requires_grad and p not in tracker._param_to_grad_hook_handles:
+                tracker._param_to_grad_hook_handles[p] = (RemovableHandle(no_hooks), RemovableHandle(no_hooks))
+
+    tracker = _PeakTracker()
+    tracker.track_external(*(x for x in (model, optimizer) if x is not None))
+    skip_frozen(tracker, model)
     return tracker
 
 
 @contextmanager
-def no_garbage_collection():
+def no_garbage_collection(collect: bool = True):
     """Tensors caught in reference cycles die when Python's collector happens to run, which differs between a
     fake and a real run (and from run to run): with it paused the peak is deterministic, equal for fake and real
     tensors, and an upper bound of what a run holds."""
     import gc
 
-    gc.collect()
+    if collect:  # a peak compared between runs starts from no garbage
+        gc.collect()
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -171,3 +171,15 @@ def lm_batch(loaded, images, texts) -> dict:
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
     labels[enc["input_ids"] == loaded.model.config.image_token_id] = -100
     return {**enc, "labels": labels}
+
+
+def row(page: str, *cells: str) -> list[str]:
+    """The cells of a Markdown page's first table row starting with `cells` (pipes inside a cell stay escaped)."""
+    prefix = "| " + " | ".join(cells) + " |"
+    line = next(line for line in page.splitlines() if line.startswith(prefix))
+    return [c.strip() for c in line.strip("|").split(" | ")]
+
+
+def section(page: str, title: str) -> str:
+    """The text of a Markdown page's `## title` section."""
+    return page.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]

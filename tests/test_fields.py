@@ -10,7 +10,7 @@ from bench.suite import rules
 def test_every_field_has_a_unique_alias_a_unit_and_a_known_direction():
     assert len({f.alias for f in fields.FIELDS}) == len(fields.FIELDS)
     for f in fields.FIELDS:
-        assert f.path.split(".")[0] in ("cost", "quality", "params") and f.unit
+        assert f.path.split(".")[0] in ("cost", "quality", "params", "serving", "artifact") and f.unit
         assert f.better in ("lower", "higher", "quality", None)
 
 

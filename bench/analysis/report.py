@@ -484,6 +484,10 @@ def _render(records: list[dict], title: str, plots_dir: Path | None, rel_to: Pat
         if pngs:
             lines += ["## Cost vs quality", ""] + [f"![{label}]({p})" for label, p in pngs] + [""]
     lines += _cost_section(page)
+    from bench.analysis import after_training  # it formats with this module's helpers: imported once both exist
+
+    lines += after_training.serving_section(page)
+    lines += after_training.composition_section(page)
     lines += _failures_section(page)
     lines += _env_section(page)
     lines += [LEGEND]

@@ -3,6 +3,12 @@
     check_dataset(cfg, base_dir=..., file=..., where=...)   before any model is built: keys, types,
                                                             paths, every record, every image
     load_dataset(cfg, base_dir=..., seed=...)               records -> train/eval split -> limits -> samples
+    resolve_mix(tables, file=...)                           a suite's [datasets.*] tables with each mix's `of`
+                                                            names replaced by the tables they name
+
+A `mix` is the union of other datasets of the suite: its train split is their train splits one after
+the other, in the order `of` lists them, its eval split their eval splits. Its parts are resolved once,
+when the suite is read, so a mix's table (and with it a cell's id) holds its parts' whole tables.
 
 Mistakes in the table itself raise SuiteError naming the suite file, the table and the key; mistakes
 in a data file raise DataError naming the data file, the record and the field. Relative paths resolve
@@ -11,6 +17,10 @@ against base_dir, the suite file's folder. numpy and PIL only: no torch here.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +29,7 @@ from bench.data import formats
 from bench.data.hf_format import HF_COLUMNS, read_hf
 from bench.data.sample import TASKS, DatasetSplits
 from bench.errors import DataError, SuiteError
-from bench.keyspec import SEED_MAX, Key
+from bench.keyspec import SEED_MAX, Key, short, type_name
 
 GENERATED = ("scenes", "digits")  # bundled, made in memory
 # format -> the tasks (dataset views) it can give
@@ -32,12 +42,13 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "csv": ("classification",),
     "vqa_jsonl": ("vqa",),
     "hf": TASKS,
+    "mix": TASKS,  # the task its parts share
 }
 
 # every key a [datasets.NAME] table may hold, with its type, bounds and one-line doc
 DATASET_KEYS: dict[str, Key] = {
     "format": Key(str, None, f"the dataset format: {', '.join(FORMATS)}"),
-    "task": Key(str, None, "the view to load: classification | caption | vqa (optional when the format has one)"),
+    "task": Key(str, None, "the view to load: classification | caption | vqa (optional when the format has one; a mix's is its datasets')"),
     "path": Key(str, None, "data file or folder, relative to the suite file; for hf, a save_to_disk folder"),
     "eval_path": Key(str, None, "a separate evaluation file or folder of the same format (else eval_fraction is held out)"),
     "image_root": Key(str, None, "folder that image paths in the data file are relative to (default: the file's folder)"),
@@ -58,6 +69,8 @@ DATASET_KEYS: dict[str, Key] = {
     "hf_split": Key(str, None, "hf: the split to train on (default 'train')"),
     "hf_eval_split": Key(str, None, "hf: the split to evaluate on (else eval_fraction of hf_split is held out)"),
     "columns": Key(dict, None, "hf: bench field -> dataset column, e.g. {image = \"img\", label = \"fine_label\"}"),
+    "of": Key(list, None, "mix: the names of two or more other [datasets.NAME] entries of the same task (and classes), "
+              "trained and evaluated on together, e.g. [\"scenes-vqa\", \"digits-vqa\"]"),
 }
 
 _COMMON = {"format", "task", "train_size", "eval_size", "seed"}
@@ -71,6 +84,7 @@ FORMAT_KEYS: dict[str, set[str]] = {
     "csv": _FILES,
     "vqa_jsonl": _FILES,
     "hf": (_FILES - {"eval_path"}) | {"hf_name", "hf_split", "hf_eval_split", "columns"},
+    "mix": {"format", "of", "task"},  # sizes and seeds are the parts' own
 }
 _READERS = {
     "llava": formats.read_llava,
@@ -86,6 +100,8 @@ DEFAULT_BUNDLED_SIZES = {"train_size": 256, "eval_size": 64}
 
 def _task(cfg: dict, *, file: str, where: str) -> str:
     fmt = cfg["format"]
+    if fmt == "mix":
+        return _mix_task(cfg, file=file, where=where)
     task = cfg.get("task")
     if task is None:
         if len(FORMATS[fmt]) == 1:
@@ -122,6 +138,9 @@ def check_keys(cfg: dict, *, file: str, where: str, require_task: bool = False) 
         if key not in FORMAT_KEYS[fmt]:
             fail(key, f"key {key!r} does not apply to format {fmt!r}",
                  f"remove it; format {fmt!r} takes {', '.join(sorted(FORMAT_KEYS[fmt]))}")
+    if fmt == "mix":
+        _check_mix_keys(cfg, file=file, where=where)
+        return
     if "task" in cfg or require_task:
         _task(cfg, file=file, where=where)
     if fmt == "digits":
@@ -210,6 +229,9 @@ def _classnames(records: list[formats.Record], task: str, file: str) -> tuple[st
 def check_dataset(cfg: dict, *, base_dir: Path, file: str, where: str) -> None:
     """Everything that can be checked before a model is built; raises SuiteError / DataError."""
     check_keys(cfg, file=file, where=where, require_task=isinstance(cfg, dict) and cfg.get("format") == "hf")
+    if cfg["format"] == "mix":
+        _check_mix_data(cfg, Path(base_dir), file=file, where=where)
+        return
     if cfg["format"] in GENERATED:
         return
     _check_paths(cfg, Path(base_dir), file=file, where=where)
@@ -235,6 +257,8 @@ def load_dataset(
     task = _task(cfg, file=file, where=where)
     data_seed = cfg.get("seed", seed)
     fmt = cfg["format"]
+    if fmt == "mix":
+        return _load_mix(cfg, task, base_dir=Path(base_dir), seed=seed, file=file, where=where)
     if fmt in GENERATED:
         return _generated(cfg, task, data_seed)
     _check_paths(cfg, Path(base_dir), file=file, where=where)
@@ -288,3 +312,189 @@ def _generated(cfg: dict, task: str, seed: int) -> DatasetSplits:
     from bench.data.digits import digits_dataset
 
     return digits_dataset(task, image_size=image_size, seed=seed, **sizes)
+
+
+# ---------------------------------------------------------------- mix: the union of other datasets of the suite
+
+_MIX_EXAMPLE = 'of = ["scenes-vqa", "digits-vqa"]'
+
+
+def resolve_mix(tables: dict, *, file: str | None = None) -> dict:
+    """A suite's [datasets.*] tables, each mix's `of` names replaced by the tables they name.
+
+    A part becomes {"name": NAME, **its table, "task": its task}, less its `train` overrides (a mix's cells train
+    with the mix's own): the part's entry as the suite holds it, so it loads exactly as it does alone. The mix gets
+    `task` = its parts' common task. A mix may not name itself, an unknown dataset or another mix, needs two or
+    more distinct names, and all its parts must give one task; each is a SuiteError naming the key, with a fix.
+    A mix whose `of` is already resolved (tables, not names) is kept: resolving twice changes nothing. Tables that
+    are not tables, or not mixes, are returned as they are (the suite's own checks report those)."""
+    if not isinstance(tables, dict):
+        return tables
+    out = dict(tables)
+    for name, table in tables.items():
+        if not isinstance(table, dict) or table.get("format") != "mix":
+            continue
+        where = f"[datasets.{name}]"
+        at = f"{where}, key 'of'"
+        names = table.get("of")
+        if isinstance(names, list) and names and all(isinstance(p, dict) for p in names):  # resolved already
+            _check_mix_keys(table, file=file, where=where)
+            out[name] = {**table, "task": _mix_task(table, file=file, where=where)}
+            continue
+        _mix_shape(names, file=file, where=where)
+        parts = []
+        for part in names:
+            if part == name:
+                raise SuiteError(f"mix '{name}' names itself", file=file, where=at,
+                                 fix=f"name other [datasets.NAME] entries, e.g. {_MIX_EXAMPLE}")
+            if part not in tables:
+                others = [n for n in tables if n != name]
+                close = difflib.get_close_matches(part, others, n=1)
+                raise SuiteError(f"unknown dataset {part!r}", file=file, where=at,
+                                 fix=f"did you mean '{close[0]}'?" if close else
+                                 f"define it as [datasets.{part}], or name one of: {', '.join(others) or '(none defined)'}")
+            ptable = tables[part]
+            if not isinstance(ptable, dict):
+                raise SuiteError(f"a dataset must be a table, got {type_name(ptable)}", file=file,
+                                 where=f"[datasets.{part}]", fix="write it as [datasets.NAME] with format = ...")
+            if ptable.get("format") == "mix":
+                raise SuiteError(f"dataset {part!r} is itself a mix; a mix is made of plain datasets, one level deep",
+                                 file=file, where=at, fix=f"list the datasets of mix {part!r} here instead")
+            cfg = {k: v for k, v in ptable.items() if k != "train"}
+            part_where = f"[datasets.{part}]"
+            check_keys(cfg, file=file, where=part_where, require_task=True)
+            parts.append({"name": part, **cfg, "task": _task(cfg, file=file, where=part_where)})
+        resolved = {**table, "of": parts}
+        resolved["task"] = _mix_task(resolved, file=file, where=where)
+        out[name] = resolved
+    return out
+
+
+def _mix_shape(names, *, file: str | None, where: str) -> None:
+    """`of` as a suite writes it: a list of two or more distinct dataset names."""
+    at = f"{where}, key 'of'"
+    if names is None:
+        raise SuiteError("missing key 'of'", file=file, where=at,
+                         fix=f"name the datasets to mix, e.g. {_MIX_EXAMPLE}")
+    if not isinstance(names, list) or not all(isinstance(p, str) and p for p in names):
+        raise SuiteError(f"'of' must be a list of dataset names, got {type_name(names)} {short(names)}", file=file,
+                         where=at, fix=f"e.g. {_MIX_EXAMPLE}")
+    if len(names) < 2:
+        raise SuiteError(f"a mix needs at least 2 datasets, 'of' names {len(names)}", file=file, where=at,
+                         fix=f"name two or more datasets, e.g. {_MIX_EXAMPLE}; or use the one dataset directly")
+    twice = next((p for i, p in enumerate(names) if p in names[:i]), None)
+    if twice is not None:
+        raise SuiteError(f"'of' names dataset {twice!r} twice", file=file, where=at, fix="name each dataset once")
+
+
+def _mix_parts(cfg: dict, *, file: str | None, where: str) -> list[tuple[str, dict]]:
+    """(name, table without the name) of each resolved part; a SuiteError if `of` still holds names."""
+    names = cfg.get("of")
+    if isinstance(names, list) and names and all(isinstance(p, dict) for p in names):
+        return [(str(p.get("name", f"of[{i}]")), {k: v for k, v in p.items() if k != "name"}) for i, p in enumerate(names)]
+    _mix_shape(names, file=file, where=where)
+    raise SuiteError("the names in 'of' have not been resolved into the datasets they name", file=file,
+                     where=f"{where}, key 'of'",
+                     fix="load the suite with bench.suite.load, or pass the tables through "
+                         "bench.data.loader.resolve_mix(tables) first")
+
+
+def _check_mix_keys(cfg: dict, *, file: str | None, where: str) -> None:
+    """A mix table alone: `of` holds two or more names, or (resolved) two or more plain dataset tables whose keys
+    are valid and whose tasks agree with each other and with the mix's `task`."""
+    names = cfg.get("of")
+    if not (isinstance(names, list) and names and all(isinstance(p, dict) for p in names)):
+        _mix_shape(names, file=file, where=where)  # names: resolve_mix looks them up
+        if cfg.get("task") is not None and cfg["task"] not in TASKS:
+            raise SuiteError(f"unknown task {cfg['task']!r}", file=file, where=f"{where}, key 'task'",
+                             fix=f"use task = one of {', '.join(TASKS)}, or leave it out (it is the datasets' task)")
+        return
+    if len(names) < 2:
+        raise SuiteError(f"a mix needs at least 2 datasets, 'of' holds {len(names)}", file=file,
+                         where=f"{where}, key 'of'", fix=f"name two or more datasets, e.g. {_MIX_EXAMPLE}")
+    for i, part in enumerate(names):
+        pname = part.get("name")
+        if not isinstance(pname, str) or not pname:
+            raise SuiteError(f"part {i} of the mix has no name", file=file, where=f"{where}, key 'of'",
+                             fix="write 'of' as a list of dataset names; bench resolves them into their tables")
+        if part.get("format") == "mix":
+            raise SuiteError(f"dataset {pname!r} is itself a mix; a mix is made of plain datasets, one level deep",
+                             file=file, where=f"{where}, key 'of'", fix=f"list the datasets of mix {pname!r} here instead")
+        check_keys({k: v for k, v in part.items() if k != "name"}, file=file, where=f"[datasets.{pname}]",
+                   require_task=True)
+    _mix_task(cfg, file=file, where=where)
+
+
+def _mix_task(cfg: dict, *, file: str | None, where: str) -> str:
+    """The one task of a mix's parts, which the mix's own `task` (if given) must name too."""
+    parts = _mix_parts(cfg, file=file, where=where)
+    tasks = {name: _task(part, file=file, where=f"[datasets.{name}]") for name, part in parts}
+    if len(set(tasks.values())) > 1:
+        listed = ", ".join(f"{name!r} is {task}" for name, task in tasks.items())
+        raise SuiteError(f"the datasets of a mix must share one task: {listed}", file=file, where=f"{where}, key 'of'",
+                         fix="mix datasets of the same task (set each one's task = ...), or give each task a mix of its own")
+    task = next(iter(tasks.values()))
+    if cfg.get("task") is not None and cfg["task"] != task:
+        raise SuiteError(f"task {cfg['task']!r} disagrees with the mix's datasets, which are {task}", file=file,
+                         where=f"{where}, key 'task'", fix=f"set task = \"{task}\", or leave it out (it is the datasets' task)")
+    return task
+
+
+def _part_classnames(cfg: dict, task: str, base_dir: Path) -> tuple[str, ...]:
+    """The class names a part would load with, without making its samples (a data file's records are read)."""
+    if cfg["format"] == "scenes":
+        from bench.data.scenes import classnames_for
+
+        return classnames_for(cfg.get("label", "shape"))
+    if cfg["format"] == "digits":
+        from bench.data.digits import CLASSNAMES
+
+        return CLASSNAMES
+    train, evals = _records(cfg, task, base_dir)
+    return _classnames(train + (evals or []), task, train[0].file)
+
+
+def _same_classnames(named: list[tuple[str, tuple[str, ...]]], *, file: str | None, where: str) -> None:
+    (first, names), *rest = named
+    for other, other_names in rest:
+        if other_names != names:
+            what = "the same classes in another order" if sorted(other_names) == sorted(names) else "other classes"
+            raise SuiteError(f"classification datasets of a mix must have the same classes in the same order: "
+                             f"{first!r} has {short(list(names))}, {other!r} has {what}: {short(list(other_names))}",
+                             file=file, where=f"{where}, key 'of'",
+                             fix="mix classification datasets with one class list (e.g. scenes with the same label), "
+                                 "or train them in separate cells")
+
+
+def _check_mix_data(cfg: dict, base_dir: Path, *, file: str | None, where: str) -> None:
+    """What check_dataset adds for a mix: its parts' paths exist and, for classification, their classes agree. Each
+    part's records and images are checked when the part's own entry is (every part is an entry of the suite)."""
+    task = _mix_task(cfg, file=file, where=where)
+    parts = _mix_parts(cfg, file=file, where=where)
+    for name, part in parts:
+        _check_paths(part, base_dir, file=file, where=f"[datasets.{name}]")
+    if task == "classification":
+        _same_classnames([(name, _part_classnames(part, task, base_dir)) for name, part in parts], file=file, where=where)
+
+
+def _load_mix(cfg: dict, task: str, *, base_dir: Path, seed: int, file: str | None, where: str) -> DatasetSplits:
+    """The parts loaded as each loads alone (its own seed, else `seed`), their train splits concatenated in `of`'s
+    order, and their eval splits. The fingerprint hashes the parts' fingerprints, in order."""
+    loaded = [(name, load_dataset(part, base_dir=base_dir, seed=seed, file=file, where=f"[datasets.{name}]"))
+              for name, part in _mix_parts(cfg, file=file, where=where)]
+    classnames = loaded[0][1].classnames
+    if task == "classification":
+        _same_classnames([(name, s.classnames) for name, s in loaded], file=file, where=where)
+    train = [s for _, splits in loaded for s in splits.train]
+    evals = [s for _, splits in loaded for s in splits.eval]
+    if any(splits.classnames != classnames for _, splits in loaded):
+        # captions and vqa do not use labels; parts with other classes leave none that would index the wrong list
+        classnames = ()
+        train = [replace(s, label=None) for s in train]
+        evals = [replace(s, label=None) for s in evals]
+    blob = json.dumps(["mix", task, list(classnames), [splits.fingerprint for _, splits in loaded]])
+    info = {"format": "mix",
+            "of": [{"name": name, "fingerprint": splits.fingerprint, **splits.info} for name, splits in loaded],
+            "n_train": len(train), "n_eval": len(evals)}
+    return DatasetSplits(task=task, train=train, eval=evals, classnames=classnames,
+                         fingerprint=hashlib.sha256(blob.encode()).hexdigest()[:16], info=info)

@@ -22,6 +22,9 @@ class MethodKind:
     # whether distributed = "fsdp" takes it: full fine-tuning shards the model itself; of the adapters, peft documents
     # FSDP for the LoRA family (QLoRA since peft 0.10, its 4-bit weights stored as bf16); the others are refused
     fsdp: bool = False
+    # builds on the adapters other cells of the suite trained, named by `sources` (bench/suite/compose.py)
+    composes: bool = False
+    trains: bool = True  # False: combines them and is evaluated, nothing trains (bench/run/compose.py)
 
 
 METHOD_KINDS: dict[str, MethodKind] = {m.name: m for m in (
@@ -33,6 +36,9 @@ METHOD_KINDS: dict[str, MethodKind] = {m.name: m for m in (
     MethodKind("loha", adapter=True, ranked=True, targets="attention"),
     MethodKind("lokr", adapter=True, ranked=True, targets="attention"),
     MethodKind("vera", adapter=True, ranked=True, targets="attention"),
+    MethodKind("merge", adapter=True, ranked=False, composes=True, trains=False),
+    # PEFT's X-LoRA: the sources' LoRA adapters as frozen experts, a small classifier learns to mix them per token
+    MethodKind("fusion", adapter=True, ranked=False, composes=True),
 )}
 ADAPTER_KINDS = tuple(k for k, m in METHOD_KINDS.items() if m.adapter)
 RANKED_KINDS = tuple(k for k, m in METHOD_KINDS.items() if m.ranked)
@@ -60,6 +66,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         components=("vision", "projector", "language"),
         module="bench.models.clip",
         task_module="bench.tasks.contrastive",
+        unsupported_methods={"fusion": "X-LoRA's classifier reads the hidden states of a language model that generates; "
+                                       "CLIP has none"},
     ),
     "blip2": FamilyInfo(
         task="caption",
@@ -69,6 +77,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         components=("vision", "qformer", "projector", "language"),
         module="bench.models.blip2",
         task_module="bench.tasks.captioning",
+        unsupported_methods={"fusion": "PEFT's X-LoRA (0.21) cannot load LoRA experts into BLIP-2: its loader rejects the "
+                                       "OPT language model's adapter keys as unexpected"},
     ),
     "llava": FamilyInfo(
         task="vqa",

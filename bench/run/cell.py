@@ -11,10 +11,12 @@ import math
 import statistics
 import time
 import traceback
+from dataclasses import replace
 
 from bench.data.stream import Skipped, train_batches
 from bench.errors import BenchError
 from bench.models.base import model_spec
+from bench.models.catalog import METHOD_KINDS
 from bench.run.artifacts import save_artifact
 from bench.tasks.base import TrainingBatch, task_settings
 
@@ -61,11 +63,33 @@ def _evaluate(task, loaded, model, splits, settings: dict, device: str) -> dict:
     return _quality_dict(task.evaluate(loaded, model, splits, task_settings(settings, device, splits)), task)
 
 
-def _keep(model, cell, settings: dict, artifact: str | None) -> dict | None:
+def _serve(cell, settings: dict, **how) -> dict | None:
+    """What serving the trained model costs (bench/run/serving.py), where the cell measures it; a failure there is the
+    serving section's, not the cell's."""
+    if not settings["serve"]:
+        return None
+    from bench.run.serving import serve
+
+    clock = time.perf_counter()
+    try:
+        out = serve(cell, settings, **how)
+    except Exception as exc:
+        out = {"error": failure_message(exc)}
+    out["wall_s"] = round(time.perf_counter() - clock, 4)
+    return out
+
+
+def _keep(model, cell, settings: dict, artifact: str | None, beside: set[str] | None = None) -> dict | None:
     """What bench/run/artifacts.py keeps of the trained model, where the cell keeps anything."""
     if not artifact or not settings["save"]:
         return None
-    return save_artifact(model, cell.method["kind"], artifact, save_full=settings["save_full"])
+    experts = cell.method.get("experts")  # an X-LoRA fusion: its experts, and the parameters they kept beside them
+    if experts is not None:
+        from bench.methods import beside_names
+
+        beside = beside_names(experts)
+    return save_artifact(model, cell.method["kind"], artifact, save_full=settings["save_full"], beside=beside,
+                         experts=experts)
 
 
 def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> dict:
@@ -85,14 +109,23 @@ def evaluate_base(cell, *, device: str, splits, zoo_path: str | None = None) -> 
 
 def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_path: str | None = None,
              settings: dict | None = None, on_step=None, ranks=None, winner: dict | None = None,
-             retention=None, artifact: str | None = None) -> dict:
+             retention=None, artifact: str | None = None, sources: list[dict] | None = None) -> dict:
     """Train and evaluate one cell once (OOM back-off is the runner's: each attempt gets a fresh process);
     returns the record's variable part. `ranks`: this process is one of the cell's devices (bench/run/launch.py).
     A cell with a sweep runs its trials (bench/run/sweep.py), or only `winner`, repeat 0's pick. `retention`:
-    (splits, base quality) of a dataset the tuned model is also evaluated on."""
+    (splits, base quality) of a dataset the tuned model is also evaluated on. `sources`: the records of the cells whose
+    kept adapters a composed cell builds on: a merge combines them instead of training (bench/run/compose.py), a fusion
+    trains X-LoRA's classifier over them (bench/methods.py)."""
     settings = settings or dict(cell.train)
     retention_splits, retention_base = retention or (None, None)
-    if settings.get("sweep"):
+    if cell.sources and METHOD_KINDS[cell.method["kind"]].trains:  # X-LoRA: trains over its sources' adapters
+        cell = replace(cell, method={**cell.method, "experts": [s["artifact"] for s in sources or []]})
+    if cell.sources and not METHOD_KINDS[cell.method["kind"]].trains:
+        from bench.run.compose import run_composed
+
+        outcome = run_composed(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path,
+                               sources=sources or [], retention=retention_splits, artifact=artifact)
+    elif settings.get("sweep"):
         from bench.run.sweep import run_sweep
 
         outcome = run_sweep(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step,
@@ -100,7 +133,12 @@ def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_pat
     else:
         outcome = attempt(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path, on_step=on_step,
                           ranks=ranks, retention=retention_splits, artifact=artifact)
+    if cell.sources:  # the cells whose adapters it built on
+        outcome.setdefault("composition", {"sources": sources or []})
     outcome["quality"] = _quality_record(cell, base, outcome.pop("tuned", None))
+    merged = (outcome.get("serving") or {}).pop("merged_quality", None)
+    if merged is not None and outcome["quality"].get("tuned") is not None:  # what merging the adapter changed
+        outcome["quality"].update(merged=merged["value"], merged_delta=round(merged["value"] - outcome["quality"]["tuned"], 4))
     retained = outcome.pop("retained", None)
     if retention is not None and cell.model["weights"] != "random":
         outcome["quality"]["retention"] = _retention_record(cell, retention_base, retained)
@@ -231,9 +269,13 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
             phases["evaluate"] = round(time.perf_counter() - clock, 4)
             if out["tuned"]["n"] < len(splits.eval):
                 out["cost"]["skipped_samples"]["eval"] = len(splits.eval) - out["tuned"]["n"]
-        kept = evaluated[1] if evaluated is not None else (model if not sharded else None)  # FSDP: the gathered model
+        kept = evaluated if evaluated is not None else ((loaded, model) if not sharded else None)  # FSDP: the gathered
         if kept is not None and (ranks is None or ranks.main):
-            out["artifact"] = _keep(kept, cell, settings, artifact)
+            out["artifact"] = _keep(kept[1], cell, settings, artifact)
+            if keep is None:  # a sweep's trial is not served: its pick is, once evaluated (bench/run/sweep.py)
+                out["serving"] = _serve(cell, settings, task=task, loaded=kept[0], model=kept[1], splits=splits,
+                                        device=device, zoo_path=zoo_path, seed=seed)
+                phases["serve"] = (out["serving"] or {}).get("wall_s", 0.0)
     except (torch.OutOfMemoryError, MemoryCapExceeded) as exc:
         out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
         out["cost"].update(probe.peak())
@@ -252,18 +294,17 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
         out.update(status="diverged", message=f"loss {exc.loss} at step {exc.step}", diverged_at_step=exc.step,
                    loss_curve=[[s, loss if math.isfinite(loss) else None] for s, loss in _subsample(exc.losses)])
         out["cost"].update(probe.peak())
-    except BenchError as exc:
-        out.update(status="error", message=exc.render())
     except Exception as exc:  # a cell's failure must never take the suite down
-        out.update(status="error", message=_error_message(exc))
+        out.update(status="error", message=failure_message(exc))
     out["cost"].setdefault("peak_memory_mb", None)
     return out
 
 
 def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, state: dict,
-                     retention=None, artifact: str | None = None) -> tuple[dict, dict | None, dict | None]:
-    """The quality on splits.eval (and on `retention`'s) of the cell's model with `state` (its trained parameters)
-    loaded into a fresh build, and what bench/run/artifacts.py kept of it in `artifact`."""
+                     retention=None, artifact: str | None = None) -> dict:
+    """The quality on splits.eval ("tuned"; on `retention`'s: "retained") of the cell's model with `state` (its trained
+    parameters) loaded into a fresh build, what bench/run/artifacts.py kept of it in `artifact` ("artifact") and what
+    serving it costs ("serving", bench/run/serving.py)."""
     import torch
 
     from bench.tasks import task_for_family
@@ -272,8 +313,12 @@ def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zo
     torch.manual_seed(seed)
     loaded, model = build_model(cell, settings, device=device, zoo_path=zoo_path, seed=seed)
     _load_trained(model, state)
-    retained = _evaluate(task, loaded, model, retention, settings, device) if retention is not None else None
-    return _evaluate(task, loaded, model, splits, settings, device), retained, _keep(model, cell, settings, artifact)
+    out = {"tuned": _evaluate(task, loaded, model, splits, settings, device),
+           "retained": _evaluate(task, loaded, model, retention, settings, device) if retention is not None else None,
+           "artifact": _keep(model, cell, settings, artifact)}
+    out["serving"] = _serve(cell, settings, task=task, loaded=loaded, model=model, splits=splits, device=device,
+                            zoo_path=zoo_path, seed=seed, state=state)
+    return out
 
 
 def _load_trained(model, state: dict) -> None:
@@ -327,6 +372,11 @@ def _is_worker_death(exc: BaseException) -> bool:
 def _is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "out of memory" in text or "can't allocate memory" in text
+
+
+def failure_message(exc: BaseException) -> str:
+    """A cell's error as its record says it: a BenchError's own message and fix, else the exception and where."""
+    return exc.render() if isinstance(exc, BenchError) else _error_message(exc)
 
 
 def _error_message(exc: BaseException) -> str:

@@ -85,9 +85,10 @@ class ClusterDriver:
         from bench.suite import zoo
 
         cell = job.cell
-        if cell.skip_reason:
+        sources, missing = self.runner.sources_for(job)
+        if cell.skip_reason or missing:
             record = self.runner._record_head(job, _now())
-            record.update(status="skipped", message=cell.skip_reason)
+            record.update(status="skipped", message=cell.skip_reason or missing)
             self._finish(record, claim)
             return None
         try:
@@ -101,7 +102,7 @@ class ClusterDriver:
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
         artifact = str(self.runner.artifacts / self.runner.suite.name / cell.cell_id / str(job.seed))
         return CellJob(cell, job.seed, s["device"], splits, self.bases.get(base_key(cell)), zpath, dict(cell.train), s["threads"],
-                       artifact=artifact)
+                       artifact=artifact, sources=sources)
 
     def _submitted(self, job, handle, folder: Path):
         """The job file of a submitted cell-run, written before anything waits on it."""

@@ -38,6 +38,9 @@ def export(record: dict, out: Path, *, merged: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BenchError(f"--out {out} exists and is not an empty folder", where="--out", fix="name a new or empty folder")
     source = Path(record["artifact"]["path"])
+    if merged and record["method"].get("kind") == "fusion":
+        raise BenchError(f"cell {record['cell_id']} is an X-LoRA fusion, which weighs its experts per token: it has no "
+                         "merged form", where="--merged", fix="export it without --merged (PEFT's X-LoRA folder)")
     if not merged or record["artifact"]["kind"] == "full":
         shutil.copytree(source, out, dirs_exist_ok=True)
         return out

@@ -24,6 +24,7 @@ from bench.errors import BenchError, OutputError
 from bench.paths import ensure_writable_folder, inside, page_target, require_plain
 from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, latest_lines, line_count, locked, read_latest
 from bench.run.claims import Claims
+from bench.suite.compose import waves
 from bench.suite.plan import Cell, base_key, expand, results_path, retention_cell
 from bench.train import effective_batch
 
@@ -34,7 +35,7 @@ def _now() -> str:
 
 # a cell's cost.phases_s (bench/run/cell.py) -> how the run's time split names them
 CELL_PHASES = {"build": "model build", "train": "training", "track": "memory tracking (hooks on one step)",
-               "evaluate": "tuned evaluation"}
+               "evaluate": "tuned evaluation", "serve": "serving measurement (and the merged model's evaluation)"}
 
 
 @dataclass(frozen=True)
@@ -245,13 +246,14 @@ class Runner:
                     self._start_processes()
                 self._ensure_zoo(jobs, progress)
                 bases = self._known_bases()
-                if self.cluster is not None:
-                    self._on_cluster(jobs, bases, progress, retry_before, summary)
-                elif len(slots) == 1:
-                    for job in jobs:
-                        self._run_one(job, bases, progress, slots[0], retry_before, summary)
-                else:
-                    self._side_by_side(jobs, bases, progress, slots, retry_before, summary)
+                for wave in waves(jobs):  # composed cells after the cells whose adapters they combine
+                    if self.cluster is not None:
+                        self._on_cluster(wave, bases, progress, retry_before, summary)
+                    elif len(slots) == 1:
+                        for job in wave:
+                            self._run_one(job, bases, progress, slots[0], retry_before, summary)
+                    else:
+                        self._side_by_side(wave, bases, progress, slots, retry_before, summary)
         self._sweep()
         rendering = time.monotonic()
         try:
@@ -535,8 +537,9 @@ class Runner:
         cell = job.cell
         started = _now()
         record = self._record_head(job, started)
-        if cell.skip_reason:
-            record.update(status="skipped", message=cell.skip_reason)
+        sources, missing = self.sources_for(job)
+        if cell.skip_reason or missing:
+            record.update(status="skipped", message=cell.skip_reason or missing)
             return self._append(record, progress)
         try:
             splits = self.splits(cell.dataset)
@@ -549,7 +552,8 @@ class Runner:
         progress.start_item(f"{cell.label} (repeat {job.repeat})" if len(self.suite.seeds) > 1 else cell.label, None,
                             slot.index)
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
-        out, settings, attempts = self._attempts(job, splits, base, zpath, progress, slot, self._pick_for(job), retention)
+        out, settings, attempts = self._attempts(job, splits, base, zpath, progress, slot, self._pick_for(job), retention,
+                                                 sources)
         record["cost"]["attempts"] = attempts
         if out.kind == "ok":
             _merge_result(record, out.value)
@@ -584,7 +588,32 @@ class Runner:
         chosen = (record.get("sweep") or {}).get("chosen") if record and record["status"] == "ok" else None
         return chosen if isinstance(chosen, dict) and set(chosen) == set(cell.train["sweep"]) else None
 
-    def _attempts(self, job: Job, splits, base, zpath, progress, slot: Slot, pick: dict | None = None, retention=None):
+    def sources_for(self, job: Job) -> tuple[list[dict] | None, str | None]:
+        """A composed cell's sources as their records of the same repeat say (id, names, the kept adapter's folder), or
+        why the cell cannot run: a source not recorded, not ok, or without its adapter."""
+        if not job.cell.sources:
+            return None, None
+        with self._lock:
+            latest = latest_lines(self.results, warn=False)
+        out = []
+        for source_id in job.cell.sources:
+            found = latest.get((source_id, job.repeat))
+            record = found[1] if found else None
+            if record is None:
+                return None, f"source cell {source_id} has no record of repeat {job.repeat}: it did not run"
+            label = f"{record['model']['name']} × {record['dataset']['name']} × {record['method']['name']}"
+            if record["status"] != "ok":
+                return None, (f"source cell {label} (repeat {job.repeat}) is {record['status']}: "
+                              f"{str(record.get('message') or '')[:200]}")
+            artifact = record.get("artifact")
+            if not isinstance(artifact, dict) or not Path(str(artifact.get("path"))).is_dir():
+                return None, f"source cell {label} (repeat {job.repeat}) kept no adapter, or its folder is gone"
+            out.append({"cell_id": source_id, "repeat": job.repeat, "model": record["model"]["name"],
+                        "dataset": record["dataset"]["name"], "method": record["method"]["name"], "artifact": artifact["path"]})
+        return out, None
+
+    def _attempts(self, job: Job, splits, base, zpath, progress, slot: Slot, pick: dict | None = None, retention=None,
+                  sources: list[dict] | None = None):
         """Run the cell; on OOM with back-off on, again in a fresh process with half the micro-batch and twice the
         accumulation (same effective batch) until it fits or min_batch_size is reached."""
         from bench.isolate import call_isolated
@@ -596,7 +625,7 @@ class Runner:
             scratch = tempfile.mkdtemp(prefix="bench-devices-") if settings["devices"] > 1 else None
             artifact = str(self.artifacts / self.suite.name / job.cell.cell_id / str(job.seed))
             cell_job = CellJob(job.cell, job.seed, s["device"], splits, base, zpath, settings, slot.threads, scratch, pick,
-                               retention, artifact)
+                               retention, artifact, sources)
             try:
                 out = call_isolated(run_cell_job, cell_job, timeout_s=settings["timeout_s"],
                                     on_event=progress.events_of(slot.index), isolate=self.isolate, env=slot.env,
@@ -680,6 +709,10 @@ def _merge_result(record: dict, result: dict) -> None:
     record["cost"].update(result["cost"])
     if result.get("artifact"):  # what the cell kept of its training: bench/run/artifacts.py
         record["artifact"] = result["artifact"]
+    if result.get("serving"):  # what serving the trained model costs: bench/run/serving.py
+        record["serving"] = result["serving"]
+    if result.get("composition"):  # a composed cell: the source cells it combined (bench/run/compose.py)
+        record["composition"] = result["composition"]
     if "sweep" in result:  # what was tried and picked; the training settings as the pick ran
         record["sweep"] = result["sweep"]
         record["train"].update(result["sweep"]["chosen"] or {})
@@ -775,6 +808,7 @@ class CellJob:
     pick: dict | None = None  # a sweep cell's later repeat: the values repeat 0 picked
     retention: tuple | None = None  # (SharedSplits, untuned quality) of the dataset retention is measured on
     artifact: str | None = None  # the folder the trained adapter is kept in
+    sources: list | None = None  # a composed cell: its sources' records ({cell_id, repeat, artifact, ...}), in order
 
     def retention_loaded(self) -> tuple | None:
         """(splits, untuned quality) of the retention dataset, its samples unpickled here, in the cell's process."""
@@ -800,7 +834,7 @@ def run_cell_job(job: CellJob, *, emit):
         result = run_cell(job.cell, seed=job.seed, device=device, splits=job.splits.load(), base=job.base,
                           zoo_path=job.zoo_path, settings=job.settings, on_step=lambda s, n, loss: emit("step", s, n, loss),
                           winner=job.pick, retention=job.retention_loaded(),
-                          artifact=job.artifact)
+                          artifact=job.artifact, sources=job.sources)
     result["env"] = environment(device)
     return result
 

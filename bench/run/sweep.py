@@ -76,10 +76,11 @@ def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path,
     out["sweep"] = _summary(settings, trials, trials[pick]["values"], len(validation))
     if cell.model["weights"] != "random":  # random weights have no quality: the first trial that ran is the pick
         clock = time.perf_counter()
-        out["tuned"], out["retained"], out["artifact"] = evaluate_trained(
-            cell, {**fixed, **trials[pick]["values"]}, seed=seed, device=device, splits=train_splits, zoo_path=zoo_path,
-            state=kept, retention=retention, artifact=artifact)
-        phases["evaluate"] = round(phases.get("evaluate", 0.0) + time.perf_counter() - clock, 4)
+        out.update(evaluate_trained(cell, {**fixed, **trials[pick]["values"]}, seed=seed, device=device, splits=train_splits,
+                                    zoo_path=zoo_path, state=kept, retention=retention, artifact=artifact))
+        serving = (out.get("serving") or {}).get("wall_s", 0.0)
+        phases["evaluate"] = round(phases.get("evaluate", 0.0) + time.perf_counter() - clock - serving, 4)
+        phases["serve"] = serving
     return out
 
 

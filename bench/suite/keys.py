@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bench.keyspec import NUMBER, SEED_MAX, Key  # noqa: F401  (SEED_MAX: the key tables' bound)
 from bench.models.catalog import FAMILIES, METHOD_KINDS
+from bench.suite.compose import COMBINATIONS
 
 SUITE_KEYS = {
     "name": Key(str, None, "suite name; records go to results/<name>.jsonl (default: the file name)"),
@@ -67,6 +68,15 @@ TRAIN_KEYS = {
                 "only with save_full", in_id="never"),
     "save_full": Key(bool, False, "keep a full fine-tune's whole model too (safetensors: the model's full size)",
                      in_id="never"),
+    "serve": Key(bool, True, "after evaluating, measure what serving the trained model costs: latency, throughput and "
+                 "memory of the adapter unmerged, merged (merge_and_unload) and, for QLoRA, over its 4-bit base; the merged "
+                 "model's quality too", in_id="never"),
+    "serve_4bit": Key(bool, False, "also serve an adapter of another kind over the base quantised to 4 bits (NF4)",
+                      in_id="never"),
+    "serve_batch_size": Key(int, 8, "samples in the batched request whose throughput the serving measurement reports",
+                            min=1, max=65536, in_id="never"),
+    "serve_rounds": Key(int, 5, "interleaved timing rounds of the serving measurement (one warm-up before)", min=1, max=1000,
+                        in_id="never"),
     "sweep": Key(dict, None, "training keys to try, each a list of values, e.g. {lr = [1e-4, 3e-4, 1e-3]} (`lr = [...]` in any "
                  "training table says the same): every combination trains on the training split less validation_size "
                  "samples, the task's metric on those picks one, and only it is evaluated; repeats reuse repeat 0's pick",
@@ -103,6 +113,15 @@ METHOD_KEYS = {
     "quant_type": Key(str, "nf4", "QLoRA 4-bit data type", choices=("nf4", "fp4")),
     "double_quant": Key(bool, True, "QLoRA double quantisation of the quantisation constants"),
     "compute_dtype": Key(str, "auto", "QLoRA compute dtype (auto: bf16 on CUDA, fp32 on the CPU)", choices=("auto", "float32", "bfloat16", "float16")),
+    "sources": Key(list, None, "kind = \"merge\" or \"fusion\": the cells whose kept LoRA adapters it combines (merge: no "
+                   "training) or learns to mix (fusion: X-LoRA), as tables {dataset = ..., method = ...} (model: the "
+                   "composed cell's own); they run first"),
+    "combination": Key(str, "linear", "kind = \"merge\": PEFT's add_weighted_adapter combination type",
+                       choices=COMBINATIONS),
+    "weights": Key(list, None, "kind = \"merge\": one weight per source (default: 1/n each; for one source, 1: that "
+                   "adapter as it is)"),
+    "density": Key(NUMBER, None, "kind = \"merge\" with ties / dare / magnitude_prune: the share of each adapter's "
+                   "weights kept", above=0, max=1),
     "train": Key(dict, None, "training-setting overrides for cells of this method"),
 }
 

@@ -7,6 +7,7 @@ unknown keys get a "did you mean". Validation happens before any model is built.
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,9 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
         raise c.fail("[defaults] key 'seed'", "seed + repeats − 1 exceeds 2^63 − 1", "use a smaller seed")
 
     models = _entries(c, raw, "models", lambda name, t: _model(c, name, t))
+    from bench.data.loader import resolve_mix  # a mix's `of` names become the tables they name
+
+    raw = {**raw, "datasets": resolve_mix(raw.get("datasets", {}), file=c.file)}
     datasets = _entries(c, raw, "datasets", lambda name, t: _dataset(c, name, t, path.parent))
     methods = _entries(c, raw, "methods", lambda name, t: _method(c, name, t))
 
@@ -232,7 +236,10 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
 
     from bench.suite.plan import expand  # a suite must expand to at least one cell
 
-    cells = expand(suite)
+    try:
+        cells = expand(suite)
+    except SuiteError as exc:  # a composition's sources are checked once the grids expand
+        raise c.fail(exc.where, exc.message, exc.fix) from None
     if not cells:
         raise c.fail("[[grid]]", "every combination is excluded, so the suite expands to zero cells", "remove or narrow the exclude entries")
     for cell in cells:
@@ -257,6 +264,9 @@ def _check_devices(c: _Checker, cell, settings: dict) -> None:
     if train["devices"] == 1:
         return
     where = f"key 'devices' of cell {cell.label}"
+    if cell.sources:
+        raise c.fail(where, "a composed cell (kind = \"merge\") trains nothing, so it has nothing to split over devices",
+                     f"set devices = 1 for method '{method['name']}', e.g. train = {{devices = 1}}")
     if not settings["isolate"]:
         raise c.fail(where, f"devices = {train['devices']} starts one process per device from the cell's own process, "
                      "but the suite sets isolate = false (cells run inside bench's process)", "drop isolate = false")
@@ -401,14 +411,44 @@ def _method(c: _Checker, name: str, table: dict) -> Entry:
                    "targets": f"remove it, or use an adapter kind ({', '.join(ADAPTER_KINDS)})"}
             fix["train_full"] = fix["targets"]
             raise c.fail(f"[{where}] key '{key}'", f"has no meaning for kind = \"{kind}\"", fix.get(key, "remove it"))
+    if METHOD_KINDS[kind].composes:
+        _composition(c, cfg, where)
     train = _train(c, cfg.pop("train"), f"{where}.train")
     return Entry(name, {"name": name, **{k: v for k, v in cfg.items() if k in keep}}, train)
+
+
+def _composition(c: _Checker, cfg: dict, where: str) -> None:
+    """A merge method's sources (tables naming a cell), one weight per source and, where the combination needs one, a
+    density; which cells they name is checked once the grids expand (bench/suite/compose.py)."""
+    from bench.suite.compose import WITH_DENSITY
+
+    sources = cfg["sources"]
+    if not sources:
+        raise c.fail(f"[{where}] key 'sources'", "is missing or empty: a merge composes the adapters of other cells",
+                     'e.g. sources = [{dataset = "scenes-vqa", method = "lora-r8"}, {dataset = "digits-vqa", method = "lora-r8"}]')
+    spec = {"model": Key(str), "dataset": Key(str, required=True), "method": Key(str, required=True)}
+    cfg["sources"] = [{k: v for k, v in c.keys(c.table(t, f"{where}.sources[{i}]"), spec, f"{where}.sources[{i}]").items()
+                       if v is not None} for i, t in enumerate(sources)]
+    weights = cfg["weights"]
+    if weights is None:
+        cfg["weights"] = [round(1 / len(sources), 6)] * len(sources)
+    elif len(weights) != len(sources) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and
+                                                  math.isfinite(w) for w in weights):
+        raise c.fail(f"[{where}] key 'weights'", f"must be {len(sources)} finite numbers, one per source",
+                     f"e.g. weights = [{', '.join(['0.5'] * len(sources))}]")
+    else:
+        cfg["weights"] = [float(w) for w in weights]
+    if cfg["combination"] in WITH_DENSITY and cfg["density"] is None:
+        raise c.fail(f"[{where}] key 'density'", f"combination = \"{cfg['combination']}\" prunes each adapter to a share of "
+                     "its weights, and none is given", "e.g. density = 0.5")
 
 
 def _method_keys(kind: str) -> set[str]:
     """The [methods.NAME] keys that mean something for `kind`."""
     if kind == "full":
         return {"kind", "freeze"}
+    if METHOD_KINDS[kind].composes:
+        return {"kind", "sources"} | ({"combination", "weights", "density"} if not METHOD_KINDS[kind].trains else set())
     keep = {"kind", "train_full", "targets"}
     if kind in RANKED_KINDS:
         keep |= {"r", "alpha", "dropout"}

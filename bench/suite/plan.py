@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.models.catalog import FAMILIES
+from bench.models.catalog import FAMILIES, METHOD_KINDS
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Cell:
     train: dict
     skip_reason: str | None = None
     retention: dict | None = None  # a dataset also evaluated on, base and tuned (it does not name the cell)
+    sources: tuple[str, ...] = ()  # a composed cell (kind = "merge"): the ids of the cells whose adapters it combines
 
     @property
     def label(self) -> str:
@@ -57,7 +58,9 @@ def expand(suite) -> list[Cell]:
                     if grid.retention is not None:
                         cell = replace(cell, retention=suite.datasets[grid.retention].config)
                     cells.setdefault(cell.cell_id, cell)  # the same point named by two grids runs once
-    return list(cells.values())
+    from bench.suite.compose import resolve
+
+    return resolve(list(cells.values()))
 
 
 def make_cell(model: dict, dataset: dict, method: dict, train: dict) -> Cell:
@@ -66,6 +69,8 @@ def make_cell(model: dict, dataset: dict, method: dict, train: dict) -> Cell:
     if train.get("devices", 1) == 1 and "distributed" in train:
         # one device splits nothing: a strategy set for the suite's multi-device cells neither names nor changes this one
         train = {**train, "distributed": TRAIN_KEYS["distributed"].default}
+    if train.get("sweep") and not METHOD_KINDS[method["kind"]].trains:  # a merge trains nothing: a suite-wide sweep skips it
+        train = {**train, "sweep": None}
     if not train.get("sweep") and "validation_size" in train:  # likewise: without a sweep nothing is held out
         train = {**train, "validation_size": TRAIN_KEYS["validation_size"].default}
     cell_id = stable_hash({"model": model, "dataset": dataset, "method": method, "train": identity(train)})

@@ -19,6 +19,10 @@ A task module defines at module level:
         # (real tokens, padded tokens) in the batch, for tokens/s
     def evaluate(loaded: LoadedModel, model, splits: DatasetSplits, settings: TaskSettings) -> Quality
         # quality on splits.eval with the model as it is now (base or tuned)
+    SERVED: str               # what one inference request yields, as serving throughput counts it: images | tokens
+    def serving_request(loaded: LoadedModel, samples: list[Sample], settings: TaskSettings, device: str)
+        # one inference request over `samples` as it is served (CLIP: image embeddings; captioning and VQA: generation
+        # of exactly max_new_tokens), inputs prepared once: a callable(model) -> how many SERVED units it made
 """
 
 from __future__ import annotations

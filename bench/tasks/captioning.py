@@ -19,6 +19,7 @@ from bench.tasks.base import Quality, TaskSettings
 TASK = "caption"
 METRIC = "CIDEr"
 HIGHER_IS_BETTER = True
+SERVED = "tokens"  # what a served request yields: generated tokens
 
 IGNORE = -100  # the label transformers' loss skips
 EXAMPLES = 3  # predictions kept in Quality.extra, to eyeball what a score means
@@ -144,6 +145,23 @@ def generate_texts(loaded, model, samples: list, prompt_of, settings: TaskSettin
     finally:
         model.train(was_training)
     return texts
+
+
+def serving_request(loaded, samples: list, settings: TaskSettings, device: str, prompt_of=lambda s: ""):
+    """Generation of exactly max_new_tokens for each of `samples` (greedy, the end token held back so every variant
+    generates as many tokens): a callable(model) -> tokens generated."""
+    import torch
+
+    inputs = {k: v.to(device) for k, v in PromptInputs(loaded.processor, prompt_of)(samples).items()}
+    kwargs = {"max_new_tokens": settings.max_new_tokens, "min_new_tokens": settings.max_new_tokens, "num_beams": 1,
+              "do_sample": False, "pad_token_id": pad_token_id(loaded.processor)}
+
+    def request(model) -> int:
+        with torch.no_grad():
+            out = model.generate(**inputs, **kwargs)
+        return int(out[:, inputs["input_ids"].shape[1]:].numel())
+
+    return request
 
 
 def prompt_ids(processor, image, text: str):

@@ -17,6 +17,7 @@ from bench.tasks.base import Quality, TaskSettings
 TASK = "classification"
 METRIC = "zero_shot_acc"
 HIGHER_IS_BETTER = True
+SERVED = "images"  # what a served request yields: images embedded
 
 _IMAGE_CHUNK = 64  # images per processor call in encode: bounds the PIL -> tensor working set
 
@@ -127,6 +128,20 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
         extra["top5"] = 100.0 * hits5 / n if n else 0.0
     return Quality(metric=METRIC, value=top1, higher_is_better=HIGHER_IS_BETTER, extra=extra, n=n, items=items,
                    item_ids=item_ids)
+
+
+def serving_request(loaded, samples: list, settings: TaskSettings, device: str):
+    """CLIP served as an image embedder (the class prompts' embeddings are computed once and cached in serving): a
+    callable(model) -> images embedded."""
+    import torch
+
+    pixels = pixel_values(loaded.processor, [s.image for s in samples]).to(device)
+
+    def request(model) -> int:
+        with torch.no_grad():
+            return int(_image_embeddings(model, pixels).shape[0])
+
+    return request
 
 
 # ---------------------------------------------------------------- helpers

@@ -22,6 +22,7 @@ from bench.tasks.base import Quality, TaskSettings
 from bench.tasks.captioning import (
     EXAMPLES,
     IGNORE,
+    SERVED,  # noqa: F401 - generated tokens, as captioning
     check_prefix,
     collate,  # noqa: F401 - the same padded batch as captioning: part of this module's task interface
     count_tokens,  # noqa: F401 - likewise
@@ -29,6 +30,7 @@ from bench.tasks.captioning import (
     image_token_id,
     loss,  # noqa: F401 - likewise: the model's own loss over the unmasked labels
 )
+from bench.tasks.captioning import serving_request as captioning_request
 
 TASK = "vqa"
 METRIC = "vqa_acc"  # the headline where every eval question has FULL_CREDIT_ANSWERS answers or more
@@ -127,6 +129,11 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
                          for i, p in generated[:EXAMPLES]]
     return Quality(metric=metric, value=float(scores[metric]), higher_is_better=HIGHER_IS_BETTER, extra=extra,
                    n=len(predictions), items=per_item[metric], item_ids=[i for i, _ in generated])
+
+
+def serving_request(loaded, samples: list, settings: TaskSettings, device: str):
+    """Answers of exactly max_new_tokens to the samples' questions (captioning's request with this task's prompt)."""
+    return captioning_request(loaded, samples, settings, device, prompt_of=lambda s: prompt(s.question))
 
 
 def headline(answers: list[list[str]]) -> str:

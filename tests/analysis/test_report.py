@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import record
+from conftest import record, row, section
 
 from bench.analysis import report
 
@@ -21,17 +21,6 @@ RECORDS = [
     method("ia3", 45.0, 2.0, 10.0),
     method("bad", 60.0, 6.0, 5.0),
 ]
-
-
-def row(page: str, *cells: str) -> list[str]:
-    """The cells of the first table row starting with `cells`."""
-    prefix = "| " + " | ".join(cells) + " |"
-    line = next(line for line in page.splitlines() if line.startswith(prefix))
-    return [c.strip() for c in line.strip("|").split(" | ")]
-
-
-def section(page: str, title: str) -> str:
-    return page.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def test_results_table_has_time_in_human_units_and_delta_with_its_metric():
