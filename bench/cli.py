@@ -141,6 +141,9 @@ def cmd_run(args) -> int:
     summary = runner.run()
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing to run"
     elsewhere = f"; {summary.taken_elsewhere} taken by another run" if summary.taken_elsewhere else ""
+    if summary.left_unrecorded:
+        elsewhere += (f"; {summary.left_unrecorded} composed cell-run(s) left for a later run (a source has no record yet: "
+                      "run it first)")
     console.print(escape(f"ran {summary.ran} cell-run(s) ({statuses}); {summary.skipped_done} already recorded{elsewhere}; "
                          f"{summary.wall_s:.1f} s"))
     if summary.ran:

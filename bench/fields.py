@@ -68,7 +68,7 @@ assert len(ALIASES) == len(FIELDS), "every field's alias must be unique"
 # the record fields that name what a number counts (Field.kind), and why two of them do not compare
 KIND_MEANINGS = {
     "cost.memory_kind": "the two sides count peak memory differently (see MEMORY_KINDS)",
-    "serving.memory_kind": "the two sides count serving memory differently (CUDA allocator or process RSS)",
+    "serving.memory_kind": "the two sides count serving memory differently (see SERVING_MEMORY_KINDS)",
     "quality.retention.version": "the retention dataset's evaluation or metric was revised in between",
     "quality.version": "the task's evaluation or its metric was revised in between (a version in bench/metrics.py's "
                        "METRICS or EVALUATIONS): the two sides' quality numbers measure different things",

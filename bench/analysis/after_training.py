@@ -155,7 +155,7 @@ def serving_section(page: _Page) -> list[str]:
              f"latency of one sample's request (batch 1, median of the rounds), throughput that of a request of "
              f"{_listed(batches)} samples, memory the weights as stored plus the peak one batched request adds above what "
              f"was allocated before it, counted as {counted}. With repeats, the median over them (their range and count beside "
-             "latencies); *Δ after merge* is the merged model's quality − the unmerged (tuned) one's, in points "
+             "latencies); *Δ after merge* is the merged model's quality − the tuned one's (QLoRA: the 4-bit model it trained on), in points "
              "(mean over repeats).", ""]
     if rows:
         lines += _table(["Model", "Dataset", "Method", "Adapter size", "Unmerged ms", "Merged ms", "4-bit ms", "Merged ÷ unmerged",
@@ -291,6 +291,7 @@ def composition_section(page: _Page) -> list[str]:
             lines += _composition_table(page, model, shown, trained)
     skipped = [(g, r) for g in merged for r in g.records if r.get("status") == "skipped"]
     if skipped:
-        lines += ["Skipped (a source did not finish):", ""]
+        lines += ["Skipped (their messages say why: a source that did not finish, or a family PEFT's X-LoRA does not take):",
+                  ""]
         lines += [f"- {_where(g, r)}: {cell_text(r.get('message') or 'no message', 300)}" for g, r in skipped] + [""]
     return lines

@@ -63,11 +63,19 @@ def _evaluate(task, loaded, model, splits, settings: dict, device: str) -> dict:
     return _quality_dict(task.evaluate(loaded, model, splits, task_settings(settings, device, splits)), task)
 
 
+_started = [time.perf_counter()]  # when this process began its cell (run_cell): what serving may still spend
+
+
 def _serve(cell, settings: dict, **how) -> dict | None:
     """What serving the trained model costs (bench/run/serving.py), where the cell measures it; a failure there is the
-    serving section's, not the cell's."""
+    serving section's, not the cell's. A cell past half its timeout_s serves nothing: a timeout now would lose the
+    record of what it trained."""
     if not settings["serve"]:
         return None
+    spent = time.perf_counter() - _started[0]
+    if spent > settings["timeout_s"] / 2:
+        return {"notes": [f"not measured: the cell had used {spent:.0f} s of its timeout_s = {settings['timeout_s']:g} "
+                          "(serving starts only within the first half)"], "variants": {}, "wall_s": 0.0}
     from bench.run.serving import serve
 
     clock = time.perf_counter()
@@ -116,6 +124,7 @@ def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_pat
     (splits, base quality) of a dataset the tuned model is also evaluated on. `sources`: the records of the cells whose
     kept adapters a composed cell builds on: a merge combines them instead of training (bench/run/compose.py), a fusion
     trains X-LoRA's classifier over them (bench/methods.py)."""
+    _started[0] = time.perf_counter()
     settings = settings or dict(cell.train)
     retention_splits, retention_base = retention or (None, None)
     if cell.sources and METHOD_KINDS[cell.method["kind"]].trains:  # X-LoRA: trains over its sources' adapters
@@ -313,11 +322,26 @@ def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zo
     torch.manual_seed(seed)
     loaded, model = build_model(cell, settings, device=device, zoo_path=zoo_path, seed=seed)
     _load_trained(model, state)
-    out = {"tuned": _evaluate(task, loaded, model, splits, settings, device),
-           "retained": _evaluate(task, loaded, model, retention, settings, device) if retention is not None else None,
-           "artifact": _keep(model, cell, settings, artifact)}
+    return after_training(cell, settings, task=task, loaded=loaded, model=model, splits=splits, retention=retention,
+                          artifact=artifact, device=device, zoo_path=zoo_path, seed=seed, state=state)
+
+
+def after_training(cell, settings: dict, *, task, loaded, model, splits, retention, artifact: str | None, device: str,
+                   zoo_path, seed: int, state: dict | None = None, beside: set[str] | None = None) -> dict:
+    """What a cell measures once its model is made (trained, or composed): quality on splits.eval ("tuned", none for
+    random weights) and on `retention`'s ("retained"), what bench/run/artifacts.py keeps ("artifact"), what serving it
+    costs ("serving"), and the seconds those took ("phases": evaluate, serve)."""
+    clock = time.perf_counter()
+    out: dict = {"tuned": None, "retained": None}
+    if cell.model["weights"] != "random":
+        out["tuned"] = _evaluate(task, loaded, model, splits, settings, device)
+        if retention is not None:
+            out["retained"] = _evaluate(task, loaded, model, retention, settings, device)
+    evaluated = time.perf_counter() - clock
+    out["artifact"] = _keep(model, cell, settings, artifact, beside=beside)
     out["serving"] = _serve(cell, settings, task=task, loaded=loaded, model=model, splits=splits, device=device,
                             zoo_path=zoo_path, seed=seed, state=state)
+    out["phases"] = {"evaluate": round(evaluated, 4), "serve": (out["serving"] or {}).get("wall_s", 0.0)}
     return out
 
 

@@ -57,38 +57,34 @@ def compose(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, s
 
 def run_composed(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, sources: list[dict], retention=None,
                  artifact: str | None = None) -> dict:
-    """The composed cell's outcome, as attempt() gives a trained one's (never raises)."""
+    """The composed cell's outcome, as attempt() gives a trained one's (never raises). It trains nothing, so it has no
+    training cost: no train_wall_s, no training peak memory, no trainable parameters; composing is its model build
+    (cost.phases_s.build)."""
+    import torch
+
     from bench.methods import count_params
-    from bench.profile import MemoryProbe
-    from bench.run.cell import _evaluate, _keep, _serve, failure_message
+    from bench.run.cell import _is_oom, after_training, failure_message
     from bench.tasks import task_for_family
 
-    probe = MemoryProbe(device)
     out: dict = {"status": "ok", "message": "", "params": {}, "cost": {"device": device, "devices": 1}, "loss_curve": [],
                  "diverged_at_step": None, "composition": {"sources": sources}}
     phases = out["cost"]["phases_s"] = {}
     clock = time.perf_counter()
     try:
         task = task_for_family(cell.model["family"])
-        probe.start_region()
         loaded, model, beside = compose(cell, settings, seed=seed, device=device, splits=splits, zoo_path=zoo_path,
                                         sources=sources)
+        model.requires_grad_(False)  # PEFT's set_adapter marks the combination trainable; nothing here trains it
         out["composition"]["beside"] = beside
         phases["build"] = round(time.perf_counter() - clock, 4)
-        out["cost"].update(probe.peak())
-        out["cost"]["train_wall_s"] = phases["build"]  # what making the cell's model took: composing, no training
         out["params"] = count_params(model, loaded.components)
-        clock = time.perf_counter()
-        if cell.model["weights"] != "random":
-            out["tuned"] = _evaluate(task, loaded, model, splits, settings, device)
-            if retention is not None:
-                out["retained"] = _evaluate(task, loaded, model, retention, settings, device)
-        phases["evaluate"] = round(time.perf_counter() - clock, 4)
-        out["artifact"] = _keep(model, cell, settings, artifact, beside=set(beside))
-        out["serving"] = _serve(cell, settings, task=task, loaded=loaded, model=model, splits=splits, device=device,
-                                zoo_path=zoo_path, seed=seed)
-        phases["serve"] = (out["serving"] or {}).get("wall_s", 0.0)
+        after = after_training(cell, settings, task=task, loaded=loaded, model=model, splits=splits, retention=retention,
+                               artifact=artifact, device=device, zoo_path=zoo_path, seed=seed, beside=set(beside))
+        phases.update(after.pop("phases"))
+        out.update({k: v for k, v in after.items() if v is not None})
     except Exception as exc:  # a cell's failure must never take the suite down
-        out.update(status="error", message=failure_message(exc))
+        oom = isinstance(exc, torch.OutOfMemoryError) or isinstance(exc, RuntimeError) and _is_oom(exc)
+        out.update(status="oom" if oom else "error",
+                   message=f"out of memory: {str(exc).splitlines()[0][:300]}" if oom else failure_message(exc))
     out["cost"].setdefault("peak_memory_mb", None)
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.errors import BenchError
 from bench.run import cluster
-from bench.run.runner import CellJob, _merge_result, _now, recorded
+from bench.run.runner import NOT_YET, CellJob, _merge_result, _now, recorded
 from bench.suite.plan import base_key
 
 
@@ -86,6 +86,10 @@ class ClusterDriver:
 
         cell = job.cell
         sources, missing = self.runner.sources_for(job)
+        if missing is NOT_YET:  # left for a later run, unrecorded
+            self.summary.left_unrecorded += 1
+            self.runner._release(claim)
+            return None
         if cell.skip_reason or missing:
             record = self.runner._record_head(job, _now())
             record.update(status="skipped", message=cell.skip_reason or missing)

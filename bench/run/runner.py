@@ -34,6 +34,8 @@ def _now() -> str:
 
 
 # a cell's cost.phases_s (bench/run/cell.py) -> how the run's time split names them
+NOT_YET = "a source cell has no record yet"  # sources_for: the composed cell is left for a later run, unrecorded
+
 CELL_PHASES = {"build": "model build", "train": "training", "track": "memory tracking (hooks on one step)",
                "evaluate": "tuned evaluation", "serve": "serving measurement (and the merged model's evaluation)"}
 
@@ -64,6 +66,7 @@ class RunSummary:
     ran: int = 0
     skipped_done: int = 0
     taken_elsewhere: int = 0  # claimed or recorded by another `bench run` of the same results file
+    left_unrecorded: int = 0  # composed cells whose sources have no record yet (e.g. left out by --only): a later run
     statuses: dict = field(default_factory=dict)
     results: Path | None = None
     report: Path | None = None
@@ -144,7 +147,8 @@ class Runner:
         self.suite = suite
         self.results = results_path(results_dir, suite.name)
         # what cells keep of their training (adapters): <artifacts>/<suite>/<cell>/<seed>/, beside the records
-        self.artifacts = Path(artifacts_dir) if artifacts_dir is not None else Path(results_dir) / "artifacts"
+        # (absolute: a record's path must find its folder from wherever `bench export` or a composed cell reads it)
+        self.artifacts = (Path(artifacts_dir) if artifacts_dir is not None else Path(results_dir) / "artifacts").absolute()
         self.reports_dir = Path(reports_dir)
         self.only, self.retry = only, retry
         self.console = console
@@ -290,7 +294,10 @@ class Runner:
             with self._lock:
                 self._release(claim)
         with self._lock:
-            summary.count(record["status"])
+            if record is None:
+                summary.left_unrecorded += 1
+            else:
+                summary.count(record["status"])
 
     def _side_by_side(self, jobs: list[Job], bases: dict, progress, slots: list[Slot], retry_before: int,
                       summary: RunSummary) -> None:
@@ -538,6 +545,10 @@ class Runner:
         started = _now()
         record = self._record_head(job, started)
         sources, missing = self.sources_for(job)
+        if missing is NOT_YET:
+            progress.pass_item(f"{cell.label} (repeat {job.repeat})", "left for a later run: a source cell has no record yet "
+                               "(run it first, e.g. without --only)")
+            return None
         if cell.skip_reason or missing:
             record.update(status="skipped", message=cell.skip_reason or missing)
             return self._append(record, progress)
@@ -590,17 +601,15 @@ class Runner:
 
     def sources_for(self, job: Job) -> tuple[list[dict] | None, str | None]:
         """A composed cell's sources as their records of the same repeat say (id, names, the kept adapter's folder), or
-        why the cell cannot run: a source not recorded, not ok, or without its adapter."""
+        why the cell cannot run: a source not ok, or without its adapter; NOT_YET when a source has no record (one that
+        another run is training is waited for)."""
         if not job.cell.sources:
             return None, None
-        with self._lock:
-            latest = latest_lines(self.results, warn=False)
         out = []
         for source_id in job.cell.sources:
-            found = latest.get((source_id, job.repeat))
-            record = found[1] if found else None
+            record = self._source_record(source_id, job.repeat)
             if record is None:
-                return None, f"source cell {source_id} has no record of repeat {job.repeat}: it did not run"
+                return None, NOT_YET
             label = f"{record['model']['name']} × {record['dataset']['name']} × {record['method']['name']}"
             if record["status"] != "ok":
                 return None, (f"source cell {label} (repeat {job.repeat}) is {record['status']}: "
@@ -611,6 +620,17 @@ class Runner:
             out.append({"cell_id": source_id, "repeat": job.repeat, "model": record["model"]["name"],
                         "dataset": record["dataset"]["name"], "method": record["method"]["name"], "artifact": artifact["path"]})
         return out, None
+
+    def _source_record(self, cell_id: str, repeat: int) -> dict | None:
+        """The latest record of a source cell-run; while another run holds its claim, waited for."""
+        while True:
+            with self._lock:
+                found = latest_lines(self.results, warn=False).get((cell_id, repeat))
+                owner = self.claims.owner(cell_id, repeat) if found is None else None
+            if found is not None or owner is None or owner.get("run_id") == self.run_id:
+                return found[1] if found else None
+            if self._cancel.wait(0.5):
+                raise Cancelled("the run was interrupted")
 
     def _attempts(self, job: Job, splits, base, zpath, progress, slot: Slot, pick: dict | None = None, retention=None,
                   sources: list[dict] | None = None):

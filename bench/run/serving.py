@@ -43,7 +43,7 @@ def serve(cell, settings: dict, *, task, loaded, model, splits, device: str, zoo
             one(variants["4bit"])
         except Exception as exc:
             del variants["4bit"]
-            notes.append(f"4bit: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            notes.append(_left_out("4bit", exc))
     figures = measure(variants, one, batch, rounds=settings["serve_rounds"], device=device)
     for fig in figures.values():
         fig.update(batch=len(samples), unit=f"{task.SERVED}/s")
@@ -70,21 +70,29 @@ def _variants(cell, settings: dict, *, loaded, model, device: str, zoo_path, see
         return {"merged": _frozen(model)}, []
     variants, notes = {}, []
     if kind == "fusion":  # X-LoRA weighs its experts per token: there is no one merged weight to serve
-        return {"unmerged": _frozen(model)}, ["merged, 4bit: X-LoRA mixes its experts per token, so no single merged weight exists"]
+        return {"unmerged": _frozen(model)}, [
+            "merged, 4bit: X-LoRA mixes its experts per token, so no single merged weight exists",
+            "unmerged: generated without a key-value cache (PEFT's X-LoRA turns it off), unlike the other cells"]
     if kind == "qlora":  # its adapter over the base in full precision, and as trained: over the 4-bit base
         full = rebuild(cell, settings, device=device, zoo_path=zoo_path, seed=seed, state=_state(model, state), quantize=False)
         variants["unmerged"], variants["4bit"] = full, model
     else:
         variants["unmerged"] = model
     variants["merged"] = copy.deepcopy(variants["unmerged"]).merge_and_unload()
-    if kind != "qlora" and settings["serve_4bit"]:
+    if METHOD_KINDS[kind].composes and settings["serve_4bit"]:
+        notes.append("4bit: a composed adapter is served over the full-precision base it was composed on")
+    elif kind != "qlora" and settings["serve_4bit"]:
         try:
             variants["4bit"] = rebuild(cell, settings, device=device, zoo_path=zoo_path, seed=seed,
                                        state=_state(model, state), quantize=True)
         except Exception as exc:  # PEFT has no 4-bit layer for every adapter kind
-            notes.append(f"4bit: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            notes.append(_left_out("4bit", exc))
     order = ("unmerged", "merged", "4bit")
     return {name: _frozen(variants[name]) for name in order if name in variants}, notes
+
+
+def _left_out(variant: str, exc: Exception) -> str:
+    return f"{variant}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
 
 
 def _frozen(model):
@@ -165,9 +173,15 @@ def _memory_kind(device: str) -> str:
 
 
 def weights_mb(model) -> float:
-    """The model's parameters and buffers as stored (4-bit weights packed two to a byte)."""
+    """The model's parameters and buffers as stored: 4-bit weights packed two to a byte, with their quantisation state
+    (absmax, and with double quantisation its own absmax and code)."""
     tensors = list(model.parameters()) + list(model.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors) / MB
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None) if type(p).__name__ == "Params4bit" else None
+        if state is not None:
+            total += sum(v.numel() * v.element_size() for v in state.as_dict(packed=True).values() if hasattr(v, "numel"))
+    return total / MB
 
 
 def _memory(model, batch, device: str) -> tuple[int, dict]:

@@ -34,6 +34,7 @@ def resolve(cells: list, grids_of: dict | None = None) -> list:
     for cell in cells:
         by_names.setdefault((cell.model["name"], cell.dataset["name"], cell.method["name"]), []).append(cell)
     done: dict[str, object] = {}
+    rank_of: dict[str, int | None] = {}  # a settled merge's adapter rank (what a merge of it adds)
 
     def settle(cell, path: tuple):
         if not composes(cell.method):
@@ -69,21 +70,31 @@ def resolve(cells: list, grids_of: dict | None = None) -> list:
                 raise SuiteError(f"sources[{i}] is cell {name}, which keeps no adapter (save = false)", where=where,
                                  fix="let the source keep its adapter (save = true, the default)")
             sources.append(settle(source, (*path, cell)))
-        _check_ranks(cell, sources, where)
+        ranks = [rank_of.get(s.cell_id, s.method.get("r")) for s in sources]
+        _check_ranks(cell, ranks, where)
         settled = replace(cell, sources=tuple(s.cell_id for s in sources), cell_id=_composed_id(cell, sources))
         done[cell.cell_id] = settled
+        rank_of[settled.cell_id] = _combined_rank(cell.method.get("combination"), ranks)
         return settled
 
     return [settle(cell, ()) for cell in cells]
 
 
-def _check_ranks(cell, sources: list, where: str) -> None:
+def _check_ranks(cell, ranks: list, where: str) -> None:
     combination = cell.method.get("combination")  # a merge's; X-LoRA mixes experts of any rank
-    ranks = {s.method.get("r") for s in sources if s.method["kind"] != "merge"}
-    if combination in SAME_RANK and len(ranks) > 1:
+    if combination in SAME_RANK and len(set(ranks)) > 1:
         raise SuiteError(f"combination = \"{combination}\" adds the sources' matrices, and their ranks differ "
-                         f"({', '.join(str(r) for r in sorted(ranks))})", where=where.replace("'sources'", "'combination'"),
+                         f"({', '.join(str(r) for r in ranks)})", where=where.replace("'sources'", "'combination'"),
                          fix='use combination = "cat" or "svd", or sources of one rank')
+
+
+def _combined_rank(combination: str | None, ranks: list) -> int | None:
+    """The rank of the adapter add_weighted_adapter makes: cat stacks the sources', svd keeps the largest, the others
+    the one they share."""
+    known = [r for r in ranks if isinstance(r, int)]
+    if combination is None or not known:
+        return None
+    return sum(known) if combination == "cat" else max(known)
 
 
 def _composed_id(cell, sources: list) -> str:

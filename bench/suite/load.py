@@ -264,9 +264,9 @@ def _check_devices(c: _Checker, cell, settings: dict) -> None:
     if train["devices"] == 1:
         return
     where = f"key 'devices' of cell {cell.label}"
-    if cell.sources:
-        raise c.fail(where, "a composed cell (kind = \"merge\") trains nothing, so it has nothing to split over devices",
-                     f"set devices = 1 for method '{method['name']}', e.g. train = {{devices = 1}}")
+    if cell.sources:  # a merge is set to one device when its cell is made (suite/plan.py); this is a fusion
+        raise c.fail(where, "an X-LoRA fusion (kind = \"fusion\") trains in one process: PEFT's X-LoRA is not offered over "
+                     "several devices here", f"set devices = 1 for method '{method['name']}', e.g. train = {{devices = 1}}")
     if not settings["isolate"]:
         raise c.fail(where, f"devices = {train['devices']} starts one process per device from the cell's own process, "
                      "but the suite sets isolate = false (cells run inside bench's process)", "drop isolate = false")
@@ -414,6 +414,10 @@ def _method(c: _Checker, name: str, table: dict) -> Entry:
     if METHOD_KINDS[kind].composes:
         _composition(c, cfg, where)
     train = _train(c, cfg.pop("train"), f"{where}.train")
+    for key in ("sweep", "devices"):
+        if not METHOD_KINDS[kind].trains and train.get(key) not in (None, TRAIN_KEYS[key].default):
+            raise c.fail(f"[{where}.train] key '{key}'", f"a {kind} trains nothing, so it has nothing to "
+                         f"{'sweep' if key == 'sweep' else 'split over devices'}", "remove it from this method")
     return Entry(name, {"name": name, **{k: v for k, v in cfg.items() if k in keep}}, train)
 
 
@@ -424,7 +428,7 @@ def _composition(c: _Checker, cfg: dict, where: str) -> None:
 
     sources = cfg["sources"]
     if not sources:
-        raise c.fail(f"[{where}] key 'sources'", "is missing or empty: a merge composes the adapters of other cells",
+        raise c.fail(f"[{where}] key 'sources'", f"is missing or empty: a {cfg['kind']} builds on the adapters of other cells",
                      'e.g. sources = [{dataset = "scenes-vqa", method = "lora-r8"}, {dataset = "digits-vqa", method = "lora-r8"}]')
     spec = {"model": Key(str), "dataset": Key(str, required=True), "method": Key(str, required=True)}
     cfg["sources"] = [{k: v for k, v in c.keys(c.table(t, f"{where}.sources[{i}]"), spec, f"{where}.sources[{i}]").items()
@@ -434,10 +438,13 @@ def _composition(c: _Checker, cfg: dict, where: str) -> None:
         cfg["weights"] = [round(1 / len(sources), 6)] * len(sources)
     elif len(weights) != len(sources) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and
                                                   math.isfinite(w) for w in weights):
-        raise c.fail(f"[{where}] key 'weights'", f"must be {len(sources)} finite numbers, one per source",
+        raise c.fail(f"[{where}] key 'weights'", f"must be one finite number per source ({len(sources)})",
                      f"e.g. weights = [{', '.join(['0.5'] * len(sources))}]")
     else:
         cfg["weights"] = [float(w) for w in weights]
+    if cfg["combination"] not in WITH_DENSITY and cfg["density"] is not None:
+        raise c.fail(f"[{where}] key 'density'", f"combination = \"{cfg['combination']}\" prunes nothing, so a density "
+                     "would change the cell's id and not its adapter", f"remove it, or use one of {', '.join(WITH_DENSITY)}")
     if cfg["combination"] in WITH_DENSITY and cfg["density"] is None:
         raise c.fail(f"[{where}] key 'density'", f"combination = \"{cfg['combination']}\" prunes each adapter to a share of "
                      "its weights, and none is given", "e.g. density = 0.5")

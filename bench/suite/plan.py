@@ -69,8 +69,8 @@ def make_cell(model: dict, dataset: dict, method: dict, train: dict) -> Cell:
     if train.get("devices", 1) == 1 and "distributed" in train:
         # one device splits nothing: a strategy set for the suite's multi-device cells neither names nor changes this one
         train = {**train, "distributed": TRAIN_KEYS["distributed"].default}
-    if train.get("sweep") and not METHOD_KINDS[method["kind"]].trains:  # a merge trains nothing: a suite-wide sweep skips it
-        train = {**train, "sweep": None}
+    if not METHOD_KINDS[method["kind"]].trains:  # a merge trains nothing: a suite-wide sweep or devices skip it
+        train = {**train, "sweep": None, "devices": 1, "distributed": TRAIN_KEYS["distributed"].default}
     if not train.get("sweep") and "validation_size" in train:  # likewise: without a sweep nothing is held out
         train = {**train, "validation_size": TRAIN_KEYS["validation_size"].default}
     cell_id = stable_hash({"model": model, "dataset": dataset, "method": method, "train": identity(train)})

@@ -273,7 +273,9 @@ def test_the_composed_cells_record_names_its_sources_its_files_cost_and_serving(
         assert record["artifact"]["files"] == [p.relative_to(kept).as_posix() for p in files]
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(record["artifact"]["files"])
         assert kept not in {Path(by[n]["artifact"]["path"]) for n in names}
-        assert isinstance(record["cost"]["train_wall_s"], float) and record["cost"]["train_wall_s"] >= 0
+        # nothing trained: no training cost to show beside the trained cells', composing is its build
+        assert "train_wall_s" not in record["cost"] and record["cost"]["peak_memory_mb"] is None
+        assert record["params"]["trainable"] == 0 and record["cost"]["phases_s"]["build"] > 0
     serving = one["serving"]  # serve = true for `one` only
     assert set(serving["variants"]) == {"unmerged", "merged"} and "error" not in serving
     assert all(v["latency_ms"] > 0 for v in serving["variants"].values())
@@ -397,3 +399,27 @@ def test_the_shipped_composition_suite_reports_every_combination_beside_its_sour
     ties = next(r for r in records if r["method"]["name"] == "ties" and r["dataset"]["name"] == "target")
     row = next(line for line in rows if line.startswith("| ties = "))
     assert f"{ties['quality']['tuned']:.1f}" in row
+
+
+@pytest.mark.slow
+@pytest.mark.ci_only  # two more runs: ~10 s
+def test_a_composed_cell_whose_source_has_not_run_is_left_for_a_later_run(tmp_path):
+    from bench.run.runner import Runner
+    from bench.suite.load import load_suite
+
+    text = SUITE.format(isolate="false", jobs=1).replace(
+        'methods = ["again", "one", "linear", "broken", "xlora", "lora", "lora-bad"]', 'methods = ["one", "lora"]')
+    text = text.split("[[grid]]\nmodels = [\"llava-tiny\"]\ndatasets = [\"source\"]")[0]
+    (tmp_path / "compose.toml").write_text(text)
+    suite = load_suite(tmp_path / "compose.toml")
+
+    def run(only=None):
+        runner = Runner(suite, results_dir=tmp_path / "r", reports_dir=tmp_path / "p", show_progress=False, only=only)
+        return runner, runner.run()
+
+    runner, summary = run("llava-tiny/target/one")  # its source left out: nothing recorded, nothing skipped for good
+    assert summary.left_unrecorded == 1 and summary.ran == 0
+    assert not runner.results.exists() or not read_records(runner.results)
+    runner, summary = run()
+    assert summary.statuses == {"ok": 2}
+    assert {key(r): r["status"] for r in read_latest([runner.results])} == {"lora/target": "ok", "one/target": "ok"}

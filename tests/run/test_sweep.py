@@ -42,7 +42,7 @@ def fake_training(monkeypatch, seen: dict):
     def evaluate_trained(cell, settings, *, splits, state, **_):
         seen.setdefault("evaluated", []).append((list(splits.eval), state["lr"], settings["lr"]))
         return {"tuned": {"metric": "acc", "value": 50.0, "higher_is_better": True}, "retained": None, "artifact": None,
-                "serving": None}
+                "serving": None, "phases": {"evaluate": 0.0, "serve": 0.0}}
 
     monkeypatch.setattr("bench.run.cell.attempt", attempt)
     monkeypatch.setattr("bench.run.cell.evaluate_trained", evaluate_trained)

@@ -131,7 +131,7 @@ BAD = {
                                 '{dataset = "y", method = "lora16"}]\n',
                                 TRAINED + composed(), ["[methods.m] key 'combination'", "ranks differ", "cat"]),
     "weights count": ('[methods.m]\nkind = "merge"\nweights = [1.0]\nsources = [{dataset = "x", method = "lora"}, '
-                      '{dataset = "y", method = "lora"}]\n', TRAINED + composed(), ["[methods.m] key 'weights'", "2 finite"]),
+                      '{dataset = "y", method = "lora"}]\n', TRAINED + composed(), ["[methods.m] key 'weights'", "per source (2)"]),
     "ties without density": ('[methods.m]\nkind = "merge"\ncombination = "ties"\nsources = [{dataset = "x", method = "lora"}, '
                              '{dataset = "y", method = "lora"}]\n', TRAINED + composed(), ["[methods.m] key 'density'"]),
     "no sources": ('[methods.m]\nkind = "merge"\n', TRAINED + composed(), ["[methods.m] key 'sources'", "missing or empty"]),
@@ -146,7 +146,18 @@ BAD = {
     "a fusion over another model": ('[methods.m]\nkind = "fusion"\nsources = [{model = "b", dataset = "x", method = "lora"}]\n',
                                     TRAINED + composed(), ["[methods.m] key 'sources'", "model 'b'"]),
     "a merge over devices": ('[methods.m]\nkind = "merge"\ntrain = {devices = 2}\nsources = [{dataset = "x", method = "lora"}]\n',
-                             TRAINED + composed(), ["key 'devices'", "composed cell"]),
+                             TRAINED + composed(), ["[methods.m.train] key 'devices'", "trains nothing"]),
+    "a sweep on a merge": ('[methods.m]\nkind = "merge"\ntrain = {lr = [1e-3, 1e-2]}\nsources = [{dataset = "x", method = "lora"}]\n',
+                           TRAINED + composed(), ["[methods.m.train] key 'sweep'", "trains nothing"]),
+    "a density without pruning": ('[methods.m]\nkind = "merge"\ndensity = 0.5\nsources = [{dataset = "x", method = "lora"}]\n',
+                                  TRAINED + composed(), ["[methods.m] key 'density'", "prunes nothing"]),
+    "a fusion over devices": ('[methods.m]\nkind = "fusion"\ntrain = {devices = 2}\nsources = [{dataset = "x", method = "lora"}]\n',
+                              TRAINED + composed(), ["key 'devices'", "X-LoRA"]),
+    "a merge of a cat merge, linear": ('[methods.c]\nkind = "merge"\ncombination = "cat"\nweights = [1.0, 1.0]\n'
+                                       'sources = [{dataset = "x", method = "lora"}, {dataset = "y", method = "lora"}]\n'
+                                       '[methods.m]\nkind = "merge"\nsources = [{dataset = "x", method = "c"}, '
+                                       '{dataset = "x", method = "lora"}]\n',
+                                       TRAINED + composed("c") + composed("m"), ["[methods.m] key 'combination'", "8, 4"]),
 }
 
 
@@ -232,3 +243,13 @@ def test_a_fusion_keeps_a_suite_wide_sweep_and_a_merge_does_not(tmp_path):
     cells = {(c.dataset["name"], c.method["name"]): c for c in expand(load_suite(path)) if c.model["name"] == "a"}
     assert cells[("x", "f")].train["sweep"] == {"lr": [1e-3, 1e-2]}  # X-LoRA trains its classifier
     assert cells[("x", "m")].train["sweep"] is None
+
+
+def test_a_suite_wide_device_count_leaves_merges_on_one_device(tmp_path):
+    methods = '[methods.m]\nkind = "merge"\nsources = [{dataset = "x", method = "lora"}]\n'
+    path = suite_with(tmp_path, methods, TRAINED + composed())
+    path.write_text(path.read_text().replace('[suite]\nname = "comp"', '[suite]\nname = "comp"\ndevice = "cpu"')
+                    .replace("batch_size = 4", "batch_size = 4\ndevices = 2"))
+    cells = expand(load_suite(path))
+    assert all(c.train["devices"] == 1 for c in cells if c.sources)
+    assert all(c.train["devices"] == 2 for c in cells if not c.sources)
