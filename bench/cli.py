@@ -54,7 +54,8 @@ def cmd_plan(args) -> int:
     args.params = args.params or args.trace
     args.estimate = args.estimate or args.trace
     counts, estimates, meta_models = {}, {}, {}  # one meta-device build per model, shared by both
-    trained = [c for c in cells if not c.sources]  # a composed cell trains nothing: no training cost to preview
+    # a composed cell trains nothing (a fusion needs its sources' files), a skipped one runs nothing: no cost to preview
+    trained = [c for c in cells if not c.sources and not c.skip_reason]
     if args.params or args.estimate:
         import bench.run.preload  # noqa: F401  (the model libraries, with their start-up chatter silenced as in `run`)
     if args.params:

@@ -106,6 +106,11 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
 
     if kind == "fusion":
         return _fusion(loaded, method)
+    if kind == "prompt_tuning":  # learnt virtual tokens before the input; the rest stays frozen
+        model = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM",
+                                                                  num_virtual_tokens=method["num_virtual_tokens"]))
+        _drop_input_grad_hooks(model.get_base_model())
+        return model
     targets = resolve_targets(method, family, loaded.backend)
     check_targets(model, components, targets, method["name"])
     regex = target_regex(components, targets)

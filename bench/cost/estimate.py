@@ -208,10 +208,14 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
     activations, flowing = 0.0, False
     batch = train["batch_size"]
     seq = min(text_len, train["max_seq_len"]) if text_len else train["max_seq_len"]
+    # prompt tuning: its virtual tokens lengthen the language model's input, and their gradient comes back through every
+    # one of its (frozen) blocks
+    prompt = method_kind == "prompt_tuning"
+    seq += train.get("num_virtual_tokens", 0) if prompt else 0
     parallel = family == "clip"  # image and text towers: gradients never pass from one into the other
     for s in stacks(family, config, seq):
         counts = by_comp.get(s.component, {})
-        flowing = (flowing and not parallel) or counts.get("trainable", 0) > 0
+        flowing = (flowing and not parallel) or counts.get("trainable", 0) > 0 or prompt and s.component == "language"
         if flowing:
             held = _held(family, s.component, counts, train, method_kind)
             activations += _block_activation_bytes(s, batch, act_bytes, mask_bytes, train["gradient_checkpointing"], held)

@@ -25,6 +25,7 @@ class MethodKind:
     # builds on the adapters other cells of the suite trained, named by `sources` (bench/suite/compose.py)
     composes: bool = False
     trains: bool = True  # False: combines them and is evaluated, nothing trains (bench/run/compose.py)
+    mergeable: bool = True  # merge_and_unload folds it into the base (serving's "merged", `bench export --merged`)
 
 
 METHOD_KINDS: dict[str, MethodKind] = {m.name: m for m in (
@@ -38,7 +39,9 @@ METHOD_KINDS: dict[str, MethodKind] = {m.name: m for m in (
     MethodKind("vera", adapter=True, ranked=True, targets="attention"),
     MethodKind("merge", adapter=True, ranked=False, composes=True, trains=False),
     # PEFT's X-LoRA: the sources' LoRA adapters as frozen experts, a small classifier learns to mix them per token
-    MethodKind("fusion", adapter=True, ranked=False, composes=True),
+    MethodKind("fusion", adapter=True, ranked=False, composes=True, mergeable=False),
+    # PEFT's prompt tuning: num_virtual_tokens learnt embeddings before the language model's input, nothing else trains
+    MethodKind("prompt_tuning", adapter=True, ranked=False, mergeable=False),
 )}
 ADAPTER_KINDS = tuple(k for k, m in METHOD_KINDS.items() if m.adapter)
 RANKED_KINDS = tuple(k for k, m in METHOD_KINDS.items() if m.ranked)
@@ -67,7 +70,9 @@ FAMILIES: dict[str, FamilyInfo] = {
         module="bench.models.clip",
         task_module="bench.tasks.contrastive",
         unsupported_methods={"fusion": "X-LoRA's classifier reads the hidden states of a language model that generates; "
-                                       "CLIP has none"},
+                                       "CLIP has none",
+                             "prompt_tuning": "PEFT's prompt tuning prepends virtual tokens to a generating language "
+                                              "model's input; CLIP's text encoder is not one"},
     ),
     "blip2": FamilyInfo(
         task="caption",
@@ -78,7 +83,9 @@ FAMILIES: dict[str, FamilyInfo] = {
         module="bench.models.blip2",
         task_module="bench.tasks.captioning",
         unsupported_methods={"fusion": "PEFT's X-LoRA (0.21) cannot load LoRA experts into BLIP-2: its loader rejects the "
-                                       "OPT language model's adapter keys as unexpected"},
+                                       "OPT language model's adapter keys as unexpected",
+                             "prompt_tuning": "PEFT's prompt tuning (0.21) finds no word-embedding layer in BLIP-2, "
+                                              "so its forward fails before the model runs"},
     ),
     "llava": FamilyInfo(
         task="vqa",

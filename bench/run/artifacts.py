@@ -77,6 +77,9 @@ def _add_trained_beside_adapter(model, file: Path, beside: set[str] | None = Non
     (`PeftModel.from_pretrained`, a non-strict load of that file) puts back in place."""
     from safetensors.torch import load_file, save_file
 
+    config = getattr(model, "peft_config", {}).get("default")
+    if getattr(config, "is_prompt_learning", False):  # prompt tuning: its virtual tokens are all it trains, and saved
+        return
     saved = load_file(str(file))
     from bench.methods import PEFT_PREFIX
 

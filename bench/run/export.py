@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.models.catalog import METHOD_KINDS
 
 
 def find_record(records: list[dict], cell_id: str, repeat: int) -> dict:
@@ -38,9 +39,11 @@ def export(record: dict, out: Path, *, merged: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BenchError(f"--out {out} exists and is not an empty folder", where="--out", fix="name a new or empty folder")
     source = Path(record["artifact"]["path"])
-    if merged and record["method"].get("kind") == "fusion":
-        raise BenchError(f"cell {record['cell_id']} is an X-LoRA fusion, which weighs its experts per token: it has no "
-                         "merged form", where="--merged", fix="export it without --merged (PEFT's X-LoRA folder)")
+    kind = record["method"].get("kind")
+    if merged and kind in METHOD_KINDS and not METHOD_KINDS[kind].mergeable:
+        raise BenchError(f"cell {record['cell_id']} is {kind}, which has no merged form (an X-LoRA fusion weighs its experts "
+                         "per token; prompt tuning adds tokens, not weight updates)", where="--merged",
+                         fix="export it without --merged")
     if not merged or record["artifact"]["kind"] == "full":
         shutil.copytree(source, out, dirs_exist_ok=True)
         return out

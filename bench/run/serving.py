@@ -73,6 +73,9 @@ def _variants(cell, settings: dict, *, loaded, model, device: str, zoo_path, see
         return {"unmerged": _frozen(model)}, [
             "merged, 4bit: X-LoRA mixes its experts per token, so no single merged weight exists",
             "unmerged: generated without a key-value cache (PEFT's X-LoRA turns it off), unlike the other cells"]
+    if not METHOD_KINDS[kind].mergeable:
+        return {"unmerged": _frozen(model)}, [f"merged, 4bit: {kind} has no merged form (PEFT's merge_and_unload folds "
+                                              "weight updates, and this method adds none)"]
     if kind == "qlora":  # its adapter over the base in full precision, and as trained: over the 4-bit base
         full = rebuild(cell, settings, device=device, zoo_path=zoo_path, seed=seed, state=_state(model, state), quantize=False)
         variants["unmerged"], variants["4bit"] = full, model

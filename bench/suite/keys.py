@@ -113,6 +113,8 @@ METHOD_KEYS = {
     "quant_type": Key(str, "nf4", "QLoRA 4-bit data type", choices=("nf4", "fp4")),
     "double_quant": Key(bool, True, "QLoRA double quantisation of the quantisation constants"),
     "compute_dtype": Key(str, "auto", "QLoRA compute dtype (auto: bf16 on CUDA, fp32 on the CPU)", choices=("auto", "float32", "bfloat16", "float16")),
+    "num_virtual_tokens": Key(int, 20, "kind = \"prompt_tuning\": learnt embeddings put before the language model's input",
+                              min=1, max=4096),
     "sources": Key(list, None, "kind = \"merge\" or \"fusion\": the cells whose kept LoRA adapters it combines (merge: no "
                    "training) or learns to mix (fusion: X-LoRA), as tables {dataset = ..., method = ...} (model: the "
                    "composed cell's own); they run first"),

@@ -454,6 +454,8 @@ def _method_keys(kind: str) -> set[str]:
     """The [methods.NAME] keys that mean something for `kind`."""
     if kind == "full":
         return {"kind", "freeze"}
+    if kind == "prompt_tuning":  # virtual tokens only: no targets, nothing trained beside them
+        return {"kind", "num_virtual_tokens"}
     if METHOD_KINDS[kind].composes:
         return {"kind", "sources"} | ({"combination", "weights", "density"} if not METHOD_KINDS[kind].trains else set())
     keep = {"kind", "train_full", "targets"}
