@@ -14,7 +14,7 @@ For each: latency of one sample's request (batch 1, median of the rounds, min an
 request of serve_batch_size samples (images/s for CLIP's image embedding, generated tokens/s for captioning and VQA at
 exactly max_new_tokens), and peak inference memory (the weights as stored plus the peak the batched request adds above
 what was allocated before it). The merged model is also evaluated on the evaluation split: `quality.merged`, and its
-difference to the unmerged (tuned) score.
+difference to the tuned score (for QLoRA: that of the 4-bit model it trained on).
 """
 
 from __future__ import annotations
