@@ -102,6 +102,17 @@ def test_plan_json_with_params_and_estimate(mini_suite, tmp_path, capsys):
     assert cells["full"]["estimate"]["total_mb"] > cells["lora"]["estimate"]["total_mb"] > 0
 
 
+def test_plan_previews_no_cost_for_a_skipped_cell_and_does_not_fail_on_it(mini_suite, tmp_path, capsys):
+    text = mini_suite.read_text().replace('kind = "full"', 'kind = "prompt_tuning"')  # CLIP: skipped at plan time
+    suite = tmp_path / "skip.toml"
+    suite.write_text(text)
+    assert main(["plan", str(suite), "--json", "--params", "--estimate", "--results-dir", str(tmp_path)]) == 0
+    cells = {c["method"]: c for c in json.loads(capsys.readouterr().out)["cells"]}
+    assert cells["full"]["state"] == "skip" and "prompt tuning" in cells["full"]["skip_reason"]
+    assert "params" not in cells["full"] and "estimate" not in cells["full"]
+    assert cells["lora"]["params"]["trainable"] > 0 and cells["lora"]["estimate"]["total_mb"] > 0
+
+
 def test_plan_marks_recorded_cells_done(mini_suite, tmp_path, capsys):
     main(["plan", str(mini_suite), "--json", "--results-dir", str(tmp_path)])
     lora = json.loads(capsys.readouterr().out)["cells"][0]
