@@ -319,14 +319,15 @@ def _generated(cfg: dict, task: str, seed: int) -> DatasetSplits:
 _MIX_EXAMPLE = 'of = ["scenes-vqa", "digits-vqa"]'
 
 
-def resolve_mix(tables: dict, *, file: str | None = None) -> dict:
+def resolve_mix(tables: dict, *, file: str | None = None, from_suite: bool = False) -> dict:
     """A suite's [datasets.*] tables, each mix's `of` names replaced by the tables they name.
 
     A part becomes {"name": NAME, **its table, "task": its task}, less its `train` overrides (a mix's cells train
     with the mix's own): the part's entry as the suite holds it, so it loads exactly as it does alone. The mix gets
     `task` = its parts' common task. A mix may not name itself, an unknown dataset or another mix, needs two or
     more distinct names, and all its parts must give one task; each is a SuiteError naming the key, with a fix.
-    A mix whose `of` is already resolved (tables, not names) is kept: resolving twice changes nothing. Tables that
+    A mix whose `of` is already resolved (tables, not names) is kept: resolving twice changes nothing; but not
+    `from_suite` (a suite file's own tables), where `of` must name datasets whose entries the suite checks. Tables that
     are not tables, or not mixes, are returned as they are (the suite's own checks report those)."""
     if not isinstance(tables, dict):
         return tables
@@ -337,7 +338,7 @@ def resolve_mix(tables: dict, *, file: str | None = None) -> dict:
         where = f"[datasets.{name}]"
         at = f"{where}, key 'of'"
         names = table.get("of")
-        if isinstance(names, list) and names and all(isinstance(p, dict) for p in names):  # resolved already
+        if _resolved(names) and not from_suite:  # resolved already
             _check_mix_keys(table, file=file, where=where)
             out[name] = {**table, "task": _mix_task(table, file=file, where=where)}
             continue
@@ -358,8 +359,7 @@ def resolve_mix(tables: dict, *, file: str | None = None) -> dict:
                 raise SuiteError(f"a dataset must be a table, got {type_name(ptable)}", file=file,
                                  where=f"[datasets.{part}]", fix="write it as [datasets.NAME] with format = ...")
             if ptable.get("format") == "mix":
-                raise SuiteError(f"dataset {part!r} is itself a mix; a mix is made of plain datasets, one level deep",
-                                 file=file, where=at, fix=f"list the datasets of mix {part!r} here instead")
+                raise _nested_mix(part, file=file, at=at)
             cfg = {k: v for k, v in ptable.items() if k != "train"}
             part_where = f"[datasets.{part}]"
             check_keys(cfg, file=file, where=part_where, require_task=True)
@@ -368,6 +368,16 @@ def resolve_mix(tables: dict, *, file: str | None = None) -> dict:
         resolved["task"] = _mix_task(resolved, file=file, where=where)
         out[name] = resolved
     return out
+
+
+def _resolved(names) -> bool:
+    """Whether a mix's `of` holds its parts' tables (resolve_mix's work) rather than their names."""
+    return isinstance(names, list) and bool(names) and all(isinstance(p, dict) for p in names)
+
+
+def _nested_mix(part: str, *, file: str | None, at: str) -> SuiteError:
+    return SuiteError(f"dataset {part!r} is itself a mix; a mix is made of plain datasets, one level deep", file=file,
+                      where=at, fix=f"list the datasets of mix {part!r} here instead")
 
 
 def _mix_shape(names, *, file: str | None, where: str) -> None:
@@ -390,7 +400,7 @@ def _mix_shape(names, *, file: str | None, where: str) -> None:
 def _mix_parts(cfg: dict, *, file: str | None, where: str) -> list[tuple[str, dict]]:
     """(name, table without the name) of each resolved part; a SuiteError if `of` still holds names."""
     names = cfg.get("of")
-    if isinstance(names, list) and names and all(isinstance(p, dict) for p in names):
+    if _resolved(names):
         return [(str(p.get("name", f"of[{i}]")), {k: v for k, v in p.items() if k != "name"}) for i, p in enumerate(names)]
     _mix_shape(names, file=file, where=where)
     raise SuiteError("the names in 'of' have not been resolved into the datasets they name", file=file,
@@ -403,7 +413,7 @@ def _check_mix_keys(cfg: dict, *, file: str | None, where: str) -> None:
     """A mix table alone: `of` holds two or more names, or (resolved) two or more plain dataset tables whose keys
     are valid and whose tasks agree with each other and with the mix's `task`."""
     names = cfg.get("of")
-    if not (isinstance(names, list) and names and all(isinstance(p, dict) for p in names)):
+    if not _resolved(names):
         _mix_shape(names, file=file, where=where)  # names: resolve_mix looks them up
         if cfg.get("task") is not None and cfg["task"] not in TASKS:
             raise SuiteError(f"unknown task {cfg['task']!r}", file=file, where=f"{where}, key 'task'",
@@ -418,8 +428,7 @@ def _check_mix_keys(cfg: dict, *, file: str | None, where: str) -> None:
             raise SuiteError(f"part {i} of the mix has no name", file=file, where=f"{where}, key 'of'",
                              fix="write 'of' as a list of dataset names; bench resolves them into their tables")
         if part.get("format") == "mix":
-            raise SuiteError(f"dataset {pname!r} is itself a mix; a mix is made of plain datasets, one level deep",
-                             file=file, where=f"{where}, key 'of'", fix=f"list the datasets of mix {pname!r} here instead")
+            raise _nested_mix(pname, file=file, at=f"{where}, key 'of'")
         check_keys({k: v for k, v in part.items() if k != "name"}, file=file, where=f"[datasets.{pname}]",
                    require_task=True)
     _mix_task(cfg, file=file, where=where)

@@ -46,16 +46,25 @@ def weights_dtype(precision: str):
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
+def build_base(model: dict, precision: str, *, device: str, zoo_path, seed: int, quantization=None):
+    """The base model of a cell's `model` table, its weights in the dtype `precision` keeps them in (quantised to 4 bits
+    with `quantization`, a BitsAndBytesConfig), before any method: what training, serving, composing and export start
+    from."""
+    from bench.models import get_family
+
+    return get_family(model["family"]).build(model_spec(model, zoo_path), device=device, dtype=weights_dtype(precision),
+                                             quantization=quantization, seed=seed)
+
+
 def build_model(cell, settings: dict, *, device: str, zoo_path, seed: int, sharded: bool = False):
     """(loaded, model to train): the cell's model built and adapted as its method says (`sharded`: for FSDP)."""
     from bench.methods import apply_method, quantization_config
     from bench.models import get_family
 
-    family = get_family(cell.model["family"])
-    loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=weights_dtype(settings["precision"]),
-                          quantization=quantization_config(cell.method, device, sharded=sharded), seed=seed)
-    return loaded, apply_method(loaded, cell.method, family, gradient_checkpointing=settings["gradient_checkpointing"],
-                                sharded=sharded)
+    loaded = build_base(cell.model, settings["precision"], device=device, zoo_path=zoo_path, seed=seed,
+                        quantization=quantization_config(cell.method, device, sharded=sharded))
+    return loaded, apply_method(loaded, cell.method, get_family(cell.model["family"]),
+                                gradient_checkpointing=settings["gradient_checkpointing"], sharded=sharded)
 
 
 def _evaluate(task, loaded, model, splits, settings: dict, device: str) -> dict:

@@ -21,14 +21,10 @@ def compose(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, s
     from peft import PeftModel
 
     from bench.methods import beside_names, combine_beside
-    from bench.models import get_family
-    from bench.models.base import model_spec
-    from bench.run.cell import weights_dtype
+    from bench.run.cell import build_base
 
     method = cell.method
-    family = get_family(cell.model["family"])
-    loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=weights_dtype(settings["precision"]),
-                          seed=seed)
+    loaded = build_base(cell.model, settings["precision"], device=device, zoo_path=zoo_path, seed=seed)
     names = [f"source{i}" for i in range(len(sources))]
     folders = [s["artifact"] for s in sources]
     beside = beside_names(folders)

@@ -58,15 +58,12 @@ def merged_model(record: dict, adapter: Path):
     """The cell's base built as its record says (in full precision), the adapter loaded onto it and merged into it."""
     from peft import PeftModel
 
-    from bench.models import get_family
-    from bench.models.base import model_spec
-    from bench.run.cell import weights_dtype
+    from bench.run.cell import build_base
     from bench.suite import zoo
 
     cfg = record["model"]
-    family = get_family(cfg["family"])
     zoo_path = str(zoo.zoo_path(cfg["family"])) if cfg["weights"] == "zoo" else None
-    dtype = weights_dtype(record["train"].get("precision", "fp32"))
-    loaded = family.build(model_spec(cfg, zoo_path), device="cpu", dtype=dtype, seed=record["seed"])
+    loaded = build_base(cfg, record["train"].get("precision", "fp32"), device="cpu", zoo_path=zoo_path,
+                        seed=record["seed"])
     model = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload()
     return model, loaded.processor

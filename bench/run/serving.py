@@ -116,15 +116,13 @@ def rebuild(cell, settings: dict, *, device: str, zoo_path, seed: int, state: di
     cell's as the LoRA it is over a base in full precision) holding the trained parameters `state`."""
     from bench.methods import apply_method, quantization_config
     from bench.models import get_family
-    from bench.models.base import model_spec
-    from bench.run.cell import _load_trained, weights_dtype
+    from bench.run.cell import _load_trained, build_base
 
-    family = get_family(cell.model["family"])
     method = {**cell.method, "kind": "lora"} if cell.method["kind"] == "qlora" else cell.method
     quantization = quantization_config({**FOUR_BIT, **_quant_keys(cell.method)}, device) if quantize else None
-    loaded = family.build(model_spec(cell.model, zoo_path), device=device, dtype=weights_dtype(settings["precision"]),
-                          quantization=quantization, seed=seed)
-    model = apply_method(loaded, method, family)
+    loaded = build_base(cell.model, settings["precision"], device=device, zoo_path=zoo_path, seed=seed,
+                        quantization=quantization)
+    model = apply_method(loaded, method, get_family(cell.model["family"]))
     _load_trained(model, {n: v.to(device) for n, v in state.items()})
     return model.eval()
 

@@ -209,7 +209,7 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
     models = _entries(c, raw, "models", lambda name, t: _model(c, name, t))
     from bench.data.loader import resolve_mix  # a mix's `of` names become the tables they name
 
-    raw = {**raw, "datasets": resolve_mix(raw.get("datasets", {}), file=c.file)}
+    raw = {**raw, "datasets": resolve_mix(raw.get("datasets", {}), file=c.file, from_suite=True)}
     datasets = _entries(c, raw, "datasets", lambda name, t: _dataset(c, name, t, path.parent))
     methods = _entries(c, raw, "methods", lambda name, t: _method(c, name, t))
 

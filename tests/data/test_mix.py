@@ -293,12 +293,20 @@ methods = ["lora"]
 
 
 def parse(text: str, tmp_path):
-    """The suite as bench.suite.load reads it, its mixes resolved as parse_suite does before the dataset entries."""
+    """The suite as bench.suite.load reads it (parse_suite resolves its mixes before the dataset entries)."""
     from bench.suite.load import parse_suite
 
-    raw = tomllib.loads(text)
-    raw["datasets"] = resolve_mix(raw["datasets"], file="suite.toml")
-    return parse_suite(raw, tmp_path / "suite.toml")
+    return parse_suite(tomllib.loads(text), tmp_path / "suite.toml")
+
+
+def test_a_suite_file_names_its_mixs_parts_and_gives_no_tables_in_their_place(tmp_path):
+    raw = tomllib.loads(SUITE_TEXT)
+    inline = resolve_mix(raw["datasets"], file="suite.toml")["both-vqa"]["of"]  # tables where the file has names
+    raw["datasets"]["both-vqa"]["of"] = inline
+    with pytest.raises(SuiteError, match=r"\[datasets\.both-vqa\], key 'of'.*must be a list of dataset names"):
+        from bench.suite.load import parse_suite
+
+        parse_suite(raw, tmp_path / "suite.toml")
 
 
 def test_a_suite_with_a_mix_validates_expands_and_loads(tmp_path):
