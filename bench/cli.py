@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.models.catalog import FAMILIES
+from bench.models.catalog import METHOD_KINDS
+from bench.suite import zoo
 
 
 def _console(stderr: bool = False):
@@ -55,7 +56,7 @@ def cmd_plan(args) -> int:
     args.estimate = args.estimate or args.trace
     counts, estimates, meta_models = {}, {}, {}  # one meta-device build per model, shared by both
     # a composed cell trains nothing (a fusion needs its sources' files), a skipped one runs nothing: no cost to preview
-    trained = [c for c in cells if not c.sources and not c.skip_reason]
+    trained = [c for c in cells if not (c.sources and METHOD_KINDS[c.method["kind"]].composes) and not c.skip_reason]
     if args.params or args.estimate:
         import bench.run.preload  # noqa: F401  (the model libraries, with their start-up chatter silenced as in `run`)
     if args.params:
@@ -467,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("zoo", help="bench's pretrained tiny base models")
     zsub = s.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
     z = zsub.add_parser("build", help="pretrain the tiny bases on the source split (cached)")
-    z.add_argument("--family", action="append", choices=list(FAMILIES))
+    z.add_argument("--family", action="append", choices=list(zoo.RECIPES))
     z.add_argument("--force", action="store_true", help="rebuild even when cached")
     z.add_argument("--threads", type=int, default=1, help="CPU threads (tiny models train fastest on 1)")
     z.set_defaults(fn=cmd_zoo_build)

@@ -29,10 +29,11 @@ def target_regex(components: dict[str, tuple[str, ...]], targets: dict[str, list
     return "^(?:" + "|".join(alternatives) + ")$"
 
 
-def resolve_targets(method: dict, family, backend: str) -> dict[str, list[str]]:
+def resolve_targets(method: dict, family, backend: str, loaded: LoadedModel | None = None) -> dict[str, list[str]]:
     """The method's own targets, else the family's default for this kind on this backend (kinds differ:
-    open_clip's LoRA wraps nn.MultiheadAttention, which DoRA and the others cannot)."""
-    targets = method.get("targets") or family.default_targets(method["kind"], backend)
+    open_clip's LoRA wraps nn.MultiheadAttention, which DoRA and the others cannot) and, for the chat families, the
+    loaded model's layer names."""
+    targets = method.get("targets") or family.default_targets(method["kind"], backend, loaded=loaded)
     return {comp: list(leaves) for comp, leaves in targets.items()}
 
 
@@ -107,11 +108,11 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
     if kind == "fusion":
         return _fusion(loaded, method)
     if kind == "prompt_tuning":  # learnt virtual tokens before the input; the rest stays frozen
-        model = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM",
-                                                                  num_virtual_tokens=method["num_virtual_tokens"]))
+        model = _adapted(model, peft.PromptTuningConfig(task_type="CAUSAL_LM",
+                                                        num_virtual_tokens=method["num_virtual_tokens"]), method)
         _drop_input_grad_hooks(model.get_base_model())
         return model
-    targets = resolve_targets(method, family, loaded.backend)
+    targets = resolve_targets(method, family, loaded.backend, loaded)
     check_targets(model, components, targets, method["name"])
     regex = target_regex(components, targets)
     if kind == "qlora" and not sharded:
@@ -123,7 +124,7 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
         config = peft.LoraConfig(r=method["r"], lora_alpha=method["alpha"], lora_dropout=method["dropout"],
                                  target_modules=regex, use_dora=kind == "dora", bias="none")
     elif kind == "ia3":
-        ff = family.feedforward_modules(loaded.backend)
+        ff = family.feedforward_modules(loaded.backend, loaded=loaded)
         ff_targets = {c: [leaf for leaf in leaves if leaf in ff] for c, leaves in targets.items()}
         ff_targets = {c: v for c, v in ff_targets.items() if v}
         config = peft.IA3Config(target_modules=regex, feedforward_modules=target_regex(components, ff_targets) if ff_targets else [])
@@ -135,7 +136,7 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
         config = peft.VeraConfig(r=method["r"], vera_dropout=method["dropout"], target_modules=regex)
     else:
         raise BenchError(f"unknown method kind {kind!r}")
-    model = peft.get_peft_model(model, config)
+    model = _adapted(model, config, method)
     _drop_input_grad_hooks(model.get_base_model())
     train_full = method.get("train_full")
     train_full = ["projector"] if train_full is None else train_full
@@ -147,6 +148,16 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
         if component_of(name, components) in train_full and p.is_floating_point():
             p.requires_grad_(True)
     return model
+
+
+def _adapted(model, config, method: dict):
+    """`model` with a fresh adapter of `config`, or, when the method starts from another cell's (`start_adapter`: the
+    folder it kept, SFT before DPO), that adapter loaded trainable, what it trained beside it put back in place."""
+    import peft
+
+    if not method.get("start_adapter"):
+        return peft.get_peft_model(model, config)
+    return peft.PeftModel.from_pretrained(model, method["start_adapter"], is_trainable=True)
 
 
 def _fusion(loaded: LoadedModel, method: dict):

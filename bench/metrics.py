@@ -5,6 +5,7 @@
 - VQA: the official accuracy (min(1, matching humans / 3), averaged over the leave-one-annotator-out
   subsets), the prediction normalised and the references compared exactly as the official script does it
   (GT-Vision-Lab/VQA, vqaEval.py), quirks included; exact_match is the always-normalising reading.
+- Charts: ChartQA's relaxed accuracy as pix2struct computes it (numbers within 5 % of the answer, other answers exact).
 - Classification: plain accuracy.
 
 pycocoevalcap is imported only when caption scores are asked for, so importing this module is cheap.
@@ -41,6 +42,7 @@ METRICS: dict[str, Metric] = {
     # number); 1 normalised every reference and lowered the threshold for fewer than ten
     "vqa_acc": Metric(True, version=2),
     "exact_match": Metric(True),
+    "relaxed_accuracy": Metric(True),
     "accuracy": Metric(True),
     "zero_shot_acc": Metric(True),
 }
@@ -58,7 +60,10 @@ class Evaluation:
 EVALUATIONS: dict[str, Evaluation] = {
     "classification": Evaluation(1, ("zero_shot_acc",)),
     "caption": Evaluation(1, ("CIDEr", "BLEU-4", "ROUGE-L", "METEOR")),
-    "vqa": Evaluation(1, ("vqa_acc", "exact_match")),
+    "vqa": Evaluation(1, ("vqa_acc", "exact_match", "relaxed_accuracy")),
+    # preference pairs, evaluated by the instruction task on their prompts and chosen answers (bench/tasks/preference.py
+    # adds TRL's reward statistics for a DPO cell)
+    "preference": Evaluation(1, ("vqa_acc", "exact_match", "relaxed_accuracy")),
 }
 
 
@@ -298,6 +303,51 @@ def exact_match(predictions: Sequence[str], answers: Sequence[Sequence[str] | st
         norm = normalize_vqa_answer(pred or "")
         hits += any(norm == normalize_vqa_answer(r) for r in _as_references(refs))
     return 100 * hits / len(predictions)
+
+
+# ---------------------------------------------------------------- ChartQA's relaxed accuracy
+# pix2struct's definition (google-research/pix2struct, metrics.py: relaxed_correctness), the one ChartQA numbers are
+# published with: "an answer is correct if it is within 5% of the gold answer; non-numeric answers need an exact match".
+
+RELAXED_TOLERANCE = 0.05
+
+
+def _relaxed_float(text: str) -> float | None:
+    """The answer as a number, as pix2struct reads it: Python's float(), a trailing '%' meaning hundredths."""
+    try:
+        return float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        return None
+
+
+def _relaxed_correct(prediction: str, target: str) -> bool:
+    pred, gold = prediction.strip(), target.strip()
+    pred_value, gold_value = _relaxed_float(pred), _relaxed_float(gold)
+    # a target of 0 has no relative error: pix2struct falls through to the string comparison ("0.0" misses "0"),
+    # and so does a NaN or infinite number (the relative change is NaN), as there
+    if pred_value is not None and gold_value:
+        return abs(pred_value - gold_value) / abs(gold_value) <= RELAXED_TOLERANCE
+    return pred.lower() == gold.lower()
+
+
+def relaxed_answer_score(prediction: str, answers: Sequence[str] | str) -> float:
+    """1.0 when the prediction is relaxed-correct against any reference answer, else 0.0.
+
+    Relaxed-correct (pix2struct): when both parse as floats (a trailing '%' is stripped and the number divided by
+    100), |prediction - answer| / |answer| <= 0.05; otherwise (or when the answer is 0) they are equal after
+    .strip().lower(). With several references the best one counts."""
+    refs = _as_references(answers)
+    if not refs:
+        raise ValueError("a question needs at least one reference answer")
+    return float(any(_relaxed_correct(prediction or "", r) for r in refs))
+
+
+def relaxed_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str] | str]) -> float:
+    """Mean relaxed correctness over questions, 0-100: ChartQA's metric."""
+    _same_length(predictions, answers)
+    if not predictions:
+        return 0.0
+    return 100 * sum(relaxed_answer_score(p, a) for p, a in zip(predictions, answers, strict=True)) / len(predictions)
 
 
 def accuracy(pred_labels: Sequence[int], labels: Sequence[int]) -> float:

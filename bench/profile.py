@@ -278,7 +278,9 @@ def tensor_tracker(model, optimizer=None):
            - Frozen parameters get no gradient hook: MemTracker (torch 2.15) hooks every parameter a module owns
              and fails on frozen ones ("cannot register a hook on a tensor that doesn't require gradient"); a
              no-op handle entered for each makes it skip them (and for one swapped in later: see _pre_fw_hook).
-           - A root module may be called again (generation): see _pre_fw_hook."""
+           - A root module may be called again (generation; DPO runs the policy, then the reference, before one
+             backward): see _pre_fw_hook. Backward then meets modules of the first call whose stats were reset:
+             they are skipped (the backward hooks keep per-module stats only; the device-wide peak counts on)."""
 
         def _pre_fw_hook(self, module, inputs) -> None:
             # a root module called again outside backward is the next iteration (generation calls forward once per
@@ -290,6 +292,14 @@ def tensor_tracker(model, optimizer=None):
             if module not in self.memory_tracking:  # its parameters are about to be hooked: a frozen one may be new
                 skip_frozen(self, module)  # (PEFT's DoRA over a 4-bit layer on the CPU replaces its weight every call)
             super()._pre_fw_hook(module, inputs)
+
+        def _pre_bw_hook(self, module, args) -> None:
+            if module is None or module in self.memory_tracking:
+                super()._pre_bw_hook(module, args)
+
+        def _post_bw_hook(self, module, args) -> None:
+            if module is None or module in self.memory_tracking:
+                super()._post_bw_hook(module, args)
 
         def _update_peak_stats(self, peak_state) -> None:
             for dev, snap in self._curr_mem_snap.items():

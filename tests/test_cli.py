@@ -196,7 +196,7 @@ def test_key_docs_render_in_markdown_tables():
     text = markdown_tables()
     assert "results/&lt;name>.jsonl" in text  # a bare <name> would be swallowed as an HTML tag
     assert "| `lr` | 0.001 | peak learning rate |" in text
-    assert "| `family` | required | model family (`clip` / `blip2` / `llava`) |" in text
+    assert "| `family` | required | model family (`clip` / `blip2` / `llava` / `smolvlm` / `qwen2_vl` / `auto`) |" in text
 
 
 def test_cluster_options_come_from_the_flags_over_the_suites_cluster_table():

@@ -18,6 +18,8 @@ from bench.metrics import (
     caption_scores,
     exact_match,
     normalize_vqa_answer,
+    relaxed_accuracy,
+    relaxed_answer_score,
     vqa_accuracy,
     vqa_answer_score,
 )
@@ -274,7 +276,153 @@ def test_exact_match_and_accuracy():
 def test_every_metric_declares_its_direction_and_version():
     assert metrics.METRICS and all(isinstance(m.higher_is_better, bool) and m.version >= 1 for m in metrics.METRICS.values())
     assert metrics.metric_version("vqa_acc") == 2 and metrics.metric_version("CIDEr") == 1
-    assert {"CIDEr", "BLEU-4", "ROUGE-L", "METEOR", "vqa_acc", "exact_match", "accuracy"} <= set(metrics.METRICS)
+    assert {"CIDEr", "BLEU-4", "ROUGE-L", "METEOR", "vqa_acc", "exact_match", "accuracy", "relaxed_accuracy"} <= set(metrics.METRICS)
     assert metrics.higher_is_better("CIDEr")
     with pytest.raises(KeyError):
         metrics.higher_is_better("loss")
+
+
+# ---------------------------------------------------------------- ChartQA's relaxed accuracy
+
+
+def pix2struct_relaxed_correctness(target: str, prediction: str, max_relative_change: float = 0.05) -> bool:
+    """google-research/pix2struct metrics.py relaxed_correctness, as published: the oracle the metric must match."""
+
+    def _to_float(text: str):
+        try:
+            if text.endswith("%"):
+                return float(text.rstrip("%")) / 100.0
+            return float(text)
+        except ValueError:
+            return None
+
+    prediction_float = _to_float(prediction)
+    target_float = _to_float(target)
+    if prediction_float is not None and target_float:
+        relative_change = abs(prediction_float - target_float) / abs(target_float)
+        return relative_change <= max_relative_change
+    return prediction.lower() == target.lower()
+
+
+RELAXED_CASES = [
+    # ChartQA (Masry et al. 2022, end of 5.1): "correct if it is within 5% of the gold answer"
+    ("10.5", "10", 1),  # exactly 5 %: included
+    ("9.5", "10", 1),
+    ("10.6", "10", 0),
+    ("9.4", "10", 0),
+    ("103", "100", 1),
+    ("106", "100", 0),
+    ("-10.2", "-10", 1),  # relative to |target|
+    ("10", "-10", 0),
+    ("1e1", "10", 1),  # anything Python's float() reads
+    ("10.0", "10", 1),
+    # percentages: a trailing '%' is stripped and the number divided by 100
+    ("50%", "0.5", 1),
+    ("0.5", "50%", 1),
+    ("51%", "50%", 1),
+    ("56%", "0.5", 0),
+    ("50", "50%", 0),  # 50 is not 0.5
+    # "for non-numeric answers, we still need an exact match": after strip and lower case
+    ("Yes", "yes", 1),
+    ("  no ", "no", 1),
+    ("no", "yes", 0),
+    ("United States", "united states", 1),
+    ("USA", "United States", 0),
+    ("1,000", "1000", 0),  # no thousands separators: "1,000" is text, compared as text
+    ("ten", "10", 0),  # no number words
+    ("", "0", 0),
+    # a target of 0 has no relative error: pix2struct compares the strings
+    ("0", "0", 1),
+    ("0.0", "0", 0),
+    ("0", "0.0", 0),
+    ("0%", "0%", 1),
+    ("0.001", "0", 0),
+    # not finite: the relative change is NaN, never <= 0.05
+    ("nan", "nan", 0),
+    ("inf", "inf", 0),
+    ("inf", "10", 0),
+]
+
+
+@pytest.mark.parametrize(("prediction", "answer", "score"), RELAXED_CASES)
+def test_relaxed_accuracy_hand_cases(prediction, answer, score):
+    assert relaxed_answer_score(prediction, [answer]) == score
+    assert relaxed_answer_score(prediction, answer) == score  # one reference as a plain string
+    assert pix2struct_relaxed_correctness(answer.strip(), prediction.strip()) == bool(score)
+
+
+def test_relaxed_accuracy_takes_the_best_reference_and_averages_questions():
+    assert relaxed_answer_score("12", ["10", "12.3"]) == 1.0
+    assert relaxed_answer_score("12", ["10", "yes"]) == 0.0
+    assert relaxed_answer_score(None, ["0"]) == 0.0
+    assert relaxed_accuracy(["10", "no", "0.5"], [["10.4"], "yes", ["50%"]]) == pytest.approx(200 / 3)
+    assert relaxed_accuracy([], []) == 0.0
+    with pytest.raises(ValueError):
+        relaxed_answer_score("1", [])
+    with pytest.raises(ValueError):
+        relaxed_accuracy(["1"], [])
+
+
+def test_relaxed_accuracy_is_a_vqa_metric():
+    assert metrics.higher_is_better("relaxed_accuracy") and metrics.metric_version("relaxed_accuracy") == 1
+    assert "relaxed_accuracy" in metrics.EVALUATIONS["vqa"].metrics
+    assert metrics.evaluation_versions("vqa")["metrics"]["relaxed_accuracy"] == 1
+
+
+_GOLD = st.one_of(st.integers(-10**6, 10**6).filter(bool).map(float),
+                  st.floats(min_value=1e-6, max_value=1e9).flatmap(lambda v: st.sampled_from([v, -v])))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_GOLD, st.floats(-0.0499, 0.0499))
+def test_within_five_percent_always_scores_one(gold, change):
+    prediction = gold * (1 + change)
+    assert relaxed_answer_score(repr(prediction), [repr(gold)]) == 1.0
+    assert relaxed_answer_score(f" {prediction!r}% ", [f"{gold!r}%"]) == 1.0  # percent on both sides: the same ratio
+
+
+@settings(max_examples=300, deadline=None)
+@given(_GOLD, st.floats(0.0501, 10.0), st.booleans())
+def test_beyond_five_percent_always_scores_zero(gold, change, below):
+    prediction = gold * (1 - change if below else 1 + change)
+    assert relaxed_answer_score(repr(prediction), [repr(gold)]) == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-1e6, 1e6, allow_nan=False).filter(lambda v: abs(v) > 1e-9))
+def test_a_percentage_equals_its_hundredth_both_ways(value):
+    percent, fraction = f"{value!r}%", repr(value / 100)
+    assert relaxed_answer_score(percent, [fraction]) == 1.0
+    assert relaxed_answer_score(fraction, [percent]) == 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(_GOLD, st.floats(-0.02, 0.02))
+def test_numbers_within_two_percent_score_one_whichever_is_the_reference(gold, change):
+    """Symmetric where both relative errors are within 5 %: within 2 % of one is within ~2.05 % of the other."""
+    other = repr(gold * (1 + change))
+    assert relaxed_answer_score(other, [repr(gold)]) == relaxed_answer_score(repr(gold), [other]) == 1.0
+
+
+_TEXT = st.text(alphabet="abcXYZ -%.,eE019", max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT, _TEXT)
+def test_text_answers_score_by_case_blind_equality_symmetrically(a, b):
+    if metrics._relaxed_float(a.strip()) is not None and metrics._relaxed_float(b.strip()) is not None:
+        return  # two numbers: the relative rule, covered above
+    expected = float(a.strip().lower() == b.strip().lower())
+    assert relaxed_answer_score(a, [b]) == relaxed_answer_score(b, [a]) == expected
+
+
+_ANSWER = st.one_of(_TEXT, _GOLD.map(repr), st.integers(-200, 200).map(str), st.integers(-200, 200).map(lambda v: f"{v}%"),
+                    st.sampled_from(["0", "0.0", "-0", "nan", "inf", "-inf", "1e-320", "1e308", "%", "5%%", "NaN%"]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_ANSWER, st.lists(_ANSWER, min_size=1, max_size=4))
+def test_relaxed_score_is_pix2structs_best_over_references(prediction, answers):
+    expected = max(pix2struct_relaxed_correctness(a.strip(), prediction.strip()) for a in answers)
+    assert relaxed_answer_score(prediction, answers) == float(expected)
+    assert relaxed_accuracy([prediction], [answers]) == 100.0 * expected

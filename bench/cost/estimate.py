@@ -68,9 +68,21 @@ class Stack:
     vocab: int = 0  # > 0 for the stack whose logits feed the loss
 
 
+class NoMemoryModel(ValueError):
+    """The estimate does not know this architecture: the cell runs and is measured, with no prediction beside it."""
+
+
+# language models whose feed-forward is SwiGLU (silu(gate) * up): Llama's shape, SmolLM2's and Qwen2's included
+GATED = ("llama", "mistral", "qwen2", "vicuna", "qwen2_vl_text", "qwen2_5_vl_text")
+# Qwen2-VL resizes each image to a pixel budget the processor sets (min/max_pixels), so its image tokens follow the
+# image: the estimate of a full-size Qwen2-VL assumes this side (a 448 px image: 1,024 patches, 256 image tokens); the
+# tiny preset names its own (config.image_size)
+QWEN2_VL_NOMINAL_SIDE = 448
+
+
 def _act(config) -> str:
     name = str(getattr(config, "hidden_act", None) or getattr(config, "activation_function", "gelu"))
-    if getattr(config, "model_type", "") in ("llama", "mistral", "qwen2", "vicuna"):
+    if getattr(config, "model_type", "") in GATED:
         return "gated"
     return "quick_gelu" if name == "quick_gelu" else "relu" if name == "relu" else "gelu"
 
@@ -81,7 +93,11 @@ def _ffn(config) -> int:
 
 
 def stacks(family: str, config, max_seq_len: int) -> list[Stack]:
-    """The transformer stacks of a family's config, in forward order."""
+    """The transformer stacks of a family's config, in forward order. The chat families (and `auto`) are told apart by
+    their config's model_type: Idefics3 / SmolVLM, Qwen2-VL and LLaVA have memory models; others raise NoMemoryModel."""
+    model_type = getattr(config, "model_type", "")
+    if family in ("smolvlm", "qwen2_vl", "auto") and model_type != "llava":
+        return _chat_stacks(config, max_seq_len)
     v = config.vision_config
     patches = (v.image_size // v.patch_size) ** 2
     vision = Stack("vision", v.num_hidden_layers, v.hidden_size, v.num_attention_heads, patches + 1, _ffn(v), _act(v))
@@ -96,9 +112,39 @@ def stacks(family: str, config, max_seq_len: int) -> list[Stack]:
         return [vision, Stack("qformer", q.num_hidden_layers, q.hidden_size, q.num_attention_heads, n_query, _ffn(q), _act(q),
                               q.hidden_dropout_prob),
                 Stack("language", seq=n_query + max_seq_len, vocab=t.vocab_size, **text)]
-    if family == "llava":
+    if family in ("llava", "auto"):
         return [vision, Stack("language", seq=patches + max_seq_len, vocab=t.vocab_size, **text)]
-    raise ValueError(f"no memory model for family {family!r}")
+    raise NoMemoryModel(f"no memory model for family {family!r}")
+
+
+def _chat_stacks(config, max_seq_len: int) -> list[Stack]:
+    """Idefics3 / SmolVLM: a SigLIP tower over one image's patches (no class token; SmolVLM's split tiles each add as
+    much again), the connector's pixel shuffle leaving patches / scale_factor² image tokens. Qwen2-VL: its ViT over
+    the image's patches, the merger leaving patches / merge² tokens."""
+    v, t = config.vision_config, config.text_config
+    text = dict(layers=t.num_hidden_layers, hidden=t.hidden_size, heads=t.num_attention_heads, ffn=_ffn(t), act=_act(t))
+    patches, tokens = image_tokens_of(config)
+    if config.model_type in ("idefics3", "smolvlm"):
+        vision = Stack("vision", v.num_hidden_layers, v.hidden_size, v.num_attention_heads, patches, _ffn(v), _act(v))
+    elif config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+        ffn = getattr(v, "intermediate_size", None) or int(v.embed_dim * v.mlp_ratio)
+        vision = Stack("vision", v.depth, v.embed_dim, v.num_heads, patches, ffn, _act(v))
+    else:
+        raise NoMemoryModel(f"no memory model for model_type {config.model_type!r}")
+    return [vision, Stack("language", seq=tokens + max_seq_len, vocab=t.vocab_size, **text)]
+
+
+def image_tokens_of(config) -> tuple[int, int]:
+    """(vision patches, image tokens in the language model's input) for one image of a chat family's model."""
+    v = config.vision_config
+    if config.model_type in ("idefics3", "smolvlm"):
+        patches = (v.image_size // v.patch_size) ** 2
+        return patches, patches // config.scale_factor ** 2
+    if config.model_type in ("qwen2_vl", "qwen2_5_vl"):
+        side = getattr(config, "image_size", None) or QWEN2_VL_NOMINAL_SIDE
+        patches = (side // v.patch_size) ** 2
+        return patches, patches // v.spatial_merge_size ** 2
+    raise NoMemoryModel(f"no memory model for model_type {config.model_type!r}")
 
 
 def _block_params(s: Stack) -> int:
@@ -116,6 +162,8 @@ def text_positions(family: str, config, input_len: int) -> int:
         return input_len - (v.image_size // v.patch_size) ** 2
     if family == "blip2":
         return input_len - config.num_query_tokens
+    if getattr(config, "model_type", "") in ("idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl"):
+        return input_len - image_tokens_of(config)[1]
     return input_len
 
 
@@ -178,7 +226,11 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
                     device: str = "cuda") -> dict:
     """Predicted peak MB for one cell; `params` is bench.methods.count_params output (per component).
     `text_len`: the text positions of the longest batch when the data is known (else max_seq_len, the most).
-    `device`: "cpu" or a GPU; it decides only how large a dropout mask is."""
+    `device`: "cpu" or a GPU; it decides only how large a dropout mask is. The arithmetic is SFT's: a DPO cell
+    (objective = "dpo": each pair twice through the model, a reference forward, TRL's chunked log-probabilities) has
+    none (NoMemoryModel), and is measured all the same."""
+    if train.get("objective") == "dpo":
+        raise NoMemoryModel("the memory model counts supervised fine-tuning; DPO's pairs and reference are not in it")
     bf16 = train["precision"] == "bf16"
     wbytes = 2 if bf16 else 4
     act_bytes = 2 if train["precision"] in ("bf16", "fp16") else 4
@@ -260,6 +312,9 @@ def estimate_cells(cells, counts: dict | None = None, meta_models: dict | None =
         config = getattr(meta_model(cell, meta_models), "config", None)
         if config is None or not hasattr(config, "vision_config"):  # open_clip models: no memory model (as in cell.py)
             continue
-        out[cell.cell_id] = estimate_memory(cell.model["family"], config, p, {**cell.train, **cell.method}, cell.method["kind"],
-                                            device=device)
+        try:
+            out[cell.cell_id] = estimate_memory(cell.model["family"], config, p, {**cell.train, **cell.method},
+                                                cell.method["kind"], device=device)
+        except NoMemoryModel:  # an `auto` architecture the estimate does not know: the preview shows none
+            continue
     return out

@@ -33,8 +33,15 @@ def count_cell(cell, meta_models: dict) -> dict:
     family = get_family(cell.model["family"])
     base = meta_model(cell, meta_models)
     model = copy.deepcopy(base)
+    override = cell.model.get("components")  # a chat family's own components, as the run will use them
+    if override:
+        from bench.models.chat import components_or_override
+
+        components = components_or_override(model, override, cell.model["family"])
+    else:
+        components = family.components(model, cell.model["backend"])
     loaded = LoadedModel(model=model, processor=None, family=cell.model["family"], backend=cell.model["backend"],
-                         components=family.components(model, cell.model["backend"]))
+                         components=components)
     method = {**cell.method, "kind": "lora" if cell.method["kind"] == "qlora" else cell.method["kind"]}
     with torch.device("meta"):
         adapted = apply_method(loaded, method, family)
@@ -46,11 +53,14 @@ def count_cell(cell, meta_models: dict) -> dict:
 
 def quantized_params(model, skip: tuple[str, ...]) -> int:
     """Weights bitsandbytes would store in 4 bits: every nn.Linear whose path no skip key matches (transformers'
-    rule: a key matches from the path's start up to a '.' boundary, or as a suffix)."""
+    rule, quantizers_utils.should_convert_module: a key matches as a regex from the path's start up to a '.'
+    boundary, or as a suffix)."""
+    import re
+
     import torch
 
     def skipped(name: str) -> bool:
-        return any(name == k or name.startswith(k + ".") or name.endswith(k) for k in skip)
+        return any(re.match(rf"(?:{k})(?:(?<=\.)|(?=\.|$))", name) or name.endswith(k) for k in skip)
 
     return sum(m.weight.numel() for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not skipped(name))
 

@@ -12,7 +12,9 @@ What differs from a CUDA run, and why the trace still holds:
   CPU flash kernel, which like CUDA's flash/memory-efficient kernels keeps no seq×seq matrix.
 - AdamW runs with foreach=True when the suite targets CUDA, as torch picks there: its step holds
   one extra copy of the optimizer state's size for a moment.
-- QLoRA is not traced: bitsandbytes quantises real weight data, which fake tensors do not have.
+- QLoRA is not traced: bitsandbytes quantises real weight data, which fake tensors do not have. Nor are the chat
+  families (SmolVLM, Qwen2-VL, auto): their forward reads token and image-token values (nonzero, .item()), which
+  fake tensors do not have; nor DPO cells, whose step is TRL's.
 
 Two steps run: the first creates the optimizer state, the second is the steady state the
 profiler measures. Each micro-batch is made of the batch_size longest training samples (the
@@ -45,11 +47,18 @@ def trace_cell(cell, splits, *, target_device: str = "cuda") -> dict:
     from bench.methods import apply_method, count_params
     from bench.models import get_family
     from bench.models.base import model_spec
+    from bench.models.catalog import FAMILIES
     from bench.tasks import task_for_family
     from bench.tasks.base import encode_kwargs, task_settings
 
     if cell.method["kind"] == "qlora":
         raise NotTraceable("bitsandbytes quantises real weight data; fake tensors have none")
+    if FAMILIES[cell.model["family"]].chat_template:
+        raise NotTraceable("the chat families' forward reads the input's values (Idefics3 places image features with "
+                           "nonzero, Qwen2-VL builds its rotary positions from the token ids in Python), which fake "
+                           "tensors do not have; the estimate stands alone")
+    if cell.method.get("objective") == "dpo":
+        raise NotTraceable("a DPO step runs TRL's trainer (pairs, reference forward), which the trace does not drive")
     settings = {**cell.train}
     family = get_family(cell.model["family"])
     task = task_for_family(cell.model["family"])

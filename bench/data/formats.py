@@ -9,7 +9,8 @@ Every problem raises DataError with file = the data file, where = "record i, fie
 CSV add the line number) and a fix. Record indices count from 0, as in `data[i]`.
 
 Formats: LLaVA conversations JSON, COCO captions JSON, image folders, CSV (image,label), VQA JSONL,
-and Hugging Face datasets (only when `datasets` is installed).
+ChartQA JSON / JSONL, preference JSONL (image, prompt, chosen, rejected), and Hugging Face datasets
+(only when `datasets` is installed).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ class Record:
     question: str | None = None
     answers: tuple[str, ...] = ()
     turns: tuple[tuple[str, str], ...] = ()
+    rejected: str | None = None  # preference: the dispreferred answer (answers[0] is the chosen one)
 
 
 def fail(message: str, *, file: str, where: str | None = None, fix: str | None = None):
@@ -77,7 +80,10 @@ def _read_text(path: Path) -> str:
 
 
 def _read_json(path: Path) -> Any:
-    text = _read_text(path)
+    return _parse_json(_read_text(path), path)
+
+
+def _parse_json(text: str, path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -346,33 +352,79 @@ def read_vqa_jsonl(path: str | Path, image_root: str | Path | None = None) -> li
     file = str(path)
     fix = 'one JSON object per line: {"image": "a.jpg", "question": "what color is it ?", "answers": ["red", ...]}'
     records = []
+    for where, obj in _object_records(path, fix=fix):
+        question = _prompt_text(obj.get("question"), "question", file=file, where=where, fix=fix)
+        answers = vqa_answers(obj.get("answers"), file=file, where=where, fix=fix)
+        image = resolve_image(obj.get("image"), root=root, file=file, where=where)
+        records.append(Record(file, where, image, question=question, answers=answers,
+                              turns=((question, majority_answer(answers)),)))
+    return records
+
+
+def _object_records(path: Path, *, fix: str, json_list: bool = False):
+    """(where, object) of every record of a JSONL file, in order: one object per line, blank lines skipped, where =
+    "record i (line n)". With `json_list`, a file that is one JSON list of objects is read as that (where = "record
+    i"). A generator, so the first bad record is the one reported; a file without records is an error."""
+    file = str(path)
+    text = _read_text(path)
+    data = _json_list(text, path) if json_list else None
+    if data is not None:
+        items = ((f"record {i}", obj) for i, obj in enumerate(data))
+    else:
+        items = _jsonl_lines(text, file=file, fix=fix)
+    n = 0
+    for where, obj in items:
+        if not isinstance(obj, dict):
+            fail(f"expected an object, got {json_type_name(obj)}", file=file, where=where, fix=fix)
+        n += 1
+        yield where, obj
+    if not n:
+        fail("the file has no records", file=file, fix=fix)
+
+
+def _json_list(text: str, path: Path) -> list | None:
+    """The file's JSON list, or None where it is JSONL: a first line that is a list alone ("Extra data" after it)
+    makes JSONL too, whose lines are then read and reported one by one."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":
+            return None
+        return _parse_json(text, path)  # the same error, reported with its line and column
+    except RecursionError:
+        return _parse_json(text, path)
+    return data if isinstance(data, list) else None
+
+
+def _jsonl_lines(text: str, *, file: str, fix: str):
     # split on "\n" only: str.splitlines would also break on U+2028, which JSON allows inside strings
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+    n = 0
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        where = f"record {len(records)} (line {lineno})"
+        where = f"record {n} (line {lineno})"
         try:
-            obj = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as e:
             fail(f"not valid JSON: {e.msg} (column {e.colno})", file=file, where=where, fix=fix)
         except RecursionError:
             fail("JSON nested too deeply to read", file=file, where=where, fix=fix)
-        if not isinstance(obj, dict):
-            fail(f"expected an object, got {json_type_name(obj)}", file=file, where=where, fix=fix)
-        question = obj.get("question")
-        if not isinstance(question, str) or not question.strip():
-            fail(f"'question' must be a non-empty string, got {json_type_name(question) if not isinstance(question, str) else 'an empty one'}", file=file,
-                  where=f"{where}, field 'question'", fix=fix)
-        answers = vqa_answers(obj.get("answers"), file=file, where=where, fix=fix)
-        image = resolve_image(obj.get("image"), root=root, file=file, where=where)
-        question = question.replace(IMAGE_TOKEN, "").strip()  # the task inserts the model's own image tokens
-        if not question:
-            fail("'question' has no text besides the <image> placeholder", file=file, where=f"{where}, field 'question'", fix=fix)
-        records.append(Record(file, where, image, question=question, answers=answers,
-                              turns=((question, majority_answer(answers)),)))
-    if not records:
-        fail("the file has no records", file=file, fix=fix)
-    return records
+        n += 1
+
+
+def _prompt_text(value: Any, field: str, *, file: str, where: str, fix: str) -> str:
+    """A question or prompt: a non-empty string, without the <image> placeholder (the task inserts the model's own
+    image tokens)."""
+    at = f"{where}, field '{field}'"
+    if not isinstance(value, str) or not value.strip():
+        got = json_type_name(value) if not isinstance(value, str) else "an empty one"
+        fail(f"'{field}' must be a non-empty string, got {got}", file=file, where=at, fix=fix)
+    text = value.replace(IMAGE_TOKEN, "").strip()
+    if not text:
+        fail(f"'{field}' has no text besides the <image> placeholder", file=file, where=at, fix=fix)
+    return text
 
 
 def vqa_answers(value: Any, *, file: str, where: str, fix: str) -> tuple[str, ...]:
@@ -393,6 +445,152 @@ def vqa_answers(value: Any, *, file: str, where: str, fix: str) -> tuple[str, ..
 def majority_answer(answers: tuple[str, ...]) -> str:
     """The most common answer (first on ties): VQA's 'multiple_choice_answer', the training target."""
     return Counter(answers).most_common(1)[0][0]
+
+
+# ---------------------------------------------------------------- ChartQA
+
+CHARTQA_FIX = ('ChartQA: a JSON list [{"imgname": "a.png", "query": "what is the value of ... ?", "label": "12"}, ...] '
+               "or one such object per line")
+
+
+def read_chartqa(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
+    """ChartQA's published JSON (a list of {"imgname", "query", "label"}) or JSONL with the same keys -> vqa records.
+    "image" is accepted for "imgname"; a label is a string, a number or a list of them (several references)."""
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    file = str(path)
+    records = []
+    for where, obj in _object_records(path, fix=CHARTQA_FIX, json_list=True):
+        image_field = "image" if "imgname" not in obj and "image" in obj else "imgname"
+        question = _prompt_text(obj.get("query"), "query", file=file, where=where, fix=CHARTQA_FIX)
+        answers = _chartqa_labels(obj.get("label"), file=file, where=where)
+        try:
+            image = resolve_image(obj.get(image_field), root=root, file=file, where=where, field=image_field)
+        except DataError as e:
+            if image_root is None and (path.parent / "png").is_dir():  # ChartQA keeps a split's images in png/
+                raise DataError(e.message, file=e.file, where=e.where,
+                                fix=f"{e.fix}; ChartQA's images are in the png/ folder beside the JSON: "
+                                    "set image_root to it") from None
+            raise
+        records.append(Record(file, where, image, image_field, question=question, answers=answers,
+                              turns=((question, majority_answer(answers)),)))
+    return records
+
+
+def _chartqa_labels(value: Any, *, file: str, where: str) -> tuple[str, ...]:
+    """The reference answers of a ChartQA label: a string, a finite number (written as JSON writes it) or a list."""
+    if value is None:
+        fail("missing field 'label'", file=file, where=f"{where}, field 'label'", fix=CHARTQA_FIX)
+    if isinstance(value, list) and not value:
+        fail("'label' is an empty list", file=file, where=f"{where}, field 'label'", fix=CHARTQA_FIX)
+    items = [(f"label[{k}]", v) for k, v in enumerate(value)] if isinstance(value, list) else [("label", value)]
+    answers = []
+    for field, v in items:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            v = json.dumps(v)
+        if not isinstance(v, str) or not v.strip() or IMAGE_TOKEN in v:
+            got = "the <image> placeholder" if isinstance(v, str) and IMAGE_TOKEN in v else (
+                json_type_name(v) if not isinstance(v, str) else "an empty one")
+            fail(f"'{field}' must be a non-empty string or a number, got {got}", file=file,
+                 where=f"{where}, field '{field}'", fix=CHARTQA_FIX)
+        answers.append(v.strip())
+    return tuple(answers)
+
+
+# ---------------------------------------------------------------- preference pairs
+
+PREFERENCE_FIX = ('one JSON object per line: {"image": "a.jpg", "prompt": "what is shown ?", "chosen": "a red circle", '
+                  '"rejected": "a blue square"}; prompt, chosen and rejected are strings or conversational message lists')
+PREFERENCE_ROLES = {"prompt": USER_ROLES, "chosen": ASSISTANT_ROLES, "rejected": ASSISTANT_ROLES}
+
+
+def read_preference(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
+    """One object per line (or a JSON list of them): {"image", "prompt", "chosen", "rejected"}, "question" accepted
+    for "prompt" -> preference records. Texts may be plain strings or TRL's conversational lists of messages."""
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    file = str(path)
+    records = []
+    for where, obj in _object_records(path, fix=PREFERENCE_FIX, json_list=True):
+        prompt_field = "question" if "prompt" not in obj and "question" in obj else "prompt"
+        fields = {"prompt": prompt_field, "chosen": "chosen", "rejected": "rejected"}
+        texts = preference_texts({k: obj.get(f) for k, f in fields.items()}, fields, file=file, where=where,
+                                 fix=PREFERENCE_FIX)
+        image = resolve_image(obj.get("image"), root=root, file=file, where=where)
+        records.append(preference_record(file, where, image, "image", *texts))
+    return records
+
+
+def preference_record(file: str, where: str, image: Any, image_field: str, prompt: str, chosen: str,
+                      rejected: str) -> Record:
+    """A preference Record; the chosen answer is also its one turn, so the data trains as plain SFT too."""
+    return Record(file, where, image, image_field, question=prompt, answers=(chosen,), turns=((prompt, chosen),),
+                  rejected=rejected)
+
+
+def preference_texts(values: dict[str, Any], fields: dict[str, str], *, file: str, where: str,
+                     fix: str) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) from a record's values (keyed prompt / chosen / rejected; `fields` names the record's
+    own field for each, for messages): each non-empty, the two answers different."""
+    texts = {}
+    for key in ("prompt", "chosen", "rejected"):
+        at = f"{where}, field '{fields[key]}'"
+        text = message_text(values.get(key), PREFERENCE_ROLES[key], field=fields[key], file=file, where=where, fix=fix)
+        if key == "prompt":
+            text = _prompt_text(text, fields[key], file=file, where=where, fix=fix)
+        elif not text.strip():
+            fail(f"'{fields[key]}' is empty", file=file, where=at, fix=fix)
+        elif IMAGE_TOKEN in text:
+            fail(f"'{fields[key]}' holds the <image> placeholder; answers are text only", file=file, where=at, fix=fix)
+        texts[key] = text.strip()
+    if texts["chosen"] == texts["rejected"]:
+        fail(f"'{fields['rejected']}' is the same text as '{fields['chosen']}', so it prefers nothing", file=file,
+             where=f"{where}, field '{fields['rejected']}'", fix="give a different rejected answer, or drop the record")
+    return texts["prompt"], texts["chosen"], texts["rejected"]
+
+
+def message_text(value: Any, roles: tuple[str, ...], *, field: str, file: str, where: str, fix: str) -> str:
+    """A text as it is, or the text of a conversational list's messages of `roles` (TRL's vision format:
+    [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "..."}]}]), joined by newlines."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        fail(f"missing field '{field}'", file=file, where=f"{where}, field '{field}'", fix=fix)
+    if not isinstance(value, list):
+        fail(f"'{field}' must be a string or a list of messages, got {json_type_name(value)}", file=file,
+             where=f"{where}, field '{field}'", fix=fix)
+    parts = []
+    for j, message in enumerate(value):
+        at = f"{where}, field '{field}[{j}]'"
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            fail(f"a message must be an object with a 'role', got {json_type_name(message)}", file=file, where=at,
+                 fix='messages are {"role": "user", "content": "..." or [{"type": "text", "text": "..."}]}')
+        if message["role"] in roles:
+            parts += _content_texts(message.get("content"), file=file, where=f"{where}, field '{field}[{j}].content'")
+    if not any(p.strip() for p in parts):
+        fail(f"'{field}' has no text in its {' / '.join(roles)} messages", file=file, where=f"{where}, field '{field}'",
+             fix=fix)
+    return "\n".join(p.strip() for p in parts if p.strip())
+
+
+def _content_texts(content: Any, *, file: str, where: str) -> list[str]:
+    """The text parts of a message's content: a string, or a list of {"type": "text", "text": ...} and image parts."""
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        fail(f"a message's content must be a string or a list of parts, got {json_type_name(content)}", file=file,
+             where=where, fix='e.g. "content": [{"type": "image"}, {"type": "text", "text": "..."}]')
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif not (isinstance(part, dict) and part.get("type") in ("image", "image_url", "text")):
+            fail(f"a content part must be a {{\"type\": \"text\"}} or {{\"type\": \"image\"}} object, "
+                 f"got {json_type_name(part)}", file=file, where=where,
+                 fix='e.g. "content": [{"type": "image"}, {"type": "text", "text": "..."}]')
+    return texts
 
 
 # ---------------------------------------------------------------- images and samples
@@ -433,6 +631,7 @@ def to_samples(records: list[Record], classnames: tuple[str, ...] = ()):
             question=r.question,
             answers=r.answers,
             turns=r.turns,
+            rejected=r.rejected,
         )
         for r in records
     ]
@@ -468,11 +667,13 @@ def fingerprint(task: str, train, eval, classnames=()) -> str:
             else:
                 h.update(f"{image.mode}{image.size}".encode())
                 h.update(image.tobytes())
-            h.update(json.dumps([s.label, s.captions, s.question, s.answers, s.turns]).encode())
+            texts = [s.label, s.captions, s.question, s.answers, s.turns]
+            # a rejected answer is hashed only where there is one: the fingerprints of other data stay as they were
+            h.update(json.dumps(texts if s.rejected is None else texts + [s.rejected]).encode())
     return h.hexdigest()[:16]
 
 
-def dataset_splits(task: str, train, evals, classnames, info: dict):
+def dataset_splits(task: str, train, evals, classnames, info: dict, answer_metric: str = ""):
     """The loaded DatasetSplits: its content fingerprint computed, the split sizes appended to `info`."""
     from bench.data.sample import DatasetSplits
 
@@ -483,4 +684,5 @@ def dataset_splits(task: str, train, evals, classnames, info: dict):
         classnames=classnames,
         fingerprint=fingerprint(task, train, evals, classnames),
         info={**info, "n_train": len(train), "n_eval": len(evals)},
+        answer_metric=answer_metric,
     )

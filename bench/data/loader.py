@@ -6,6 +6,11 @@
     resolve_mix(tables, file=...)                           a suite's [datasets.*] tables with each mix's `of`
                                                             names replaced by the tables they name
 
+Formats chartqa and preference read a data file, or a Hugging Face dataset (hf_name, or `path` a save_to_disk folder)
+through the hf reader with their own default columns. Each dataset declares the metric its own benchmark scores
+answers with (DatasetSplits.answer_metric: "relaxed_accuracy" for chart data, "" for the task's default); a mix's
+parts must agree on it.
+
 A `mix` is the union of other datasets of the suite: its train split is their train splits one after
 the other, in the order `of` lists them, its eval split their eval splits. Its parts are resolved once,
 when the suite is read, so a mix's table (and with it a cell's id) holds its parts' whole tables.
@@ -31,28 +36,41 @@ from bench.data.sample import TASKS, DatasetSplits
 from bench.errors import DataError, SuiteError
 from bench.keyspec import SEED_MAX, Key, short, type_name
 
-GENERATED = ("scenes", "digits")  # bundled, made in memory
+GENERATED = ("scenes", "digits", "charts")  # bundled, made in memory
 # format -> the tasks (dataset views) it can give
 FORMATS: dict[str, tuple[str, ...]] = {
     "scenes": TASKS,
-    "digits": TASKS,
+    "digits": ("classification", "caption", "vqa"),
+    "charts": ("vqa", "preference"),
     "llava": ("vqa",),
     "coco_captions": ("caption",),
     "image_folder": ("classification",),
     "csv": ("classification",),
     "vqa_jsonl": ("vqa",),
+    "chartqa": ("vqa",),
+    "preference": ("preference",),
     "hf": TASKS,
     "mix": TASKS,  # the task its parts share
 }
+# formats read through the hf reader: "hf" always, the others when given hf_name or a save_to_disk folder as path
+HF_FORMATS = ("hf", "chartqa", "preference")
+# the columns a format's Hugging Face datasets have where bench's field names differ (HuggingFaceM4/ChartQA's;
+# TRL's preference datasets use bench's own: prompt, chosen, rejected, and image or images)
+HF_DEFAULT_COLUMNS: dict[str, dict[str, str]] = {"chartqa": {"question": "query", "answers": "label"}}
+# format -> the metric its own benchmark scores answers with; the others: "" (the task's default)
+ANSWER_METRICS: dict[str, str] = {"charts": "relaxed_accuracy", "chartqa": "relaxed_accuracy"}
 
 # every key a [datasets.NAME] table may hold, with its type, bounds and one-line doc
 DATASET_KEYS: dict[str, Key] = {
     "format": Key(str, None, f"the dataset format: {', '.join(FORMATS)}"),
-    "task": Key(str, None, "the view to load: classification | caption | vqa (optional when the format has one; a mix's is its datasets')"),
-    "path": Key(str, None, "data file or folder, relative to the suite file; for hf, a save_to_disk folder"),
+    "task": Key(str, None, "the view to load: classification | caption | vqa | preference (optional when the format has "
+                "one; a mix's is its datasets')"),
+    "path": Key(str, None, "data file or folder, relative to the suite file; for hf, a save_to_disk folder; for chartqa "
+                "and preference, a data file or a save_to_disk folder"),
     "eval_path": Key(str, None, "a separate evaluation file or folder of the same format (else eval_fraction is held out)"),
     "image_root": Key(str, None, "folder that image paths in the data file are relative to (default: the file's folder)"),
-    "split": Key(str, None, "scenes: 'source' or the shifted 'target' distribution (default 'target')", choices=("source", "target")),
+    "split": Key(str, None, "scenes, charts: 'source' or the shifted 'target' distribution (default 'target')",
+                 choices=("source", "target")),
     "train_size": Key(int, None, "training samples: exactly this many for bundled data (default 256), at most for files",
                       min=1, max=10**9),
     "eval_size": Key(int, None, "evaluation samples: exactly this many for bundled data (default 64), at most for files",
@@ -60,30 +78,36 @@ DATASET_KEYS: dict[str, Key] = {
     "eval_fraction": Key((float, int), None, "share of the records held out for evaluation without eval_path (default 0.2)",
                          above=0, below=1),
     "shuffle": Key(bool, None, "shuffle the records with the seed before splitting and limiting (default true)"),
-    "seed": Key(int, None, "data seed: which scenes/digits, which records are held out (default: the caller's seed)",
+    "seed": Key(int, None, "data seed: which scenes/digits/charts, which records are held out (default: the caller's seed)",
                 min=0, max=SEED_MAX),
-    "image_size": Key(int, None, "scenes/digits: image side in pixels (default 32)", min=8, max=1024),
+    "image_size": Key(int, None, "scenes/digits/charts: image side in pixels (default 32; charts 64)", min=8, max=1024),
     "label": Key(str, None, "scenes classification: 'shape' (4 classes, default) or 'object' (colour + shape, 32 classes)",
                  choices=("shape", "object")),
-    "hf_name": Key(str, None, "hf: a Hugging Face dataset id, read from the local cache"),
-    "hf_split": Key(str, None, "hf: the split to train on (default 'train')"),
-    "hf_eval_split": Key(str, None, "hf: the split to evaluate on (else eval_fraction of hf_split is held out)"),
-    "columns": Key(dict, None, "hf: bench field -> dataset column, e.g. {image = \"img\", label = \"fine_label\"}"),
+    "hf_name": Key(str, None, "hf, chartqa, preference: a Hugging Face dataset id, read from the local cache"),
+    "hf_split": Key(str, None, "hf, chartqa, preference: the split to train on (default 'train')"),
+    "hf_eval_split": Key(str, None, "hf, chartqa, preference: the split to evaluate on (else eval_fraction of hf_split is "
+                         "held out)"),
+    "columns": Key(dict, None, "hf, chartqa, preference: bench field -> dataset column, e.g. {image = \"img\", label = "
+                   "\"fine_label\"} (chartqa's default: {question = \"query\", answers = \"label\"})"),
     "of": Key(list, None, "mix: the names of two or more other [datasets.NAME] entries of the same task (and classes), "
               "trained and evaluated on together, e.g. [\"scenes-vqa\", \"digits-vqa\"]"),
 }
 
 _COMMON = {"format", "task", "train_size", "eval_size", "seed"}
 _FILES = _COMMON | {"path", "eval_path", "image_root", "eval_fraction", "shuffle"}
+_HF = {"hf_name", "hf_split", "hf_eval_split", "columns"}
 FORMAT_KEYS: dict[str, set[str]] = {
     "scenes": _COMMON | {"split", "image_size", "label"},
     "digits": _COMMON | {"image_size"},
+    "charts": _COMMON | {"split", "image_size"},
     "llava": _FILES,
     "coco_captions": _FILES,
     "image_folder": _FILES - {"image_root"},
     "csv": _FILES,
     "vqa_jsonl": _FILES,
-    "hf": (_FILES - {"eval_path"}) | {"hf_name", "hf_split", "hf_eval_split", "columns"},
+    "chartqa": _FILES | _HF,  # eval_path with a data file, the hf keys with a Hugging Face dataset
+    "preference": _FILES | _HF,
+    "hf": (_FILES - {"eval_path"}) | _HF,
     "mix": {"format", "of", "task"},  # sizes and seeds are the parts' own
 }
 _READERS = {
@@ -91,6 +115,8 @@ _READERS = {
     "coco_captions": formats.read_coco_captions,
     "csv": formats.read_csv,
     "vqa_jsonl": formats.read_vqa_jsonl,
+    "chartqa": formats.read_chartqa,
+    "preference": formats.read_preference,
 }
 DEFAULT_BUNDLED_SIZES = {"train_size": 256, "eval_size": 64}
 
@@ -154,8 +180,14 @@ def check_keys(cfg: dict, *, file: str, where: str, require_task: bool = False) 
         if fmt == "hf" and has_path == has_name:
             fail("path", "an hf dataset needs exactly one of 'path' (a save_to_disk folder) and 'hf_name'",
                  "set hf_name = \"owner/name\" or path = \"folder\"")
-        if fmt != "hf" and not has_path:
+        if fmt in HF_FORMATS and fmt != "hf" and has_path == has_name:
+            fail("path", f"format {fmt!r} needs exactly one of 'path' (a data file, or a save_to_disk folder) and "
+                 "'hf_name'", "set path = \"data.json\" (or a save_to_disk folder), or hf_name = \"owner/name\"")
+        if fmt not in HF_FORMATS and not has_path:
             fail("path", f"format {fmt!r} needs 'path'", "set path to the data file or folder")
+        if has_name and "eval_path" in cfg:
+            fail("eval_path", "'eval_path' names a data file, but hf_name reads a Hugging Face dataset",
+                 "use hf_eval_split = \"<split>\" for its evaluation split")
         for held in ("eval_path", "hf_eval_split"):
             if held in cfg and "eval_fraction" in cfg:
                 fail("eval_fraction", f"'eval_fraction' has no effect with '{held}'", "remove one of them")
@@ -190,6 +222,31 @@ def _check_paths(cfg: dict, base_dir: Path, *, file: str | None, where: str) -> 
                              fix="point image_root at the folder that image paths are relative to")
 
 
+def _reads_hf(cfg: dict, base_dir: Path) -> bool:
+    """Whether the table names a Hugging Face dataset: format hf, or chartqa / preference with hf_name or a folder."""
+    fmt = cfg["format"]
+    if fmt not in HF_FORMATS:
+        return False
+    return fmt == "hf" or "hf_name" in cfg or _path(cfg["path"], base_dir).is_dir()
+
+
+def _check_source(cfg: dict, base_dir: Path, *, file: str | None, where: str) -> None:
+    """chartqa / preference: the keys fit what `path` is, a data file (eval_path) or a Hugging Face dataset (hf_*)."""
+    if cfg["format"] not in HF_FORMATS or cfg["format"] == "hf":
+        return
+    if _reads_hf(cfg, base_dir):
+        if "eval_path" in cfg:
+            raise SuiteError("path is a Hugging Face save_to_disk folder, whose evaluation split is named by "
+                             "hf_eval_split, not eval_path", file=file, where=f"{where}, key 'eval_path'",
+                             fix="remove eval_path and set hf_eval_split = \"<split>\" (or let eval_fraction hold out records)")
+        return
+    for key in ("hf_split", "hf_eval_split", "columns"):
+        if key in cfg:
+            raise SuiteError(f"{key!r} applies to a Hugging Face dataset (hf_name, or path a save_to_disk folder), but "
+                             f"path {cfg['path']!r} is a data file", file=file, where=f"{where}, key '{key}'",
+                             fix="remove it, or point path at a save_to_disk folder")
+
+
 # ---------------------------------------------------------------- records
 
 
@@ -198,11 +255,12 @@ def _read(cfg: dict, task: str, path_key: str, base_dir: Path) -> list[formats.R
     image_root = _path(cfg["image_root"], base_dir) if "image_root" in cfg else None
     if fmt == "image_folder":
         return formats.read_image_folder(_path(cfg[path_key], base_dir))
-    if fmt == "hf":
+    if _reads_hf(cfg, base_dir):
         split = cfg.get("hf_split", "train") if path_key == "path" else cfg["hf_eval_split"]
         local = _path(cfg["path"], base_dir) if "path" in cfg else None
-        return read_hf(task=task, name=cfg.get("hf_name"), path=local, split=split,
-                               columns=cfg.get("columns"), image_root=image_root)
+        columns = {**HF_DEFAULT_COLUMNS.get(fmt, {}), **cfg.get("columns", {})}
+        return read_hf(task=task, name=cfg.get("hf_name"), path=local, split=split, columns=columns,
+                       image_root=image_root)
     return _READERS[fmt](_path(cfg[path_key], base_dir), image_root)
 
 
@@ -211,7 +269,7 @@ def _records(cfg: dict, task: str, base_dir: Path):
     train = _read(cfg, task, "path", base_dir)
     if "eval_path" in cfg:
         return train, _read(cfg, task, "eval_path", base_dir)
-    if cfg["format"] == "hf" and "hf_eval_split" in cfg:
+    if "hf_eval_split" in cfg:  # only with a Hugging Face dataset (_check_source)
         return train, _read(cfg, task, "hf_eval_split", base_dir)
     return train, None
 
@@ -235,6 +293,7 @@ def check_dataset(cfg: dict, *, base_dir: Path, file: str, where: str) -> None:
     if cfg["format"] in GENERATED:
         return
     _check_paths(cfg, Path(base_dir), file=file, where=where)
+    _check_source(cfg, Path(base_dir), file=file, where=where)
     task = cfg.get("task") or FORMATS[cfg["format"]][0]
     train, evals = _records(cfg, task, Path(base_dir))
     if evals is None and len(train) < 2:
@@ -262,6 +321,7 @@ def load_dataset(
     if fmt in GENERATED:
         return _generated(cfg, task, data_seed)
     _check_paths(cfg, Path(base_dir), file=file, where=where)
+    _check_source(cfg, Path(base_dir), file=file, where=where)
 
     train, evals = _records(cfg, task, Path(base_dir))
     data_file = train[0].file
@@ -292,7 +352,8 @@ def load_dataset(
     eval_samples = formats.to_samples(evals, classnames)
     info = {"format": fmt, "path": data_file, "eval_from": eval_from, "seed": data_seed, "shuffle": shuffle,
             "n_records": n_records}
-    return formats.dataset_splits(task, train_samples, eval_samples, classnames, info)
+    return formats.dataset_splits(task, train_samples, eval_samples, classnames, info,
+                                  answer_metric=ANSWER_METRICS.get(fmt, ""))
 
 
 def load_suite_dataset(dataset: dict, base_dir: Path) -> DatasetSplits:
@@ -303,6 +364,11 @@ def load_suite_dataset(dataset: dict, base_dir: Path) -> DatasetSplits:
 
 def _generated(cfg: dict, task: str, seed: int) -> DatasetSplits:
     sizes = {k: cfg.get(k, v) for k, v in DEFAULT_BUNDLED_SIZES.items()}
+    if cfg["format"] == "charts":
+        from bench.data.charts import charts_dataset
+
+        return charts_dataset(task, split=cfg.get("split", "target"), image_size=cfg.get("image_size", 64), seed=seed,
+                              **sizes)
     image_size = cfg.get("image_size", 32)
     if cfg["format"] == "scenes":
         from bench.data.scenes import scenes_dataset
@@ -366,6 +432,7 @@ def resolve_mix(tables: dict, *, file: str | None = None, from_suite: bool = Fal
             parts.append({"name": part, **cfg, "task": _task(cfg, file=file, where=part_where)})
         resolved = {**table, "of": parts}
         resolved["task"] = _mix_task(resolved, file=file, where=where)
+        _mix_answer_metric(resolved, file=file, where=where)
         out[name] = resolved
     return out
 
@@ -432,6 +499,7 @@ def _check_mix_keys(cfg: dict, *, file: str | None, where: str) -> None:
         check_keys({k: v for k, v in part.items() if k != "name"}, file=file, where=f"[datasets.{pname}]",
                    require_task=True)
     _mix_task(cfg, file=file, where=where)
+    _mix_answer_metric(cfg, file=file, where=where)
 
 
 def _mix_task(cfg: dict, *, file: str | None, where: str) -> str:
@@ -447,6 +515,30 @@ def _mix_task(cfg: dict, *, file: str | None, where: str) -> str:
         raise SuiteError(f"task {cfg['task']!r} disagrees with the mix's datasets, which are {task}", file=file,
                          where=f"{where}, key 'task'", fix=f"set task = \"{task}\", or leave it out (it is the datasets' task)")
     return task
+
+
+def answer_metric_of(cfg: dict) -> str:
+    """The metric a dataset table's own benchmark scores answers with, known before loading it: "" for the task's
+    default. A mix's is its parts' (resolved: resolve_mix), which must agree."""
+    if cfg.get("format") == "mix":
+        return _mix_answer_metric(cfg, file=None, where="mix")
+    return ANSWER_METRICS.get(cfg.get("format"), "")
+
+
+def _mix_answer_metric(cfg: dict, *, file: str | None, where: str) -> str:
+    """The one answer metric of a mix's parts: parts scored differently cannot give one quality number."""
+    return _same_answer_metric([(name, answer_metric_of(part)) for name, part in _mix_parts(cfg, file=file, where=where)],
+                               file=file, where=where)
+
+
+def _same_answer_metric(named: list[tuple[str, str]], *, file: str | None, where: str) -> str:
+    if len({metric for _, metric in named}) > 1:
+        shown = {name: metric or "the task's default" for name, metric in named}
+        listed = ", ".join(f"{name!r} by {metric}" for name, metric in shown.items())
+        raise SuiteError(f"the datasets of a mix must be scored with one answer metric: {listed}", file=file,
+                         where=f"{where}, key 'of'",
+                         fix="mix datasets scored alike (chart data with chart data), or train them in separate cells")
+    return named[0][1]
 
 
 def _part_classnames(cfg: dict, task: str, base_dir: Path) -> tuple[str, ...]:
@@ -492,6 +584,7 @@ def _load_mix(cfg: dict, task: str, *, base_dir: Path, seed: int, file: str | No
     loaded = [(name, load_dataset(part, base_dir=base_dir, seed=seed, file=file, where=f"[datasets.{name}]"))
               for name, part in _mix_parts(cfg, file=file, where=where)]
     classnames = loaded[0][1].classnames
+    answer_metric = _same_answer_metric([(name, s.answer_metric) for name, s in loaded], file=file, where=where)
     if task == "classification":
         _same_classnames([(name, s.classnames) for name, s in loaded], file=file, where=where)
     train = [s for _, splits in loaded for s in splits.train]
@@ -506,4 +599,5 @@ def _load_mix(cfg: dict, task: str, *, base_dir: Path, seed: int, file: str | No
             "of": [{"name": name, "fingerprint": splits.fingerprint, **splits.info} for name, splits in loaded],
             "n_train": len(train), "n_eval": len(evals)}
     return DatasetSplits(task=task, train=train, eval=evals, classnames=classnames,
-                         fingerprint=hashlib.sha256(blob.encode()).hexdigest()[:16], info=info)
+                         fingerprint=hashlib.sha256(blob.encode()).hexdigest()[:16], info=info,
+                         answer_metric=answer_metric)

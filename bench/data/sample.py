@@ -4,11 +4,13 @@ A sample's image is either a decoded PIL image (the generated datasets, a few hu
 or an `ImageFile`: where to read it, opened only when a batch needs it (in a DataLoader worker,
 bench/data/stream.py), so a dataset of 100k images costs its records' text, not its pixels.
 
-A task (classification, caption, vqa) reads only the fields it needs:
+A task (classification, caption, vqa, preference) reads only the fields it needs:
 - classification: image, label (index into DatasetSplits.classnames)
 - caption: image, captions (one or more references; training uses the first)
 - vqa: image, turns ((user, assistant) pairs, trained with the user side masked),
        question and answers (the evaluation prompt and its reference answers)
+- preference: image, question (the prompt), answers = (chosen,) and rejected: a preferred and a dispreferred
+       answer to the same prompt (turns = ((prompt, chosen),), so the chosen answer also trains as plain SFT)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 from bench.errors import DataError
 
-TASKS = ("classification", "caption", "vqa")
+TASKS = ("classification", "caption", "vqa", "preference")
 
 
 @dataclass(frozen=True, slots=True)  # slots: 100k of them are held by the runner, the cell and each worker
@@ -60,6 +62,7 @@ class Sample:
     question: str | None = None
     answers: tuple[str, ...] = ()
     turns: tuple[tuple[str, str], ...] = ()
+    rejected: str | None = None  # preference: the dispreferred answer to `question` (answers[0] is the chosen one)
 
     def decoded(self) -> Sample:
         """This sample with its image as PIL (read now if it is an ImageFile)."""
@@ -87,3 +90,6 @@ class DatasetSplits:
     classnames: tuple[str, ...] = ()
     fingerprint: str = ""  # content hash of the loaded data, stored in records for provenance
     info: dict = field(default_factory=dict)  # free-form provenance (source, sizes, split names)
+    # the metric the data's own benchmark scores answers with, e.g. "relaxed_accuracy" for ChartQA-style data;
+    # "" = the task's default
+    answer_metric: str = ""

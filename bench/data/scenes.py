@@ -2,8 +2,9 @@
 
 Each scene has a main group (1-3 copies of one shape in one colour, in one region of the image)
 and sometimes a small distractor of another shape and colour in the opposite region. The same
-scenes give three views: classification (the main shape), caption (several correct wordings) and
-vqa (colour / shape / count / position questions with ten annotator answers).
+scenes give four views: classification (the main shape), caption (several correct wordings),
+vqa (colour / shape / count / position questions with ten annotator answers) and preference (the vqa
+question, its majority answer chosen and a plausible wrong answer of the same kind rejected).
 
 Two distributions:
 - "source": colour-shape pairs outside HELD_OUT, dark or gray backgrounds, mostly large shapes;
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bench.data.formats import dataset_splits
+from bench.data.formats import dataset_splits, majority_answer
 from bench.data.sample import TASKS, DatasetSplits, Sample
-from bench.data.vocabulary import COLORS, COUNTS, DIGITS, POSITION_SYNONYMS, SHAPES, SHAPES_PLURAL
+from bench.data.vocabulary import COLORS, COUNTS, DIGITS, POSITION_SYNONYMS, POSITIONS, SHAPES, SHAPES_PLURAL
 
 SPLITS = ("source", "target")
 
@@ -246,6 +247,21 @@ def question_answers(scene: Scene) -> tuple[str, tuple[str, ...]]:
     return question, (answer,) * (10 - n_syn) + (synonym,) * n_syn
 
 
+def rejected_answer(scene: Scene) -> str:
+    """A plausible wrong answer to the scene's question, of the same kind: the distractor's colour or shape where
+    there is one (it is in the picture), else another colour / shape; a count one off; another position. Drawn from
+    the scene's own seed, so it depends on (split, seed, part, index) alone and the scene stream is left as it was."""
+    rng = np.random.default_rng([scene.noise_seed, 0x4E7EC7])
+    kind = scene.question_kind
+    if kind == "color":
+        return scene.distractor[1] if scene.distractor else _choose(rng, [c for c in COLORS if c != scene.color])
+    if kind == "shape":
+        return scene.distractor[0] if scene.distractor else _choose(rng, [s for s in SHAPES if s != scene.shape])
+    if kind == "count":
+        return DIGITS[_choose(rng, [n for n in (scene.count - 1, scene.count + 1) if n >= 1])]
+    return _choose(rng, [p for p in POSITIONS if p != scene.position])  # never "middle" for center: a synonym
+
+
 LABELS = ("shape", "object")
 # "object" classes: every colour-shape pair; the target split's held-out pairs are new combinations
 OBJECT_CLASSES = tuple(f"{c} {s}" for s in SHAPES for c in COLORS)
@@ -266,6 +282,10 @@ def to_sample(scene: Scene, task: str, image_size: int, label: str = "shape") ->
     if task == "caption":
         return Sample(image=image, label=label, captions=captions(scene))
     question, answers = question_answers(scene)
+    if task == "preference":
+        chosen = majority_answer(answers)
+        return Sample(image=image, label=label, question=question, answers=(chosen,), rejected=rejected_answer(scene),
+                      turns=((question, chosen),))
     return Sample(image=image, label=label, question=question, answers=answers, turns=((question, answers[0]),))
 
 

@@ -29,3 +29,17 @@ WORDS: tuple[str, ...] = tuple(
         + SIZES + BACKGROUNDS + FUNCTION_WORDS + DIGITS  # digits last: the earlier words keep their ids
     )
 )
+
+# The bundled charts (bench/data/charts.py) write only these words and WORDS'. They are kept out of WORDS, which the
+# tiny tokenizer's ids come from: a model trained on scenes keeps its vocabulary. CHART_WORDS repeats no word of WORDS
+# (the digits "0".."9" are there already), so WORDS + CHART_WORDS is a vocabulary without duplicates.
+CHART_ANIMALS = ("cat", "dog", "fox", "owl", "bee", "cow", "pig", "hen")  # a bar chart's categories: short, to fit
+CHART_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")  # a line's x axis
+CHART_QUESTION_WORDS = (
+    "value", "bar", "point", "highest", "lowest", "difference", "between", "higher", "lower", "than",
+)
+CHART_NUMBERS = tuple(str(n) for n in range(101))  # every value, difference and axis label: integers 0..100
+
+CHART_WORDS: tuple[str, ...] = tuple(
+    w for w in dict.fromkeys(CHART_ANIMALS + CHART_MONTHS + CHART_QUESTION_WORDS + CHART_NUMBERS) if w not in WORDS
+)

@@ -48,6 +48,8 @@ class ModelSpec:
     backend: str = "transformers"  # "transformers" | "open_clip" (CLIP only)
     trust_remote_code: bool = False
     revision: str | None = None
+    # the chat families' override of discovered components: ((component, (prefix, ...)), ...); empty: discover them
+    components: tuple = ()
 
 
 @dataclass
@@ -122,6 +124,7 @@ def targets_from(table: dict[str, dict | None], kind: str, what: str) -> dict[st
 def model_spec(model_cfg: dict, zoo_path: str | None = None) -> ModelSpec:
     """The family-facing spec; a zoo model becomes a local checkpoint directory."""
     cfg = {k: model_cfg.get(k) for k in ("name", "family", "preset", "checkpoint", "weights", "backend", "trust_remote_code", "revision")}
+    cfg["components"] = tuple((comp, tuple(prefixes)) for comp, prefixes in (model_cfg.get("components") or {}).items())
     if cfg["weights"] == "zoo":
         cfg["checkpoint"], cfg["weights"] = zoo_path, "pretrained"
     return ModelSpec(**cfg)

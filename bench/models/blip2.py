@@ -81,13 +81,13 @@ def components(model, backend: str = "transformers") -> dict[str, tuple[str, ...
     return present_components(model, _COMPONENTS)
 
 
-def default_targets(kind: str, backend: str = "transformers") -> dict[str, tuple[str, ...]]:
-    """Component -> leaf module names a PEFT method of `kind` adapts by default."""
+def default_targets(kind: str, backend: str = "transformers", loaded=None) -> dict[str, tuple[str, ...]]:
+    """Component -> leaf module names a PEFT method of `kind` adapts by default (`loaded`: unused, the table holds)."""
     _check_backend(backend)
     return targets_from(_TARGETS, kind, "BLIP-2 targets")
 
 
-def feedforward_modules(backend: str = "transformers") -> tuple[str, ...]:
+def feedforward_modules(backend: str = "transformers", loaded=None) -> tuple[str, ...]:
     """IA3's feed-forward leaves (scaled on their input rather than their output)."""
     _check_backend(backend)
     return _FEEDFORWARD

@@ -58,6 +58,8 @@ class FamilyInfo:
     task_module: str  # its task's module (batches, loss, quality)
     # method kinds of METHOD_KINDS known not to work on this family, with why: plan marks those cells skipped
     unsupported_methods: dict = field(default_factory=dict)
+    # conversations are written by the processor's chat template, components found from the model (bench/models/chat.py)
+    chat_template: bool = False
 
 
 FAMILIES: dict[str, FamilyInfo] = {
@@ -95,5 +97,42 @@ FAMILIES: dict[str, FamilyInfo] = {
         components=("vision", "projector", "language"),
         module="bench.models.llava",
         task_module="bench.tasks.instruct",
+    ),
+    # the chat-template families (bench/models/chat.py): AutoModelForImageTextToText, components found from the model,
+    # conversations written by the processor's chat template (bench/tasks/chat.py)
+    "smolvlm": FamilyInfo(
+        task="vqa",
+        presets=("tiny", "full"),
+        backends=("transformers",),
+        default_checkpoints={"full": "HuggingFaceTB/SmolVLM-Instruct"},
+        components=("vision", "projector", "language"),
+        module="bench.models.smolvlm",
+        task_module="bench.tasks.chat",
+                chat_template=True,
+    ),
+    "qwen2_vl": FamilyInfo(
+        task="vqa",
+        presets=("tiny", "2b", "7b"),
+        backends=("transformers",),
+        default_checkpoints={"2b": "Qwen/Qwen2-VL-2B-Instruct", "7b": "Qwen/Qwen2-VL-7B-Instruct"},
+        components=("vision", "projector", "language"),
+        module="bench.models.qwen2_vl",
+        task_module="bench.tasks.chat",
+        unsupported_methods={"prompt_tuning": "PEFT's prompt tuning (0.21) puts its virtual tokens before the input "
+                                              "embeddings but not into Qwen2-VL's 3-D multimodal rotary positions "
+                                              "(made from input_ids and the image grid), so the forward fails on "
+                                              "mismatched lengths"},
+        chat_template=True,
+    ),
+    # any image-text-to-text checkpoint: no presets, the checkpoint brings architecture, processor and chat template
+    "auto": FamilyInfo(
+        task="vqa",
+        presets=(),
+        backends=("transformers",),
+        default_checkpoints={},
+        components=("vision", "projector", "language"),
+        module="bench.models.auto",
+        task_module="bench.tasks.chat",
+                chat_template=True,
     ),
 }

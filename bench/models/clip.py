@@ -95,12 +95,12 @@ def components(model, backend: str) -> dict[str, tuple[str, ...]]:
     return present_components(model, _COMPONENTS[_check_backend(backend)])
 
 
-def default_targets(kind: str, backend: str = "transformers") -> dict[str, tuple[str, ...]]:
-    """Component -> leaf module names a PEFT method of `kind` adapts by default."""
+def default_targets(kind: str, backend: str = "transformers", loaded=None) -> dict[str, tuple[str, ...]]:
+    """Component -> leaf module names a PEFT method of `kind` adapts by default (`loaded`: unused, the table holds)."""
     return targets_from(_TARGETS[_check_backend(backend)], kind, f"CLIP targets on the {backend} backend")
 
 
-def feedforward_modules(backend: str = "transformers") -> tuple[str, ...]:
+def feedforward_modules(backend: str = "transformers", loaded=None) -> tuple[str, ...]:
     """IA3's feed-forward leaves (scaled on their input rather than their output)."""
     return _FEEDFORWARD[_check_backend(backend)]
 

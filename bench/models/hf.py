@@ -33,16 +33,17 @@ class Arch:
 
     family: str  # FAMILY, recorded on every LoadedModel
     label: str  # how messages name the family: "BLIP-2"
-    model_type: str  # the config.json model_type a checkpoint of this family has
-    model_class: str  # transformers class names, imported when a model is built
+    model_type: str | None  # the config.json model_type a checkpoint of this family has (None: any, the "auto" family)
+    model_class: str  # transformers class names, imported when a model is built ("Auto..." classes build from_config)
     config_class: str
     presets: dict[str, dict]
     quantization_skip: tuple[str, ...]  # module names kept in full precision under 4-bit loading
     components: Callable  # model -> component prefixes
     tiny_processor: Callable  # config -> a real processor around bench's tiny tokenizer
-    tiny_ids: dict  # top-level config ids the tiny tokenizer sets, beside TINY_IDS on text_config
+    tiny_ids: dict  # top-level config ids the tiny tokenizer sets, beside text_ids on text_config
     image_tokens: Callable | None = None  # config -> image tokens per sample, recorded in info
     fix_processor: Callable = _same  # applied to every processor, the checkpoint's and the tiny one
+    text_ids: dict | None = None  # the text config's special ids under the tiny tokenizer (None: TINY_IDS)
 
 
 def build(spec: ModelSpec, arch: Arch, *, device: str = "cpu", dtype=None, quantization=None,
@@ -62,7 +63,7 @@ def build_meta(spec: ModelSpec, arch: Arch):
 
     config, _ = config_for(spec, arch)
     with torch.device("meta"):
-        return _class(arch.model_class)(config)
+        return construct(arch, config)
 
 
 def save(loaded: LoadedModel, path) -> None:
@@ -75,22 +76,44 @@ def save(loaded: LoadedModel, path) -> None:
 
 def config_for(spec: ModelSpec, arch: Arch):
     """(config, where it came from): the checkpoint's config.json when it is here, else the preset."""
-    config_class = _class(arch.config_class)
     if spec.checkpoint:
         raw = local_config(spec.checkpoint, revision=spec.revision)
         if raw is not None:
-            if raw.get("model_type") not in (None, arch.model_type):
+            if arch.model_type is not None and raw.get("model_type") not in (None, arch.model_type):
                 raise SuiteError(
                     f"checkpoint {spec.checkpoint!r} is a {raw.get('model_type')!r} model, not {arch.label}",
                     where=f"models.{spec.name}", fix=f"use a {arch.label} checkpoint or another model family",
                 )
-            return config_class.from_dict(raw), f"config.json of {spec.checkpoint}"
+            return make_config(arch, raw, where=f"models.{spec.name}"), f"config.json of {spec.checkpoint}"
         if spec.preset is None:
             raise checkpoint_error(spec.checkpoint, "its config.json is not here and no `preset` is named",
                                    where=f"models.{spec.name}")
         if looks_like_path(spec.checkpoint):  # a folder the user named: its shape is meant, never the preset's
             raise checkpoint_error(spec.checkpoint, "the folder has no config.json", where=f"models.{spec.name}")
-    return config_class(**copy.deepcopy(preset(spec, arch.presets, arch.label))), f"preset {spec.preset}"
+    return make_config(arch, copy.deepcopy(preset(spec, arch.presets, arch.label))), f"preset {spec.preset}"
+
+
+def make_config(arch: Arch, raw: dict, where: str | None = None):
+    """The transformers config of a config.json or preset dict; an "Auto" family's by its model_type, which must be
+    one AutoModelForImageTextToText builds."""
+    if arch.config_class != "AutoConfig":
+        return _class(arch.config_class).from_dict(raw)
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    raw = dict(raw)
+    model_type = raw.pop("model_type", None)
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise SuiteError(f"model_type {model_type!r} is not an image-text-to-text model transformers knows", where=where,
+                         fix="use a checkpoint whose config.json names a model AutoModelForImageTextToText loads "
+                             "(e.g. idefics3, qwen2_vl, llava, paligemma), or trust_remote_code for its own code")
+    return AutoConfig.for_model(model_type, **raw)
+
+
+def construct(arch: Arch, config):
+    """A model of `config` with fresh weights (Auto classes build from_config)."""
+    cls = _class(arch.model_class)
+    return cls.from_config(config) if arch.model_class.startswith("Auto") else cls(config)
 
 
 # ---------------------------------------------------------------- the two ways to a model
@@ -132,13 +155,13 @@ def _random(spec: ModelSpec, arch: Arch, *, device, dtype, quantization, seed: i
     if processor is None:
         # The tiny tokenizer's special ids are not architecture: text pooling, generation and the image-token
         # swap use them.
-        for key, value in TINY_IDS.items():
+        for key, value in (arch.text_ids or TINY_IDS).items():
             setattr(config.text_config, key, value)
         for key, value in arch.tiny_ids.items():
             setattr(config, key, value)
         processor = arch.tiny_processor(config)
     with seeded(seed):
-        model = _class(arch.model_class)(config)
+        model = construct(arch, config)
     if quantization is not None:
         model = requantize(model, quantization, arch, device=device, dtype=dtype)
     else:
@@ -221,7 +244,8 @@ def _info_of(spec: ModelSpec, arch: Arch, config, **kw) -> dict:
     more = {} if arch.image_tokens is None else {"image_tokens": arch.image_tokens(config)}
     # hashed without library version and source path: a saved and reloaded model keeps its hash
     return info(spec, config=without_provenance(raw),
-                image_size=config.vision_config.image_size,
+                # Qwen2-VL's tiny preset resizes every image to config.image_size; its vision config has no size
+                image_size=getattr(config.vision_config, "image_size", None) or getattr(config, "image_size", None),
                 context_length=config.text_config.max_position_embeddings, **more, **kw)
 
 

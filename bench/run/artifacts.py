@@ -27,7 +27,9 @@ def save_artifact(model, method_kind: str, folder: str, *, save_full: bool, besi
     if experts is not None:
         _save_fusion(model, staging, experts, beside or set())
     elif hasattr(model, "save_pretrained"):
-        model.save_pretrained(staging, safe_serialization=True)
+        # only the cell's own adapter: a DPO cell's model also holds TRL's frozen reference copy ("ref")
+        only = {"selected_adapters": ["default"]} if "default" in (getattr(model, "peft_config", None) or {}) else {}
+        model.save_pretrained(staging, safe_serialization=True, **only)
         if adapter:
             _add_trained_beside_adapter(model, staging / "adapter_model.safetensors", beside)
     else:  # open_clip's models have no save_pretrained: their state dict, as safetensors

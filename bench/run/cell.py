@@ -67,6 +67,17 @@ def build_model(cell, settings: dict, *, device: str, zoo_path, seed: int, shard
                                 gradient_checkpointing=settings["gradient_checkpointing"], sharded=sharded)
 
 
+def objective(task, cell, loaded, model, splits, settings: dict, *, seed: int, device: str):
+    """What the cell's training optimises, as a task: the family's own (SFT), or TRL's DPO over it (bench/tasks/
+    preference.py), made once the model to train exists (DPO's reference is a copy of it as training starts)."""
+    if cell.method.get("objective", "sft") != "dpo":
+        return task
+    from bench.tasks.preference import Dpo
+
+    return Dpo(task, loaded, model, beta=cell.method["beta"], seed=seed, device=device, pairs=splits.train,
+               max_seq_len=settings["max_seq_len"])
+
+
 def _evaluate(task, loaded, model, splits, settings: dict, device: str) -> dict:
     """The model's quality on splits.eval, as a record keeps it."""
     return _quality_dict(task.evaluate(loaded, model, splits, task_settings(settings, device, splits)), task)
@@ -100,11 +111,14 @@ def _keep(model, cell, settings: dict, artifact: str | None, beside: set[str] | 
     """What bench/run/artifacts.py keeps of the trained model, where the cell keeps anything."""
     if not artifact or not settings["save"]:
         return None
+    from bench.methods import beside_names
+
     experts = cell.method.get("experts")  # an X-LoRA fusion: its experts, and the parameters they kept beside them
     if experts is not None:
-        from bench.methods import beside_names
-
         beside = beside_names(experts)
+    elif cell.method.get("start_adapter") and cell.method.get("objective") == "dpo":
+        # DPO trains the adapter alone: what its source kept beside it (the SFT projector) goes with it unchanged
+        beside = beside_names([cell.method["start_adapter"]])
     return save_artifact(model, cell.method["kind"], artifact, save_full=settings["save_full"], beside=beside,
                          experts=experts)
 
@@ -136,7 +150,9 @@ def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_pat
     _started[0] = time.perf_counter()
     settings = settings or dict(cell.train)
     retention_splits, retention_base = retention or (None, None)
-    if cell.sources and METHOD_KINDS[cell.method["kind"]].trains:  # X-LoRA: trains over its sources' adapters
+    if cell.sources and cell.method.get("start_from"):  # trains on from the adapter its source kept (SFT, then DPO)
+        cell = replace(cell, method={**cell.method, "start_adapter": (sources or [{}])[0].get("artifact")})
+    elif cell.sources and METHOD_KINDS[cell.method["kind"]].trains:  # X-LoRA: trains over its sources' adapters
         cell = replace(cell, method={**cell.method, "experts": [s["artifact"] for s in sources or []]})
     if cell.sources and not METHOD_KINDS[cell.method["kind"]].trains:
         from bench.run.compose import run_composed
@@ -215,6 +231,16 @@ def _warm_runtime(device: str) -> None:
     del layer, opt
 
 
+def _import_dpo_runtime() -> None:
+    """What TRL's DPOTrainer imports and loads on first use (its modules, datasets', PIL's image plugins), done
+    before a cell's memory baseline so that a DPO cell's memory is its training's."""
+    import datasets  # noqa: F401
+    import trl.trainer.dpo_trainer  # noqa: F401
+    from PIL import Image
+
+    Image.init()
+
+
 def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step, ranks=None,
             keep: dict | None = None, retention=None, artifact: str | None = None) -> dict:
     """Build, train on splits.train, evaluate on splits.eval (and on `retention`'s eval split); the outcome (never
@@ -228,6 +254,8 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
     from bench.train import Diverged, MemoryCapExceeded, train
 
     _warm_runtime(device)
+    if cell.method.get("objective") == "dpo":  # TRL's import (~90 MB on the CPU) is the runtime's, not the cell's
+        _import_dpo_runtime()
     probe = MemoryProbe(device)  # baseline before the model exists, after the runtime's one-off allocations
     out: dict = {"status": "ok", "message": "", "params": {}, "cost": {"device": device, "devices": 1}, "loss_curve": [], "diverged_at_step": None}
     phases = out["cost"]["phases_s"] = {}  # where the cell's time went: build, train (with waits for data), evaluate
@@ -241,7 +269,8 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
             return build_model(cell, settings, device=device, zoo_path=zoo_path, seed=seed, sharded=sharded)
 
         loaded, model = build()
-        out["params"] = count_params(model, loaded.components)
+        out["params"] = count_params(model, loaded.components)  # before DPO's reference copy joins the model
+        task = objective(task, cell, loaded, model, splits, settings, seed=seed, device=device)
         ts = task_settings(settings, device, splits)
         # before training, at the most text positions max_seq_len allows: an OOM cell keeps its prediction
         out["cost"]["estimate"] = _estimate(cell, loaded, out["params"], settings, None, device)
@@ -327,9 +356,11 @@ def evaluate_trained(cell, settings: dict, *, seed: int, device: str, splits, zo
 
     from bench.tasks import task_for_family
 
-    task = task_for_family(cell.model["family"])
     torch.manual_seed(seed)
     loaded, model = build_model(cell, settings, device=device, zoo_path=zoo_path, seed=seed)
+    # DPO's reference is the model as training started: taken before the trained parameters are loaded
+    task = objective(task_for_family(cell.model["family"]), cell, loaded, model, splits, settings, seed=seed,
+                     device=device)
     _load_trained(model, state)
     return after_training(cell, settings, task=task, loaded=loaded, model=model, splits=splits, retention=retention,
                           artifact=artifact, device=device, zoo_path=zoo_path, seed=seed, state=state)
@@ -421,15 +452,18 @@ def _error_message(exc: BaseException) -> str:
 def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int | None, device: str) -> dict | None:
     """The memory prediction for this cell at its longest training input, kept beside the measurement (None where
     no memory model exists). `bench plan --estimate`, which has no data, assumes max_seq_len text positions."""
-    from bench.cost.estimate import estimate_memory, text_positions
+    from bench.cost.estimate import NoMemoryModel, estimate_memory, text_positions
 
     config = getattr(loaded.model, "config", None)
     if config is None or not hasattr(config, "vision_config"):
         return None
     family = cell.model["family"]
-    return estimate_memory(family, config, params, {**settings, **cell.method}, cell.method["kind"],
-                           text_len=None if longest_input is None else text_positions(family, config, longest_input),
-                           device="cpu" if device == "cpu" else "cuda")
+    try:
+        return estimate_memory(family, config, params, {**settings, **cell.method}, cell.method["kind"],
+                               text_len=None if longest_input is None else text_positions(family, config, longest_input),
+                               device="cpu" if device == "cpu" else "cuda")
+    except NoMemoryModel:  # an `auto` architecture the estimate does not know: measured all the same
+        return None
 
 
 def _data_held_mb(splits, batches) -> float:

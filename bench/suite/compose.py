@@ -37,37 +37,41 @@ def resolve(cells: list, grids_of: dict | None = None) -> list:
     rank_of: dict[str, int | None] = {}  # a settled merge's adapter rank (what a merge of it adds)
 
     def settle(cell, path: tuple):
-        if not composes(cell.method):
+        if not composes(cell.method) and not cell.method.get("start_from"):
             return cell
         if cell.cell_id in done:
             return done[cell.cell_id]
-        where = f"[methods.{cell.method['name']}] key 'sources'"
+        key = "sources" if composes(cell.method) else "start_from"
+        where = f"[methods.{cell.method['name']}] key '{key}'"
         ids = [c.cell_id for c in path]
         if cell.cell_id in ids:
             chain = " → ".join(c.label for c in (*path[ids.index(cell.cell_id):], cell))
             raise SuiteError(f"the composition is a cycle: {chain}", where=where,
                              fix="a composed cell cannot read its own adapter, through other compositions or not")
         sources = []
-        for i, spec in enumerate(cell.method["sources"]):
+        for i, spec in enumerate(cell.method["sources"] if key == "sources" else [cell.method["start_from"]]):
             model = spec.get("model", cell.model["name"])
+            label = f"sources[{i}]" if key == "sources" else "start_from"
             found = by_names.get((model, spec["dataset"], spec["method"]), [])
             name = f"{model}/{spec['dataset']}/{spec['method']}"
             if model != cell.model["name"]:
-                raise SuiteError(f"sources[{i}] is cell {name}, of model '{model}'; cell {cell.label} composes over "
+                raise SuiteError(f"{label} is cell {name}, of model '{model}'; cell {cell.label} composes over "
                                  f"model '{cell.model['name']}'", where=where,
                                  fix="compose adapters trained on the composed cell's own base model")
             if not found:
-                raise SuiteError(f"sources[{i}] names no cell of the suite: no grid pairs {name}", where=where,
+                raise SuiteError(f"{label} names no cell of the suite: no grid pairs {name}", where=where,
                                  fix="name a model/dataset/method that a [[grid]] expands to, or add that grid")
             if len(found) > 1:
-                raise SuiteError(f"sources[{i}] names {len(found)} cells ({name} in grids with different training "
+                raise SuiteError(f"{label} names {len(found)} cells ({name} in grids with different training "
                                  "settings)", where=where, fix="give those grids different method names")
             source = found[0]
-            if source.method["kind"] not in COMPOSABLE:
+            if key == "start_from":
+                _check_same_adapter(cell, source, name, where)
+            elif source.method["kind"] not in COMPOSABLE:
                 raise SuiteError(f"sources[{i}] is cell {name}, a {source.method['kind']} cell; only LoRA adapters "
                                  f"compose ({', '.join(COMPOSABLE)})", where=where, fix="name a cell of kind lora or qlora")
             if source.train["save"] is False:
-                raise SuiteError(f"sources[{i}] is cell {name}, which keeps no adapter (save = false)", where=where,
+                raise SuiteError(f"{label} is cell {name}, which keeps no adapter (save = false)", where=where,
                                  fix="let the source keep its adapter (save = true, the default)")
             sources.append(settle(source, (*path, cell)))
         ranks = [rank_of.get(s.cell_id, s.method.get("r")) for s in sources]
@@ -78,6 +82,21 @@ def resolve(cells: list, grids_of: dict | None = None) -> list:
         return settled
 
     return [settle(cell, ()) for cell in cells]
+
+
+# what a method says beside the adapter it trains: a cell may start from an adapter trained with another objective
+NOT_ADAPTER = ("name", "objective", "beta", "start_from")
+
+
+def _check_same_adapter(cell, source, name: str, where: str) -> None:
+    """A cell that starts from another's adapter trains that adapter on: its method must describe the same one."""
+    ours = {k: v for k, v in cell.method.items() if k not in NOT_ADAPTER}
+    theirs = {k: v for k, v in source.method.items() if k not in NOT_ADAPTER}
+    if ours != theirs:
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise SuiteError(f"start_from is cell {name}, whose adapter differs from method '{cell.method['name']}' in "
+                         f"{', '.join(differ)} ({', '.join(f'{k} = {theirs.get(k)!r}' for k in differ)})", where=where,
+                         fix="give the method the same kind and adapter settings as the cell it starts from")
 
 
 def _check_ranks(cell, ranks: list, where: str) -> None:

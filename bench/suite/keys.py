@@ -92,13 +92,17 @@ MAX_SWEEP = 32  # combinations per cell: each one trains
 
 MODEL_KEYS = {
     "family": Key(str, None, "model family", choices=tuple(FAMILIES), required=True),
-    "preset": Key(str, "tiny", "embedded architecture: tiny / small (CPU) or full (the real checkpoint's shape)"),
+    "preset": Key(str, "tiny", "embedded architecture: tiny / small (CPU) or the real checkpoint's shape (full; qwen2_vl: "
+                  "2b, 7b); family auto has none"),
     "checkpoint": Key(str, None, "Hugging Face id or local directory of real weights"),
     "weights": Key(str, None, "pretrained (load checkpoint), random (architecture only: cost is real, quality n/a), zoo (bench's "
                    "pretrained tiny base); default: pretrained with a checkpoint, zoo without", choices=("pretrained", "random", "zoo")),
     "backend": Key(str, "transformers", "implementation (CLIP also: open_clip)", choices=("transformers", "open_clip")),
     "revision": Key(str, None, "checkpoint revision (branch, tag or commit)"),
     "trust_remote_code": Key(bool, False, "allow the checkpoint's own Python code to run (marked in reports)"),
+    "components": Key(dict, None, "chat families (smolvlm, qwen2_vl, auto): component -> module-name prefixes, e.g. "
+                      "{language = [\"model.language_model\", \"lm_head\"], vision = [\"model.visual\"]}, for a layout "
+                      "bench does not find by itself"),
     "train": Key(dict, None, "training-setting overrides for cells of this model"),
 }
 
@@ -115,6 +119,13 @@ METHOD_KEYS = {
     "compute_dtype": Key(str, "auto", "QLoRA compute dtype (auto: bf16 on CUDA, fp32 on the CPU)", choices=("auto", "float32", "bfloat16", "float16")),
     "num_virtual_tokens": Key(int, 20, "kind = \"prompt_tuning\": learnt embeddings put before the language model's input",
                               min=1, max=4096),
+    "objective": Key(str, "sft", "what training optimises: sft (the next-token loss on the answers) or dpo (TRL's Direct "
+                     "Preference Optimization on a preference dataset's pairs)", choices=("sft", "dpo")),
+    "beta": Key(NUMBER, 0.1, "objective = \"dpo\": β, how strongly the tuned model is held to its reference (TRL's beta)",
+                above=0, max=1e4),
+    "start_from": Key(dict, None, "an adapter method: the cell whose kept adapter this one trains on from (under dpo also "
+                      "its reference), as {dataset = ..., method = ...} (model: the cell's own), e.g. SFT then DPO; it "
+                      "runs first"),
     "sources": Key(list, None, "kind = \"merge\" or \"fusion\": the cells whose kept LoRA adapters it combines (merge: no "
                    "training) or learns to mix (fusion: X-LoRA), as tables {dataset = ..., method = ...} (model: the "
                    "composed cell's own); they run first"),

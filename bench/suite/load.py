@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.errors import BenchError, DataError, SuiteError
 from bench.keyspec import MAX_DEPTH, SEED_MAX, Key, type_name
+from bench.models.base import COMPONENTS
 from bench.models.catalog import ADAPTER_KINDS, FAMILIES, METHOD_KINDS, RANKED_KINDS
 from bench.paths import baseline_problem, suite_name_problem
 from bench.suite.keys import (
@@ -264,6 +265,9 @@ def _check_devices(c: _Checker, cell, settings: dict) -> None:
     if train["devices"] == 1:
         return
     where = f"key 'devices' of cell {cell.label}"
+    if method.get("objective") == "dpo":
+        raise c.fail(where, "a DPO cell trains in one process (TRL's trainer holds its reference there)",
+                     f"set devices = 1 for method '{method['name']}', e.g. train = {{devices = 1}}")
     if cell.sources:  # a merge is set to one device when its cell is made (suite/plan.py); this is a fusion
         raise c.fail(where, "an X-LoRA fusion (kind = \"fusion\") trains in one process: PEFT's X-LoRA is not offered over "
                      "several devices here", f"set devices = 1 for method '{method['name']}', e.g. train = {{devices = 1}}")
@@ -335,7 +339,8 @@ def _model(c: _Checker, name: str, table: dict) -> Entry:
     where = f"models.{name}"
     cfg = c.keys(table, MODEL_KEYS, where)
     info = FAMILIES[cfg["family"]]
-    if cfg["preset"] not in info.presets:
+    _chat_model_keys(c, cfg, table, info, where)
+    if cfg["preset"] is not None and cfg["preset"] not in info.presets:
         raise c.fail(f"[{where}] key 'preset'", f"family {cfg['family']} has no preset '{cfg['preset']}'", f"use one of: {', '.join(info.presets)}")
     if cfg["backend"] not in info.backends:
         raise c.fail(f"[{where}] key 'backend'", f"family {cfg['family']} has no backend '{cfg['backend']}'", f"use one of: {', '.join(info.backends)}")
@@ -355,6 +360,35 @@ def _model(c: _Checker, name: str, table: dict) -> Entry:
         cfg["zoo_recipe"] = recipe_id(cfg["family"])  # a rebuilt base is a different model: new cell ids, new base quality
     train = _train(c, cfg.pop("train"), f"{where}.train")
     return Entry(name, {"name": name, **cfg}, train)
+
+
+def _chat_model_keys(c: _Checker, cfg: dict, table: dict, info, where: str) -> None:
+    """Family auto has no presets and takes everything from its checkpoint; `components` overrides what the chat
+    families find in the model. Neither changes an existing suite's cell ids: an unset `components` is dropped."""
+    components = cfg.pop("components")
+    if not info.presets:
+        if "preset" in table:
+            raise c.fail(f"[{where}] key 'preset'", f"family {cfg['family']} has no presets: its checkpoint is the "
+                         "architecture", "drop `preset`, or use family smolvlm or qwen2_vl for their presets")
+        if not cfg["checkpoint"]:
+            raise c.fail(f"[{where}] key 'checkpoint'", f"family {cfg['family']} needs a checkpoint (it has no preset)",
+                         'set checkpoint = "<hf id or local dir>", e.g. "HuggingFaceTB/SmolVLM-Instruct"')
+        cfg["preset"] = None
+    if components is None:
+        return
+    if not info.chat_template:
+        raise c.fail(f"[{where}] key 'components'", f"family {cfg['family']} has fixed components",
+                     "drop `components`: only the chat families (smolvlm, qwen2_vl, auto) find theirs in the model")
+    for comp, prefixes in components.items():
+        at = f"[{where}] key 'components.{comp}'"
+        if comp not in COMPONENTS:
+            raise c.fail(at, f"unknown component {comp!r}", f"use: {', '.join(COMPONENTS)}")
+        if not isinstance(prefixes, list) or not prefixes or not all(isinstance(p, str) and p for p in prefixes):
+            raise c.fail(at, "must be a non-empty list of module names", 'e.g. ["model.language_model", "lm_head"]')
+    if "language" not in components:
+        raise c.fail(f"[{where}] key 'components'", "names no language component, so adapters have nothing to target",
+                     'add language = ["<the language model\'s module name>", "lm_head"]')
+    cfg["components"] = components
 
 
 def _dataset(c: _Checker, name: str, table: dict, base_dir: Path) -> Entry:
@@ -404,8 +438,9 @@ def _method(c: _Checker, name: str, table: dict) -> Entry:
         if cfg[key] is not None and not all(isinstance(x, str) for x in cfg[key]):
             raise c.fail(f"[{where}] key '{key}'", "must be a list of component names", f'e.g. {key} = ["projector"]')
     keep = _method_keys(kind)  # only what matters for this kind, so equal methods hash equal and records stay readable
+    keep |= _objective_keys(c, cfg, table, where)
     for key in table:
-        if key not in keep and key != "train":
+        if key not in keep and key != "train" and not (key == "objective" and METHOD_KINDS[kind].trains):
             fix = {"freeze": 'remove it (an adapter method trains only its adapters and train_full; the rest stays frozen), '
                              'or use kind = "full"',
                    "targets": f"remove it, or use an adapter kind ({', '.join(ADAPTER_KINDS)})"}
@@ -419,6 +454,29 @@ def _method(c: _Checker, name: str, table: dict) -> Entry:
             raise c.fail(f"[{where}.train] key '{key}'", f"a {kind} trains nothing, so it has nothing to "
                          f"{'sweep' if key == 'sweep' else 'split over devices'}", "remove it from this method")
     return Entry(name, {"name": name, **{k: v for k, v in cfg.items() if k in keep}}, train)
+
+
+def _objective_keys(c: _Checker, cfg: dict, table: dict, where: str) -> set[str]:
+    """The objective's keys a method keeps: none for plain SFT (so its cell id is what it was), objective and beta for
+    DPO, and start_from when the method trains on from another cell's adapter."""
+    kind = METHOD_KINDS[cfg["kind"]]
+    keep = set()
+    if cfg["objective"] == "dpo":
+        if not kind.trains or kind.composes:
+            raise c.fail(f"[{where}] key 'objective'", f"a {cfg['kind']} cannot train with DPO",
+                         "use DPO with full fine-tuning or an adapter kind (lora, qlora, ia3, ...)")
+        keep |= {"objective", "beta"}
+    elif "beta" in table:
+        raise c.fail(f"[{where}] key 'beta'", "has no meaning unless objective = \"dpo\"", 'add objective = "dpo", or remove it')
+    if cfg["start_from"] is not None:
+        if not kind.adapter or not kind.trains or kind.composes:
+            raise c.fail(f"[{where}] key 'start_from'", f"a {cfg['kind']} cannot start from another cell's adapter",
+                         "use start_from with an adapter kind (lora, qlora, ia3, prompt_tuning, ...)")
+        spec = {"model": Key(str), "dataset": Key(str, required=True), "method": Key(str, required=True)}
+        at = f"{where}.start_from"
+        cfg["start_from"] = {k: v for k, v in c.keys(c.table(cfg["start_from"], at), spec, at).items() if v is not None}
+        keep.add("start_from")
+    return keep
 
 
 def _composition(c: _Checker, cfg: dict, where: str) -> None:
@@ -485,7 +543,7 @@ def _grid(c: _Checker, i: int, table, models, datasets, methods) -> Grid:
     for m in g_models:
         family = models[m].config["family"]
         for d in g_datasets:
-            if datasets[d].config["task"] != FAMILIES[family].task and not any(_excludes(ex, m, d, None) for ex in excludes):
+            if not trains_on(FAMILIES[family].task, datasets[d].config["task"]) and not any(_excludes(ex, m, d, None) for ex in excludes):
                 raise c.fail(
                     f"[{where}]",
                     f"model '{m}' ({family}) trains on {FAMILIES[family].task} data, dataset '{d}' is {datasets[d].config['task']}",
@@ -493,6 +551,8 @@ def _grid(c: _Checker, i: int, table, models, datasets, methods) -> Grid:
                 )
     for m in g_models:
         _check_components(c, models[m], [methods[k] for k in g_methods])
+    _check_objectives(c, [models[m] for m in g_models], [datasets[d] for d in g_datasets], [methods[k] for k in g_methods],
+                      lambda m, d, k: any(_excludes(ex, m, d, k) for ex in excludes))
     if cfg["retention"] is not None:
         (retention,) = c.names([cfg["retention"]], datasets, "dataset", f"[{where}] key 'retention'")
         task = datasets[retention].config["task"]
@@ -503,6 +563,30 @@ def _grid(c: _Checker, i: int, table, models, datasets, methods) -> Grid:
                          "name a dataset of the grid's task, or give the other datasets a grid of their own")
     return Grid(g_models, g_datasets, g_methods, tuple(excludes), _train(c, cfg["train"], f"{where}.train"),
                 cfg["retention"])
+
+
+def trains_on(family_task: str, data_task: str) -> bool:
+    """Whether a family of `family_task` trains on data of `data_task`: its own, or, for the instruction families,
+    preference pairs (DPO; SFT trains on the chosen answers)."""
+    return data_task == family_task or (family_task == "vqa" and data_task == "preference")
+
+
+def _check_objectives(c: _Checker, models: list[Entry], datasets: list[Entry], methods: list[Entry], excluded) -> None:
+    """DPO trains on preference pairs, written by a chat template."""
+    for method in methods:
+        if method.config.get("objective") != "dpo":
+            continue
+        where = f"[methods.{method.name}] key 'objective'"
+        for dataset in datasets:
+            if dataset.config["task"] != "preference" and not all(excluded(m.name, dataset.name, method.name) for m in models):
+                raise c.fail(where, f"objective = \"dpo\" trains on preference pairs, and dataset '{dataset.name}' is "
+                             f"{dataset.config['task']} data", "pair DPO methods with a preference dataset (format = "
+                             "\"preference\", or task = \"preference\" of scenes or charts), or add an exclude")
+        for model in models:
+            family = model.config["family"]
+            if not FAMILIES[family].chat_template and not all(excluded(model.name, d.name, method.name) for d in datasets):
+                raise c.fail(where, f"TRL's DPO writes each pair with the processor's chat template, and model "
+                             f"'{model.name}' ({family}) has none", "use a chat family (smolvlm, qwen2_vl, auto)")
 
 
 def _check_components(c: _Checker, model: Entry, methods: list[Entry]) -> None:

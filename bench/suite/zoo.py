@@ -29,6 +29,11 @@ RECIPES = {
               "train": {**_COMMON, "steps": 500, "batch_size": 32, "lr": 2e-3, "max_seq_len": 24}},
     "llava": {"dataset": {"format": "scenes", "task": "vqa", "split": "source", "train_size": 2048, "eval_size": 64},
               "train": {**_COMMON, "steps": 500, "batch_size": 32, "lr": 2e-3, "max_seq_len": 24}},
+    # the chat families read charts: SmolVLM x ChartQA is the documents' experiment (suites/smolvlm_chartqa.toml)
+    "smolvlm": {"dataset": {"format": "charts", "task": "vqa", "split": "source", "train_size": 2048, "eval_size": 64},
+                "train": {**_COMMON, "steps": 500, "batch_size": 32, "lr": 2e-3, "max_seq_len": 48}},
+    "qwen2_vl": {"dataset": {"format": "charts", "task": "vqa", "split": "source", "train_size": 2048, "eval_size": 64},
+                 "train": {**_COMMON, "steps": 500, "batch_size": 32, "lr": 2e-3, "max_seq_len": 48}},
 }
 
 

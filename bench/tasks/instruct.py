@@ -107,9 +107,15 @@ def encode(loaded, samples: list[Sample], settings: TaskSettings) -> list[dict]:
 
 
 def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Quality:
-    """VQA accuracy (0-100) of answers generated for the eval questions, exact match in extra; on data with fewer than
-    FULL_CREDIT_ANSWERS answers to some question, the other way round."""
-    from bench.metrics import exact_match, vqa_answer_score
+    """VQA accuracy (0-100) of answers generated for the eval questions in LLaVA's prompt format (see answer_quality)."""
+    return answer_quality(loaded, model, splits, settings, lambda s: prompt(s.question))
+
+
+def answer_quality(loaded, model, splits: DatasetSplits, settings: TaskSettings, prompt_of) -> Quality:
+    """Short answers generated for the eval questions (each prompted with prompt_of(sample)), scored by the data's own
+    answer metric when it names one (ChartQA's relaxed accuracy), else VQA accuracy, or exact match on data with fewer
+    than FULL_CREDIT_ANSWERS answers to some question; the other scores in extra. Shared with bench/tasks/chat.py."""
+    from bench.metrics import exact_match, relaxed_answer_score, vqa_answer_score
 
     answers = []
     for i, s in enumerate(splits.eval):
@@ -117,13 +123,14 @@ def evaluate(loaded, model, splits: DatasetSplits, settings: TaskSettings) -> Qu
             raise DataError("a VQA eval sample needs a question and at least one reference answer",
                             where=f"eval[{i}]", fix="give every eval sample `question` and `answers`")
         answers.append(list(s.answers))
-    generated = generate_texts(loaded, model, splits.eval, lambda s: prompt(s.question), settings)
+    generated = generate_texts(loaded, model, splits.eval, prompt_of, settings)
     predictions = [text for _, text in generated]
     answers = [answers[i] for i, _ in generated]  # a skipped unreadable sample is left out of the score
     per_item = {"vqa_acc": [100 * vqa_answer_score(p, a) for p, a in zip(predictions, answers)],
-                "exact_match": [exact_match([p], [a]) for p, a in zip(predictions, answers)]}
+                "exact_match": [exact_match([p], [a]) for p, a in zip(predictions, answers)],
+                "relaxed_accuracy": [100 * relaxed_answer_score(p, a) for p, a in zip(predictions, answers)]}
     scores = {name: sum(values) / len(values) if values else 0.0 for name, values in per_item.items()}
-    metric = headline(answers)
+    metric = splits.answer_metric or headline(answers)
     extra = {k: v for k, v in scores.items() if k != metric}
     extra["examples"] = [{"question": splits.eval[i].question, "prediction": p, "answers": list(splits.eval[i].answers)}
                          for i, p in generated[:EXAMPLES]]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.data import charts, digits
 from bench.data.loader import DATASET_KEYS, FORMAT_KEYS, FORMATS, check_dataset, load_dataset
 from bench.data.sample import TASKS
 from bench.errors import DataError, SuiteError
@@ -43,7 +44,7 @@ def test_keys_are_documented_and_every_format_key_is_known():
         assert isinstance(spec.doc, str) and spec.doc and isinstance(spec.type, (type, tuple)), key
     for keys in FORMAT_KEYS.values():
         assert keys <= set(DATASET_KEYS)
-    assert FORMATS["scenes"] == TASKS and FORMATS["digits"] == TASKS
+    assert FORMATS["scenes"] == TASKS and FORMATS["digits"] == digits.VIEWS and FORMATS["charts"] == charts.VIEWS
 
 
 @pytest.mark.parametrize(

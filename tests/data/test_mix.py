@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bench.data.loader import check_dataset, check_keys, load_dataset, load_suite_dataset, resolve_mix
+from bench.data.loader import (
+    answer_metric_of,
+    check_dataset,
+    check_keys,
+    load_dataset,
+    load_suite_dataset,
+    resolve_mix,
+)
 from bench.data.scenes import SHAPES
 from bench.errors import SuiteError
 
@@ -329,4 +336,52 @@ def test_a_suite_with_a_mix_validates_expands_and_loads(tmp_path):
 def test_a_suite_mix_with_a_key_of_the_parts_is_refused(tmp_path):
     text = SUITE_TEXT.replace('of = ["scenes-vqa", "digits-vqa"]', 'of = ["scenes-vqa", "digits-vqa"]\ntrain_size = 4')
     with pytest.raises(SuiteError, match=r"\[datasets\.both-vqa\], key 'train_size'.*does not apply to format 'mix'"):
+        parse(text, tmp_path)
+
+
+# ---------------------------------------------------------------- answer metrics: one per mix
+
+
+def test_parts_scored_with_other_answer_metrics_are_refused():
+    t = tables(**{"charts-vqa": {"format": "charts", "task": "vqa", "train_size": 3, "eval_size": 2, "image_size": 8},
+                  "both-vqa": {"format": "mix", "of": ["scenes-vqa", "charts-vqa"]}})
+    err = fails(t, "[datasets.both-vqa], key 'of'", "one answer metric")
+    assert "'charts-vqa' by relaxed_accuracy" in str(err) and "'scenes-vqa' by the task's default" in str(err)
+    # a resolved mix is checked again wherever it is read: a table that escaped resolve_mix, or one loaded directly
+    resolved = {"format": "mix", "task": "vqa",
+                "of": [{"name": "scenes-vqa", **t["scenes-vqa"]}, {"name": "charts-vqa", **t["charts-vqa"]}]}
+    with pytest.raises(SuiteError, match="one answer metric"):
+        check_keys(resolved, file=SUITE, where="[datasets.both-vqa]")
+    with pytest.raises(SuiteError, match="one answer metric"):
+        load_dataset(resolved, base_dir=BASE, file=SUITE, where="[datasets.both-vqa]")
+
+
+def test_parts_scored_alike_mix_and_keep_their_answer_metric(tmp_path):
+    Image.new("RGB", (6, 6), (1, 2, 3)).save(tmp_path / "c.png")
+    (tmp_path / "qa.json").write_text('[{"imgname": "c.png", "query": "what is the value of x ?", "label": "12"}, '
+                                      '{"imgname": "c.png", "query": "is it high ?", "label": "yes"}]')
+    t = {"source": {"format": "charts", "task": "vqa", "split": "source", "train_size": 3, "eval_size": 2, "image_size": 8},
+         "chartqa": {"format": "chartqa", "path": "qa.json", "eval_fraction": 0.5},
+         "both": {"format": "mix", "of": ["source", "chartqa"]}}
+    resolved = resolve(t)
+    check_dataset(resolved["both"], base_dir=tmp_path, file=SUITE, where="[datasets.both]")
+    mix = load_dataset(resolved["both"], base_dir=tmp_path)
+    assert mix.answer_metric == "relaxed_accuracy" and (len(mix.train), len(mix.eval)) == (3 + 1, 2 + 1)
+    assert answer_metric_of(resolved["both"]) == "relaxed_accuracy" == answer_metric_of(resolved["source"])
+    assert load(resolve(tables()), "both-vqa").answer_metric == ""  # the task's default, as each part's
+    assert answer_metric_of(resolve(tables())["both-vqa"]) == ""
+
+
+def test_preference_parts_mix_as_any_task_does():
+    t = {"a": {"format": "scenes", "task": "preference", "train_size": 3, "eval_size": 1, "image_size": 8},
+         "b": {"format": "scenes", "task": "preference", "split": "source", "train_size": 2, "eval_size": 1,
+               "image_size": 8},
+         "ab": {"format": "mix", "of": ["a", "b"]}}
+    mix = load(resolve(t), "ab")
+    assert mix.task == "preference" and len(mix.train) == 5 and all(s.rejected for s in mix.train + mix.eval)
+
+
+def test_a_suite_mixing_chart_and_scene_questions_is_refused_when_read(tmp_path):
+    text = SUITE_TEXT.replace('[datasets.digits-vqa]\nformat = "digits"', '[datasets.digits-vqa]\nformat = "charts"')
+    with pytest.raises(SuiteError, match=r"\[datasets\.both-vqa\], key 'of'.*one answer metric"):
         parse(text, tmp_path)

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from bench.data import scenes
+from bench.data import digits, scenes
 from bench.data.digits import digits_dataset
 from bench.data.sample import TASKS
 from bench.data.vocabulary import COUNTS, DIGITS, SHAPES, SHAPES_PLURAL
@@ -142,7 +142,8 @@ def test_bundled_text_tokenizes_without_unknown_words():
     for task in TASKS:
         for split in scenes.SPLITS:
             d = scenes.scenes_dataset(task, split=split, train_size=200, eval_size=50, image_size=8)
-            texts |= {t for s in d.train + d.eval for t in (*s.captions, s.question or "", *s.answers)}
+            texts |= {t for s in d.train + d.eval for t in (*s.captions, s.question or "", *s.answers, s.rejected or "")}
+    for task in digits.VIEWS:
         d = digits_dataset(task, train_size=100, eval_size=50, image_size=8)
         texts |= {t for s in d.train + d.eval for t in (*s.captions, s.question or "", *s.answers)}
     texts.discard("")
