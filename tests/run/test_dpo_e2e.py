@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -232,14 +234,47 @@ def test_a_swept_dpo_cell_records_the_preference_metrics_too(scored):
     assert {"preference_accuracy", "reward_margin"} <= set(sweep["quality"]["extra"])
 
 
-def test_a_dpo_cells_cpu_memory_does_not_count_importing_trl(scored):
-    # timing_warmup_steps = 0: the CPU peak is the process's RSS high-water mark above the cell's baseline
-    trials = scored["dpo-sweep"]["sweep"]["trials"]
-    assert scored["dpo-sweep"]["cost"]["memory_kind"] == "cpu_rss_hwm" and len(trials) == 2
-    first, second = (t["peak_memory_mb"] for t in trials)  # the same cell but for lr, one process
-    # importing TRL (~90 MB) is outside the baseline; TRL's first loss still loads ~25-40 MB once (its lazy kernels),
-    # which the tracked-tensor peak (the default, with timing warm-up steps) does not see and RSS does
-    assert first <= second + 60, (first, second)
+PROBE_SCRIPT = """
+import sys
+from pathlib import Path
+
+import bench.profile
+from bench.data.loader import load_suite_dataset
+from bench.run.cell import attempt
+from bench.suite.load import load_suite
+from bench.suite.plan import expand
+
+assert "trl" not in sys.modules  # a fresh process: what the cell imports is seen
+seen = []
+
+
+class Probe(bench.profile.MemoryProbe):
+    def __init__(self, *args, **kwargs):
+        seen.append("trl.trainer.dpo_trainer" in sys.modules)
+        super().__init__(*args, **kwargs)
+
+
+bench.profile.MemoryProbe = Probe
+suite = load_suite(sys.argv[1])
+(cell,) = [c for c in expand(suite) if c.method["name"] == "dpo-alone"]
+out = attempt(cell, dict(cell.train), seed=0, device="cpu", splits=load_suite_dataset(cell.dataset, Path(sys.argv[1]).parent),
+              zoo_path=None, on_step=None)
+assert out["status"] == "ok", out["message"]
+print("imported-before-baseline" if seen and all(seen) else f"baseline-first {seen}")
+"""
+
+
+def test_a_dpo_cells_memory_baseline_is_taken_after_trl_is_imported(tmp_path):
+    """TRL's import (~90 MB of RSS on the CPU) belongs to the runtime: a DPO cell imports it before its memory
+    baseline, so neither its RSS figure nor its memory cap counts it."""
+    suite = tmp_path / "alone.toml"
+    suite.write_text(SUITE.format(sft_train="").replace('methods = ["dpo", "sft"]', 'methods = ["sft", "dpo-alone"]')
+                     + '\n[methods.dpo-alone]\nkind = "lora"\nobjective = "dpo"\n')
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(suite)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "imported-before-baseline", done.stdout
 
 
 # ------------------------------------------------------------------------------------------------- the shipped suite

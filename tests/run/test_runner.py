@@ -86,6 +86,7 @@ def _bench(*args, cwd):
 
 
 @pytest.mark.slow
+@pytest.mark.ci_only  # ~20 s each: a real run killed and resumed
 def test_kill_9_then_resume_records_every_cell_exactly_once(write_suite, tmp_path):
     methods = ", ".join(f'"m{i}"' for i in range(4))
     text = MINI_SUITE.replace('methods = ["lora", "full"]', f"methods = [{methods}]").replace("steps = 2", "steps = 40")
@@ -150,6 +151,7 @@ def test_killed_cell_process_is_recorded_and_the_suite_goes_on(write_suite, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.ci_only  # ~20 s each: a real run killed and resumed
 def test_ctrl_c_to_the_process_group_exits_130_without_a_traceback_and_resume_finishes(write_suite, tmp_path):
     import psutil
 
