@@ -472,11 +472,18 @@ def _objective_keys(c: _Checker, cfg: dict, table: dict, where: str) -> set[str]
         if not kind.adapter or not kind.trains or kind.composes:
             raise c.fail(f"[{where}] key 'start_from'", f"a {cfg['kind']} cannot start from another cell's adapter",
                          "use start_from with an adapter kind (lora, qlora, ia3, prompt_tuning, ...)")
-        spec = {"model": Key(str), "dataset": Key(str, required=True), "method": Key(str, required=True)}
         at = f"{where}.start_from"
-        cfg["start_from"] = {k: v for k, v in c.keys(c.table(cfg["start_from"], at), spec, at).items() if v is not None}
+        cfg["start_from"] = _cell_ref(c, cfg["start_from"], at)
         keep.add("start_from")
     return keep
+
+
+# a table naming one cell of the suite (a merge's source, a start_from): the model is the naming cell's own unless given
+CELL_REF_KEYS = {"model": Key(str), "dataset": Key(str, required=True), "method": Key(str, required=True)}
+
+
+def _cell_ref(c: _Checker, table, where: str) -> dict:
+    return {k: v for k, v in c.keys(c.table(table, where), CELL_REF_KEYS, where).items() if v is not None}
 
 
 def _composition(c: _Checker, cfg: dict, where: str) -> None:
@@ -488,9 +495,7 @@ def _composition(c: _Checker, cfg: dict, where: str) -> None:
     if not sources:
         raise c.fail(f"[{where}] key 'sources'", f"is missing or empty: a {cfg['kind']} builds on the adapters of other cells",
                      'e.g. sources = [{dataset = "scenes-vqa", method = "lora-r8"}, {dataset = "digits-vqa", method = "lora-r8"}]')
-    spec = {"model": Key(str), "dataset": Key(str, required=True), "method": Key(str, required=True)}
-    cfg["sources"] = [{k: v for k, v in c.keys(c.table(t, f"{where}.sources[{i}]"), spec, f"{where}.sources[{i}]").items()
-                       if v is not None} for i, t in enumerate(sources)]
+    cfg["sources"] = [_cell_ref(c, t, f"{where}.sources[{i}]") for i, t in enumerate(sources)]
     weights = cfg["weights"]
     if weights is None:
         cfg["weights"] = [round(1 / len(sources), 6)] * len(sources)
