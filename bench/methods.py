@@ -139,7 +139,8 @@ def apply_method(loaded: LoadedModel, method: dict, family, *, gradient_checkpoi
     model = _adapted(model, config, method)
     _drop_input_grad_hooks(model.get_base_model())
     train_full = method.get("train_full")
-    train_full = ["projector"] if train_full is None else train_full
+    if train_full is None:  # the seeds' recipe trains the projector beside the adapter; DPO trains the adapter alone
+        train_full = [] if method.get("objective") == "dpo" else ["projector"]
     unknown = [c for c in train_full if c not in components]
     if unknown:
         raise BenchError(f"method '{method['name']}': train_full names unknown component(s) {unknown}",

@@ -157,7 +157,7 @@ def text_positions(family: str, config, input_len: int) -> int:
     (LLaVA: one per patch; BLIP-2: one per query token). Models without a config (open_clip): all of it."""
     if config is None or not hasattr(config, "vision_config"):
         return input_len
-    if family == "llava":
+    if family == "llava" or getattr(config, "model_type", "") == "llava":  # an `auto` LLaVA too, as stacks() has it
         v = config.vision_config
         return input_len - (v.image_size // v.patch_size) ** 2
     if family == "blip2":

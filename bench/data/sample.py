@@ -72,14 +72,16 @@ class Sample:
 def held_bytes(samples) -> int:
     """Bytes of image data a list of samples holds in memory: decoded pixels, or an image file's encoded bytes (a path
     holds none). Their text is left out: a few dozen bytes a sample."""
-    total = 0
-    for s in samples:
-        image = s.image
-        if isinstance(image, ImageFile):
-            total += len(image.source) if isinstance(image.source, bytes) else 0
-        elif hasattr(image, "size") and hasattr(image, "getbands"):  # PIL
-            total += image.size[0] * image.size[1] * len(image.getbands())
-    return total
+    return sum(image_bytes(s.image) for s in samples)
+
+
+def image_bytes(image) -> int:
+    """Bytes one image holds in memory: a PIL image's decoded pixels, an image file's encoded bytes (a path: none)."""
+    if isinstance(image, ImageFile):
+        return len(image.source) if isinstance(image.source, bytes) else 0
+    if hasattr(image, "size") and hasattr(image, "getbands"):  # PIL
+        return image.size[0] * image.size[1] * len(image.getbands())
+    return 0
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,12 @@ class SeededBatches:
 
 
 def _tensor_bytes(batch: dict) -> int:
-    return sum(v.numel() * v.element_size() for v in batch.values() if hasattr(v, "element_size"))
+    """Bytes an encoded sample holds: its tensors, and its images where the encoding keeps them (a DPO example: TRL's
+    collator processes the image per batch)."""
+    from bench.data.sample import image_bytes
+
+    tensors = sum(v.numel() * v.element_size() for v in batch.values() if hasattr(v, "element_size"))
+    return tensors + image_bytes(batch.get("image"))
 
 
 class _Encoded:

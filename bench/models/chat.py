@@ -81,12 +81,15 @@ def components_or_override(model, override: dict | None, label: str) -> dict[str
                              "text_config)", fix='name the components yourself: components = {language = ["model.'
                                                  'language_model", "lm_head"], vision = [...], projector = [...]}')
         return found
-    names = {n for n, _ in model.named_modules()}
+    from bench.models.base import present_components
+
+    present = present_components(model, override)  # a prefix matches a module or a parameter, as discovery's do
     for comp, prefixes in override.items():
-        missing = [p for p in prefixes if p not in names]
+        missing = [p for p in prefixes if p not in present[comp]]
         if missing:
             raise SuiteError(f"components.{comp} names {missing}, which {type(model).__name__} does not have",
-                             fix="use module names as model.named_modules() prints them")
+                             fix="use module or parameter names as model.named_modules() / named_parameters() print "
+                                 "them")
     return {comp: tuple(override.get(comp, ())) for comp in COMPONENTS}
 
 

@@ -106,8 +106,14 @@ def make_config(arch: Arch, raw: dict, where: str | None = None):
     if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise SuiteError(f"model_type {model_type!r} is not an image-text-to-text model transformers knows", where=where,
                          fix="use a checkpoint whose config.json names a model AutoModelForImageTextToText loads "
-                             "(e.g. idefics3, qwen2_vl, llava, paligemma), or trust_remote_code for its own code")
-    return AutoConfig.for_model(model_type, **raw)
+                             "(e.g. idefics3, qwen2_vl, llava, paligemma)")
+    config = AutoConfig.for_model(model_type, **raw)
+    missing = [k for k in ("text_config", "vision_config") if getattr(config, k, None) is None]
+    if missing:  # fuyu, git, idefics (1), chameleon: one decoder reads patches, nothing to find components in
+        raise SuiteError(f"a {model_type!r} model has no {' and no '.join(missing)}: bench finds a chat model's vision "
+                         "tower and language model by their configs", where=where,
+                         fix="use a model with separate vision and text configs (idefics3, qwen2_vl, llava, ...)")
+    return config
 
 
 def construct(arch: Arch, config):

@@ -151,7 +151,7 @@ def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_pat
     settings = settings or dict(cell.train)
     retention_splits, retention_base = retention or (None, None)
     if cell.sources and cell.method.get("start_from"):  # trains on from the adapter its source kept (SFT, then DPO)
-        cell = replace(cell, method={**cell.method, "start_adapter": (sources or [{}])[0].get("artifact")})
+        cell = replace(cell, method={**cell.method, "start_adapter": sources[0]["artifact"]})
     elif cell.sources and METHOD_KINDS[cell.method["kind"]].trains:  # X-LoRA: trains over its sources' adapters
         cell = replace(cell, method={**cell.method, "experts": [s["artifact"] for s in sources or []]})
     if cell.sources and not METHOD_KINDS[cell.method["kind"]].trains:

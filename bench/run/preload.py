@@ -32,6 +32,7 @@ import bench.metrics  # noqa: E402,F401
 import bench.run.cell  # noqa: E402,F401
 import bench.train  # noqa: E402,F401
 from bench.models import FAMILY_MODULES, get_family  # noqa: E402
+from bench.models.catalog import FAMILIES  # noqa: E402
 from bench.tasks import TASK_MODULES, task_for_family  # noqa: E402
 
 for _family in FAMILY_MODULES:
@@ -51,6 +52,8 @@ def _adapt_each_family_on_meta() -> None:
     from bench.models.base import LoadedModel, ModelSpec
 
     for name in FAMILY_MODULES:
+        if "tiny" not in FAMILIES[name].presets:  # `auto`: its architecture is its checkpoint's
+            continue
         family = get_family(name)
         base = family.build_meta(ModelSpec(name="warm-up", family=name, preset="tiny", weights="random"))
         for kind in ("lora", "ia3"):

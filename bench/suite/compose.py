@@ -84,8 +84,9 @@ def resolve(cells: list, grids_of: dict | None = None) -> list:
     return [settle(cell, ()) for cell in cells]
 
 
-# what a method says beside the adapter it trains: a cell may start from an adapter trained with another objective
-NOT_ADAPTER = ("name", "objective", "beta", "start_from")
+# what a method says beside the adapter's shape: a cell may start from an adapter trained with another objective, with
+# another dropout (DPO turns it off) or other parameters trained beside it (DPO trains none)
+NOT_ADAPTER = ("name", "objective", "beta", "start_from", "dropout", "train_full")
 
 
 def _check_same_adapter(cell, source, name: str, where: str) -> None:

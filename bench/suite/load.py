@@ -466,6 +466,10 @@ def _objective_keys(c: _Checker, cfg: dict, table: dict, where: str) -> set[str]
             raise c.fail(f"[{where}] key 'objective'", f"a {cfg['kind']} cannot train with DPO",
                          "use DPO with full fine-tuning or an adapter kind (lora, qlora, ia3, ...)")
         keep |= {"objective", "beta"}
+        if cfg.get("train_full"):
+            raise c.fail(f"[{where}] key 'train_full'", "a DPO cell trains its adapter alone: what trains beside it "
+                         "would be shared with TRL's reference adapter, moving the reference too",
+                         "remove train_full (a source's projector is kept as the source trained it)")
     elif "beta" in table:
         raise c.fail(f"[{where}] key 'beta'", "has no meaning unless objective = \"dpo\"", 'add objective = "dpo", or remove it')
     if cfg["start_from"] is not None:

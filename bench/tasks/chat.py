@@ -22,7 +22,7 @@ from __future__ import annotations
 from bench.data.sample import DatasetSplits, Sample
 from bench.errors import DataError
 from bench.tasks.base import Quality, TaskSettings
-from bench.tasks.captioning import IGNORE, SERVED, check_prefix, count_tokens, image_token_id, loss, pad_token_id, prompt_ids  # noqa: F401
+from bench.tasks.captioning import IGNORE, SERVED, check_prefix, count_tokens, image_token_id, loss, pad_token_id  # noqa: F401
 from bench.tasks.captioning import serving_request as captioning_request
 from bench.tasks.instruct import HIGHER_IS_BETTER, METRIC, answer_quality, training_turns  # noqa: F401
 
@@ -51,19 +51,35 @@ def prompt(processor, question: str) -> str:
     return render(processor, messages(((question, None),)), generation_prompt=True)
 
 
-def answer_spans(processor, image, conversation: list[dict], ids, *, where: str) -> list[tuple[int, int]]:
-    """[start, end) of each assistant answer in `ids` (the full conversation's encoding), end-of-turn token included,
-    what the template writes after it (whitespace) left out."""
+def answer_spans(processor, conversation: list[dict], ids, *, where: str) -> list[tuple[int, int]]:
+    """[start, end) of each assistant answer in `ids` (the processor's encoding of the full conversation), end-of-turn
+    token included, what the template writes after it (whitespace) left out.
+
+    The renderings are tokenized as text, their image placeholder unexpanded (the image is processed once, by the
+    caller): the image sits in the first user turn, before every answer, so its expansion shifts every answer by the
+    same count, and each answer's tokens are checked to be the same in both encodings."""
+    import torch
+
     tokenizer = processor.tokenizer
+
+    def text_ids(text: str):
+        return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+
+    full = text_ids(render(processor, conversation))
+    shift = len(ids) - len(full)  # what expanding the image placeholder added
     spans = []
     for j, message in enumerate(conversation):
         if message["role"] != "assistant":
             continue
-        before = prompt_ids(processor, image, render(processor, conversation[:j], generation_prompt=True))
-        through = prompt_ids(processor, image, render(processor, conversation[: j + 1]))
-        check_prefix(ids, before, where=where)
-        check_prefix(ids, through, where=where)
-        start, end = len(before), len(through)
+        before = text_ids(render(processor, conversation[:j], generation_prompt=True))
+        through = text_ids(render(processor, conversation[: j + 1]))
+        check_prefix(full, before, where=where)
+        check_prefix(full, through, where=where)
+        start, end = len(before) + shift, len(through) + shift
+        if shift < 0 or not torch.equal(ids[start:end], full[len(before):len(through)]):
+            raise DataError("the answer's tokens differ between the processor's encoding and the text's, so the answer "
+                            "cannot be found by length (an image after an answer?)", where=where,
+                            fix="put the image in the first user turn")
         while end > start and not tokenizer.decode(ids[end - 1: end]).strip():
             end -= 1
         spans.append((start, end))
@@ -85,7 +101,7 @@ def encode(loaded, samples: list[Sample], settings: TaskSettings) -> list[dict]:
         keep = enc["attention_mask"][0].bool()
         ids = enc["input_ids"][0][keep]
         labels = ids.new_full(ids.shape, IGNORE)
-        for start, end in answer_spans(processor, s.image, conversation, ids, where=f"train[{i}]"):
+        for start, end in answer_spans(processor, conversation, ids, where=f"train[{i}]"):
             labels[start:end] = ids[start:end]
         image_positions = (ids == image_id).nonzero().flatten() if image_id is not None else ids[:0]
         limit = len(image_positions) + settings.max_seq_len  # max_seq_len counts text tokens only

@@ -37,13 +37,17 @@ class Dpo:
     """The task interface (bench/tasks/base.py) of a DPO cell: the family task's, with TRL's batches and loss."""
 
     def __init__(self, task, loaded, model, *, beta: float, seed: int, device: str, pairs: list, max_seq_len: int):
+        from bench.tasks.captioning import image_token_id
+
         self.task, self.max_seq_len = task, max_seq_len
-        self.TASK, self.METRIC, self.HIGHER_IS_BETTER, self.SERVED = task.TASK, task.METRIC, task.HIGHER_IS_BETTER, task.SERVED
-        self.serving_request = task.serving_request
-        _adapter_only(model)
         self.trainer = _trainer(loaded, model, beta=beta, seed=seed, device=device, pairs=pairs)
         self.collator = self.trainer.data_collator
-        self.image_token_id = getattr(loaded.model.config, "image_token_id", None)
+        self.image_token_id = image_token_id(loaded)
+
+    def __getattr__(self, name: str):  # TASK, METRIC, HIGHER_IS_BETTER, SERVED, serving_request: the family task's
+        if name == "task":  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.task, name)
 
     def encode(self, loaded, samples: list, settings) -> list[dict]:
         return [example(s) for s in samples]
@@ -73,8 +77,11 @@ class Dpo:
 
     @staticmethod
     def count_tokens(batch: dict) -> tuple[int, int]:
-        """(real, padded) positions: prompt and both answers, each pair counted twice as the model runs it."""
-        return int(batch["attention_mask"].sum()), int(batch["input_ids"].numel())
+        """(real, padded) positions as captioning counts them: prompt and both answers, each pair twice as the model
+        runs it."""
+        from bench.tasks.captioning import count_tokens
+
+        return count_tokens(batch)
 
     def evaluate(self, loaded, model, splits, settings):
         """The family task's quality, with TRL's reward statistics on the eval pairs in extra."""
@@ -111,17 +118,6 @@ class Dpo:
 _SEQUENCES = ("input_ids", "attention_mask", "completion_mask", "token_type_ids", "mm_token_type_ids")
 
 
-def _adapter_only(model) -> None:
-    """Under DPO an adapter cell trains its adapter alone: what its method trains beside it (train_full, e.g. the
-    projector) is shared by TRL's reference adapter, so training it would move the reference too. It stays as built
-    (or as the source cell kept it)."""
-    if not hasattr(model, "peft_config"):
-        return
-    for name, p in model.named_parameters():
-        if p.requires_grad and ".default" not in name:
-            p.requires_grad_(False)
-
-
 def _trainer(loaded, model, *, beta: float, seed: int, device: str, pairs: list):
     """TRL's DPOTrainer over the cell's model, for its collator, loss and reference: made once per cell, without
     touching the random streams bench seeds (TRL's set_seed would reseed them all, and importing it draws from
@@ -134,6 +130,8 @@ def _trainer(loaded, model, *, beta: float, seed: int, device: str, pairs: list)
 
     states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    # TRL casts a 4-bit model's trainable parameters to bf16 (its QLoRA recipe); bench keeps the cell's precision
+    dtypes = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
     reference = None
     if not hasattr(model, "peft_config"):  # full fine-tuning: TRL's reference is a frozen copy of the model
         reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -144,8 +142,11 @@ def _trainer(loaded, model, *, beta: float, seed: int, device: str, pairs: list)
         with tempfile.TemporaryDirectory(prefix="bench-dpo-") as scratch:  # the trainer writes nothing we use
             # precision is bench's (its loop's autocast covers the reference forward too): TRL's own bf16 default
             # would run the reference in bf16 beside an fp32 policy
+            # gradient checkpointing is bench's too: TRL's default would hook the embeddings' outputs to require grad,
+            # sending backward through frozen vision towers
             args = DPOConfig(output_dir=scratch, beta=beta, seed=seed, report_to="none", use_cpu=device == "cpu",
-                             max_length=None, remove_unused_columns=False, save_strategy="no", bf16=False, fp16=False)
+                             max_length=None, remove_unused_columns=False, save_strategy="no", bf16=False, fp16=False,
+                             gradient_checkpointing=False)
             # the dataset TRL checks the columns of; bench's loop feeds the batches
             trainer = DPOTrainer(model=model, ref_model=reference, args=args,
                                  train_dataset=Dataset.from_list([example(pairs[0])]), processing_class=loaded.processor)
@@ -155,4 +156,7 @@ def _trainer(loaded, model, *, beta: float, seed: int, device: str, pairs: list)
         torch.random.set_rng_state(states[2])
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+    for name, p in model.named_parameters():
+        if name in dtypes and p.dtype != dtypes[name]:
+            p.data = p.data.to(dtypes[name])
     return trainer

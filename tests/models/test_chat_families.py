@@ -12,7 +12,7 @@ from conftest import noise_image
 
 from bench.data.sample import Sample
 from bench.errors import SuiteError
-from bench.models import get_family, llava, qwen2_vl, smolvlm
+from bench.models import blip2, get_family, llava, qwen2_vl, smolvlm
 from bench.models.base import COMPONENTS, ModelSpec, component_of
 from bench.models.chat import components_or_override, discover_components, feedforward_of, language_leaves, targets_for
 from bench.tasks import chat
@@ -198,12 +198,20 @@ def test_components_override_is_used_as_given():
     assert language_leaves(inner.model, inner.components) == LLAMA_LEAVES
 
 
-@pytest.mark.parametrize("prefix", ["model.language_model", "text_model", "model.text_model.layers.9", "lm_head.weight"])
+@pytest.mark.parametrize("prefix", ["model.language_model", "text_model", "model.text_model.layers.9", "lm_head.bias"])
 def test_components_override_with_a_missing_prefix_is_a_suite_error(prefix):
     given = (("language", ("model.text_model", prefix)),) if prefix != "model.language_model" else (("language", (prefix,)),)
     with pytest.raises(SuiteError, match="does not have") as info:
         smolvlm.build(spec("smolvlm", components=given))
     assert prefix in info.value.message and "components.language" in info.value.message
+
+
+def test_a_components_override_may_name_parameters_as_discovery_does():
+    # BLIP-2's query_tokens is a bare parameter: discovery names it, so a layout copied from discovery must validate
+    model = blip2.build(ModelSpec(name="b", family="blip2", preset="tiny", weights="random")).model
+    found = discover_components(model)
+    assert "query_tokens" in found["projector"]
+    assert components_or_override(model, {k: list(v) for k, v in found.items() if v}, "auto") == found
 
 
 # ---------------------------------------------------------------- the tiny processors: real templates, matching ids
@@ -320,3 +328,12 @@ def test_auto_refuses_a_checkpoint_without_a_chat_template(models, tmp_path):
 def test_auto_has_no_presets():
     with pytest.raises(SuiteError, match="no preset 'tiny'"):
         get_family("auto").build(spec("auto"))
+
+
+def test_an_auto_model_type_without_separate_vision_and_text_configs_is_named():
+    from bench.models.auto import _ARCH
+    from bench.models.hf import make_config
+
+    with pytest.raises(SuiteError, match="no text_config and no vision_config|no vision_config|no text_config") as info:
+        make_config(_ARCH, {"model_type": "fuyu"}, where="models.f")
+    assert info.value.where == "models.f" and "fuyu" in info.value.message

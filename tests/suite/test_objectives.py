@@ -171,12 +171,25 @@ def test_start_from_without_its_keys_names_the_missing_one(tmp_path):
 
 
 @pytest.mark.parametrize(("source", "key"), [('kind = "lora"\nr = 16', "r"), ('kind = "ia3"', "kind"),
-                                             ('kind = "lora"\ndropout = 0.1', "dropout"),
-                                             ('kind = "lora"\ntrain_full = []', "train_full")])
+                                             ('kind = "lora"\nalpha = 4', "alpha"),
+                                             ('kind = "lora"\ntargets = {language = ["q_proj"]}', "targets")])
 def test_start_from_a_different_adapter_names_what_differs(tmp_path, source, key):
     text = f"[methods.src]\n{source}\n" + DPO.replace('method = "sft"', 'method = "src"') + grid(["src", "dpo"])
     message = refused(tmp_path, text, "[methods.dpo] key 'start_from'", "differs")
     assert f"{key} = " in message, message
+
+
+@pytest.mark.parametrize("source", ['kind = "lora"\ndropout = 0.1', 'kind = "lora"\ntrain_full = []',
+                                    'kind = "lora"\ntrain_full = ["projector", "vision"]'])
+def test_start_from_a_source_with_another_dropout_or_train_full_validates(tmp_path, source):
+    # neither changes the adapter loaded: DPO turns dropout off and trains nothing beside the adapter
+    text = f"[methods.src]\n{source}\n" + DPO.replace('method = "sft"', 'method = "src"') + grid(["src", "dpo"])
+    assert validate(write(tmp_path, text))[0] == 0
+
+
+def test_dpo_with_train_full_is_refused(tmp_path):
+    text = DPO.replace('objective = "dpo"', 'objective = "dpo"\ntrain_full = ["projector"]') + grid(["sft", "dpo"])
+    refused(tmp_path, text, "key 'train_full'", "adapter alone")
 
 
 def test_start_from_an_equal_adapter_with_another_objective_validates(tmp_path):

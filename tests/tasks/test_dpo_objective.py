@@ -295,8 +295,10 @@ def test_a_larger_beta_scales_the_rewards(splits):
     assert one != 0 and two == pytest.approx(2 * one, rel=1e-3, abs=1e-5)
 
 
-def test_the_reference_stays_fixed_with_parameters_trained_beside_the_adapter(splits):
-    loaded, model = build({**LORA, "train_full": ["projector"]})
+def test_under_dpo_the_adapter_trains_alone_and_the_reference_stays_fixed(splits):
+    # the seeds' default trains the projector beside the adapter; it would be shared with TRL's reference adapter
+    loaded, model = build({**LORA, "train_full": None, "objective": "dpo"})
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == adapter_names(model, "default")
     dpo = dpo_for(loaded, model, splits)
     batch = batch_of(dpo, loaded, splits.train[:4])
     model.train()
@@ -405,3 +407,27 @@ def test_full_fine_tuning_reference_runs_in_the_cells_precision(splits):
         policy = model(**inputs, labels=labels, use_cache=False, fused_lm_head=True).log_probs.sum(dim=1).chunk(2)
     assert all(torch.allclose(r, p, atol=1e-5, rtol=0) for r, p in zip(reference, policy))
     assert dpo_loss(dpo, model, batch) == pytest.approx(LOG2, abs=1e-6)
+
+
+def test_making_the_trainer_adds_no_input_gradient_hooks(splits):
+    # TRL's default gradient checkpointing would make the embeddings' outputs require grad, sending backward through
+    # the frozen vision tower; bench's own checkpointing needs no such hook
+    loaded, model = build(LORA)
+    dpo_for(loaded, model, splits)
+    embeddings = model.get_base_model().get_input_embeddings()
+    assert not embeddings(torch.tensor([[1, 2]])).requires_grad
+
+
+def test_qlora_keeps_the_cells_precision_under_dpo(splits):
+    from bench.methods import quantization_config
+
+    method = {"name": "q", "kind": "qlora", "r": 8, "alpha": 16.0, "dropout": 0.0, "targets": None, "train_full": None,
+              "objective": "dpo", "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+    family = get_family(FAMILY)
+    loaded = family.build(ModelSpec(name="m", family=FAMILY, preset="tiny", weights="random"), seed=0,
+                          quantization=quantization_config(method, "cpu"))
+    model = apply_method(loaded, method, family)
+    before = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    dpo_for(loaded, model, splits)  # TRL casts a 4-bit model's trainable parameters to bf16
+    assert before and {n: p.dtype for n, p in model.named_parameters() if p.requires_grad} == before
+    assert set(before.values()) == {torch.float32}
