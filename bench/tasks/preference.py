@@ -57,7 +57,8 @@ class Dpo:
         image tokens never cut, every row keeping some of its answer."""
         from bench.errors import DataError
 
-        batch = self.collator(copy.deepcopy(encoded))  # TRL's collator rewrites the examples it is given
+        # TRL's collator rewrites the examples it is given: they are copied, their images shared (it only reads those)
+        batch = self.collator(copy.deepcopy(encoded, memo={id(e["image"]): e["image"] for e in encoded}))
         ids = batch["input_ids"]
         images = int((ids == self.image_token_id).sum(1).max()) if self.image_token_id is not None else 0
         limit = images + self.max_seq_len
