@@ -46,7 +46,11 @@ def run_on_devices(job, device: str, emit) -> dict:
         # a process that died without a word (killed, crashed); the ones the launcher stopped after a failure left none
         # either, but then another device's failure is the cause
         observed = set(failure.failures) if failure is not None else set()  # the launcher's first sight of a failure
-        silent = sorted((r for r in range(devices) if r not in outcomes), key=lambda r: (r not in observed, r))
+        # of several processes gone at once, one killed outright (SIGKILL: the out-of-memory killer, an operator) is the
+        # cause: a collective library may crash its peers (gloo segfaults when the other side vanishes mid-step)
+        killed = {r for r in observed if failure.failures[r].exitcode == -signal.SIGKILL}
+        silent = sorted((r for r in range(devices) if r not in outcomes),
+                        key=lambda r: (r not in observed, r not in killed, r))
         lost = _lost_text(silent[0], devices, failure, folder) if silent else None
         return merge(outcomes, devices, job.settings["distributed"], lost=lost if failure else None, order=order)
 

@@ -184,7 +184,10 @@ def test_a_device_process_killed_outright_is_recorded_as_such(write_suite, monke
     def cell(*args, ranks, **kwargs):
         if ranks.rank == 1:
             os.kill(os.getpid(), signal.SIGKILL)
-        return _waits_for_the_other_device(ranks)
+        # the other device waits outside any collective until the launcher stops it: inside one (gloo's rendezvous) it
+        # sometimes crashed with SIGSEGV before the launcher saw device 1 die, and was then taken for the cause
+        time.sleep(120)
+        return outcome()
 
     monkeypatch.setattr("bench.run.cell.run_cell", cell)
     out = run_on_devices(_cell_job(write_suite), "cpu", lambda *event: None)
