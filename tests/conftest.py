@@ -183,3 +183,16 @@ def row(page: str, *cells: str) -> list[str]:
 def section(page: str, title: str) -> str:
     """The text of a Markdown page's `## title` section."""
     return page.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def raises_at(fn, *parts):
+    """The DataError `fn` raises, its text holding every one of `parts` (file, record, field), with a file and a fix."""
+    from bench.errors import DataError
+
+    with pytest.raises(DataError) as info:
+        fn()
+    text = str(info.value)
+    for part in parts:
+        assert part in text, f"{part!r} not in {text!r}"
+    assert info.value.file and info.value.fix
+    return info.value

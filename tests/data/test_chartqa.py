@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import raises_at
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -43,15 +44,6 @@ def write(path: Path, records, *, jsonl: bool = False) -> Path:
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n" if jsonl else json.dumps(records))
     return path
 
-
-def raises_at(fn, *parts) -> DataError:
-    with pytest.raises(DataError) as info:
-        fn()
-    text = str(info.value)
-    for part in parts:
-        assert part in text, f"{part!r} not in {text!r}"
-    assert info.value.file and info.value.fix
-    return info.value
 
 
 # ---------------------------------------------------------------- files

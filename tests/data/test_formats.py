@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import raises_at
 from PIL import Image
 
 from bench.data import formats
@@ -42,16 +43,6 @@ def llava_dir(tmp_path):
     png(tmp_path / "img" / "b.png", (0, 0, 255))
     return tmp_path
 
-
-def raises_at(fn, *where_parts) -> DataError:
-    with pytest.raises(DataError) as info:
-        fn()
-    err = info.value
-    text = str(err)
-    for part in where_parts:
-        assert part in text, f"{part!r} not in {text!r}"
-    assert err.file and err.fix
-    return err
 
 
 # ---------------------------------------------------------------- LLaVA

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import raises_at
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -54,15 +55,6 @@ def write(path: Path, rows) -> Path:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
-
-def raises_at(fn, *parts) -> DataError:
-    with pytest.raises(DataError) as info:
-        fn()
-    text = str(info.value)
-    for part in parts:
-        assert part in text, f"{part!r} not in {text!r}"
-    assert info.value.file and info.value.fix
-    return info.value
 
 
 # ---------------------------------------------------------------- JSONL
