@@ -357,16 +357,17 @@ def _cluster_options(args, table: dict):
                           float(poll))
 
 
-def _positive(text: str) -> int:
+def _jobs(text: str) -> int:
     from bench.suite.keys import SUITE_KEYS
 
     most = SUITE_KEYS["jobs"].max
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give how many cells run at once, e.g. 2") from None
-    if not 1 <= value <= most:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; give 1 to {most}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give how many cells run at once, e.g. 2 "
+                                         "(0: as many as fit)") from None
+    if not 0 <= value <= most:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; give 0 (as many as fit) to {most}")
     return value
 
 
@@ -409,9 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-cell", type=int, default=None, metavar="N", help="CPUs each Slurm job asks for")
     s.add_argument("--poll-s", type=float, default=None, metavar="S",
                    help="seconds between the driver's looks at its jobs (default 30; one sacct call for all of them)")
-    s.add_argument("--jobs", type=_positive, default=None, metavar="N",
-                   help="run up to N cells at once (default: the suite's `jobs`, 1): each on a GPU of its own, or on the CPU "
-                        "with cores ÷ N threads unless the suite sets threads")
+    s.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                   help="run up to N cells at once (default: the suite's `jobs`, 1; 0: as many as fit): each on a GPU of its "
+                        "own, or on the CPU with cores ÷ N threads unless the suite sets threads, their timed work (training, "
+                        "serving's latency rounds) one cell at a time unless the suite sets time_alone = false")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("export", help="write what a finished cell kept: its adapter, or (--merged) a plain transformers "

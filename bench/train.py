@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from bench.errors import BenchError
 from bench.profile import MemoryProbe, StepTimer
+from bench.turns import timed_turn
 
 
 class Diverged(Exception):
@@ -29,6 +30,7 @@ class MemoryCapExceeded(Exception):
 class TrainResult:
     steps: int
     step_times: list[float] = field(default_factory=list)
+    turn_waits: list[tuple[float, float]] = field(default_factory=list)  # (asked, got) for the turn to time (bench/turns.py)
     losses: list[tuple[int, float]] = field(default_factory=list)
     samples: int = 0
     real_tokens: int = 0
@@ -159,10 +161,13 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     # when it is left out of the timing: its dispatch hooks slow every op. Garbage collection is paused meanwhile, so
     # the peak does not depend on when the collector runs.
     tracked = TRACKED_STEP if track_tensors and settings["timing_warmup_steps"] >= TRACKED_STEP <= steps else None
-    tracking = ExitStack()
+    tracking, turn = ExitStack(), ExitStack()
     model.train()
-    with tracking:  # closed after the tracked steps, or here when training stops early
+    with turn, tracking:  # tracking closed after the tracked step, or here when training stops early
         for step in range(1, steps + 1):
+            if step == settings["timing_warmup_steps"] + 1 and (ranks is None or ranks.main):
+                # beside other cells on the CPU the timed steps wait for their turn (bench/turns.py); warm-up ran beside
+                turn.enter_context(timed_turn(result.turn_waits))
             waited = time.perf_counter()
             micro = [next(batches) for _ in range(settings["grad_accum"])]
             result.data_waits.append(time.perf_counter() - waited)

@@ -1,12 +1,17 @@
 """Wall time of `bench run suites/quickstart.toml` at two commits, side by side, and where it went.
 
     .venv/bin/python benchmarks/wall_time.py --before REV [--after HEAD] [--rounds 1] [--suite suites/quickstart.toml]
+                                             [--same-suite] [--after-args "--jobs 0"]
 
 Each commit is checked out into a temporary worktree and run with this checkout's virtual environment.
 Each first runs once untimed (it pretrains any zoo base its commit does not find cached), so every timed
 run is a "second run" as a user makes it. Rounds alternate the order. Printed: each run's wall time,
 the ratio after/before of the medians, and — where the commit prints it — the run's own split of its
 wall time (`where the time went`) with training's share.
+
+By default each commit runs its own copy of the suite file (what `bench run suites/quickstart.toml` does at that
+commit, whatever the file asked for then); `--same-suite` runs the before commit's file at both, so both do the
+same work. `--after-args` adds arguments to the after commit's `bench run` only (flags the before commit lacks).
 """
 
 from __future__ import annotations
@@ -23,12 +28,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(tree: Path, suite: str) -> tuple[float, str]:
+def run(tree: Path, suite: str, extra: list[str] = ()) -> tuple[float, str]:
     out = Path(tempfile.mkdtemp(prefix="bench-wall-"))
     env = {**os.environ, "PYTHONPATH": str(tree)}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "bench", "run", suite, "--results-dir", str(out / "results"),
-                           "--reports-dir", str(out / "reports"), "--no-progress"], cwd=tree, env=env,
+                           "--reports-dir", str(out / "reports"), "--no-progress", *extra], cwd=tree, env=env,
                           capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
@@ -44,6 +49,8 @@ def main() -> None:
     parser.add_argument("--after", default="HEAD")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--suite", default="suites/quickstart.toml")
+    parser.add_argument("--same-suite", action="store_true", help="run the before commit's suite file at both commits")
+    parser.add_argument("--after-args", default="", help="extra arguments for the after commit's bench run")
     args = parser.parse_args()
     trees = {}
     for name, rev in (("before", args.before), ("after", args.after)):
@@ -51,13 +58,16 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev], cwd=REPO, check=True)
         trees[name] = tree
     walls: dict[str, list[float]] = {"before": [], "after": []}
+    suite = {name: str(trees["before"] / args.suite) if args.same_suite else args.suite for name in trees}
+    extra = {"before": [], "after": args.after_args.split()}
     try:
         for name in ("before", "after"):
-            run(trees[name], args.suite)  # untimed: the zoo cached for this commit, the page cache warm
+            run(trees[name], suite[name], extra[name])  # untimed: the zoo cached for this commit, the page cache warm
         for r in range(args.rounds):
             for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
-                wall, split = run(trees[name], args.suite)
+                wall, split = run(trees[name], suite[name], extra[name])
                 walls[name].append(wall)
+                # side by side the wall time some cell trained is said first; one at a time training's own line
                 share = split.split("training ", 1)[1].split("(", 1)[1].split(")", 1)[0] if "training " in split else "?"
                 print(f"{name:<6} {wall:6.1f} s  training {share} of the run's own wall  |  {split}")
     finally:

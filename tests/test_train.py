@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import time
 
 import pytest
 import torch
@@ -281,3 +282,38 @@ def test_tensor_memory_on_the_cpu_is_measured_on_an_untimed_step_and_repeats_exa
     full, again, lora = peak(FULL, 2), peak(FULL, 2), peak(LORA, 2)
     assert full["Total"] == again["Total"] > lora["Total"] > 0
     assert peak(FULL, 1) is None
+
+
+def test_beside_other_cells_the_timed_steps_wait_for_their_turn_and_the_warm_up_does_not(base, encoded, tmp_path,
+                                                                                        monkeypatch):
+    """bench/turns.py: another cell holding the turn stops this one after its warm-up steps, not before; the wait is
+    reported apart (the timed steps' times do not include it)."""
+    import fcntl
+    import os
+    import threading
+
+    from bench.turns import ENV
+
+    lock = tmp_path / "turns.lock"
+    monkeypatch.setenv(ENV, str(lock))
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # "another cell" is timing
+    steps: list[int] = []
+    loaded, model = fresh(base)
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(result=fit(
+        model, task, encoded, loaded, {**SETTINGS, "steps": 5, "timing_warmup_steps": 2},
+        on_step=lambda s, n, loss: steps.append(s))))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while len(steps) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    assert steps == [1, 2]  # the warm-up ran; the first timed step waits
+    os.close(fd)
+    worker.join(60)
+    result = done["result"]
+    assert [s for s, _ in result.losses] == [1, 2, 3, 4, 5]
+    (asked, got), = result.turn_waits
+    assert got - asked >= 0.45
+    assert max(result.step_times[2:]) < got - asked  # the wait is not in a step's time

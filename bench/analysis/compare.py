@@ -128,15 +128,21 @@ def env_differences(base_records: list[dict], current_records: list[dict]) -> li
             warnings.append(f"{key} is mixed within each side: {_show(old)}")
     old, new = _side_by_side(base_records), _side_by_side(current_records)
     if old != new:
-        warnings.append(f"cells at a time differ: baseline {_show(old)} vs current {_show(new)} (cost.concurrent_cells: "
-                        "step times measured beside other cells are not comparable with ones measured alone)")
+        warnings.append(f"cells training at a time differ: baseline {_show(old)} vs current {_show(new)} (cost.concurrent_cells "
+                        "and cost.timed_alone: step times measured while other cells trained are not comparable with ones "
+                        "measured alone)")
     return warnings
 
 
 def _side_by_side(records: list[dict]) -> set:
-    """How many cells ran at once when each record was measured (records from before the field: one)."""
-    values = {(r.get("cost") or {}).get("concurrent_cells", 1) for r in records}
-    return {v if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in values}
+    """How many cells were training at once when each record was timed: one where the cells ran alone or took turns at
+    their timed work (cost.timed_alone); records from before either field: one."""
+    values = set()
+    for r in records:
+        cost = r.get("cost") or {}
+        n = cost.get("concurrent_cells", 1)
+        values.add(1 if cost.get("timed_alone") is True else n if isinstance(n, int) and not isinstance(n, bool) else str(n))
+    return values
 
 
 def _show(values: set) -> str:

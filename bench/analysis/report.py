@@ -333,11 +333,17 @@ def _cost_section(page: _Page) -> list[str]:
               "the workers did not hide; with the bundled in-memory data, the first pass's encoding); estimate "
               "error is (estimate − measured) / measured, where the measurement counts tensors as the estimate does "
               "(an RSS figure also holds the runtime's own pages: its estimate is shown without an error).", ""]
-    side = sorted({n for g in ok for r in g.ok if isinstance(n := stats.get(r, "cost.concurrent_cells"), int) and n > 1})
-    if side:
-        lines += [f"Cells ran side by side ({' or '.join(map(str, side))} at a time, `cost.concurrent_cells`): their step times "
-                  "include what a neighbour took of the machine's memory bandwidth and caches; compare speeds between "
-                  "runs made the same way.", ""]
+    beside = [r for g in ok for r in g.ok if isinstance(n := stats.get(r, "cost.concurrent_cells"), int) and n > 1]
+    side = sorted({stats.get(r, "cost.concurrent_cells") for r in beside})
+    together = [r for r in beside if stats.get(r, "cost.timed_alone") is not True]
+    if together:
+        lines += [f"Cells trained side by side ({' or '.join(map(str, side))} at a time, `cost.concurrent_cells`; "
+                  "`time_alone = false`): their step times include what a neighbour took of the machine's memory bandwidth "
+                  "and caches; compare speeds between runs made the same way.", ""]
+    elif beside:
+        lines += [f"Cells ran side by side ({' or '.join(map(str, side))} at a time, `cost.concurrent_cells`) and took turns "
+                  "at their timed work (`cost.timed_alone`): one cell's timed steps and serving rounds ran while the others "
+                  "built, warmed up or evaluated, never while another was timed.", ""]
     return lines
 
 

@@ -19,6 +19,7 @@ from bench.models.base import model_spec
 from bench.models.catalog import METHOD_KINDS
 from bench.run.artifacts import save_artifact
 from bench.tasks.base import TrainingBatch, task_settings
+from bench.turns import waited_s
 
 
 def resolve_device(requested: str) -> str:
@@ -103,7 +104,7 @@ def _serve(cell, settings: dict, **how) -> dict | None:
         out = serve(cell, settings, **how)
     except Exception as exc:
         out = {"error": failure_message(exc)}
-    out["wall_s"] = round(time.perf_counter() - clock, 4)
+    out["wall_s"] = round(time.perf_counter() - clock - out.get("wait_s", 0.0), 4)  # its own time, the wait apart
     return out
 
 
@@ -281,12 +282,19 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
         trained = ranks.wrap(model) if ranks else model
         probe.start_region()
         phases["build"], clock = round(time.perf_counter() - clock, 4), time.perf_counter()
+        began = time.monotonic()
+        result = None
         try:
             result = train(trained, task, batches, settings, n_samples=len(splits.train), device=device, probe=probe,
                            on_step=on_step, track_tensors=device == "cpu", ranks=ranks)
         finally:
             batches.close()  # the workers stop here, not when the garbage collector gets to them
-            phases["train"], clock = round(time.perf_counter() - clock, 4), time.perf_counter()
+            waits = result.turn_waits if result is not None else []
+            phases["train"], clock = round(time.perf_counter() - clock - waited_s(waits), 4), time.perf_counter()
+            if waits:  # beside other cells on the CPU: the timed steps waited for their turn (bench/turns.py)
+                phases["wait"] = round(waited_s(waits), 4)
+            # when it trained, on the machine's clock: the run counts the wall time some cell was training
+            out["spans"] = _apart(began, time.monotonic(), waits)
         # the step MemTracker watched trained like any other, slowed by the hooks: what it took beyond a typical (median)
         # step measured memory
         hooks = max(0.0, result.tracked_step_s - statistics.median(result.step_times)) if result.tracked_step_s else 0.0
@@ -322,7 +330,7 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
             if keep is None:  # a sweep's trial is not served: its pick is, once evaluated (bench/run/sweep.py)
                 out["serving"] = _serve(cell, settings, task=task, loaded=kept[0], model=kept[1], splits=splits,
                                         device=device, zoo_path=zoo_path, seed=seed)
-                phases["serve"] = (out["serving"] or {}).get("wall_s", 0.0)
+                add_phases(phases, serving_phases(out["serving"]))
     except (torch.OutOfMemoryError, MemoryCapExceeded) as exc:
         out.update(status="oom", message=f"out of memory: {str(exc).splitlines()[0][:300]}")
         out["cost"].update(probe.peak())
@@ -381,8 +389,31 @@ def after_training(cell, settings: dict, *, task, loaded, model, splits, retenti
     out["artifact"] = _keep(model, cell, settings, artifact, beside=beside)
     out["serving"] = _serve(cell, settings, task=task, loaded=loaded, model=model, splits=splits, device=device,
                             zoo_path=zoo_path, seed=seed, state=state)
-    out["phases"] = {"evaluate": round(evaluated, 4), "serve": (out["serving"] or {}).get("wall_s", 0.0)}
+    out["phases"] = {"evaluate": round(evaluated, 4), **serving_phases(out["serving"])}
     return out
+
+
+def _apart(start: float, end: float, waits: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(start, end) less the waits inside it, as spans."""
+    spans, at = [], start
+    for asked, got in waits:
+        spans.append((at, asked))
+        at = got
+    return spans + [(at, end)]
+
+
+def serving_phases(serving: dict | None) -> dict:
+    """The seconds serving took (`serve`) and, beside other cells, waited for its turn to time (`wait`)."""
+    out = {"serve": (serving or {}).get("wall_s", 0.0)}
+    if (serving or {}).get("wait_s"):
+        out["wait"] = serving["wait_s"]
+    return out
+
+
+def add_phases(phases: dict, more: dict) -> None:
+    """Add `more`'s seconds per phase to `phases`."""
+    for phase, seconds in more.items():
+        phases[phase] = round(phases.get(phase, 0.0) + seconds, 4)
 
 
 def _load_trained(model, state: dict) -> None:

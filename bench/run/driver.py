@@ -118,7 +118,7 @@ class ClusterDriver:
     def _collect(self, job, sub, at_once: int) -> None:
         cell = job.cell
         record = self.runner._record_head(job, sub.started_at)
-        record["cost"]["concurrent_cells"] = at_once
+        record["cost"].update(concurrent_cells=at_once, timed_alone=at_once == 1)
         with contextlib.suppress(BenchError):  # a job re-attached after its data changed: the record still comes
             splits = self.runner.splits(cell.dataset)
             record["dataset"].update(fingerprint=splits.fingerprint, train_size=splits.train_size, eval_size=splits.eval_size)

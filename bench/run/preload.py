@@ -23,6 +23,13 @@ import transformers.utils.logging as hf_logging  # noqa: E402
 hf_logging.disable_progress_bar()  # re-quantised loads would draw shard bars through the live display
 hf_logging.set_verbosity_error()
 
+from tqdm.std import TqdmDefaultWriteLock  # noqa: E402
+
+# tqdm's first bar in a process makes a multiprocessing lock, a named semaphore the run's resource tracker then counts as
+# leaked when the cell leaves with os._exit (PEFT's merge_and_unload makes a bar, disabled, in every served cell): cells
+# draw no bars, so their bars lock with threads only
+TqdmDefaultWriteLock.mp_lock = None
+
 import peft  # noqa: E402,F401
 import torch.distributed._tools.mem_tracker  # noqa: E402,F401  (CPU tensor memory: imported in every cell otherwise)
 from transformers import Blip2ForConditionalGeneration, CLIPModel, LlavaForConditionalGeneration  # noqa: E402,F401

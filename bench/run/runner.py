@@ -27,17 +27,21 @@ from bench.run.claims import Claims
 from bench.suite.compose import waves
 from bench.suite.plan import Cell, base_key, expand, results_path, retention_cell
 from bench.train import effective_batch
+from bench.turns import ENV as TURNS_ENV
+from bench.turns import busy_s
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+TURNS_FILE = "timed-turns.lock"  # in the results folder: cells side by side on the CPU take turns at timing with it
 # a cell's cost.phases_s (bench/run/cell.py) -> how the run's time split names them
 NOT_YET = "a source cell has no record yet"  # sources_for: the composed cell is left for a later run, unrecorded
 
 CELL_PHASES = {"build": "model build", "train": "training", "track": "memory tracking (hooks on one step)",
-               "evaluate": "tuned evaluation", "serve": "serving measurement (and the merged model's evaluation)"}
+               "evaluate": "tuned evaluation", "serve": "serving measurement (and the merged model's evaluation)",
+               "wait": "waiting for a turn to time (beside other cells)"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class RunSummary:
     wall_s: float = 0.0
     phases_s: dict = field(default_factory=dict)  # where the wall time went (see Runner.phases)
     jobs: int = 1  # cells run at once
+    turns: bool = False  # side by side, their timed work took turns (bench/turns.py)
+    training_s: float = 0.0  # wall time during which at least one cell was training
 
     def count(self, status: str) -> None:
         """One more cell-run recorded with this status."""
@@ -80,12 +86,16 @@ class RunSummary:
         self.statuses[status] = self.statuses.get(status, 0) + 1
 
     def phases_text(self) -> str:
-        """'training 40.1 s (62 %), tuned evaluation 6.0 s (9 %), ...', largest first; with cells side by side, shares
-        of jobs × wall (the run's capacity), said first."""
-        capacity = self.wall_s * self.jobs
+        """'training 40.1 s (62 %), tuned evaluation 6.0 s (9 %), ...', largest first, as shares of the wall time; with
+        cells side by side, how they ran said first (their shares then add up to jobs × 100 %)."""
         parts = sorted(((k, v) for k, v in self.phases_s.items() if v >= 0.05), key=lambda kv: -kv[1])
-        text = ", ".join(f"{k} {v:.1f} s ({100 * v / capacity:.0f} %)" for k, v in parts) if capacity else ""
-        return f"{self.jobs} cells at a time, shares of {self.jobs} × the wall time: {text}" if self.jobs > 1 else text
+        text = ", ".join(f"{k} {v:.1f} s ({100 * v / self.wall_s:.0f} %)" for k, v in parts) if self.wall_s else ""
+        if self.jobs == 1:
+            return text
+        how = "timed work one cell at a time" if self.turns else "training at the same time"
+        busy = f"{100 * self.training_s / self.wall_s:.0f} %" if self.wall_s else "—"
+        return (f"{self.jobs} cells at a time ({how}): a cell was training during {self.training_s:.1f} s of the wall time "
+                f"({busy}); per phase, summed over the cells (so adding up to {100 * self.jobs} % of the wall time): {text}")
 
 
 def recorded(results: Path) -> dict[tuple[str, int], tuple[int, str]]:
@@ -160,7 +170,9 @@ class Runner:
         self._split_errors: dict[str, str] = {}  # dataset -> why it could not be loaded (each of its cells says so)
         self._seen: dict = {}  # the results file's latest lines, as last read under the lock
         self._time: dict[str, float] = {}  # seconds per phase of the run, summed over cells (see phases)
-        self.jobs = jobs or suite.settings["jobs"]  # cells run at once (--jobs, else the suite's `jobs`)
+        self._training: list[tuple[float, float]] = []  # when cells trained (time.monotonic): their union is wall time
+        self.jobs = suite.settings["jobs"] if jobs is None else jobs  # cells at once (--jobs, else the suite's; 0: as fit)
+        self.turns: Path | None = None  # the lock cells side by side on the CPU take turns at timing with (_slots)
         self._lock = threading.Lock()  # the state cells running side by side share: times, claims, bases, counts
         self._key_locks: dict = {}  # one lock per dataset and per base: each is loaded / measured once
         self._cancel = threading.Event()  # set when the run is interrupted: running cells are killed
@@ -236,7 +248,8 @@ class Runner:
         if self.cluster is None and jobs:
             # no more slots than cell-runs: an idle slot would only thin each cell's threads, add a blank display line,
             # count as capacity in the time split and make records claim more neighbours than they had
-            self.jobs = min(self.jobs, len(jobs))
+            self.jobs = min(self._jobs_wanted(), len(jobs))
+        self.jobs = self.jobs or 1  # as many as fit, where nothing runs here (a cluster, or nothing left to run): one
         summary = RunSummary(skipped_done=done, results=self.results, jobs=self.jobs)
         # a sweep cell's later repeats train repeat 0's pick: they wait for it, so every repeat 0 goes first
         self._picks = {j.cell.cell_id: threading.Event() for j in jobs if j.cell.train["sweep"] and j.repeat == 0}
@@ -268,6 +281,8 @@ class Runner:
                               fix=f"fix that, then `bench report {self.results}`") from None
         self._took("report", time.monotonic() - rendering)
         summary.wall_s = time.monotonic() - start
+        summary.turns = self.turns is not None
+        summary.training_s = busy_s(self._training)
         summary.phases_s = self.phases(summary.wall_s)
         return summary
 
@@ -370,8 +385,26 @@ class Runner:
         if not gpus:
             self._check_cpu_devices(jobs, need, cores)
         threads = s["threads"] if self.jobs == 1 else s["threads"] or max(1, cores // self.jobs)
-        return [Slot(i, threads, {"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * need:(i + 1) * need])} if gpus else {})
+        # side by side on the CPU, timed work takes turns (bench/turns.py) unless the suite lets cells train at once
+        self.turns = inside(self.results.parent, TURNS_FILE) if self.jobs > 1 and not gpus and s["time_alone"] else None
+        return [Slot(i, threads, {"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * need:(i + 1) * need])} if gpus else
+                     {TURNS_ENV: str(self.turns.absolute())} if self.turns else {})
                 for i in range(self.jobs)]
+
+    def _jobs_wanted(self) -> int:
+        """Cells at once: --jobs, else the suite's `jobs`; 0 is as many as fit: one per GPU (or per a cell's devices),
+        on the CPU as many as the cores hold at the suite's `threads` each (one where threads is 0, torch's all-cores)."""
+        if self.jobs or not self.isolate:  # isolate = false: cells run inside this process, one at a time
+            return self.jobs or 1
+        from bench.profile import listed_gpus, visible_gpus
+
+        s = self.suite.settings
+        listed = [] if s["device"] == "cpu" else listed_gpus()
+        gpus = [] if s["device"] == "cpu" or (s["device"] == "auto" and not listed) else visible_gpus(listed)
+        need = max(c.train["devices"] for c in expand(self.suite))
+        if gpus:
+            return max(1, len(gpus) // need)
+        return max(1, (os.cpu_count() or 1) // (s["threads"] * need)) if s["threads"] else 1
 
     def _asked(self, need: int) -> str:
         cells = f"--jobs {self.jobs} runs {self.jobs} cells at once" if self.jobs > 1 else "one cell at a time"
@@ -411,7 +444,8 @@ class Runner:
         fix = "move it away, or choose other folders with --results-dir / --reports-dir"
         for path, kind, what in ((self.results, "file", "records"), (Path(str(self.results) + ".lock"), "file", "lock"),
                                  (self.claims.folder, "folder", "claims"), (self._jobs_folder(), "folder", "job ids"),
-                                 (inside(self.reports_dir, self.suite.name), "folder", "plots")):
+                                 (inside(self.reports_dir, self.suite.name), "folder", "plots"),
+                                 (inside(self.results.parent, TURNS_FILE), "file", "timing turns' lock")):
             require_plain(path, kind, what=what, fix=fix)
 
     def _jobs_folder(self) -> Path:
@@ -659,6 +693,8 @@ class Runner:
             if out.kind == "ok":
                 for phase, name in CELL_PHASES.items():
                     self._took(name, out.value["cost"].get("phases_s", {}).get(phase, 0.0))
+                with self._lock:
+                    self._training.extend(out.value.pop("spans", None) or [])
             status = out.value["status"] if out.kind == "ok" else out.kind
             attempts.append({"batch_size": settings["batch_size"], "grad_accum": settings["grad_accum"], "status": status,
                              "peak_memory_mb": out.value["cost"].get("peak_memory_mb") if out.kind == "ok" else None})
@@ -676,7 +712,8 @@ class Runner:
             "suite_file": _display_path(self.suite.path), "run_id": self.run_id, "repeat": job.repeat, "seed": job.seed,
             "model": dict(cell.model), "dataset": dict(cell.dataset), "method": dict(cell.method),
             "train": {**cell.train, "seed": job.seed}, "status": "error", "message": "", "params": {},
-            "cost": {"device": self.suite.settings["device"], "devices": cell.train["devices"], "concurrent_cells": self.jobs},
+            "cost": {"device": self.suite.settings["device"], "devices": cell.train["devices"], "concurrent_cells": self.jobs,
+                     "timed_alone": self.jobs == 1 or self.turns is not None},
             "quality": {}, "loss_curve": [],
             "diverged_at_step": None,
             "env": {}, "started_at": started,

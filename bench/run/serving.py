@@ -25,6 +25,7 @@ import time
 
 from bench.models.catalog import METHOD_KINDS
 from bench.profile import MB
+from bench.turns import timed_turn, waited_s
 
 FOUR_BIT = {"kind": "qlora", "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}
 
@@ -44,10 +45,13 @@ def serve(cell, settings: dict, *, task, loaded, model, splits, device: str, zoo
         except Exception as exc:
             del variants["4bit"]
             notes.append(_left_out("4bit", exc))
-    figures = measure(variants, one, batch, rounds=settings["serve_rounds"], device=device)
+    waits: list[tuple[float, float]] = []
+    figures = measure(variants, one, batch, rounds=settings["serve_rounds"], device=device, waits=waits)
     for fig in figures.values():
         fig.update(batch=len(samples), unit=f"{task.SERVED}/s")
     out = {"variants": figures, "rounds": settings["serve_rounds"], "memory_kind": _memory_kind(device)}
+    if waits:  # beside other cells: the timed rounds waited for their turn (bench/turns.py)
+        out["wait_s"] = round(waited_s(waits), 4)
     if notes:
         out["notes"] = notes
     if METHOD_KINDS[kind].adapter and "merged" in variants and cell.model["weights"] != "random":
@@ -131,8 +135,9 @@ def _quant_keys(method: dict) -> dict:
     return {k: method[k] for k in ("quant_type", "double_quant", "compute_dtype") if k in method}
 
 
-def measure(models: dict, one, batch, *, rounds: int, device: str) -> dict:
-    """Interleaved rounds of each model's one-sample and batched request; figures per model."""
+def measure(models: dict, one, batch, *, rounds: int, device: str, waits: list | None = None) -> dict:
+    """Interleaved rounds of each model's one-sample and batched request; figures per model. The timed rounds take the
+    cell's turn (bench/turns.py); `waits` receives when it was asked for and when it came."""
     sync = _sync(device)
     times = {name: {"one": [], "batch": []} for name in models}
     units = {}
@@ -141,15 +146,16 @@ def measure(models: dict, one, batch, *, rounds: int, device: str) -> dict:
     for name in names:  # warm-up (kernels chosen, workspaces allocated, caches filled), the batched request's memory
         one(models[name])
         units[name], memory[name] = _memory(models[name], batch, device)
-    for r in range(rounds):
-        turn = names[r % len(names):] + names[: r % len(names)]  # who goes first changes each round
-        for name in turn:
-            for key, request in (("one", one), ("batch", batch)):
-                sync()
-                start = time.perf_counter()
-                request(models[name])
-                sync()
-                times[name][key].append(time.perf_counter() - start)
+    with timed_turn(waits):
+        for r in range(rounds):
+            turn = names[r % len(names):] + names[: r % len(names)]  # who goes first changes each round
+            for name in turn:
+                for key, request in (("one", one), ("batch", batch)):
+                    sync()
+                    start = time.perf_counter()
+                    request(models[name])
+                    sync()
+                    times[name][key].append(time.perf_counter() - start)
     out = {}
     for name in names:
         one_s, batch_s = times[name]["one"], times[name]["batch"]

@@ -44,7 +44,7 @@ def carve(splits, size: int):
 def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, on_step, winner: dict | None,
               retention=None, artifact: str | None = None) -> dict:
     """The cell's outcome for its pick (or for `winner`), with `sweep` saying what was tried and chosen."""
-    from bench.run.cell import attempt, evaluate_trained
+    from bench.run.cell import add_phases, attempt, evaluate_trained
 
     train_splits, validation = carve(splits, settings["validation_size"])
     fixed = {k: v for k, v in settings.items() if k != "sweep"}
@@ -73,14 +73,15 @@ def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path,
         pick = ok[0]
     out = outcomes[pick]
     phases = out["cost"]["phases_s"] = _summed_phases(outcomes)
+    out["spans"] = [span for o in outcomes for span in o.get("spans", [])]  # every trial trained
     out["sweep"] = _summary(settings, trials, trials[pick]["values"], len(validation))
     if cell.model["weights"] != "random":  # random weights have no quality: the first trial that ran is the pick
         clock = time.perf_counter()
         out.update(evaluate_trained(cell, {**fixed, **trials[pick]["values"]}, seed=seed, device=device, splits=train_splits,
                                     zoo_path=zoo_path, state=kept, retention=retention, artifact=artifact))
         after = out.pop("phases")  # the pick's build counts as evaluation here: it is rebuilt to be evaluated
-        phases["evaluate"] = round(phases.get("evaluate", 0.0) + time.perf_counter() - clock - after["serve"], 4)
-        phases["serve"] = after["serve"]
+        after["evaluate"] = time.perf_counter() - clock - after["serve"] - after.get("wait", 0.0)
+        add_phases(phases, after)
     return out
 
 
@@ -100,10 +101,11 @@ def _trial(values: dict, out: dict, scored: dict | None) -> dict:
 
 def _summed_phases(outcomes: list[dict]) -> dict:
     """Where the cell's time went, over every trial: the run's time split counts all of it."""
+    from bench.run.cell import add_phases
+
     total: dict = {}
     for o in outcomes:
-        for phase, seconds in (o["cost"].get("phases_s") or {}).items():
-            total[phase] = round(total.get(phase, 0.0) + seconds, 4)
+        add_phases(total, o["cost"].get("phases_s") or {})
     return total
 
 

@@ -19,8 +19,10 @@ SUITE_KEYS = {
     "isolate": Key(bool, True, "run each cell in its own process (crash and memory isolation)"),
     "threads": Key(int, 0, "CPU threads per cell (0: torch's default, or cores ÷ jobs side by side); tiny models run fastest on 1",
                    min=0, max=4096),
-    "jobs": Key(int, 1, "cells run at once (`bench run --jobs` overrides): each on a GPU of its own, or on its share of the CPU cores",
-                min=1, max=1024),
+    "jobs": Key(int, 1, "cells run at once (`bench run --jobs` overrides): each on a GPU of its own, or on its share of the CPU "
+                "cores; 0: as many as fit (one per GPU; on the CPU cores ÷ threads, 1 when threads is 0)", min=0, max=1024),
+    "time_alone": Key(bool, True, "cells side by side on the CPU take turns at their timed work (training, serving's latency "
+                      "rounds), so step times are a lone cell's; false: they train at once (faster, slower steps)"),
     "oom_backoff": Key(bool, False, "on out-of-memory halve the micro-batch and double accumulation, keeping the effective batch"),
     "min_batch_size": Key(int, 1, "smallest micro-batch the OOM back-off tries", min=1, max=65536),
 }

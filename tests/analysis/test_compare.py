@@ -71,9 +71,15 @@ def test_environment_differences_are_loud():
 def test_cells_run_side_by_side_against_cells_run_alone_are_flagged():
     alone = [record(cell_id="a")]  # a record from before the field: one cell at a time
     side = [record(cell_id="a", **{"cost.concurrent_cells": 2})]
-    assert any(w.startswith("cells at a time differ") and "1" in w and "2" in w for w in env_differences(alone, side))
+    assert any(w.startswith("cells training at a time differ") and "1" in w and "2" in w
+               for w in env_differences(alone, side))
     assert env_differences(side, copy.deepcopy(side)) == []
     assert env_differences(alone, [record(cell_id="a", **{"cost.concurrent_cells": 1})]) == []
+    # side by side with their timed work in turns: timed as if alone, nothing to flag; trained together: flagged
+    turns = [record(cell_id="a", **{"cost.concurrent_cells": 2, "cost.timed_alone": True})]
+    assert env_differences(alone, turns) == [] == env_differences(turns, alone)
+    together = [record(cell_id="a", **{"cost.concurrent_cells": 2, "cost.timed_alone": False})]
+    assert any(w.startswith("cells training at a time differ") for w in env_differences(turns, together))
 
 
 def test_status_change_and_vanished_values():

@@ -13,8 +13,9 @@ import pytest
 from conftest import MINI_SUITE, REPO
 
 from bench.records import read_records
-from bench.run.runner import Runner
+from bench.run.runner import TURNS_FILE, Runner
 from bench.suite.load import load_suite
+from bench.turns import ENV as TURNS_ENV
 
 
 def run_suite(path: Path, tmp_path: Path, **kw):
@@ -222,6 +223,7 @@ def test_the_runner_never_imports_torch_and_says_where_the_time_went(mini_suite,
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     line = out.stdout.strip()
     assert line.startswith("2 False "), out.stdout + out.stderr
+    assert "leaked" not in out.stderr, out.stderr  # a cell's tqdm lock (PEFT's merge bar) left to the resource tracker
     for phase in ("training", "tuned evaluation", "model build", "start-up (imports, once)", "report", "other"):
         assert phase in line
     assert line.endswith(" 0.0"), line  # the phases add up to the wall time
@@ -246,6 +248,35 @@ def test_cells_side_by_side_record_each_cell_run_once_with_what_they_learn_alone
     assert {(r["cell_id"], r["seed"]): r["loss_curve"] for r in b} == by_run
     assert {r["cost"]["concurrent_cells"] for r in b} == {2} and {r["cost"]["concurrent_cells"] for r in a} == {1}
     assert "2 cells at a time" in side.phases_text() and sum(side.phases_s.values()) == pytest.approx(2 * side.wall_s, rel=0.01)
+    # their timed work took turns: the records say so, the lock is in the results folder, and the wall time a cell
+    # trained is at most the wall time and at most the cells' training seconds summed
+    assert {r["cost"]["timed_alone"] for r in b} == {True} == {r["cost"]["timed_alone"] for r in a}
+    assert (two.results.parent / TURNS_FILE).is_file() and not (one.results.parent / TURNS_FILE).exists()
+    assert 0 < side.training_s <= min(side.wall_s, side.phases_s["training"] + 0.05)
+    assert "timed work one cell at a time" in side.phases_text() and "a cell was training during" in side.phases_text()
+    assert alone.training_s == pytest.approx(alone.phases_s["training"], abs=0.05)  # one at a time: the sum is the union
+
+
+def test_as_many_cells_as_fit_is_one_per_gpu_or_cores_over_threads_and_time_alone_false_trains_them_at_once(
+        write_suite, tmp_path, monkeypatch):
+    """jobs = 0: on the CPU cores ÷ threads (one where threads is 0, torch's all-cores), on GPUs one each; never more
+    than the cell-runs, never beside each other in process; time_alone = false sets no turns."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+
+    def wanted(text: str, **kw) -> int:
+        return Runner(load_suite(write_suite(MINI_SUITE.replace('name = "mini"', f'name = "mini"\n{text}'))),
+                      show_progress=False, **kw)._jobs_wanted()
+
+    assert wanted("jobs = 0\nthreads = 2") == 4 and wanted("jobs = 0\nthreads = 3") == 2
+    assert wanted("jobs = 0") == 1 and wanted("jobs = 0\nthreads = 2\nisolate = false") == 1
+    assert wanted("jobs = 3") == 3 and wanted("threads = 2", jobs=0) == 4 and wanted("jobs = 0\nthreads = 2", jobs=1) == 1
+    fake_nvidia_smi(tmp_path, monkeypatch, 3)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert wanted("jobs = 0\nthreads = 1") == 3
+    at_once = load_suite(write_suite(MINI_SUITE.replace('name = "mini"', 'name = "mini"\ntime_alone = false'), "once.toml"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert [s.env for s in Runner(at_once, jobs=2, show_progress=False)._slots(jobs_of(at_once))] == [{}, {}]
 
 
 def jobs_of(suite) -> list:
@@ -280,8 +311,10 @@ def test_side_by_side_cells_share_the_cores_or_get_a_gpu_each(mini_suite, tmp_pa
     fake_nvidia_smi(tmp_path, monkeypatch, 8)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible
-    slots = Runner(suite, jobs=4, show_progress=False)._slots(jobs_of(suite))
-    assert [(s.index, s.threads, s.env) for s in slots] == [(i, 2, {}) for i in range(4)]
+    runner = Runner(suite, jobs=4, show_progress=False, results_dir=tmp_path / "results")
+    slots = runner._slots(jobs_of(suite))
+    turns = {TURNS_ENV: str((tmp_path / "results" / TURNS_FILE).absolute())}  # their timed work takes turns
+    assert [(s.index, s.threads, s.env) for s in slots] == [(i, 2, turns) for i in range(4)]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
     assert [s.env for s in Runner(suite, jobs=3, show_progress=False)._slots(jobs_of(suite))] == [{"CUDA_VISIBLE_DEVICES": d} for d in "257"]
     assert Runner(suite, show_progress=False)._slots(jobs_of(suite))[0].env == {}  # one at a time: the devices the user set, untouched
@@ -365,7 +398,7 @@ def test_a_cuda_visible_devices_with_no_gpu_behind_it_leaves_auto_cells_on_the_c
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     suite = load_suite(mini_suite)
     slots = Runner(suite, jobs=2, show_progress=False)._slots(jobs_of(suite))
-    assert [s.env for s in slots] == [{}, {}]
+    assert [set(s.env) for s in slots] == [{TURNS_ENV}, {TURNS_ENV}]  # CPU cells: no device named, timed work in turns
 
 
 def test_every_record_that_could_not_be_saved_is_named_when_cells_side_by_side_fail_together():

@@ -484,6 +484,48 @@ def test_measure_reports_the_weights_and_what_the_batched_request_adds():
     assert fig["peak_memory_mb"] == pytest.approx(fig["weights_mb"] + fig["activations_mb"], abs=0.011)
 
 
+def test_beside_other_cells_only_the_timed_rounds_wait_for_their_turn(tmp_path, monkeypatch):
+    """bench/turns.py: the warm-up and the memory count run while another cell is timed; the rounds wait for the
+    turn, and the wait is reported apart, in no latency."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    from bench.turns import ENV
+
+    lock = tmp_path / "turns.lock"
+    monkeypatch.setenv(ENV, str(lock))
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another cell is timing
+    released: list[float] = []
+    calls: list[float] = []
+
+    def release():  # once both warm-up requests ran (they must not wait), and a while after
+        deadline = time.monotonic() + 20
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        released.append(time.monotonic())
+        os.close(fd)
+
+    threading.Thread(target=release).start()
+    model = torch.nn.Linear(4, 4)
+
+    def request(m):
+        calls.append(time.monotonic())
+        with torch.no_grad():
+            m(torch.ones(2, 4))
+        return 2
+
+    waits: list = []
+    fig = serving.measure({"only": model}, request, request, rounds=3, device="cpu", waits=waits)["only"]
+    assert len(calls) == 2 + 2 * 3  # one warm-up each, then three rounds of both
+    assert all(t < released[0] for t in calls[:2]) and all(t >= released[0] for t in calls[2:]), (calls, released)
+    (asked, got), = waits
+    assert got - asked >= 0.25 and fig["latency_ms_range"][1] < 1000 * (got - asked)
+
+
 # ---------------------------------------------------------------- 4. MemTracker over repeated root calls
 
 
