@@ -364,8 +364,8 @@ def _jobs(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give how many cells run at once, e.g. 2 "
-                                         "(0: as many as fit)") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give how many cells run at once, e.g. 2, "
+                                         "or 0 (as many as fit)") from None
     if not 0 <= value <= most:
         raise argparse.ArgumentTypeError(f"{value} is out of range; give 0 (as many as fit) to {most}")
     return value

@@ -68,13 +68,15 @@ def _child(conn, fn, args, kwargs, env):
 
 def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | None = None, isolate: bool = True,
                   env: dict | None = None, cancel=None, **kwargs) -> Outcome:
-    """Call fn(*args, emit=..., **kwargs) in a forked child; `emit(*event)` reaches `on_event` in the parent. `env`: the
-    child's extra environment variables; `cancel`: a threading.Event that, once set, kills the child (outcome
-    "cancelled": the run is being interrupted, nobody wants the result)."""
+    """Call fn(*args, emit=..., **kwargs) in a forked child; `emit(*event)` reaches `on_event` in the parent, except
+    emit(PAUSE, True) / emit(PAUSE, False): between them the child waits for something outside itself (its turn to time
+    beside other cells, bench/turns.py) and its timeout clock stands still. `env`: the child's extra environment
+    variables; `cancel`: a threading.Event that, once set, kills the child (outcome "cancelled": the run is being
+    interrupted, nobody wants the result)."""
     start = time.monotonic()
     if not isolate:
         try:
-            value = fn(*args, emit=lambda *e: on_event and on_event(e), **kwargs)
+            value = fn(*args, emit=lambda *e: on_event and e[0] != PAUSE and on_event(e), **kwargs)
             return Outcome("ok", value, elapsed_s=time.monotonic() - start)
         except Exception as exc:
             return Outcome("raised", message=f"{type(exc).__name__}: {exc}", elapsed_s=time.monotonic() - start)
@@ -88,9 +90,11 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
     proc = ctx.Process(target=_child, args=(child_conn, fn, args, kwargs, env), daemon=False)
     proc.start()
     child_conn.close()
+    paused = {"s": 0.0, "since": None}  # the child's waits so far, and when the current one began
     try:
         while True:
-            remaining = timeout_s - (time.monotonic() - start)
+            now = time.monotonic()
+            remaining = timeout_s - (now - start - paused["s"] - (now - paused["since"] if paused["since"] else 0.0))
             if cancel is not None and cancel.is_set():
                 _kill(proc)
                 return Outcome("cancelled", message="the run was interrupted", elapsed_s=time.monotonic() - start)
@@ -103,6 +107,9 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
                 except (EOFError, OSError):
                     proc.join(5)
                     return _crashed(proc, start)
+                if kind == "event" and payload[0] == PAUSE:
+                    _pause(paused, payload[1])
+                    continue
                 if kind == "event":
                     if on_event:
                         on_event(payload)
@@ -118,6 +125,18 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
     finally:
         parent_conn.close()
         _kill(proc)
+
+
+PAUSE = "pause"  # the event that stops (True) and restarts (False) a child's timeout clock
+
+
+def _pause(paused: dict, waiting: bool) -> None:
+    now = time.monotonic()
+    if waiting and paused["since"] is None:
+        paused["since"] = now
+    elif not waiting and paused["since"] is not None:
+        paused["s"] += now - paused["since"]
+        paused["since"] = None
 
 
 _PRELOAD = ["bench.run.server_signals", "bench.run.preload"]  # in this order: Ctrl-C while importing exits quietly

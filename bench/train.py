@@ -129,14 +129,19 @@ TRACKED_STEP = 2  # the steady state: the first step creates the optimizer state
 
 
 def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
-          probe: MemoryProbe | None = None, on_step=None, track_tensors: bool = False, ranks=None) -> TrainResult:
+          probe: MemoryProbe | None = None, on_step=None, track_tensors: bool = False, ranks=None,
+          turn_waits: list | None = None) -> TrainResult:
     """Train `model` in place for the cell's steps on micro-batches drawn from `batches` (CPU tensors, in the seed's
     order: bench/data/stream.py); raises Diverged or MemoryCapExceeded, lets OOM propagate. The step timer covers the
     forward, backward and update passes; the wait for the step's batches is measured on its own.
 
     On several devices (`ranks`: bench/ranks.py) `model` is the wrapped one and `batches` this device's share; the
     step's loss is the devices' mean (every device sees the same, so all stop together on divergence) and the sample
-    and token counts are the whole cell's."""
+    and token counts are the whole cell's.
+
+    Beside other cells on the CPU the timed steps wait for their turn (bench/turns.py; the warm-up steps run beside the
+    others' work): `turn_waits` (also result.turn_waits) receives when the turn was asked for and came, even when
+    training then raises."""
     from transformers import get_scheduler
 
     steps = total_steps(settings, n_samples)
@@ -149,7 +154,9 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=settings["warmup_steps"], num_training_steps=steps)
     scaler = _scaler(settings, device, ranks)
     clip = (lambda ps, norm: ranks.clip(model, ps, norm)) if ranks else None
-    result = TrainResult(steps=steps)
+    result = TrainResult(steps=steps, turn_waits=turn_waits if turn_waits is not None else [])
+    # the first step timed: after the warm-up, or every step where there are no more than the warm-up (all are kept then)
+    first_timed = settings["timing_warmup_steps"] + 1 if steps > settings["timing_warmup_steps"] else 1
     timer = StepTimer(device)
     cap = settings.get("memory_cap_mb")
 
@@ -165,8 +172,7 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     model.train()
     with turn, tracking:  # tracking closed after the tracked step, or here when training stops early
         for step in range(1, steps + 1):
-            if step == settings["timing_warmup_steps"] + 1 and (ranks is None or ranks.main):
-                # beside other cells on the CPU the timed steps wait for their turn (bench/turns.py); warm-up ran beside
+            if step == first_timed:
                 turn.enter_context(timed_turn(result.turn_waits))
             waited = time.perf_counter()
             micro = [next(batches) for _ in range(settings["grad_accum"])]

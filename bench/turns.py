@@ -2,9 +2,10 @@
 
 A cell's timed work (its timed training steps, serving's latency rounds) holds an exclusive lock on a file the runner
 names in the cell's environment; the rest (model build, warm-up steps, evaluation, the serving models' merges and memory
-counts, process start and exit) runs beside another cell's timed work. So the timed figures are a lone cell's while
-the machine's other cores do the harness's untimed work. The lock is the kernel's (flock): a cell killed while timing
-(timeout, out-of-memory killer, Ctrl-C) releases it with its process.
+counts, process start and exit) runs beside another cell's timed work. So no two cells are timed at once, while the
+machine's other cores do the harness's untimed work. The lock is the kernel's (flock): a cell killed while timing
+(timeout, out-of-memory killer, Ctrl-C) releases it with its process. A process waiting for its turn says so to whoever
+listens (the cell's process tells the runner, which stops the cell's timeout clock meanwhile).
 """
 
 from __future__ import annotations
@@ -12,9 +13,22 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 ENV = "BENCH_TIMED_TURNS"  # the lock file's path, set by the runner for cells that take turns (bench/run/runner.py)
+
+_state = {"fd": None, "waited": 0.0, "listener": None}  # this process's held lock, its waits so far, who hears of them
+
+
+def listen(listener: Callable[[bool], None] | None) -> None:
+    """Call listener(True) when this process starts waiting for its turn and listener(False) when the turn comes."""
+    _state["listener"] = listener
+
+
+def waited_total() -> float:
+    """Seconds this process has spent waiting for turns."""
+    return _state["waited"]
 
 
 @contextmanager
@@ -25,15 +39,38 @@ def timed_turn(waits: list[tuple[float, float]] | None = None):
     if not path:
         yield
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if _state["fd"] is not None:  # flock through a second open file would wait for this process itself, for ever
+        raise RuntimeError("timed_turn entered again while this process holds the turn")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    listener = _state["listener"]
     try:
         asked = time.monotonic()
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if listener:
+            listener(True)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        finally:
+            if listener:
+                listener(False)
+        got = time.monotonic()
+        _state["fd"], _state["waited"] = fd, _state["waited"] + got - asked
         if waits is not None:
-            waits.append((asked, time.monotonic()))
+            waits.append((asked, got))
         yield
     finally:
-        os.close(fd)  # closing the only descriptor of the open file releases the lock
+        _state["fd"] = None
+        os.close(fd)  # closing the last descriptor of the open file releases the lock
+
+
+def _forget_in_child() -> None:
+    """A process forked while the turn is held (a DataLoader worker) closes its copy: the lock is released when the
+    holder closes its own, not when the last worker exits."""
+    fd, _state["fd"] = _state["fd"], None
+    if fd is not None:
+        os.close(fd)
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def waited_s(waits: list[tuple[float, float]]) -> float:

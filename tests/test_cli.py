@@ -219,3 +219,17 @@ def test_cluster_options_come_from_the_flags_over_the_suites_cluster_table():
             _cluster_options(Namespace(**{**vars(flags), **bad}), table)
     with pytest.raises(BenchError, match="--partition applies only with --executor"):
         _cluster_options(Namespace(**{**vars(none), "partition": "x"}), table)
+
+
+@pytest.mark.parametrize("given, ok", [("0", True), ("2", True), ("-1", False), ("two", False), ("1025", False)])
+def test_jobs_takes_zero_for_as_many_as_fit_and_refuses_the_rest_with_a_message(given, ok, capsys):
+    from bench.cli import build_parser
+
+    parser = build_parser()
+    if ok:
+        assert parser.parse_args(["run", "s.toml", "--jobs", given]).jobs == int(given)
+        return
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["run", "s.toml", "--jobs", given])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--jobs" in err and "0 (as many as fit)" in err and "Traceback" not in err

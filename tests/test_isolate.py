@@ -110,3 +110,25 @@ def test_ctrl_c_while_the_cell_server_still_imports_prints_no_traceback():
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in out, out
+
+
+def _waits_then_works(wait_s: float, work_s: float, *, emit):
+    from bench.isolate import PAUSE
+
+    emit("step", 1)
+    emit(PAUSE, True)  # waiting for something outside the child (its turn to time beside other cells)
+    time.sleep(wait_s)
+    emit(PAUSE, False)
+    time.sleep(work_s)
+    return "done"
+
+
+def test_the_timeout_clock_stands_still_while_the_child_says_it_waits():
+    """bench/turns.py: a cell waiting for its turn beside others is not timed out for the others' work; its own time is
+    still limited, and the pause events never reach the caller's progress display."""
+    events = []
+    out = call_isolated(_waits_then_works, 2.0, 0.2, timeout_s=1.5, on_event=events.append)
+    assert out.kind == "ok" and out.value == "done" and out.elapsed_s >= 2.0
+    assert events == [("step", 1)]
+    out = call_isolated(_waits_then_works, 0.1, 3.0, timeout_s=1.5)  # its own work past the limit
+    assert out.kind == "timeout"

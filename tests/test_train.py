@@ -317,3 +317,41 @@ def test_beside_other_cells_the_timed_steps_wait_for_their_turn_and_the_warm_up_
     (asked, got), = result.turn_waits
     assert got - asked >= 0.45
     assert max(result.step_times[2:]) < got - asked  # the wait is not in a step's time
+
+
+def test_the_wait_for_a_turn_is_kept_when_training_then_diverges(base, encoded, tmp_path, monkeypatch):
+    """The caller's list receives the wait even though train() raises: the cell's time split leaves it out of training."""
+    from bench.turns import ENV
+
+    monkeypatch.setenv(ENV, str(tmp_path / "turns.lock"))
+    waits: list = []
+    loaded, model = fresh(base)
+    with pytest.raises(Diverged):
+        fit(model, task, encoded, loaded, {**SETTINGS, "steps": 6, "timing_warmup_steps": 1, "lr": 1e20, "optimizer": "sgd",
+                                           "max_grad_norm": 0, "schedule": "constant"}, turn_waits=waits)
+    assert len(waits) == 1 and waits[0][0] <= waits[0][1]
+
+
+def test_with_no_more_steps_than_the_warm_up_every_step_is_timed_in_the_turn(base, encoded, tmp_path, monkeypatch):
+    """step_stats keeps every step when there are no more than the warm-up: they are then the timed ones."""
+    from bench.turns import ENV
+
+    monkeypatch.setenv(ENV, str(tmp_path / "turns.lock"))
+    seen, steps = [], []
+    loaded, model = fresh(base)
+    import bench.train as train_module
+
+    real = train_module.timed_turn
+
+    def spy(waits):
+        seen.append(len(steps))  # steps finished when the turn was asked for
+        return real(waits)
+
+    monkeypatch.setattr(train_module, "timed_turn", spy)
+    result = fit(model, task, encoded, loaded, {**SETTINGS, "steps": 2, "timing_warmup_steps": 3},
+                 on_step=lambda s, n, loss: steps.append(s))
+    assert seen == [0] and len(result.turn_waits) == 1 and steps == [1, 2]
+    seen.clear(), steps.clear()
+    fit(model, task, encoded, loaded, {**SETTINGS, "steps": 5, "timing_warmup_steps": 3},
+        on_step=lambda s, n, loss: steps.append(s))
+    assert seen == [3]  # otherwise after the warm-up

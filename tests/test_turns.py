@@ -78,12 +78,19 @@ def test_a_process_killed_while_it_holds_the_turn_gives_it_back(tmp_path, monkey
     assert len(waits) == 1 and waited_s(waits) < 5
 
 
-def test_without_the_variable_the_block_runs_at_once_and_nothing_is_written(tmp_path, monkeypatch):
+def test_without_the_variable_the_block_runs_at_once_even_while_a_neighbour_holds_the_turn(tmp_path, monkeypatch):
+    """One cell at a time (or on its own GPU) a process takes no turns: a held lock does not stop it."""
+    lock = tmp_path / "turns.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     monkeypatch.delenv(ENV, raising=False)
     waits: list = []
-    with timed_turn(waits):
-        pass
-    assert waits == [] and list(tmp_path.iterdir()) == []
+    try:
+        with timed_turn(waits):
+            pass
+    finally:
+        os.close(fd)
+    assert waits == []
 
 
 def test_the_wait_is_what_the_holder_kept_the_turn(tmp_path, monkeypatch):
@@ -110,3 +117,55 @@ def test_busy_time_is_the_length_of_the_spans_union(some):
     assert busy_s([(float(s), float(e)) for s, e in some]) == pytest.approx(len(covered))
     if some:
         assert max(e - s for s, e in some) <= busy_s(some) <= sum(e - s for s, e in some)
+
+
+def test_entering_the_turn_again_in_the_same_process_fails_at_once_instead_of_waiting_for_ever(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, str(tmp_path / "turns.lock"))
+    with timed_turn():
+        with pytest.raises(RuntimeError, match="entered again"):
+            with timed_turn():
+                pass
+    with timed_turn():  # and the turn is free again afterwards
+        pass
+
+
+def _fork_while_holding(lock: str, forked_pid: list) -> None:
+    os.environ[ENV] = lock
+    with timed_turn():
+        started, ready = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a DataLoader worker, say: it outlives the turn
+            os.write(ready, b"1")  # running (the fork's handlers have run)
+            time.sleep(3)
+            os._exit(0)
+        os.read(started, 1)
+        os.close(started), os.close(ready)
+        forked_pid.append(pid)
+
+
+def test_a_process_forked_while_the_turn_is_held_does_not_keep_it_after_the_holder_lets_go(tmp_path, monkeypatch):
+    lock, forked = str(tmp_path / "turns.lock"), []
+    _fork_while_holding(lock, forked)
+    monkeypatch.delenv(ENV)
+    try:
+        fd = os.open(lock, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if the child still held it
+        os.close(fd)
+    finally:
+        os.kill(forked[0], signal.SIGKILL)
+        os.waitpid(forked[0], 0)
+
+
+def test_a_waiting_process_tells_its_listener_when_it_starts_and_stops_waiting(tmp_path, monkeypatch):
+    from bench import turns
+
+    heard: list = []
+    monkeypatch.setenv(ENV, str(tmp_path / "turns.lock"))
+    before = turns.waited_total()
+    turns.listen(heard.append)
+    try:
+        with timed_turn():
+            pass
+    finally:
+        turns.listen(None)
+    assert heard == [True, False] and turns.waited_total() >= before

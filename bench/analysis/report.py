@@ -337,13 +337,15 @@ def _cost_section(page: _Page) -> list[str]:
     side = sorted({stats.get(r, "cost.concurrent_cells") for r in beside})
     together = [r for r in beside if stats.get(r, "cost.timed_alone") is not True]
     if together:
-        lines += [f"Cells trained side by side ({' or '.join(map(str, side))} at a time, `cost.concurrent_cells`; "
-                  "`time_alone = false`): their step times include what a neighbour took of the machine's memory bandwidth "
-                  "and caches; compare speeds between runs made the same way.", ""]
+        lines += [f"Cells ran side by side ({' or '.join(map(str, side))} at a time, `cost.concurrent_cells`) without "
+                  "taking turns at their timed work (`cost.timed_alone` false or not recorded): their step times include "
+                  "what a neighbour's training took of the machine's memory bandwidth and caches; compare speeds between "
+                  "runs made the same way.", ""]
     elif beside:
         lines += [f"Cells ran side by side ({' or '.join(map(str, side))} at a time, `cost.concurrent_cells`) and took turns "
-                  "at their timed work (`cost.timed_alone`): one cell's timed steps and serving rounds ran while the others "
-                  "built, warmed up or evaluated, never while another was timed.", ""]
+                  "at their timed work (`cost.timed_alone`): a cell's timed steps and serving rounds ran while the others "
+                  "built, warmed up or evaluated, never while another was timed (their untimed work still shared the "
+                  "machine).", ""]
     return lines
 
 

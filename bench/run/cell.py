@@ -19,7 +19,7 @@ from bench.models.base import model_spec
 from bench.models.catalog import METHOD_KINDS
 from bench.run.artifacts import save_artifact
 from bench.tasks.base import TrainingBatch, task_settings
-from bench.turns import waited_s
+from bench.turns import waited_s, waited_total
 
 
 def resolve_device(requested: str) -> str:
@@ -93,18 +93,20 @@ def _serve(cell, settings: dict, **how) -> dict | None:
     record of what it trained."""
     if not settings["serve"]:
         return None
-    spent = time.perf_counter() - _started[0]
+    spent = time.perf_counter() - _started[0] - waited_total()  # its waits for a turn do not count (bench/isolate.py)
     if spent > settings["timeout_s"] / 2:
         return {"notes": [f"not measured: the cell had used {spent:.0f} s of its timeout_s = {settings['timeout_s']:g} "
                           "(serving starts only within the first half)"], "variants": {}, "wall_s": 0.0}
     from bench.run.serving import serve
 
-    clock = time.perf_counter()
+    clock, waits = time.perf_counter(), []
     try:
-        out = serve(cell, settings, **how)
+        out = serve(cell, settings, waits=waits, **how)
     except Exception as exc:
         out = {"error": failure_message(exc)}
-    out["wall_s"] = round(time.perf_counter() - clock - out.get("wait_s", 0.0), 4)  # its own time, the wait apart
+    if waits:  # beside other cells: the timed rounds waited for their turn (bench/turns.py)
+        out["wait_s"] = round(waited_s(waits), 4)
+    out["wall_s"] = round(time.perf_counter() - clock - waited_s(waits), 4)  # its own time, the wait apart
     return out
 
 
@@ -282,14 +284,12 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
         trained = ranks.wrap(model) if ranks else model
         probe.start_region()
         phases["build"], clock = round(time.perf_counter() - clock, 4), time.perf_counter()
-        began = time.monotonic()
-        result = None
+        began, waits = time.monotonic(), []
         try:
             result = train(trained, task, batches, settings, n_samples=len(splits.train), device=device, probe=probe,
-                           on_step=on_step, track_tensors=device == "cpu", ranks=ranks)
+                           on_step=on_step, track_tensors=device == "cpu", ranks=ranks, turn_waits=waits)
         finally:
             batches.close()  # the workers stop here, not when the garbage collector gets to them
-            waits = result.turn_waits if result is not None else []
             phases["train"], clock = round(time.perf_counter() - clock - waited_s(waits), 4), time.perf_counter()
             if waits:  # beside other cells on the CPU: the timed steps waited for their turn (bench/turns.py)
                 phases["wait"] = round(waited_s(waits), 4)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import turns
 from bench.errors import BenchError, OutputError
 from bench.paths import ensure_writable_folder, inside, page_target, require_plain
 from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, latest_lines, line_count, locked, read_latest
@@ -28,7 +29,6 @@ from bench.suite.compose import waves
 from bench.suite.plan import Cell, base_key, expand, results_path, retention_cell
 from bench.train import effective_batch
 from bench.turns import ENV as TURNS_ENV
-from bench.turns import busy_s
 
 
 def _now() -> str:
@@ -248,7 +248,7 @@ class Runner:
         if self.cluster is None and jobs:
             # no more slots than cell-runs: an idle slot would only thin each cell's threads, add a blank display line,
             # count as capacity in the time split and make records claim more neighbours than they had
-            self.jobs = min(self._jobs_wanted(), len(jobs))
+            self.jobs = min(self._jobs_wanted(jobs), len(jobs))
         self.jobs = self.jobs or 1  # as many as fit, where nothing runs here (a cluster, or nothing left to run): one
         summary = RunSummary(skipped_done=done, results=self.results, jobs=self.jobs)
         # a sweep cell's later repeats train repeat 0's pick: they wait for it, so every repeat 0 goes first
@@ -282,7 +282,7 @@ class Runner:
         self._took("report", time.monotonic() - rendering)
         summary.wall_s = time.monotonic() - start
         summary.turns = self.turns is not None
-        summary.training_s = busy_s(self._training)
+        summary.training_s = turns.busy_s(self._training)
         summary.phases_s = self.phases(summary.wall_s)
         return summary
 
@@ -391,9 +391,10 @@ class Runner:
                      {TURNS_ENV: str(self.turns.absolute())} if self.turns else {})
                 for i in range(self.jobs)]
 
-    def _jobs_wanted(self) -> int:
-        """Cells at once: --jobs, else the suite's `jobs`; 0 is as many as fit: one per GPU (or per a cell's devices),
-        on the CPU as many as the cores hold at the suite's `threads` each (one where threads is 0, torch's all-cores)."""
+    def _jobs_wanted(self, jobs: list[Job]) -> int:
+        """Cells at once: --jobs, else the suite's `jobs`; 0 is as many as fit: one per GPU (per a cell's devices), on
+        the CPU as many as the cores this process may use hold at the suite's `threads` each, a cell on several devices
+        a core per device at least (one where threads is 0: torch's default takes every core)."""
         if self.jobs or not self.isolate:  # isolate = false: cells run inside this process, one at a time
             return self.jobs or 1
         from bench.profile import listed_gpus, visible_gpus
@@ -401,10 +402,10 @@ class Runner:
         s = self.suite.settings
         listed = [] if s["device"] == "cpu" else listed_gpus()
         gpus = [] if s["device"] == "cpu" or (s["device"] == "auto" and not listed) else visible_gpus(listed)
-        need = max(c.train["devices"] for c in expand(self.suite))
+        need = max(job.cell.train["devices"] for job in jobs)
         if gpus:
             return max(1, len(gpus) // need)
-        return max(1, (os.cpu_count() or 1) // (s["threads"] * need)) if s["threads"] else 1
+        return max(1, len(os.sched_getaffinity(0)) // max(s["threads"], need)) if s["threads"] else 1
 
     def _asked(self, need: int) -> str:
         cells = f"--jobs {self.jobs} runs {self.jobs} cells at once" if self.jobs > 1 else "one cell at a time"
@@ -873,9 +874,11 @@ class CellJob:
 
 
 def run_cell_job(job: CellJob, *, emit):
+    from bench.isolate import PAUSE
     from bench.profile import environment
-    from bench.run.cell import resolve_device, run_cell
+    from bench.run.cell import add_phases, resolve_device, run_cell
 
+    turns.listen(lambda waiting: emit(PAUSE, waiting))  # the cell's timeout clock stands still while it waits its turn
     devices = job.settings.get("devices", 1)
     if devices > 1:  # CUDA's availability asked of NVML: an initialised CUDA would not survive the fork of the devices
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
@@ -883,7 +886,14 @@ def run_cell_job(job: CellJob, *, emit):
     if devices > 1:
         from bench.run.launch import device_threads, run_on_devices
 
-        result = run_on_devices(job, device, emit)
+        # beside other cells, its device processes train in step (a rank waiting for a turn would stall the others in a
+        # collective): the whole cell takes one turn, and its processes take none
+        waits: list = []
+        with turns.timed_turn(waits):
+            os.environ.pop(TURNS_ENV, None)
+            result = run_on_devices(job, device, emit)
+        if waits:
+            add_phases(result["cost"].setdefault("phases_s", {}), {"wait": turns.waited_s(waits)})
         result["env"] = {**environment(device), "torch_threads": device_threads(job.threads, devices)}
         return result
     else:

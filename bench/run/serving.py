@@ -25,14 +25,16 @@ import time
 
 from bench.models.catalog import METHOD_KINDS
 from bench.profile import MB
-from bench.turns import timed_turn, waited_s
+from bench.turns import timed_turn
 
 FOUR_BIT = {"kind": "qlora", "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}
 
 
-def serve(cell, settings: dict, *, task, loaded, model, splits, device: str, zoo_path, seed: int, state=None) -> dict:
+def serve(cell, settings: dict, *, task, loaded, model, splits, device: str, zoo_path, seed: int, state=None,
+          waits: list | None = None) -> dict:
     """The serving section of the record ({"variants": {name: figures}, ...}) and, where the weights are not random,
-    the merged model's quality ("merged_quality"). `model`: the trained model (PEFT-wrapped for adapters)."""
+    the merged model's quality ("merged_quality"). `model`: the trained model (PEFT-wrapped for adapters). `waits`
+    receives the timed rounds' wait for their turn beside other cells (bench/turns.py)."""
     kind = cell.method["kind"]
     variants, notes = _variants(cell, settings, loaded=loaded, model=model, device=device, zoo_path=zoo_path, seed=seed,
                                 state=state)
@@ -45,13 +47,10 @@ def serve(cell, settings: dict, *, task, loaded, model, splits, device: str, zoo
         except Exception as exc:
             del variants["4bit"]
             notes.append(_left_out("4bit", exc))
-    waits: list[tuple[float, float]] = []
     figures = measure(variants, one, batch, rounds=settings["serve_rounds"], device=device, waits=waits)
     for fig in figures.values():
         fig.update(batch=len(samples), unit=f"{task.SERVED}/s")
     out = {"variants": figures, "rounds": settings["serve_rounds"], "memory_kind": _memory_kind(device)}
-    if waits:  # beside other cells: the timed rounds waited for their turn (bench/turns.py)
-        out["wait_s"] = round(waited_s(waits), 4)
     if notes:
         out["notes"] = notes
     if METHOD_KINDS[kind].adapter and "merged" in variants and cell.model["weights"] != "random":

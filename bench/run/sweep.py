@@ -65,8 +65,10 @@ def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path,
         if out["status"] == "ok" and scored is not None and (pick is None or _better(scored, trials[pick]["score"])):
             pick, kept = len(trials) - 1, keep.get("state")
     ok = [i for i, o in enumerate(outcomes) if o["status"] == "ok"]
-    if not ok:  # nothing to pick: the first failure is the cell's
+    if not ok:  # nothing to pick: the first failure is the cell's, the time every trial took the cell's too
         out = outcomes[0]
+        out["cost"]["phases_s"] = _summed_phases(outcomes)
+        out["spans"] = [span for o in outcomes for span in o.get("spans", [])]
         out["sweep"] = _summary(settings, trials, None, len(validation))
         return out
     if pick is None:  # random weights score nothing: the first trial that trained stands for the cell's cost

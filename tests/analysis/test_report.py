@@ -119,11 +119,11 @@ def test_cost_details_say_when_cells_ran_side_by_side():
     alone = [method("lora", 5.0, 3.0, 27.0, **{"cost.concurrent_cells": 1})]
     assert "side by side" not in section(report.render_report(alone, title="t"), "Cost details")
     side = [method("lora", 5.0, 3.0, 27.0, **{"cost.concurrent_cells": 2})]  # before cost.timed_alone: trained together
-    assert "Cells trained side by side (2 at a time" in section(report.render_report(side, title="t"), "Cost details")
+    assert "without taking turns" in section(report.render_report(side, title="t"), "Cost details")
     turns = [method("lora", 5.0, 3.0, 27.0, **{"cost.concurrent_cells": 2, "cost.timed_alone": True})]
     said = section(report.render_report(turns, title="t"), "Cost details")
     assert "Cells ran side by side (2 at a time" in said and "took turns at their timed work" in said
-    assert "trained side by side" not in said
+    assert "without taking turns" not in said
 
 
 def test_cost_details_show_the_wait_for_data_when_records_have_it():

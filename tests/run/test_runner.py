@@ -262,15 +262,17 @@ def test_as_many_cells_as_fit_is_one_per_gpu_or_cores_over_threads_and_time_alon
     """jobs = 0: on the CPU cores ÷ threads (one where threads is 0, torch's all-cores), on GPUs one each; never more
     than the cell-runs, never beside each other in process; time_alone = false sets no turns."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # the cores this process may use
 
-    def wanted(text: str, **kw) -> int:
-        return Runner(load_suite(write_suite(MINI_SUITE.replace('name = "mini"', f'name = "mini"\n{text}'))),
-                      show_progress=False, **kw)._jobs_wanted()
+    def wanted(text: str, defaults: str = "", **kw) -> int:
+        suite = load_suite(write_suite(MINI_SUITE.replace('name = "mini"', f'name = "mini"\n{text}').replace(
+            "steps = 2", f"steps = 2\n{defaults}")))
+        return Runner(suite, show_progress=False, **kw)._jobs_wanted(jobs_of(suite))
 
     assert wanted("jobs = 0\nthreads = 2") == 4 and wanted("jobs = 0\nthreads = 3") == 2
     assert wanted("jobs = 0") == 1 and wanted("jobs = 0\nthreads = 2\nisolate = false") == 1
     assert wanted("jobs = 3") == 3 and wanted("threads = 2", jobs=0) == 4 and wanted("jobs = 0\nthreads = 2", jobs=1) == 1
+    assert wanted("jobs = 0\nthreads = 1", "devices = 2") == 4  # a core per device process at least
     fake_nvidia_smi(tmp_path, monkeypatch, 3)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert wanted("jobs = 0\nthreads = 1") == 3
