@@ -88,7 +88,17 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
     # not daemonic: a cell starts DataLoader workers of its own, and daemonic processes may not have children;
     # the `finally` below kills a cell still running when this call ends early (an interrupt)
     proc = ctx.Process(target=_child, args=(child_conn, fn, args, kwargs, env), daemon=False)
-    proc.start()
+    try:
+        proc.start()
+    except (EOFError, ConnectionError):
+        # the cell server ended before it could fork: most often a terminal's Ctrl-C, which ends a server still importing
+        # (bench.run.server_signals) and reaches this process too, sometimes a moment after the server's pipe closed;
+        # the pause lets that interrupt arrive as itself rather than as this EOF
+        child_conn.close()
+        parent_conn.close()
+        time.sleep(0.2)
+        return Outcome("crashed", message="the cell server ended before it could start the process",
+                       elapsed_s=time.monotonic() - start)
     child_conn.close()
     paused = {"s": 0.0, "since": None}  # the child's waits so far, and when the current one began
     try:

@@ -132,3 +132,25 @@ def test_the_timeout_clock_stands_still_while_the_child_says_it_waits():
     assert events == [("step", 1)]
     out = call_isolated(_waits_then_works, 0.1, 3.0, timeout_s=1.5)  # its own work past the limit
     assert out.kind == "timeout"
+
+
+def test_a_cell_server_gone_before_it_could_fork_is_an_outcome_not_a_traceback(monkeypatch):
+    """The server's pipe closed mid-start (it was ended while importing): an EOF from multiprocessing, which must come
+    back as a crashed outcome (or, when the cause was a Ctrl-C, as the KeyboardInterrupt it is)."""
+    import multiprocessing as mp
+
+    import bench.isolate as isolate
+
+    real = mp.get_context("fork")
+
+    class Gone(type(real.Process())):
+        def start(self):
+            raise EOFError("unexpected EOF")
+
+    class Context:
+        Pipe = staticmethod(real.Pipe)
+        Process = Gone
+
+    monkeypatch.setattr(isolate, "_context", lambda: Context)
+    out = call_isolated(_ok, 1, timeout_s=5)
+    assert out.kind == "crashed" and "ended before it could start" in out.message
