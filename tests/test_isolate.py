@@ -91,7 +91,11 @@ def test_ctrl_c_while_the_cell_server_still_imports_prints_no_traceback():
 
     import psutil
 
-    code = ("import sys\nfrom bench.isolate import call_isolated\nfrom bench.run.runner import _ready\n"
+    # SIGINT handled and unblocked as in a terminal: a test run started in the background (`cmd &`) inherits it ignored,
+    # and a signal mask is inherited through fork and exec too
+    code = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
+            "from bench.isolate import call_isolated\nfrom bench.run.runner import _ready\n"
             "try:\n    call_isolated(_ready, timeout_s=300)\nexcept KeyboardInterrupt:\n    sys.exit(130)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

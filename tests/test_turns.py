@@ -129,8 +129,7 @@ def test_entering_the_turn_again_in_the_same_process_fails_at_once_instead_of_wa
         pass
 
 
-def _fork_while_holding(lock: str, forked_pid: list) -> None:
-    os.environ[ENV] = lock
+def _fork_while_holding(forked_pid: list) -> None:
     with timed_turn():
         started, ready = os.pipe()
         pid = os.fork()
@@ -145,7 +144,8 @@ def _fork_while_holding(lock: str, forked_pid: list) -> None:
 
 def test_a_process_forked_while_the_turn_is_held_does_not_keep_it_after_the_holder_lets_go(tmp_path, monkeypatch):
     lock, forked = str(tmp_path / "turns.lock"), []
-    _fork_while_holding(lock, forked)
+    monkeypatch.setenv(ENV, lock)
+    _fork_while_holding(forked)
     monkeypatch.delenv(ENV)
     try:
         fd = os.open(lock, os.O_RDWR)

@@ -875,10 +875,18 @@ class CellJob:
 
 def run_cell_job(job: CellJob, *, emit):
     from bench.isolate import PAUSE
+
+    turns.listen(lambda waiting: emit(PAUSE, waiting))  # the cell's timeout clock stands still while it waits its turn
+    try:
+        return _run_cell_job(job, emit)
+    finally:  # in-process (isolate = false) nothing of this cell stays behind
+        turns.listen(None)
+
+
+def _run_cell_job(job: CellJob, emit):
     from bench.profile import environment
     from bench.run.cell import add_phases, resolve_device, run_cell
 
-    turns.listen(lambda waiting: emit(PAUSE, waiting))  # the cell's timeout clock stands still while it waits its turn
     devices = job.settings.get("devices", 1)
     if devices > 1:  # CUDA's availability asked of NVML: an initialised CUDA would not survive the fork of the devices
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
