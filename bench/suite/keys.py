@@ -21,8 +21,9 @@ SUITE_KEYS = {
                    min=0, max=4096),
     "jobs": Key(int, 1, "cells run at once (`bench run --jobs` overrides): each on a GPU of its own, or on its share of the CPU "
                 "cores; 0: as many as fit (one per GPU; on the CPU cores ÷ threads, 1 when threads is 0)", min=0, max=1024),
-    "time_alone": Key(bool, True, "cells side by side on the CPU take turns at their timed work (training, serving's latency "
-                      "rounds), so step times are a lone cell's; false: they train at once (faster, slower steps)"),
+    "time_alone": Key(bool, True, "cells side by side on the CPU take turns at their timed work (training's timed steps, serving's "
+                      "latency rounds), so no two cells are timed at once; false: they train at once (faster, steps share the "
+                      "machine)"),
     "oom_backoff": Key(bool, False, "on out-of-memory halve the micro-batch and double accumulation, keeping the effective batch"),
     "min_batch_size": Key(int, 1, "smallest micro-batch the OOM back-off tries", min=1, max=65536),
 }
