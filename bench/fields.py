@@ -100,8 +100,7 @@ MEMORY_KINDS = {
 }
 
 # where a number was measured: a difference in the first group makes cost numbers incomparable
-# torch_threads: a cell side by side gets cores ÷ jobs threads unless the suite sets threads; its steps then differ
-ENV_COMPARED = ("device_name", "device_count", "torch_threads", "torch", "transformers", "peft", "bitsandbytes")
+ENV_COMPARED = ("device_name", "device_count", "torch", "transformers", "peft", "bitsandbytes")
 ENV_KEYS = (*ENV_COMPARED, "git_sha", "git_dirty")  # the report's environment table
 
 # serving.memory_kind: what a serving variant's activations_mb (and so peak_memory_mb, with the weights) counts

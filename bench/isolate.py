@@ -97,6 +97,8 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
         child_conn.close()
         parent_conn.close()
         time.sleep(0.2)
+        if cancel is not None and cancel.is_set():  # side by side the interrupt reaches the main thread, not this one
+            return Outcome("cancelled", message="the run was interrupted", elapsed_s=time.monotonic() - start)
         return Outcome("crashed", message="the cell server ended before it could start the process",
                        elapsed_s=time.monotonic() - start)
     child_conn.close()
@@ -110,7 +112,9 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
                 return Outcome("cancelled", message="the run was interrupted", elapsed_s=time.monotonic() - start)
             if remaining <= 0:
                 _kill(proc)
-                return Outcome("timeout", message=f"no result after {timeout_s:g} s; the cell's process was killed", elapsed_s=time.monotonic() - start)
+                waited = f" (and {paused['s']:.0f} s waiting for its turn beside other cells)" if paused["s"] >= 0.5 else ""
+                return Outcome("timeout", message=f"no result after {timeout_s:g} s{waited}; the cell's process was killed",
+                               elapsed_s=time.monotonic() - start)
             if parent_conn.poll(min(remaining, 0.25)):
                 try:
                     kind, payload = parent_conn.recv()

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 
 ENV = "BENCH_TIMED_TURNS"  # the lock file's path, set by the runner for cells that take turns (bench/run/runner.py)
 
-_state = {"fd": None, "waited": 0.0, "listener": None}  # this process's held lock, its waits so far, who hears of them
+# this process's held lock (and the process that opened it), its waits so far, who hears of them
+_state = {"fd": None, "pid": None, "waited": 0.0, "listener": None}
 
 
 def listen(listener: Callable[[bool], None] | None) -> None:
@@ -41,7 +42,11 @@ def timed_turn(waits: list[tuple[float, float]] | None = None):
         return
     if _state["fd"] is not None:  # flock through a second open file would wait for this process itself, for ever
         raise RuntimeError("timed_turn entered again while this process holds the turn")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except PermissionError:  # another user's lock file in a shared results folder: flock works on a read-only one too
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    _state["fd"], _state["pid"] = fd, os.getpid()
     listener = _state["listener"]
     try:
         asked = time.monotonic()
@@ -53,19 +58,20 @@ def timed_turn(waits: list[tuple[float, float]] | None = None):
             if listener:
                 listener(False)
         got = time.monotonic()
-        _state["fd"], _state["waited"] = fd, _state["waited"] + got - asked
+        _state["waited"] += got - asked
         if waits is not None:
             waits.append((asked, got))
         yield
     finally:
-        _state["fd"] = None
-        os.close(fd)  # closing the last descriptor of the open file releases the lock
+        if _state["pid"] == os.getpid():  # a forked child closed its copy already, and may reuse the number
+            _state["fd"] = None
+            os.close(fd)  # closing the last descriptor of the open file releases the lock
 
 
 def _forget_in_child() -> None:
-    """A process forked while the turn is held (a DataLoader worker) closes its copy: the lock is released when the
-    holder closes its own, not when the last worker exits."""
-    fd, _state["fd"] = _state["fd"], None
+    """A process forked while the turn is held (a DataLoader worker, a cell's device process) closes its copy: the lock
+    is released when the holder closes its own, not when the last child exits. Its waits are its own from here on."""
+    fd, _state["fd"], _state["waited"] = _state["fd"], None, 0.0
     if fd is not None:
         os.close(fd)
 

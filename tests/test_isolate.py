@@ -130,12 +130,13 @@ def _waits_then_works(wait_s: float, work_s: float, *, emit):
 def test_the_timeout_clock_stands_still_while_the_child_says_it_waits():
     """bench/turns.py: a cell waiting for its turn beside others is not timed out for the others' work; its own time is
     still limited, and the pause events never reach the caller's progress display."""
+    assert call_isolated(_ok, 1, timeout_s=120).kind == "ok"  # the cell server started (its imports are not the child's)
     events = []
     out = call_isolated(_waits_then_works, 2.0, 0.2, timeout_s=1.5, on_event=events.append)
     assert out.kind == "ok" and out.value == "done" and out.elapsed_s >= 2.0
     assert events == [("step", 1)]
-    out = call_isolated(_waits_then_works, 0.1, 3.0, timeout_s=1.5)  # its own work past the limit
-    assert out.kind == "timeout"
+    out = call_isolated(_waits_then_works, 1.0, 3.0, timeout_s=1.5)  # its own work past the limit
+    assert out.kind == "timeout" and "waiting for its turn" in out.message
 
 
 def test_a_cell_server_gone_before_it_could_fork_is_an_outcome_not_a_traceback(monkeypatch):
@@ -158,3 +159,21 @@ def test_a_cell_server_gone_before_it_could_fork_is_an_outcome_not_a_traceback(m
     monkeypatch.setattr(isolate, "_context", lambda: Context)
     out = call_isolated(_ok, 1, timeout_s=5)
     assert out.kind == "crashed" and "ended before it could start" in out.message
+    import threading
+
+    interrupted = threading.Event()
+    interrupted.set()
+    monkeypatch.setattr(isolate.time, "sleep", lambda s: None)
+    # side by side (a slot's thread) the interrupt is the run's cancel: the call is cancelled, not a crashed cell
+    assert isolate.call_isolated(_ok, 1, timeout_s=5, cancel=_SetLater(interrupted)).kind == "cancelled"
+
+
+class _SetLater:
+    """A cancel event that is clear when the call begins and set once it has started the child."""
+
+    def __init__(self, event):
+        self.event, self.asked = event, 0
+
+    def is_set(self) -> bool:
+        self.asked += 1
+        return self.asked > 1 and self.event.is_set()

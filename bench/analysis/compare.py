@@ -126,6 +126,10 @@ def env_differences(base_records: list[dict], current_records: list[dict]) -> li
                             + (" (cost numbers are not comparable)" if key.startswith("device") else ""))
         elif len(old) > 1:
             warnings.append(f"{key} is mixed within each side: {_show(old)}")
+    old, new = _env_values(base_records, "torch_threads"), _env_values(current_records, "torch_threads")
+    if old != new:  # side by side with threads = 0 a cell gets cores ÷ jobs threads: its steps are not a lone cell's
+        warnings.append(f"torch threads per cell differ: baseline {_show(old)} vs current {_show(new)} (env.torch_threads: "
+                        "step times are not comparable)")
     old, new = _side_by_side(base_records), _side_by_side(current_records)
     if old != new:
         warnings.append(f"cells training at a time differ: baseline {_show(old)} vs current {_show(new)} (cost.concurrent_cells "

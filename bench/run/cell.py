@@ -84,7 +84,8 @@ def _evaluate(task, loaded, model, splits, settings: dict, device: str) -> dict:
     return _quality_dict(task.evaluate(loaded, model, splits, task_settings(settings, device, splits)), task)
 
 
-_started = [time.perf_counter()]  # when this process began its cell (run_cell): what serving may still spend
+# when this process began its cell (run_cell), and the seconds it had waited for turns then: what serving may still spend
+_started = [time.perf_counter(), 0.0]
 
 
 def _serve(cell, settings: dict, **how) -> dict | None:
@@ -93,7 +94,8 @@ def _serve(cell, settings: dict, **how) -> dict | None:
     record of what it trained."""
     if not settings["serve"]:
         return None
-    spent = time.perf_counter() - _started[0] - waited_total()  # its waits for a turn do not count (bench/isolate.py)
+    # its waits for a turn since the cell began do not count (its timeout clock stood still: bench/isolate.py)
+    spent = time.perf_counter() - _started[0] - (waited_total() - _started[1])
     if spent > settings["timeout_s"] / 2:
         return {"notes": [f"not measured: the cell had used {spent:.0f} s of its timeout_s = {settings['timeout_s']:g} "
                           "(serving starts only within the first half)"], "variants": {}, "wall_s": 0.0}
@@ -150,7 +152,7 @@ def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_pat
     (splits, base quality) of a dataset the tuned model is also evaluated on. `sources`: the records of the cells whose
     kept adapters a composed cell builds on: a merge combines them instead of training (bench/run/compose.py), a fusion
     trains X-LoRA's classifier over them (bench/methods.py)."""
-    _started[0] = time.perf_counter()
+    _started[:] = [time.perf_counter(), waited_total()]
     settings = settings or dict(cell.train)
     retention_splits, retention_base = retention or (None, None)
     if cell.sources and cell.method.get("start_from"):  # trains on from the adapter its source kept (SFT, then DPO)

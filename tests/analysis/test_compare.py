@@ -82,6 +82,14 @@ def test_cells_run_side_by_side_against_cells_run_alone_are_flagged():
     assert any(w.startswith("cells training at a time differ") for w in env_differences(turns, together))
 
 
+def test_torch_threads_per_cell_that_differ_are_flagged():
+    """Side by side with threads = 0 each cell gets cores ÷ jobs threads: its steps are not those of a cell alone."""
+    one = [record(cell_id="a", **{"env.torch_threads": 1})]
+    two = [record(cell_id="a", **{"env.torch_threads": 2})]
+    assert any(w.startswith("torch threads per cell differ") and "1" in w and "2" in w for w in env_differences(two, one))
+    assert not any(w.startswith("torch threads") for w in env_differences(one, copy.deepcopy(one)))
+
+
 def test_status_change_and_vanished_values():
     old = [record(cell_id="a")]
     new = [record(cell_id="a", status="oom", message="CUDA out of memory", **{"cost.peak_memory_mb": None})]
