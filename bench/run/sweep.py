@@ -65,18 +65,15 @@ def run_sweep(cell, settings: dict, *, seed: int, device: str, splits, zoo_path,
         if out["status"] == "ok" and scored is not None and (pick is None or _better(scored, trials[pick]["score"])):
             pick, kept = len(trials) - 1, keep.get("state")
     ok = [i for i, o in enumerate(outcomes) if o["status"] == "ok"]
-    if not ok:  # nothing to pick: the first failure is the cell's, the time every trial took the cell's too
-        out = outcomes[0]
-        out["cost"]["phases_s"] = _summed_phases(outcomes)
-        out["spans"] = [span for o in outcomes for span in o.get("spans", [])]
-        out["sweep"] = _summary(settings, trials, None, len(validation))
-        return out
-    if pick is None:  # random weights score nothing: the first trial that trained stands for the cell's cost
+    if ok and pick is None:  # random weights score nothing: the first trial that trained stands for the cell's cost
         pick = ok[0]
-    out = outcomes[pick]
+    out = outcomes[pick] if ok else outcomes[0]  # nothing to pick: the first failure is the cell's
+    # the time every trial took is the cell's, and every trial trained
     phases = out["cost"]["phases_s"] = _summed_phases(outcomes)
-    out["spans"] = [span for o in outcomes for span in o.get("spans", [])]  # every trial trained
-    out["sweep"] = _summary(settings, trials, trials[pick]["values"], len(validation))
+    out["spans"] = [span for o in outcomes for span in o.get("spans", [])]
+    out["sweep"] = _summary(settings, trials, trials[pick]["values"] if ok else None, len(validation))
+    if not ok:
+        return out
     if cell.model["weights"] != "random":  # random weights have no quality: the first trial that ran is the pick
         clock = time.perf_counter()
         out.update(evaluate_trained(cell, {**fixed, **trials[pick]["values"]}, seed=seed, device=device, splits=train_splits,
