@@ -142,9 +142,7 @@ def resolve_image(value: Any, *, root: Path, file: str, where: str, field: str =
 def read_llava(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
     """[{"id"?, "image": relpath, "conversations": [{"from": "human", "value": "<image>\\n..."},
     {"from": "gpt", "value": ...}, ...]}, ...] -> vqa records; question/answers are the first turn."""
-    path = Path(path)
-    root = Path(image_root) if image_root is not None else path.parent
-    file = str(path)
+    path, root, file = _located(path, image_root)
     data = _read_json(path)
     if not isinstance(data, list):
         fail(f"expected a JSON list of records, got {json_type_name(data)}", file=file, where="top level",
@@ -217,9 +215,7 @@ def _llava_turns(rec: dict, *, file: str, where: str) -> tuple[tuple[str, str], 
 def read_coco_captions(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
     """{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]} -> caption records,
     all references of an image together, in the order of 'images'."""
-    path = Path(path)
-    root = Path(image_root) if image_root is not None else path.parent
-    file = str(path)
+    path, root, file = _located(path, image_root)
     data = _read_json(path)
     fix = ('COCO captions: {"images": [{"id": 1, "file_name": "a.jpg"}], '
            '"annotations": [{"image_id": 1, "caption": "..."}]}')
@@ -308,9 +304,7 @@ def read_image_folder(root: str | Path) -> list[Record]:
 
 def read_csv(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
     """A CSV with columns image,label (others ignored); images relative to image_root or the CSV's folder."""
-    path = Path(path)
-    root = Path(image_root) if image_root is not None else path.parent
-    file = str(path)
+    path, root, file = _located(path, image_root)
     try:
         return _csv_records(_read_text(path), root=root, file=file)
     except csv.Error as e:  # a field over the csv module's limit, a NUL byte, an unterminated quote
@@ -347,9 +341,7 @@ def _csv_records(text: str, *, root: Path, file: str) -> list[Record]:
 def read_vqa_jsonl(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
     """One object per line: {"image", "question", "answers": [...]}; answers are strings or
     {"answer": ...} objects as in the official VQA annotations. Blank lines are skipped."""
-    path = Path(path)
-    root = Path(image_root) if image_root is not None else path.parent
-    file = str(path)
+    path, root, file = _located(path, image_root)
     fix = 'one JSON object per line: {"image": "a.jpg", "question": "what color is it ?", "answers": ["red", ...]}'
     records = []
     for where, obj in _object_records(path, fix=fix):
@@ -359,6 +351,13 @@ def read_vqa_jsonl(path: str | Path, image_root: str | Path | None = None) -> li
         records.append(Record(file, where, image, question=question, answers=answers,
                               turns=((question, majority_answer(answers)),)))
     return records
+
+
+def _located(path: str | Path, image_root: str | Path | None) -> tuple[Path, Path, str]:
+    """A data file's path, the folder its relative image paths start from (image_root, else the file's own folder), and
+    the file's name as errors give it."""
+    path = Path(path)
+    return path, Path(image_root) if image_root is not None else path.parent, str(path)
 
 
 def _object_records(path: Path, *, fix: str, json_list: bool = False):
@@ -456,9 +455,7 @@ CHARTQA_FIX = ('ChartQA: a JSON list [{"imgname": "a.png", "query": "what is the
 def read_chartqa(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
     """ChartQA's published JSON (a list of {"imgname", "query", "label"}) or JSONL with the same keys -> vqa records.
     "image" is accepted for "imgname"; a label is a string, a number or a list of them (several references)."""
-    path = Path(path)
-    root = Path(image_root) if image_root is not None else path.parent
-    file = str(path)
+    path, root, file = _located(path, image_root)
     records = []
     for where, obj in _object_records(path, fix=CHARTQA_FIX, json_list=True):
         image_field = "image" if "imgname" not in obj and "image" in obj else "imgname"
@@ -507,9 +504,7 @@ PREFERENCE_ROLES = {"prompt": USER_ROLES, "chosen": ASSISTANT_ROLES, "rejected":
 def read_preference(path: str | Path, image_root: str | Path | None = None) -> list[Record]:
     """One object per line (or a JSON list of them): {"image", "prompt", "chosen", "rejected"}, "question" accepted
     for "prompt" -> preference records. Texts may be plain strings or TRL's conversational lists of messages."""
-    path = Path(path)
-    root = Path(image_root) if image_root is not None else path.parent
-    file = str(path)
+    path, root, file = _located(path, image_root)
     records = []
     for where, obj in _object_records(path, fix=PREFERENCE_FIX, json_list=True):
         prompt_field = "question" if "prompt" not in obj and "question" in obj else "prompt"
