@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
 import json
 import os
@@ -196,3 +197,16 @@ def raises_at(fn, *parts):
         assert part in text, f"{part!r} not in {text!r}"
     assert info.value.file and info.value.fix
     return info.value
+
+
+HAS_DATASETS = importlib.util.find_spec("datasets") is not None  # Hugging Face `datasets`: an optional extra
+needs_datasets = pytest.mark.skipif(not HAS_DATASETS, reason="`datasets` is not installed")
+
+
+def png(path: Path, color=(255, 0, 0), size=(6, 5)) -> Path:
+    """A small PNG image written at `path` (its folder made)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path

@@ -3,12 +3,11 @@ field, never a traceback."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import raises_at
+from conftest import needs_datasets, png, raises_at
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -19,16 +18,6 @@ from bench.errors import DataError, SuiteError
 
 SUITE = "suites/demo.toml"
 WHERE = "[datasets.chartqa]"
-HAS_DATASETS = importlib.util.find_spec("datasets") is not None
-needs_datasets = pytest.mark.skipif(not HAS_DATASETS, reason="`datasets` is not installed")
-
-
-def png(path: Path, color=(200, 10, 10)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (6, 5), color).save(path)
-    return path
-
-
 def record(i: int = 0, **extra) -> dict:
     return {"imgname": f"{i}.png", "query": f"what is the value of bar {i} ?", "label": str(10 + i)} | extra
 

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import raises_at
+from conftest import HAS_DATASETS, png, raises_at
 from PIL import Image
 
 from bench.data import formats
 from bench.data.hf_format import read_hf
 from bench.data.sample import ImageFile
 from bench.errors import DataError
-
-
-def png(path: Path, color=(255, 0, 0), size=(6, 5)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
-    return path
 
 
 def write_json(path: Path, data) -> Path:
@@ -311,9 +304,6 @@ def test_jsonl_wrong_answers_field(tmp_path):
 
 
 # ---------------------------------------------------------------- Hugging Face datasets
-
-HAS_DATASETS = importlib.util.find_spec("datasets") is not None
-
 
 @pytest.mark.skipif(HAS_DATASETS, reason="`datasets` is installed")
 def test_hf_without_datasets_says_how_to_install(tmp_path):

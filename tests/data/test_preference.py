@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import raises_at
+from conftest import needs_datasets, png, raises_at
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -21,16 +20,6 @@ from bench.errors import DataError, SuiteError
 
 SUITE = "suites/demo.toml"
 WHERE = "[datasets.prefs]"
-HAS_DATASETS = importlib.util.find_spec("datasets") is not None
-needs_datasets = pytest.mark.skipif(not HAS_DATASETS, reason="`datasets` is not installed")
-
-
-def png(path: Path, color=(10, 200, 10)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (5, 6), color).save(path)
-    return path
-
-
 def pair(i: int = 0, **extra) -> dict:
     return {"image": f"img/{i}.png", "prompt": f"what is in picture {i} ?", "chosen": f"a cat {i}",
             "rejected": f"a dog {i}"} | extra
