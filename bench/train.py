@@ -42,6 +42,7 @@ class TrainResult:
     tracked_input: int = 0  # the same over the tracked step's batches: the shape the tensor peak was measured at
     tracked_step_s: float = 0.0  # the tracked step's time (slowed by MemTracker's hooks; a warm-up step, never timed)
     tensor_peak: dict | None = None  # CPU: MemTracker's peak over the untimed warm-up steps {"Total": bytes, kind: bytes}
+    optimizer_kernel: str | None = None  # how the optimizer updated: torch's "fused", "foreach" or "for-loop", else its class
 
 
 def effective_batch(settings: dict) -> int:
@@ -56,12 +57,27 @@ def total_steps(settings: dict, n_samples: int) -> int:
     return settings["steps"]
 
 
+def adamw_kernel(device: str) -> str:
+    """Which of torch's AdamW implementations a cell on `device` updates with: on the CPU the fused kernel (what
+    transformers.Trainer's default optimizer, `adamw_torch_fused`, is; torch's own CPU default loops over the parameters
+    in Python, measured at 30 % of a tiny LLaVA's full fine-tuning step), on a GPU torch's default there, foreach (what
+    the memory estimate and the trace model: its step holds one more state-sized buffer)."""
+    return "fused" if device == "cpu" else "foreach"
+
+
+def kernel_of(optimizer) -> str:
+    """The implementation `optimizer` updates with, as it was built (what a record says ran)."""
+    if type(optimizer).__module__.startswith("torch.optim"):
+        return "fused" if optimizer.defaults.get("fused") else "foreach" if optimizer.defaults.get("foreach") else "for-loop"
+    return type(optimizer).__name__
+
+
 def make_optimizer(params, settings: dict, device: str):
     import torch
 
     name, lr, wd = settings["optimizer"], settings["lr"], settings["weight_decay"]
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **{adamw_kernel(device): True})
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
     if not device.startswith("cuda"):
@@ -154,7 +170,7 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=settings["warmup_steps"], num_training_steps=steps)
     scaler = _scaler(settings, device, ranks)
     clip = (lambda ps, norm: ranks.clip(model, ps, norm)) if ranks else None
-    result = TrainResult(steps=steps, turn_waits=turn_waits if turn_waits is not None else [])
+    result = TrainResult(steps=steps, turn_waits=turn_waits if turn_waits is not None else [], optimizer_kernel=kernel_of(optimizer))
     # the first step timed: after the warm-up, or every step where there are no more than the warm-up (all are kept then)
     first_timed = settings["timing_warmup_steps"] + 1 if steps > settings["timing_warmup_steps"] else 1
     timer = StepTimer(device)

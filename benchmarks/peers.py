@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/peers.py [--rounds 7] [--steps 40] [--save results/baselines/peers-cpu.json]
 
-Cells: tiny LLaVA + LoRA r=8 (instruction SFT) and tiny BLIP-2 full fine-tuning (captioning), batch 8, AdamW,
+Cells: tiny LLaVA + LoRA r=8 (instruction SFT) and tiny BLIP-2 full fine-tuning (captioning), batch 8, AdamW (torch's fused
+kernel in every way: bench's on the CPU, and Trainer's default optimizer, adamw_torch_fused),
 cosine schedule, fp32, one thread, on the bundled scenes data. Each way trains a fresh copy of the same model
 on the same encoded samples:
   bench       bench.train.train over the seeded in-memory batches (what a cell runs)
@@ -123,7 +124,7 @@ def _step_times(times: list[float]):
 def _trainer_args(scratch: Path, steps: int) -> dict:
     """What Trainer and SFTTrainer are both given: the bench cell's optimizer, schedule and batch; nothing else runs."""
     return dict(output_dir=str(scratch), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
-                lr_scheduler_type="cosine", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
+                lr_scheduler_type="cosine", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch_fused",
                 use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", eval_strategy="no",
                 dataloader_num_workers=0, remove_unused_columns=False, seed=0, disable_tqdm=True)
 

@@ -355,3 +355,16 @@ def test_with_no_more_steps_than_the_warm_up_every_step_is_timed_in_the_turn(bas
     fit(model, task, encoded, loaded, {**SETTINGS, "steps": 5, "timing_warmup_steps": 3},
         on_step=lambda s, n, loss: steps.append(s))
     assert seen == [3]  # otherwise after the warm-up
+
+
+def test_on_the_cpu_adamw_updates_with_torch_fused_kernel_and_the_same_arithmetic(base, encoded, monkeypatch):
+    """The fused kernel is torch's AdamW, as transformers.Trainer's default optimizer runs it: the loss curve of torch's
+    default (a loop over the parameters on the CPU) to float rounding, and the record says which kernel ran."""
+    import bench.train
+
+    model, fused = run(base, encoded, steps=6)
+    monkeypatch.setattr(bench.train, "make_optimizer", lambda params, s, device: torch.optim.AdamW(
+        params, lr=s["lr"], weight_decay=s["weight_decay"]))
+    model, looped = run(base, encoded, steps=6)
+    assert (fused.optimizer_kernel, looped.optimizer_kernel) == ("fused", "for-loop")
+    assert [loss for _, loss in fused.losses] == pytest.approx([loss for _, loss in looped.losses], abs=1e-4)

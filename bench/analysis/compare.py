@@ -109,9 +109,11 @@ class CompareResult:
         return bool(self.worse() or stopped or self.missing or self.invalid or self.incomparable)
 
 
-def _env_values(records: list[dict], key: str) -> set:
-    # values are shown, never interpreted: anything unhashable (a list in a hand-edited file) as its text
-    return {v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for v in (r["env"].get(key) for r in records)}
+def _values(records: list[dict], section: str, key: str) -> set:
+    """The values of `section.key` (env, cost) over the records. Shown, never interpreted: anything unhashable (a list in
+    a hand-edited file) as its text."""
+    values = ((r.get(section) or {}).get(key) for r in records)
+    return {v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for v in values}
 
 
 def env_differences(base_records: list[dict], current_records: list[dict]) -> list[str]:
@@ -120,16 +122,21 @@ def env_differences(base_records: list[dict], current_records: list[dict]) -> li
         return []
     warnings = []
     for key in ENV_COMPARED:
-        old, new = _env_values(base_records, key), _env_values(current_records, key)
+        old, new = _values(base_records, "env", key), _values(current_records, "env", key)
         if old != new:
             warnings.append(f"{key} differs: baseline {_show(old)} vs current {_show(new)}"
                             + (" (cost numbers are not comparable)" if key.startswith("device") else ""))
         elif len(old) > 1:
             warnings.append(f"{key} is mixed within each side: {_show(old)}")
-    old, new = _env_values(base_records, "torch_threads"), _env_values(current_records, "torch_threads")
+    old, new = _values(base_records, "env", "torch_threads"), _values(current_records, "env", "torch_threads")
     if old != new:  # side by side with threads = 0 a cell gets cores ÷ jobs threads: its steps are not a lone cell's
         warnings.append(f"torch threads per cell differ: baseline {_show(old)} vs current {_show(new)} (env.torch_threads: "
                         "step times are not comparable)")
+    old, new = _values(base_records, "cost", "optimizer_kernel"), _values(current_records, "cost", "optimizer_kernel")
+    if old != new:  # the same AdamW through another kernel: on the CPU the step's time changes (benchmarks/optimizer_kernel.py)
+        warnings.append(f"optimizer kernels differ: baseline {_show(old)} vs current {_show(new)} (cost.optimizer_kernel; "
+                        "None: a record from before the field, updated by torch's default, a for-loop on the CPU): step "
+                        "times are not comparable")
     old, new = _side_by_side(base_records), _side_by_side(current_records)
     if old != new:
         warnings.append(f"cells training at a time differ: baseline {_show(old)} vs current {_show(new)} (cost.concurrent_cells "

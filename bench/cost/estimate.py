@@ -23,8 +23,9 @@
                  + the language model's logits over every position it runs (image or query tokens too):
                    tokens × vocab × (a + 4 + 4)  (logits in the compute dtype, their fp32 copy in the loss, the
                    fp32 gradient)
-    optimizer_step = trainable params × bytes/state: torch's foreach AdamW (its CUDA default) holds one more
-                   state-sized buffer during step(), when the activations are gone
+    optimizer_step = trainable params × bytes/state on a GPU: torch's foreach AdamW (its CUDA default) holds one
+                   more state-sized buffer during step(), when the activations are gone; on the CPU bench updates
+                   with the fused kernel, which holds none (bench.train.adamw_kernel)
     peak         = weights + optimizer + max(activations (+ gradients when micro-batches accumulate),
                                              gradients + optimizer_step)
                    gradients are released after every update (zero_grad(set_to_none=True)), so the forward's
@@ -49,6 +50,8 @@ Records keep estimate and measurement side by side so the estimate's error is vi
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from bench.train import adamw_kernel
 
 MB = 1024 * 1024
 
@@ -226,7 +229,7 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
                     device: str = "cuda") -> dict:
     """Predicted peak MB for one cell; `params` is bench.methods.count_params output (per component).
     `text_len`: the text positions of the longest batch when the data is known (else max_seq_len, the most).
-    `device`: "cpu" or a GPU; it decides only how large a dropout mask is. The arithmetic is SFT's: a DPO cell
+    `device`: "cpu" or a GPU; it decides how large a dropout mask is and which AdamW kernel updates. The arithmetic is SFT's: a DPO cell
     (objective = "dpo": each pair twice through the model, a reference forward, TRL's chunked log-probabilities) has
     none (NoMemoryModel), and is measured all the same."""
     if train.get("objective") == "dpo":
@@ -255,7 +258,8 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
     states = 1 if train["optimizer"] == "sgd" else 2
     opt_bytes = 1 if "8bit" in train["optimizer"] else 4 if "32bit" in train["optimizer"] else grad_bytes
     optimizer = trainable * states * opt_bytes
-    optimizer_step = trainable * opt_bytes if train["optimizer"] == "adamw" else 0  # foreach's sqrt(exp_avg_sq)
+    # foreach AdamW's sqrt(exp_avg_sq), held through step(); the fused kernel a CPU cell updates with holds none
+    optimizer_step = trainable * opt_bytes if train["optimizer"] == "adamw" and adamw_kernel(device) == "foreach" else 0
 
     activations, flowing = 0.0, False
     batch = train["batch_size"]

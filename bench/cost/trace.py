@@ -10,8 +10,9 @@ What differs from a CUDA run, and why the trace still holds:
 - The fake device is the CPU (autograd's engine needs a real CUDA context for CUDA tensors), so
   autocast is CPU autocast, with nearly the same bf16 op list as CUDA's, and attention takes the
   CPU flash kernel, which like CUDA's flash/memory-efficient kernels keeps no seq×seq matrix.
-- AdamW runs with foreach=True when the suite targets CUDA, as torch picks there: its step holds
-  one extra copy of the optimizer state's size for a moment.
+- AdamW runs the kernel a cell on the target device runs (bench.train.adamw_kernel): foreach on CUDA,
+  as torch picks there, whose step holds one extra copy of the optimizer state's size for a moment;
+  fused on the CPU, which holds none.
 - QLoRA is not traced: bitsandbytes quantises real weight data, which fake tensors do not have. Nor are the chat
   families (SmolVLM, Qwen2-VL, auto): their forward reads token and image-token values (nonzero, .item()), which
   fake tensors do not have; nor DPO cells, whose step is TRL's.
@@ -28,6 +29,7 @@ from contextlib import contextmanager
 
 from bench.cost.estimate import MB
 from bench.profile import tensor_kinds
+from bench.train import adamw_kernel
 
 TRACE_STEPS = 2
 
@@ -86,7 +88,7 @@ def trace_cell(cell, splits, *, target_device: str = "cuda") -> dict:
         "params": params,
         "text_len": text_positions(cell.model["family"], getattr(model, "config", None), batch["input_ids"].shape[1]),
         "batch": {k: list(v.shape) for k, v in batch.items() if hasattr(v, "shape")},
-        "optimizer_foreach": target_device.startswith("cuda"),
+        "optimizer_kernel": adamw_kernel(target_device) if settings["optimizer"] == "adamw" else settings["optimizer"],
     }
 
 
@@ -109,14 +111,14 @@ def _traced_steps(model, task, batch: dict, settings: dict, target_device: str) 
 
 
 def _trace_optimizer(params, settings: dict, target_device: str):
-    """The suite's optimizer as it would be built on the target device (CUDA: foreach AdamW)."""
+    """The suite's optimizer as it would be built on the target device (AdamW: that device's kernel, on fake CPU tensors)."""
     import torch
 
     from bench.train import make_optimizer
 
     if settings["optimizer"] == "adamw":
         return torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings["weight_decay"],
-                                 foreach=target_device.startswith("cuda"))
+                                 **{adamw_kernel(target_device): True})
     if settings["optimizer"] == "sgd":
         return make_optimizer(params, settings, "cpu")
     raise NotTraceable(f"optimizer {settings['optimizer']!r} is bitsandbytes' and runs CUDA kernels on real data")

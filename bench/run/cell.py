@@ -545,6 +545,7 @@ def _throughput(result, settings: dict) -> dict:
         **rates(result.real_tokens, "tokens_per_s", 2),
         **rates(result.padded_tokens, "padded_tokens_per_s", 2),
         "optimizer_steps": result.steps,
+        "optimizer_kernel": result.optimizer_kernel,
     }
 
 

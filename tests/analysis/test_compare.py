@@ -121,3 +121,13 @@ def test_terminal_rendering_colours_better_green_and_worse_red():
     console = Console(record=True, width=160)
     render_terminal(compare(old, new), console, show_all=True)
     assert "train_wall_s" in console.export_text()
+
+
+def test_optimizer_kernels_that_differ_are_flagged():
+    """The same AdamW through another kernel (records from before cost.optimizer_kernel: torch's default) times
+    differently: flagged, never failed."""
+    fused = [record(cell_id="a", **{"cost.optimizer_kernel": "fused"})]
+    before = [record(cell_id="a")]
+    assert any(w.startswith("optimizer kernels differ") and "'fused'" in w and "None" in w
+               for w in env_differences(before, fused))
+    assert env_differences(fused, copy.deepcopy(fused)) == []

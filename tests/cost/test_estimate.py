@@ -331,3 +331,12 @@ def test_fsdp_shards_weights_gradients_and_optimizer_state_and_gathers_the_root_
         assert many[part] == pytest.approx(one[part] / devices, abs=0.006)
     assert many["activations"] == one["activations"]
     assert many["total_mb"] <= one["total_mb"] + gathered / MB + 0.01
+
+
+def test_only_a_gpu_cell_holds_foreach_adamw_step_buffer():
+    """On the CPU bench updates with torch's fused AdamW, which keeps no state-sized buffer through step()."""
+    gpu = estimate_memory("llava", LLAVA, FULL, {**TRAIN, "batch_size": 1, "gradient_checkpointing": True}, "full")
+    cpu = estimate_memory("llava", LLAVA, FULL, {**TRAIN, "batch_size": 1, "gradient_checkpointing": True}, "full",
+                          device="cpu")
+    assert gpu["optimizer_step"] > 0 == cpu["optimizer_step"]
+    assert cpu["total_mb"] < gpu["total_mb"]
