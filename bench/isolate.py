@@ -154,6 +154,7 @@ def _pause(paused: dict, waiting: bool) -> None:
 
 
 _PRELOAD = ["bench.run.server_signals", "bench.run.preload"]  # in this order: Ctrl-C while importing exits quietly
+WARM_FAMILIES = "BENCH_WARM_FAMILIES"  # the model families the server warms up (comma-separated; unset: every family)
 
 
 def _context():

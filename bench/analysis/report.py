@@ -470,27 +470,15 @@ def _render(records: list[dict], title: str, plots_dir: Path | None, rel_to: Pat
         written.append(path)
         return Path(os.path.relpath(path, rel_to)).as_posix()
 
+    saved = _plots(page, plots_dir) if plots_dir is not None else {}
     lines += _results_section(page)
     lines += _sweeps_section(page)
     lines += ["## Cost and quality per model × dataset", ""]
     for key, groups in page.blocks.items():
-        png = None
-        if plots_dir is not None:
-            from bench.analysis import plots
-
-            block_records = [r for g in groups for r in g.records]
-            png = link(plots.loss_curves_plot(block_records, plots_dir / f"loss-{_slug(key[0])}--{_slug(key[1])}.png",
-                                              title=f"Training loss: {key[0]} / {key[1]}"))
-        lines += _block_section(page, key, groups, png)
-    if plots_dir is not None:
-        from bench.analysis import plots
-
-        pngs = [(label, link(plots.pareto_plot(page.records, x, plots_dir / f"pareto-{name}.png")))
-                for label, x, name in (("Peak memory vs Δ quality", "peak_memory_mb", "memory"),
-                                       ("Training time vs Δ quality", "train_wall_s", "time"))]
-        pngs = [(label, p) for label, p in pngs if p]
-        if pngs:
-            lines += ["## Cost vs quality", ""] + [f"![{label}]({p})" for label, p in pngs] + [""]
+        lines += _block_section(page, key, groups, link(saved.get(key)))
+    pngs = [(label, link(saved[name])) for name, (label, _) in PARETO_PLOTS.items() if saved.get(name)]
+    if pngs:
+        lines += ["## Cost vs quality", ""] + [f"![{label}]({p})" for label, p in pngs] + [""]
     lines += _cost_section(page)
     from bench.analysis import after_training  # it formats with this module's helpers: imported once both exist
 
@@ -500,6 +488,25 @@ def _render(records: list[dict], title: str, plots_dir: Path | None, rel_to: Pat
     lines += _env_section(page)
     lines += [LEGEND]
     return "\n".join(lines), written
+
+
+# the cost vs quality plots: name (pareto-<name>.png) -> (the page's label, the cost on the x axis)
+PARETO_PLOTS = {"memory": ("Peak memory vs Δ quality", "peak_memory_mb"), "time": ("Training time vs Δ quality", "train_wall_s")}
+
+
+def _plots(page: _Page, plots_dir: Path) -> dict:
+    """The page's PNGs, saved together (bench.analysis.plots.save_figures): a loss-curve plot per model x dataset block
+    (keyed by the block) and the cost vs quality plots (keyed by name); a plot with nothing to draw is left out."""
+    from bench.analysis import plots
+
+    figures = {key: (plots.loss_curves_figure([r for g in groups for r in g.records],
+                                              title=f"Training loss: {key[0]} / {key[1]}"),
+                     plots_dir / f"loss-{_slug(key[0])}--{_slug(key[1])}.png")
+               for key, groups in page.blocks.items()}
+    figures.update({name: (plots.pareto_figure(page.records, x), plots_dir / f"pareto-{name}.png")
+                    for name, (_, x) in PARETO_PLOTS.items()})
+    drawn = {key: pair for key, pair in figures.items() if pair[0] is not None}
+    return dict(zip(drawn, plots.save_figures(list(drawn.values()))))
 
 
 def render_report(records: list[dict], *, title: str, plots_dir: Path | None = None, rel_to: Path = Path(".")) -> str:

@@ -1,6 +1,9 @@
 import copy
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import record
 
 from bench.analysis import plots
@@ -83,3 +86,56 @@ def test_loss_curves_one_line_per_method_and_diverged_points_dropped(tmp_path):
     path = plots.loss_curves_plot(records, tmp_path / "loss.png")
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert plots.loss_curves_plot(records[3:], tmp_path / "empty.png") is None
+
+
+class _Written:
+    """A stand-in for a matplotlib figure that writes known bytes: save_figures' sharing of the work, not drawing.
+    `fails_in_child` / `hangs_in_child`: what it does in a process other than the one that made it."""
+
+    def __init__(self, text: str, *, fails_in_child=False, hangs_in_child=False):
+        import os
+
+        self.text, self.fails, self.hangs, self.maker = text, fails_in_child, hangs_in_child, os.getpid()
+
+    def savefig(self, path, format):
+        import os
+        import time
+
+        assert format == "png"
+        if os.getpid() != self.maker and self.fails:
+            raise RuntimeError("no font in the child")
+        if os.getpid() != self.maker and self.hangs:
+            time.sleep(3600)
+        Path(path).write_text(self.text)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(0, 7), fail=st.sets(st.integers(0, 6)))
+def test_every_figure_is_saved_to_its_own_path_whichever_process_saved_it(tmp_path_factory, n, fail):
+    """Half the figures are saved by a forked copy of the process; one that fails there is saved here after all."""
+    out = tmp_path_factory.mktemp("figs")
+    figures = [(_Written(f"figure {i}", fails_in_child=i in fail), out / f"sub/{i}.png") for i in range(n)]
+    paths = plots.save_figures(figures)
+    assert paths == [out / f"sub/{i}.png" for i in range(n)]
+    assert [p.read_text() for p in paths] == [f"figure {i}" for i in range(n)]
+
+
+def test_a_forked_saver_that_hangs_is_killed_and_its_figures_saved_here(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(plots, "CHILD_GRACE_S", 0.3)
+    figures = [(_Written("a"), tmp_path / "a.png"), (_Written("b", hangs_in_child=True), tmp_path / "b.png")]
+    start = time.monotonic()
+    plots.save_figures(figures)
+    assert time.monotonic() - start < 5
+    assert (tmp_path / "a.png").read_text() == "a" and (tmp_path / "b.png").read_text() == "b"
+
+
+def test_figures_saved_side_by_side_are_the_bytes_one_process_saves(tmp_path):
+    records = [method("full", 90.0, 5.0, 30.0, loss_curve=[[1, 2.0], [2, 1.5]]), method("lora", 40.0, 3.0, 28.0)]
+    make = [lambda: plots.pareto_figure(records, "peak_memory_mb"), lambda: plots.pareto_figure(records, "train_wall_s"),
+            lambda: plots.loss_curves_figure(records)]
+    together = plots.save_figures([(f(), tmp_path / f"together-{i}.png") for i, f in enumerate(make)])
+    alone = [plots.save_figures([(f(), tmp_path / f"alone-{i}.png")])[0] for i, f in enumerate(make)]
+    assert [p.read_bytes() for p in together] == [p.read_bytes() for p in alone]
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in together)

@@ -348,7 +348,7 @@ def test_an_interrupt_does_not_wait_for_a_dataset_still_loading(write_suite, tmp
     path = write_suite(MINI_SUITE.replace("train_size = 16", "train_size = 300000"))
     runner = Runner(load_suite(path), results_dir=tmp_path / "results", reports_dir=tmp_path / "reports",
                     show_progress=False, jobs=2)
-    runner._start_processes()  # the cell server up first: its imports are not what is timed
+    runner._start_processes({"clip"})  # the cell server up first: its imports are not what is timed
     threading.Timer(1.0, runner._cancel.set).start()
     start = time.monotonic()
     with pytest.raises(Cancelled):
@@ -457,3 +457,19 @@ def test_a_cells_devices_are_checked_against_this_machine_before_anything_runs(w
     monkeypatch.setenv("PATH", f"{REPO / 'tests' / 'run' / 'fake_slurm'}:{os.environ['PATH']}")
     refused(two, r"a cell trains on 2 devices, and each Slurm job asks for 1 GPU(?s:.)*--gpus-per-cell 2",
             cluster=ClusterOptions("slurm", gpus_per_cell=1))
+
+
+@pytest.mark.ci_only  # ~10 s: a cell server of its own, started from scratch
+def test_the_cell_server_warms_up_the_families_the_run_builds(write_suite, tmp_path):
+    """The runner tells the server it starts which families its cells build (each warmed family is ~0.1 s on the way to
+    the first cell); its own environment is as it was afterwards."""
+    code = ("import os, sys\nfrom bench.isolate import WARM_FAMILIES, call_isolated\n"
+            "from bench.run.runner import Runner, _ready\nfrom bench.suite.load import load_suite\n"
+            "runner = Runner(load_suite(sys.argv[1]), results_dir=sys.argv[2], reports_dir=sys.argv[2], show_progress=False)\n"
+            "runner._start_processes({'llava', 'clip'})\n"
+            "print(call_isolated(_ready, timeout_s=300).value, os.environ.get(WARM_FAMILIES))\n")
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_WARM_FAMILIES"}
+    done = subprocess.run([sys.executable, "-c", code, str(write_suite(MINI_SUITE)), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "['clip', 'llava'] None"
