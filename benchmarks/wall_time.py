@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/wall_time.py --before REV [--after HEAD] [--rounds 1] [--suite suites/quickstart.toml]
                                              [--same-suite] [--after-args "--jobs 0"]
+                                             [--after-defaults "serve = false" "save = false"]
 
 Each commit is checked out into a temporary worktree and run with this checkout's virtual environment.
 Each first runs once untimed (it pretrains any zoo base its commit does not find cached), so every timed
@@ -12,6 +13,9 @@ wall time (`where the time went`) with training's share.
 By default each commit runs its own copy of the suite file (what `bench run suites/quickstart.toml` does at that
 commit, whatever the file asked for then); `--same-suite` runs the before commit's file at both, so both do the
 same work. `--after-args` adds arguments to the after commit's `bench run` only (flags the before commit lacks).
+`--after-defaults` adds TOML lines to the `[defaults]` of the after side's copy of the suite file: train keys whose
+defaults now do work the before commit never did (`serve = false`: no serving measurement; `save = false`: no adapter
+kept), so that with `--same-suite` both sides do the same work.
 """
 
 from __future__ import annotations
@@ -43,6 +47,17 @@ def run(tree: Path, suite: str, extra: list[str] = ()) -> tuple[float, str]:
     return wall, split
 
 
+def with_defaults(suite: Path, lines: list[str]) -> Path:
+    """A copy of `suite` beside it (its relative paths still resolve) with `lines` at the top of its [defaults] table."""
+    text = suite.read_text(encoding="utf-8")
+    if "\n[defaults]\n" not in text:
+        raise SystemExit(f"{suite}: no [defaults] table to add {lines} to")
+    copy = suite.with_name(f"{suite.stem}-after-defaults.toml")
+    copy.write_text(text.replace("\n[defaults]\n", "\n[defaults]\n" + "".join(f"{line}\n" for line in lines), 1),
+                    encoding="utf-8")
+    return copy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True)
@@ -51,6 +66,8 @@ def main() -> None:
     parser.add_argument("--suite", default="suites/quickstart.toml")
     parser.add_argument("--same-suite", action="store_true", help="run the before commit's suite file at both commits")
     parser.add_argument("--after-args", default="", help="extra arguments for the after commit's bench run")
+    parser.add_argument("--after-defaults", nargs="*", default=[], metavar="LINE",
+                        help="TOML lines added to [defaults] in the after side's copy of the suite file")
     args = parser.parse_args()
     trees = {}
     for name, rev in (("before", args.before), ("after", args.after)):
@@ -60,6 +77,10 @@ def main() -> None:
     walls: dict[str, list[float]] = {"before": [], "after": []}
     suite = {name: str(trees["before"] / args.suite) if args.same_suite else args.suite for name in trees}
     extra = {"before": [], "after": args.after_args.split()}
+    if args.after_defaults:
+        suite["after"] = str(with_defaults(Path(suite["after"] if args.same_suite else trees["after"] / args.suite),
+                                           args.after_defaults))
+        print(f"after side: {suite['after']} ([defaults] + {'; '.join(args.after_defaults)})")
     try:
         for name in ("before", "after"):
             run(trees[name], suite[name], extra[name])  # untimed: the zoo cached for this commit, the page cache warm
