@@ -65,9 +65,10 @@ def cmd_plan(args) -> int:
         counts = count_cells(trained, meta_models)
     if args.estimate:
         from bench.cost.estimate import estimate_cells
+        from bench.cost.preview import target_device
 
         # a suite that runs on the CPU is estimated for the CPU; any other for a GPU (what the preview is for)
-        estimates = estimate_cells(trained, counts or None, meta_models, "cpu" if suite.settings["device"] == "cpu" else "cuda")
+        estimates = estimate_cells(trained, counts or None, meta_models, target_device(suite))
     traces = _trace(suite, [c for c in trained if not c.skip_reason]) if args.trace else {}
     rows = []
     for cell in cells:
@@ -89,10 +90,10 @@ def cmd_plan(args) -> int:
         if cell.cell_id in estimates:
             row["estimate"] = estimates[cell.cell_id]
         if cell.cell_id in traces:
-            from bench.cost.preview import estimate_at_trace
+            from bench.cost.preview import estimate_at_trace, target_device
 
             row["trace"] = traces[cell.cell_id]
-            row["estimate_at_trace"] = estimate_at_trace(cell, row["trace"], meta_models)
+            row["estimate_at_trace"] = estimate_at_trace(cell, row["trace"], meta_models, target_device(suite))
         rows.append(row)
     if args.markdown:
         from bench.cost.preview import render_markdown

@@ -66,10 +66,16 @@ def adamw_kernel(device: str) -> str:
 
 
 def kernel_of(optimizer) -> str:
-    """The implementation `optimizer` updates with, as it was built (what a record says ran)."""
-    if type(optimizer).__module__.startswith("torch.optim"):
-        return "fused" if optimizer.defaults.get("fused") else "foreach" if optimizer.defaults.get("foreach") else "for-loop"
-    return type(optimizer).__name__
+    """The implementation `optimizer` updates with, as it was built (what a record says ran): torch's "fused",
+    "foreach" (asked for, or torch's own pick where every parameter is on a GPU) or "for-loop"; else its class."""
+    if not type(optimizer).__module__.startswith("torch.optim"):
+        return type(optimizer).__name__
+    if optimizer.defaults.get("fused"):
+        return "fused"
+    foreach = optimizer.defaults.get("foreach")
+    if foreach is None:  # torch's default: foreach where the parameters are all on CUDA
+        foreach = all(p.is_cuda for group in optimizer.param_groups for p in group["params"])
+    return "foreach" if foreach else "for-loop"
 
 
 def make_optimizer(params, settings: dict, device: str):

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +53,13 @@ def with_defaults(suite: Path, lines: list[str]) -> Path:
     text = suite.read_text(encoding="utf-8")
     if "\n[defaults]\n" not in text:
         raise SystemExit(f"{suite}: no [defaults] table to add {lines} to")
+    text = text.replace("\n[defaults]\n", "\n[defaults]\n" + "".join(f"{line}\n" for line in lines), 1)
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # a key the table has already, a line that is not TOML
+        raise SystemExit(f"{suite}: [defaults] + {lines} is not a suite: {exc}") from None
     copy = suite.with_name(f"{suite.stem}-after-defaults.toml")
-    copy.write_text(text.replace("\n[defaults]\n", "\n[defaults]\n" + "".join(f"{line}\n" for line in lines), 1),
-                    encoding="utf-8")
+    copy.write_text(text, encoding="utf-8")
     return copy
 
 
@@ -77,11 +82,13 @@ def main() -> None:
     walls: dict[str, list[float]] = {"before": [], "after": []}
     suite = {name: str(trees["before"] / args.suite) if args.same_suite else args.suite for name in trees}
     extra = {"before": [], "after": args.after_args.split()}
-    if args.after_defaults:
-        suite["after"] = str(with_defaults(Path(suite["after"] if args.same_suite else trees["after"] / args.suite),
-                                           args.after_defaults))
-        print(f"after side: {suite['after']} ([defaults] + {'; '.join(args.after_defaults)})")
     try:
+        if args.after_defaults:  # the copy lives in a worktree (its relative paths resolve there), removed at the end
+            if Path(args.suite).is_absolute():
+                raise SystemExit("--after-defaults: give --suite as a path inside the repository")
+            suite["after"] = str(with_defaults(Path(suite["after"] if args.same_suite else trees["after"] / args.suite),
+                                               args.after_defaults))
+            print(f"after side: {suite['after']} ([defaults] + {'; '.join(args.after_defaults)})")
         for name in ("before", "after"):
             run(trees[name], suite[name], extra[name])  # untimed: the zoo cached for this commit, the page cache warm
         for r in range(args.rounds):

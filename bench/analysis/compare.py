@@ -132,17 +132,22 @@ def env_differences(base_records: list[dict], current_records: list[dict]) -> li
     if old != new:  # side by side with threads = 0 a cell gets cores ÷ jobs threads: its steps are not a lone cell's
         warnings.append(f"torch threads per cell differ: baseline {_show(old)} vs current {_show(new)} (env.torch_threads: "
                         "step times are not comparable)")
-    old, new = _values(base_records, "cost", "optimizer_kernel"), _values(current_records, "cost", "optimizer_kernel")
-    if old != new:  # the same AdamW through another kernel: on the CPU the step's time changes (benchmarks/optimizer_kernel.py)
+    # only cells that trained through: a failed, skipped or composed cell says no kernel, whenever it ran
+    old, new = (_values(_trained(side), "cost", "optimizer_kernel") for side in (base_records, current_records))
+    if old and new and old != new:  # the same AdamW through another kernel: benchmarks/optimizer_kernel.py
         warnings.append(f"optimizer kernels differ: baseline {_show(old)} vs current {_show(new)} (cost.optimizer_kernel; "
                         "None: a record from before the field, updated by torch's default, a for-loop on the CPU): step "
-                        "times are not comparable")
+                        "times, and on the CPU the optimizer step's temporaries, are not comparable")
     old, new = _side_by_side(base_records), _side_by_side(current_records)
     if old != new:
         warnings.append(f"cells training at a time differ: baseline {_show(old)} vs current {_show(new)} (cost.concurrent_cells "
                         "and cost.timed_alone: step times measured while other cells trained are not comparable with ones "
                         "measured alone)")
     return warnings
+
+
+def _trained(records: list[dict]) -> list[dict]:
+    return [r for r in records if r.get("status") == "ok" and (r.get("cost") or {}).get("optimizer_steps") is not None]
 
 
 def _side_by_side(records: list[dict]) -> set:

@@ -7,6 +7,7 @@ pyplot: no global backend switch, no display needed, and `bench report` starts w
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -201,12 +202,15 @@ def save_figures(figures: list[tuple[object, Path]]) -> list[Path]:
     """Each (figure, path) saved as a PNG; returns the paths. Rendering is CPU-bound Python (threads would take turns),
     so with two figures or more and a second core a forked copy of this process saves every other one meanwhile (a
     report's five PNGs: 1.2 s one after the other on a 2-core CPU); what the copy did not save in time, or failed to,
-    is saved here after all."""
+    is saved here after all. Two figures for one file: the later one is saved, as one after the other."""
     paths = [_target(path) for _, path in figures]
-    jobs = list(zip((fig for fig, _ in figures), paths))
-    mine, theirs = jobs[0::2], jobs[1::2]
-    child = _fork_saving(theirs) if theirs and len(os.sched_getaffinity(0)) > 1 else None
+    last = {path.resolve(): (fig, path) for (fig, _), path in zip(figures, paths)}  # one writer per file
+    jobs = list(last.values())
+    mine, theirs = _halves(jobs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    child = None
     try:
+        child = _fork_saving(theirs) if theirs and cores > 1 else None
         started = time.monotonic()
         _save_all(mine if child else jobs)
         if child:
@@ -220,35 +224,58 @@ def save_figures(figures: list[tuple[object, Path]]) -> list[Path]:
     return paths
 
 
+def _halves(jobs: list) -> tuple[list, list]:
+    """The jobs in two shares of about equal drawing work, a figure's weighed by its axes (a facet costs about as much to
+    lay out and draw as a loss plot): each in turn, heaviest first, to the lighter share."""
+    shares, loads = ([], []), [0, 0]
+    for job in sorted(jobs, key=lambda j: -len(getattr(j[0], "axes", ()) or ())):
+        lighter = loads.index(min(loads))
+        shares[lighter].append(job)
+        loads[lighter] += max(1, len(getattr(job[0], "axes", ()) or ()))
+    return shares
+
+
 def _save_all(jobs) -> None:
     for fig, path in jobs:
         fig.savefig(path, format="png")
 
 
 def _fork_saving(jobs) -> int | None:
-    """A child process that saves `jobs` and exits 0 (1 if one failed); None where this process cannot fork."""
+    """A child process that saves `jobs` and exits 0 (1 if one failed); None where this process cannot fork. Ctrl-C is
+    held back across the fork, so it reaches the child only once the child ends on it, never as the parent's handler."""
+    if not hasattr(os, "fork"):
+        return None
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         pid = os.fork()
-    except (AttributeError, OSError):
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return None
     if pid == 0:  # the child: nothing of the parent's runs here, and it leaves without flushing the parent's buffers
         code = 1
         try:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C ends it at once, the parent renders no more either
+            gc.freeze()  # the parent's unreachable objects are never finalised here (a temporary folder's cleanup)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             _save_all(jobs)
             code = 0
         finally:
             os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
     return pid
 
 
 def _reaped(pid: int, deadline: float) -> bool:
-    """Wait for the child until `deadline` (killed then) and reap it: whether it saved its figures (exited 0)."""
-    while not (done := os.waitpid(pid, os.WNOHANG))[0]:
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            done = os.waitpid(pid, 0)
-            break
-        time.sleep(0.005)
+    """Wait for the child until `deadline` (killed then) and reap it: whether it saved its figures (exited 0). A child
+    reaped already (an interrupt between the two) counts as one that did not."""
+    try:
+        while not (done := os.waitpid(pid, os.WNOHANG))[0]:
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)  # not reaped yet, so the number is still the child's
+                done = os.waitpid(pid, 0)
+                break
+            time.sleep(0.005)
+    except ChildProcessError:
+        return False
     return os.waitstatus_to_exitcode(done[1]) == 0

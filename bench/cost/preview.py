@@ -36,8 +36,9 @@ def trace_cells(suite, cells, splits_of, *, on_done=None) -> dict[str, dict]:
     return out
 
 
-def estimate_at_trace(cell, trace: dict, meta_models: dict) -> dict | None:
-    """The arithmetic estimate at the traced batch's text length, and its error against the trace (%)."""
+def estimate_at_trace(cell, trace: dict, meta_models: dict, device: str) -> dict | None:
+    """The arithmetic estimate at the traced batch's text length on `device` (target_device), and its error against the
+    trace (%)."""
     from bench.cost.estimate import estimate_memory
     from bench.cost.params import meta_model
 
@@ -45,7 +46,7 @@ def estimate_at_trace(cell, trace: dict, meta_models: dict) -> dict | None:
     if "peak_mb" not in trace or config is None or not hasattr(config, "vision_config"):
         return None
     est = estimate_memory(cell.model["family"], config, trace["params"], {**cell.train, **cell.method}, cell.method["kind"],
-                          text_len=trace["text_len"])
+                          text_len=trace["text_len"], device=device)
     est["error_pct"] = round(100 * (est["total_mb"] - trace["peak_mb"]) / trace["peak_mb"], 1)
     return est
 

@@ -36,10 +36,10 @@ import torch.distributed._tools.mem_tracker  # noqa: E402,F401  (CPU tensor memo
 from transformers import Blip2ForConditionalGeneration, CLIPModel, LlavaForConditionalGeneration  # noqa: E402,F401
 
 import bench.methods  # noqa: E402,F401
-from bench.isolate import WARM_FAMILIES  # noqa: E402
 import bench.metrics  # noqa: E402,F401
 import bench.run.cell  # noqa: E402,F401
 import bench.train  # noqa: E402,F401
+from bench.isolate import WARM_FAMILIES  # noqa: E402
 from bench.models import FAMILY_MODULES, get_family  # noqa: E402
 from bench.models.catalog import FAMILIES  # noqa: E402
 from bench.tasks import TASK_MODULES, task_for_family  # noqa: E402

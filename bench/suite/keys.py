@@ -44,8 +44,9 @@ TRAIN_KEYS = {
     "warmup_steps": Key(int, 0, "linear learning-rate warm-up steps", min=0, max=10**8),
     "weight_decay": Key(NUMBER, 0.0, "AdamW weight decay", min=0, max=10),
     "max_grad_norm": Key(NUMBER, 1.0, "gradient clipping norm (0 disables)", min=0, max=1e6),
-    "optimizer": Key(str, "adamw", "optimizer (`adamw`: torch's AdamW, its fused kernel on the CPU and foreach on a GPU; "
-                     "the others are bitsandbytes', CUDA only)", choices=("adamw", "sgd", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit")),
+    "optimizer": Key(str, "adamw", "optimizer (`adamw`: torch's AdamW, its fused kernel on the CPU and foreach on a GPU; `sgd`: "
+                     "torch's, momentum 0.9; the 8-bit and paged ones are bitsandbytes', CUDA only)",
+                     choices=("adamw", "sgd", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit")),
     "precision": Key(str, "fp32", "compute precision (bf16/fp16 autocast; fp32 on the CPU is fastest here)", choices=("fp32", "bf16", "fp16")),
     "gradient_checkpointing": Key(bool, False, "recompute activations in backward to save memory"),
     "seed": Key(int, 0, "seed for weights, data order and dropout", min=0, max=SEED_MAX),

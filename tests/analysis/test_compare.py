@@ -126,8 +126,11 @@ def test_terminal_rendering_colours_better_green_and_worse_red():
 def test_optimizer_kernels_that_differ_are_flagged():
     """The same AdamW through another kernel (records from before cost.optimizer_kernel: torch's default) times
     differently: flagged, never failed."""
-    fused = [record(cell_id="a", **{"cost.optimizer_kernel": "fused"})]
-    before = [record(cell_id="a")]
+    fused = [record(cell_id="a", **{"cost.optimizer_kernel": "fused", "cost.optimizer_steps": 60})]
+    before = [record(cell_id="a", **{"cost.optimizer_steps": 60})]
     assert any(w.startswith("optimizer kernels differ") and "'fused'" in w and "None" in w
                for w in env_differences(before, fused))
     assert env_differences(fused, copy.deepcopy(fused)) == []
+    # a cell that failed (out of memory, diverged, timed out) or never trained says no kernel, whenever it ran
+    failed = [record(cell_id="a", status="oom", **{"cost.optimizer_steps": 60}), record(cell_id="b", status="skipped")]
+    assert env_differences(fused + failed, fused) == [] == env_differences(fused, fused + failed)

@@ -2,9 +2,9 @@ import copy
 from pathlib import Path
 
 import pytest
+from conftest import record
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from conftest import record
 
 from bench.analysis import plots
 
@@ -139,3 +139,11 @@ def test_figures_saved_side_by_side_are_the_bytes_one_process_saves(tmp_path):
     alone = [plots.save_figures([(f(), tmp_path / f"alone-{i}.png")])[0] for i, f in enumerate(make)]
     assert [p.read_bytes() for p in together] == [p.read_bytes() for p in alone]
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in together)
+
+
+def test_two_figures_for_one_file_leave_the_later_one_whole(tmp_path):
+    """Names that slug alike ('a--b'/'c' and 'a'/'b--c') give one file: one process writes it, the later figure."""
+    figures = [(_Written("first " * 1000), tmp_path / "same.png"), (_Written("other"), tmp_path / "other.png"),
+               (_Written("later"), tmp_path / "same.png")]
+    assert plots.save_figures(figures) == [tmp_path / "same.png", tmp_path / "other.png", tmp_path / "same.png"]
+    assert (tmp_path / "same.png").read_text() == "later" and (tmp_path / "other.png").read_text() == "other"

@@ -46,11 +46,14 @@ def test_target_device_is_the_cpu_only_when_the_suite_says_so():
 def test_estimate_at_trace_uses_the_traced_text_length(mini_suite):
     cell = next(c for c in expand(load_suite(mini_suite)) if c.method["name"] == "lora")
     params = count_cell(cell, {})
-    short = estimate_at_trace(cell, {"peak_mb": 1.0, "params": params, "text_len": 4}, {})
-    long = estimate_at_trace(cell, {"peak_mb": 1.0, "params": params, "text_len": 16}, {})
+    short = estimate_at_trace(cell, {"peak_mb": 1.0, "params": params, "text_len": 4}, {}, "cuda")
+    long = estimate_at_trace(cell, {"peak_mb": 1.0, "params": params, "text_len": 16}, {}, "cuda")
     assert short["text_len"] == 4 and long["text_len"] == 16 and short["total_mb"] <= long["total_mb"]
     assert short["error_pct"] == pytest.approx(100 * (short["total_mb"] - 1.0), abs=0.1)
-    assert estimate_at_trace(cell, {"not_traced": "why"}, {}) is None
+    assert estimate_at_trace(cell, {"not_traced": "why"}, {}, "cuda") is None
+    # a CPU suite's trace ran the fused AdamW a CPU cell updates with: its estimate holds no foreach step buffer either
+    cpu = estimate_at_trace(cell, {"peak_mb": 1.0, "params": params, "text_len": 4}, {}, "cpu")
+    assert cpu["optimizer_step"] == 0 < short["optimizer_step"]
 
 
 def test_plan_trace_end_to_end(mini_suite, tmp_path, capsys):
