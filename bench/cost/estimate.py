@@ -229,9 +229,9 @@ def estimate_memory(family: str, config, params: dict, train: dict, method_kind:
                     device: str = "cuda") -> dict:
     """Predicted peak MB for one cell; `params` is bench.methods.count_params output (per component).
     `text_len`: the text positions of the longest batch when the data is known (else max_seq_len, the most).
-    `device`: "cpu" or a GPU; it decides how large a dropout mask is and which AdamW kernel updates. The arithmetic is SFT's: a DPO cell
-    (objective = "dpo": each pair twice through the model, a reference forward, TRL's chunked log-probabilities) has
-    none (NoMemoryModel), and is measured all the same."""
+    `device`: "cpu" or a GPU; it decides how large a dropout mask is and which AdamW kernel updates. The arithmetic is
+    SFT's: a DPO cell (objective = "dpo": each pair twice through the model, a reference forward, TRL's chunked
+    log-probabilities) has none (NoMemoryModel), and is measured all the same."""
     if train.get("objective") == "dpo":
         raise NoMemoryModel("the memory model counts supervised fine-tuning; DPO's pairs and reference are not in it")
     bf16 = train["precision"] == "bf16"

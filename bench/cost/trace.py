@@ -111,16 +111,11 @@ def _traced_steps(model, task, batch: dict, settings: dict, target_device: str) 
 
 
 def _trace_optimizer(params, settings: dict, target_device: str):
-    """The suite's optimizer as it would be built on the target device (AdamW: that device's kernel, on fake CPU tensors)."""
-    import torch
-
+    """The suite's optimizer as a cell on the target device builds it (AdamW: that device's kernel), on fake CPU tensors."""
     from bench.train import make_optimizer
 
-    if settings["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings["weight_decay"],
-                                 **{adamw_kernel(target_device): True})
-    if settings["optimizer"] == "sgd":
-        return make_optimizer(params, settings, "cpu")
+    if settings["optimizer"] in ("adamw", "sgd"):
+        return make_optimizer(params, settings, target_device)
     raise NotTraceable(f"optimizer {settings['optimizer']!r} is bitsandbytes' and runs CUDA kernels on real data")
 
 

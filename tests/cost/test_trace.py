@@ -105,7 +105,7 @@ def with_train(cell, **train):
     return dataclasses.replace(cell, train={**cell.train, **train})
 
 
-def real_trace(cell) -> float:
+def real_trace(cell, target_device: str = "cuda") -> float:
     """The same two steps on a real (random-weight) model and real tensors, counted by the same tracker."""
     family = get_family(cell.model["family"])
     task = task_for_family(cell.model["family"])
@@ -114,7 +114,7 @@ def real_trace(cell) -> float:
     splits = splits_of(cell)
     encoded = task.encode(loaded, splits.train, task_settings(cell.train, "cpu"), **encode_kwargs(task, splits))
     batch = task.collate(sorted(encoded, key=lambda e: -len(e["input_ids"]))[: cell.train["batch_size"]], loaded)
-    peak = _traced_steps(model, task, batch, cell.train, "cuda")
+    peak = _traced_steps(model, task, batch, cell.train, target_device)
     return next(iter(peak.values()))["Total"] / 1024**2
 
 
@@ -126,6 +126,14 @@ def test_fake_trace_counts_what_real_tensors_count(cells, name):
     assert fake["peak_mb"] == pytest.approx(real_trace(cell), rel=0.01, abs=0.006)
     assert fake["peak_mb"] >= sum(fake["by_kind_mb"].values()) - 0.05  # the kinds add up to the peak
     assert fake["by_kind_mb"]["param"] > 0
+
+
+def test_a_cpu_suite_traces_the_fused_adamw_its_cells_update_with(cells):
+    """On fake tensors too: what real tensors count with the fused kernel, and no foreach step buffer."""
+    cell = cells["llava/full"]
+    cpu = trace_cell(cell, splits_of(cell), target_device="cpu")
+    assert cpu["optimizer_kernel"] == "fused" and trace_cell(cell, splits_of(cell))["optimizer_kernel"] == "foreach"
+    assert cpu["peak_mb"] == pytest.approx(real_trace(cell, "cpu"), rel=0.01, abs=0.006)
 
 
 @pytest.mark.parametrize("name", ["llava/full", "blip2/lora"])
