@@ -41,8 +41,12 @@ def die_with_parent() -> None:
 
 def _child(conn, fn, args, kwargs, env):
     die_with_parent()
-    # before anything imports CUDA: a cell that runs beside others sees only its own device(s)
-    os.environ.update(env or {})
+    # before anything imports CUDA: a cell that runs beside others sees only its own device(s); None unsets a variable
+    for key, value in (env or {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     # Ctrl-C reaches the whole process group; the parent owns it (it records, releases claims and exits 130),
     # and this process dies with its server when the parent is gone
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -71,7 +75,7 @@ def call_isolated(fn: Callable, *args, timeout_s: float, on_event: Callable | No
     """Call fn(*args, emit=..., **kwargs) in a forked child; `emit(*event)` reaches `on_event` in the parent, except
     emit(PAUSE, True) / emit(PAUSE, False): between them the child waits for something outside itself (its turn to time
     beside other cells, bench/turns.py) and its timeout clock stands still. `env`: the child's extra environment
-    variables; `cancel`: a threading.Event that, once set, kills the child (outcome "cancelled": the run is being
+    variables (a None value unsets one); `cancel`: a threading.Event that, once set, kills the child (outcome "cancelled": the run is being
     interrupted, nobody wants the result)."""
     start = time.monotonic()
     if not isolate:

@@ -52,14 +52,17 @@ def test_hang_past_the_timeout_is_killed():
     assert out.kind == "timeout" and time.monotonic() - start < 15
 
 
-def _env(*, emit):
-    return os.environ.get("CUDA_VISIBLE_DEVICES")
+def _env(name="CUDA_VISIBLE_DEVICES", *, emit):
+    return os.environ.get(name)
 
 
 def test_the_child_gets_its_own_environment_and_the_parent_keeps_its():
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
     assert call_isolated(_env, timeout_s=30, env={"CUDA_VISIBLE_DEVICES": "3"}).value == "3"
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
+    # None unsets what the cell server passed on (a BENCH_TIMED_TURNS exported before it started, here PATH)
+    assert call_isolated(_env, "PATH", timeout_s=30).value and call_isolated(_env, "PATH", timeout_s=30, env={"PATH": None}).value is None
+    assert os.environ.get("PATH")
 
 
 def test_a_cancelled_call_kills_its_child_within_a_poll():

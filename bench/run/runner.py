@@ -264,6 +264,16 @@ class Runner:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> RunSummary:
+        # whether a cell takes turns is this run's to say (its slot's environment), also for cells run in this process
+        # (isolate = false): a BENCH_TIMED_TURNS the caller exported is set aside meanwhile
+        exported = os.environ.pop(TURNS_ENV, None)
+        try:
+            return self._run()
+        finally:
+            if exported is not None:
+                os.environ[TURNS_ENV] = exported
+
+    def _run(self) -> RunSummary:
         start = time.monotonic()
         retry_before = line_count(self.results) + 1  # --retry redoes failures recorded on lines before this one
         jobs, done = pending_jobs(self.suite, self.results, only=self.only, retry=self.retry)
@@ -389,9 +399,9 @@ class Runner:
                 raise BenchError(f"--jobs {self.jobs} runs cells side by side on this machine; with --executor "
                                  f"{self.cluster.executor} the scheduler decides how many run at once", fix="drop --jobs")
             check_executor(self.cluster, devices=need, device=s["device"])
-            return [Slot(0, s["threads"])]
-        if self.jobs == 1 and need == 1:
-            return [Slot(0, s["threads"])]
+            return [Slot(0, s["threads"], {TURNS_ENV: None})]
+        if self.jobs == 1 and need == 1:  # no turns to take (a BENCH_TIMED_TURNS the cell server inherited: unset)
+            return [Slot(0, s["threads"], {TURNS_ENV: None})]
         if self.jobs > 1 and not self.isolate:  # threads of this process would share torch's settings, and no timeout or Ctrl-C reaches them
             raise BenchError(f"{self.jobs} cells at once (--jobs or the suite's jobs) run each in a process of its own, but "
                              f"suite '{self.suite.name}' sets isolate = false (cells run inside this process)",
@@ -399,7 +409,7 @@ class Runner:
         listed = [] if s["device"] == "cpu" else listed_gpus()  # nvidia-smi asked once
         # device auto with no GPU listed runs on the CPU, whatever a CUDA_VISIBLE_DEVICES says (no GPU behind it)
         gpus = [] if s["device"] == "cpu" or (s["device"] == "auto" and not listed) else visible_gpus(listed)
-        cores = os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0))  # the cores this process may use, as jobs = 0 counts them
         if s["device"] == "cuda" and not gpus:
             raise BenchError('the suite sets device = "cuda", and no GPU is visible here',
                              fix='use device = "auto" (the CPU where there is no GPU), or run where nvidia-smi lists one')
@@ -413,8 +423,10 @@ class Runner:
         threads = s["threads"] if self.jobs == 1 else s["threads"] or max(1, cores // self.jobs)
         # side by side on the CPU, timed work takes turns (bench/turns.py) unless the suite lets cells train at once
         self.turns = inside(self.results.parent, TURNS_FILE) if self.jobs > 1 and not gpus and s["time_alone"] else None
-        return [Slot(i, threads, {"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * need:(i + 1) * need])} if gpus else
-                     {TURNS_ENV: str(self.turns.absolute())} if self.turns else {})
+        # whether a cell takes turns is its slot's to say: a BENCH_TIMED_TURNS the user exported would have every cell
+        # lock a file wherever it points
+        turn = {TURNS_ENV: str(self.turns.absolute()) if self.turns else None}
+        return [Slot(i, threads, {"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * need:(i + 1) * need]), **turn} if gpus else turn)
                 for i in range(self.jobs)]
 
     def _jobs_wanted(self, jobs: list[Job]) -> int:

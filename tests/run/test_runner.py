@@ -220,9 +220,14 @@ def test_the_runner_never_imports_torch_and_says_where_the_time_went(mini_suite,
         f"s = Runner(load_suite({str(mini_suite)!r}), results_dir='results', reports_dir='reports', show_progress=False).run()\n"
         "print(s.ran, 'torch' in sys.modules, sorted(s.phases_s), round(abs(sum(s.phases_s.values()) - s.wall_s), 6))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # a BENCH_TIMED_TURNS left exported in the shell: no cell locks (creates) a file where it points
+    outside = tmp_path / "elsewhere" / "turns.lock"
+    outside.parent.mkdir()
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, TURNS_ENV: str(outside)})
     line = out.stdout.strip()
     assert line.startswith("2 False "), out.stdout + out.stderr
+    assert not outside.exists()
     assert "leaked" not in out.stderr, out.stderr  # a cell's tqdm lock (PEFT's merge bar) left to the resource tracker
     for phase in ("training", "tuned evaluation", "model build", "start-up (imports, once)", "report", "other"):
         assert phase in line
@@ -278,7 +283,7 @@ def test_as_many_cells_as_fit_is_one_per_gpu_or_cores_over_threads_and_time_alon
     assert wanted("jobs = 0\nthreads = 1") == 3
     at_once = load_suite(write_suite(MINI_SUITE.replace('name = "mini"', 'name = "mini"\ntime_alone = false'), "once.toml"))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert [s.env for s in Runner(at_once, jobs=2, show_progress=False)._slots(jobs_of(at_once))] == [{}, {}]
+    assert [s.env for s in Runner(at_once, jobs=2, show_progress=False)._slots(jobs_of(at_once))] == [{TURNS_ENV: None}] * 2
 
 
 def jobs_of(suite) -> list:
@@ -311,15 +316,17 @@ def test_more_cells_at_once_than_gpus_is_refused_before_anything_runs(mini_suite
 def test_side_by_side_cells_share_the_cores_or_get_a_gpu_each(mini_suite, tmp_path, monkeypatch):
     suite = load_suite(mini_suite)
     fake_nvidia_smi(tmp_path, monkeypatch, 8)
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible
     runner = Runner(suite, jobs=4, show_progress=False, results_dir=tmp_path / "results")
     slots = runner._slots(jobs_of(suite))
     turns = {TURNS_ENV: str((tmp_path / "results" / TURNS_FILE).absolute())}  # their timed work takes turns
     assert [(s.index, s.threads, s.env) for s in slots] == [(i, 2, turns) for i in range(4)]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
-    assert [s.env for s in Runner(suite, jobs=3, show_progress=False)._slots(jobs_of(suite))] == [{"CUDA_VISIBLE_DEVICES": d} for d in "257"]
-    assert Runner(suite, show_progress=False)._slots(jobs_of(suite))[0].env == {}  # one at a time: the devices the user set, untouched
+    # no turns on GPUs, nor one at a time: a BENCH_TIMED_TURNS the cell server was started with is unset in the cells
+    assert [s.env for s in Runner(suite, jobs=3, show_progress=False)._slots(jobs_of(suite))] == [
+        {"CUDA_VISIBLE_DEVICES": d, TURNS_ENV: None} for d in "257"]
+    assert Runner(suite, show_progress=False)._slots(jobs_of(suite))[0].env == {TURNS_ENV: None}  # the devices the user set, untouched
 
 
 def test_no_more_cells_at_once_than_cell_runs_and_none_beside_each_other_in_process(write_suite, tmp_path):
@@ -435,15 +442,15 @@ def test_a_cells_devices_are_checked_against_this_machine_before_anything_runs(w
             runner.run()
         assert not (tmp_path / "results").exists()
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     refused(two, r"--jobs 2 runs 2 cells at once, each on 2 device\(s\) of its own: that takes 4 CPU processes, and this "
                  r"machine has 2 core\(s\)", jobs=2)
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(1)))
     refused(two, r"one cell at a time, each on 2 device\(s\) of its own: that takes 2 CPU processes")
     sharded = load_suite(write_suite(MINI_SUITE.replace("steps = 2", 'steps = 2\ndevices = 2\ndistributed = "fsdp"'),
                                      "fsdp.toml"))
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     refused(sharded, r"FSDP on CUDA only\), and no GPU is visible")
 
     fake_nvidia_smi(tmp_path, monkeypatch, 3)
@@ -451,8 +458,8 @@ def test_a_cells_devices_are_checked_against_this_machine_before_anything_runs(w
     refused(two, r"that takes 4 GPU\(s\), and 3 GPU\(s\) are visible \(0, 1, 2\)", jobs=2)
     fake_nvidia_smi(tmp_path, monkeypatch, 4)
     assert [s.env for s in Runner(two, jobs=2, show_progress=False)._slots(jobs_of(two))] == [
-        {"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
-    assert Runner(sharded, show_progress=False)._slots(jobs_of(sharded))[0].env == {"CUDA_VISIBLE_DEVICES": "0,1"}
+        {"CUDA_VISIBLE_DEVICES": "0,1", TURNS_ENV: None}, {"CUDA_VISIBLE_DEVICES": "2,3", TURNS_ENV: None}]
+    assert Runner(sharded, show_progress=False)._slots(jobs_of(sharded))[0].env == {"CUDA_VISIBLE_DEVICES": "0,1", TURNS_ENV: None}
 
     monkeypatch.setenv("PATH", f"{REPO / 'tests' / 'run' / 'fake_slurm'}:{os.environ['PATH']}")
     refused(two, r"a cell trains on 2 devices, and each Slurm job asks for 1 GPU(?s:.)*--gpus-per-cell 2",
