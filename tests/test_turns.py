@@ -173,3 +173,35 @@ def test_a_waiting_process_tells_its_listener_when_it_starts_and_stops_waiting(t
     finally:
         turns.listen(None)
     assert heard == [True, False] and turns.waited_total() - before >= 0.25  # the process's waits add up
+
+
+def test_a_lock_file_this_user_may_only_read_still_takes_turns(tmp_path, monkeypatch):
+    """Another user's lock file in a shared results folder: opened read-only (flock works on any open file), and the
+    turn is still exclusive. Tests run as root, who may open anything, so the refusal is the kernel's as a user sees it."""
+    import bench.turns
+
+    lock = tmp_path / "turns.lock"
+    lock.touch()
+    monkeypatch.setenv(ENV, str(lock))
+    real_open, modes = os.open, []
+
+    def as_another_user(path, flags, *mode):
+        modes.append(flags & os.O_ACCMODE)
+        if str(path) == str(lock) and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(bench.turns.os, "open", as_another_user)
+    holder = real_open(lock, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a neighbour holds the turn
+    threading.Timer(0.3, lambda: os.close(holder)).start()
+    waits: list = []
+    with timed_turn(waits):
+        (asked, came), = waits
+        with pytest.raises(BlockingIOError):  # held: nobody else gets it meanwhile
+            probe = real_open(lock, os.O_RDONLY)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(probe)
+    assert modes[-1] == os.O_RDONLY and came - asked >= 0.25
