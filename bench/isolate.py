@@ -17,6 +17,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,14 +40,32 @@ def die_with_parent() -> None:
         pass
 
 
-def _child(conn, fn, args, kwargs, env):
-    die_with_parent()
-    # before anything imports CUDA: a cell that runs beside others sees only its own device(s); None unsets a variable
-    for key, value in (env or {}).items():
+def set_environ(changes: dict[str, str | None]) -> dict[str, str | None]:
+    """Set these variables of this process's environment (a None value unsets one); returns what they were, in the same
+    form (set_environ of it puts them back)."""
+    before = {key: os.environ.get(key) for key in changes}
+    for key, value in changes.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    return before
+
+
+@contextmanager
+def environ(changes: dict[str, str | None]):
+    """The block runs with these variables set (None: unset); afterwards they are as they were."""
+    before = set_environ(changes)
+    try:
+        yield
+    finally:
+        set_environ(before)
+
+
+def _child(conn, fn, args, kwargs, env):
+    die_with_parent()
+    # before anything imports CUDA: a cell that runs beside others sees only its own device(s); None unsets a variable
+    set_environ(env or {})
     # Ctrl-C reaches the whole process group; the parent owns it (it records, releases claims and exits 130),
     # and this process dies with its server when the parent is gone
     signal.signal(signal.SIGINT, signal.SIG_IGN)

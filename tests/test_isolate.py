@@ -8,8 +8,10 @@ import signal
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bench.isolate import call_isolated
+from bench.isolate import call_isolated, environ
 
 
 def _ok(x, *, emit):
@@ -180,3 +182,22 @@ class _SetLater:
     def is_set(self) -> bool:
         self.asked += 1
         return self.asked > 1 and self.event.is_set()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.sampled_from(["BENCH_T_A", "BENCH_T_B", "BENCH_T_C"]), st.none() | st.text("xyz", min_size=1),
+                       max_size=3),
+       st.dictionaries(st.sampled_from(["BENCH_T_A", "BENCH_T_B", "BENCH_T_C"]), st.text("pq", min_size=1), max_size=3),
+       st.booleans())
+def test_a_block_sees_the_variables_it_asked_for_and_leaves_them_as_they_were(changes, start, raises):
+    for key in ("BENCH_T_A", "BENCH_T_B", "BENCH_T_C"):
+        os.environ.pop(key, None)
+    os.environ.update(start)
+    before = dict(os.environ)
+    with contextlib.suppress(KeyError), environ(changes):
+        assert all(os.environ.get(k) == v for k, v in changes.items())
+        if raises:
+            raise KeyError("the block fails")
+    assert dict(os.environ) == before
+    for key in start:
+        del os.environ[key]

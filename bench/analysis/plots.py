@@ -227,11 +227,14 @@ def save_figures(figures: list[tuple[object, Path]]) -> list[Path]:
 def _halves(jobs: list) -> tuple[list, list]:
     """The jobs in two shares of about equal drawing work, a figure's weighed by its axes (a facet costs about as much to
     lay out and draw as a loss plot): each in turn, heaviest first, to the lighter share."""
+    def weight(job) -> int:
+        return max(1, len(getattr(job[0], "axes", ()) or ()))
+
     shares, loads = ([], []), [0, 0]
-    for job in sorted(jobs, key=lambda j: -len(getattr(j[0], "axes", ()) or ())):
+    for job in sorted(jobs, key=weight, reverse=True):
         lighter = loads.index(min(loads))
         shares[lighter].append(job)
-        loads[lighter] += max(1, len(getattr(job[0], "axes", ()) or ()))
+        loads[lighter] += weight(job)
     return shares
 
 

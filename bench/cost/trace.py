@@ -24,10 +24,10 @@ longest batch the run can meet), so the trace is the run's worst step.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 from bench.cost.estimate import MB
+from bench.isolate import environ
 from bench.profile import tensor_kinds
 from bench.train import adamw_kernel
 
@@ -147,14 +147,9 @@ def fake_session():
             refs[:] = [r for r in refs if r() is not t1 and r() is not t2]
         return swap(t1, t2)
 
-    saved_check = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
     torch.utils.swap_tensors = swap_without_memo
-    os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
     try:
-        yield mode
+        with environ({"TRANSFORMERS_DISABLE_TORCH_CHECK": "1"}):
+            yield mode
     finally:
         torch.utils.swap_tensors = swap
-        if saved_check is None:
-            os.environ.pop("TRANSFORMERS_DISABLE_TORCH_CHECK", None)
-        else:
-            os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = saved_check

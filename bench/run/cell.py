@@ -106,9 +106,10 @@ def _serve(cell, settings: dict, **how) -> dict | None:
         out = serve(cell, settings, waits=waits, **how)
     except Exception as exc:
         out = {"error": failure_message(exc)}
+    waited = waited_s(waits)
     if waits:  # beside other cells: the timed rounds waited for their turn (bench/turns.py)
-        out["wait_s"] = round(waited_s(waits), 4)
-    out["wall_s"] = round(time.perf_counter() - clock - waited_s(waits), 4)  # its own time, the wait apart
+        out["wait_s"] = round(waited, 4)
+    out["wall_s"] = round(time.perf_counter() - clock - waited, 4)  # its own time, the wait apart
     return out
 
 

@@ -191,27 +191,21 @@ class Runner:
         self._cancel = threading.Event()  # set when the run is interrupted: running cells are killed
         self.cluster = cluster  # bench.run.cluster.ClusterOptions: cells as submitit jobs instead of forked here
         self._picks: dict[str, threading.Event] = {}  # sweep cells whose repeat 0 runs now: set once it is recorded
+        self._gpus_seen: list[str] | None = None  # the GPUs the cells may use, once asked (_gpus)
 
     def _start_processes(self, families: set[str]) -> None:
         """Start the server that forks cells (it imports torch and the model libraries, once) before the first job,
         so its start-up is its own line in the time split rather than part of whichever job came first. Meanwhile (it
         imports on one core) the report's libraries load here: the page is rendered once every cell is done, with
         nothing left to overlap it. `families`: the model families the run's cells build, which the server warms up."""
-        from bench.isolate import WARM_FAMILIES, call_isolated
+        from bench.isolate import WARM_FAMILIES, call_isolated, environ
 
         if self.isolate:
             threading.Thread(target=_load_report_libraries, name="report-imports", daemon=True).start()
             # the families the server warms up, read from its environment as it starts (a server already running keeps
             # what it warmed); this process's environment as it was afterwards
-            before = os.environ.get(WARM_FAMILIES)
-            os.environ[WARM_FAMILIES] = ",".join(sorted(families))
-            try:
+            with environ({WARM_FAMILIES: ",".join(sorted(families))}):
                 self._took("start-up (imports, once)", call_isolated(_ready, timeout_s=LOAD_TIMEOUT_S).elapsed_s)
-            finally:
-                if before is None:
-                    os.environ.pop(WARM_FAMILIES, None)
-                else:
-                    os.environ[WARM_FAMILIES] = before
 
     def _took(self, phase: str, seconds: float) -> None:
         with self._lock:
@@ -264,14 +258,12 @@ class Runner:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> RunSummary:
+        from bench.isolate import environ
+
         # whether a cell takes turns is this run's to say (its slot's environment), also for cells run in this process
         # (isolate = false): a BENCH_TIMED_TURNS the caller exported is set aside meanwhile
-        exported = os.environ.pop(TURNS_ENV, None)
-        try:
+        with environ({TURNS_ENV: None}):
             return self._run()
-        finally:
-            if exported is not None:
-                os.environ[TURNS_ENV] = exported
 
     def _run(self) -> RunSummary:
         start = time.monotonic()
@@ -388,8 +380,6 @@ class Runner:
         sets threads); with GPUs each its own device(s), through CUDA_VISIBLE_DEVICES in its process (this process never
         initialises CUDA). More devices than this machine has (cells at once × a cell's devices) is refused before
         anything runs."""
-        from bench.profile import listed_gpus, visible_gpus
-
         s = self.suite.settings
         need = max(job.cell.train["devices"] for job in jobs)  # every slot can take any cell
         if self.cluster is not None:
@@ -406,9 +396,7 @@ class Runner:
             raise BenchError(f"{self.jobs} cells at once (--jobs or the suite's jobs) run each in a process of its own, but "
                              f"suite '{self.suite.name}' sets isolate = false (cells run inside this process)",
                              fix="run one cell at a time (--jobs 1), or drop isolate = false")
-        listed = [] if s["device"] == "cpu" else listed_gpus()  # nvidia-smi asked once
-        # device auto with no GPU listed runs on the CPU, whatever a CUDA_VISIBLE_DEVICES says (no GPU behind it)
-        gpus = [] if s["device"] == "cpu" or (s["device"] == "auto" and not listed) else visible_gpus(listed)
+        gpus = self._gpus()
         cores = len(os.sched_getaffinity(0))  # the cores this process may use, as jobs = 0 counts them
         if s["device"] == "cuda" and not gpus:
             raise BenchError('the suite sets device = "cuda", and no GPU is visible here',
@@ -435,15 +423,23 @@ class Runner:
         a core per device at least (one where threads is 0: torch's default takes every core)."""
         if self.jobs or not self.isolate:  # isolate = false: cells run inside this process, one at a time
             return self.jobs or 1
-        from bench.profile import listed_gpus, visible_gpus
-
-        s = self.suite.settings
-        listed = [] if s["device"] == "cpu" else listed_gpus()
-        gpus = [] if s["device"] == "cpu" or (s["device"] == "auto" and not listed) else visible_gpus(listed)
+        s, gpus = self.suite.settings, self._gpus()
         need = max(job.cell.train["devices"] for job in jobs)
         if gpus:
             return max(1, len(gpus) // need)
         return max(1, len(os.sched_getaffinity(0)) // max(s["threads"], need)) if s["threads"] else 1
+
+    def _gpus(self) -> list[str]:
+        """The GPUs this run's cells may use, asked of nvidia-smi once per run (jobs = 0 and the slots both need them):
+        none where the suite says device = "cpu"; with device = "auto" none unless nvidia-smi lists one, whatever a
+        CUDA_VISIBLE_DEVICES says (no GPU behind it)."""
+        if self._gpus_seen is None:
+            from bench.profile import listed_gpus, visible_gpus
+
+            device = self.suite.settings["device"]
+            listed = [] if device == "cpu" else listed_gpus()
+            self._gpus_seen = [] if device == "cpu" or (device == "auto" and not listed) else visible_gpus(listed)
+        return self._gpus_seen
 
     def _asked(self, need: int) -> str:
         cells = f"--jobs {self.jobs} runs {self.jobs} cells at once" if self.jobs > 1 else "one cell at a time"
