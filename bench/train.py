@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 from bench.errors import BenchError
 from bench.profile import MemoryProbe, StepTimer
-from bench.turns import timed_turn
+from bench.turns import taking_turns, timed_turn
 
 
 class Diverged(Exception):
@@ -38,6 +39,7 @@ class TrainResult:
     optimizer_state_bytes: int = 0
     lrs: list[float] = field(default_factory=list)  # the learning rate each optimizer step used (the schedule as run)
     data_waits: list[float] = field(default_factory=list)  # per step, the wait for its batches (a starved device shows here)
+    ahead_bytes: int = 0  # the most bytes of batches made ahead of the timed steps at once (beside other cells only)
     longest_input: int = 0  # the most real (unpadded) positions of any training input met
     tracked_input: int = 0  # the same over the tracked step's batches: the shape the tensor peak was measured at
     tracked_step_s: float = 0.0  # the tracked step's time (slowed by MemTracker's hooks; a warm-up step, never timed)
@@ -162,8 +164,9 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     and token counts are the whole cell's.
 
     Beside other cells on the CPU the timed steps wait for their turn (bench/turns.py; the warm-up steps run beside the
-    others' work): `turn_waits` (also result.turn_waits) receives when the turn was asked for and came, even when
-    training then raises."""
+    others' work), and their batches are made before it (`_make_ahead`), so the turn is held by the steps alone:
+    `turn_waits` (also result.turn_waits) receives when each turn was asked for and came, even when training then
+    raises."""
     from transformers import get_scheduler
 
     steps = total_steps(settings, n_samples)
@@ -191,14 +194,23 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     # the peak does not depend on when the collector runs.
     tracked = TRACKED_STEP if track_tensors and settings["timing_warmup_steps"] >= TRACKED_STEP <= steps else None
     tracking, turn = ExitStack(), ExitStack()
+    made: deque = deque()  # (micro-batches, seconds they took to make) of the steps to come
+    ahead, held = taking_turns(), False
     model.train()
     with turn, tracking:  # tracking closed after the tracked step, or here when training stops early
         for step in range(1, steps + 1):
-            if step == first_timed:
+            if not made:
+                if ahead and step >= first_timed:  # the turn is held for timed steps only: their batches are made first
+                    turn.close()
+                    held = False
+                    made.extend(_make_ahead(batches, settings["grad_accum"], steps - step + 1, result))
+                else:
+                    made.append(_make_step(batches, settings["grad_accum"]))
+            if step >= first_timed and not held:
                 turn.enter_context(timed_turn(result.turn_waits))
-            waited = time.perf_counter()
-            micro = [next(batches) for _ in range(settings["grad_accum"])]
-            result.data_waits.append(time.perf_counter() - waited)
+                held = True
+            micro, made_s = made.popleft()
+            result.data_waits.append(made_s)
             result.longest_input = max([result.longest_input] + [int(b["attention_mask"].sum(1).max()) for b in micro])
             if step > settings["timing_warmup_steps"]:
                 for batch in micro:
@@ -239,6 +251,34 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
         result.samples, result.real_tokens, result.padded_tokens = ranks.total([result.samples, result.real_tokens,
                                                                                result.padded_tokens])
     return result
+
+
+AHEAD_BYTES = 32 * 2**20  # batches made ahead of a run of timed steps at most (the turn is taken again after each run)
+
+
+def _make_step(batches, grad_accum: int) -> tuple[list, float]:
+    """One optimizer step's micro-batches and the seconds they took to make."""
+    started = time.perf_counter()
+    micro = [next(batches) for _ in range(grad_accum)]
+    return micro, time.perf_counter() - started
+
+
+def _make_ahead(batches, grad_accum: int, steps: int, result: TrainResult) -> list[tuple[list, float]]:
+    """The micro-batches of up to `steps` steps, made before a run of timed steps takes its turn: beside other cells
+    the turn is then held by the timed steps alone, while making batches runs beside the others' timed steps (as the
+    untimed work does). Stops once they hold AHEAD_BYTES; each step's making time is kept as its data wait."""
+    made, held = [], 0
+    while len(made) < steps and (not made or held < AHEAD_BYTES):
+        micro, seconds = _make_step(batches, grad_accum)
+        made.append((micro, seconds))
+        held += sum(_batch_bytes(b) for b in micro)
+    result.ahead_bytes = max(result.ahead_bytes, held)
+    return made
+
+
+def _batch_bytes(batch) -> int:
+    values = batch.values() if isinstance(batch, dict) else [batch]
+    return sum(v.numel() * v.element_size() for v in values if hasattr(v, "element_size"))
 
 
 def _scaler(settings: dict, device: str, ranks):

@@ -1,8 +1,8 @@
 """Cells side by side on one machine's CPU take turns at what they time.
 
 A cell's timed work (its timed training steps, serving's latency rounds) holds an exclusive lock on a file the runner
-names in the cell's environment; the rest (model build, warm-up steps, evaluation, the serving models' merges and memory
-counts, process start and exit) runs beside another cell's timed work. So no two cells are timed at once, while the
+names in the cell's environment; the rest (model build, warm-up steps, making the timed steps' batches, evaluation, the
+serving models' merges and memory counts, process start and exit) runs beside another cell's timed work. So no two cells are timed at once, while the
 machine's other cores do the harness's untimed work. The lock is the kernel's (flock): a cell killed while timing
 (timeout, out-of-memory killer, Ctrl-C) releases it with its process. A process waiting for its turn says so to whoever
 listens (the cell's process tells the runner, which stops the cell's timeout clock meanwhile).
@@ -32,14 +32,19 @@ def waited_total() -> float:
     return _state["waited"]
 
 
+def taking_turns() -> bool:
+    """Whether this process takes turns with other cells (the runner named a lock file)."""
+    return bool(os.environ.get(ENV))
+
+
 @contextmanager
 def timed_turn(waits: list[tuple[float, float]] | None = None):
     """Hold the turn to time for the block (at once where this process takes no turns). `waits` receives (asked, got):
     when the turn was asked for and when it came, on the machine-wide monotonic clock (time.monotonic)."""
-    path = os.environ.get(ENV)
-    if not path:
+    if not taking_turns():
         yield
         return
+    path = os.environ[ENV]
     if _state["fd"] is not None:  # flock through a second open file would wait for this process itself, for ever
         raise RuntimeError("timed_turn entered again while this process holds the turn")
     try:

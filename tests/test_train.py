@@ -9,6 +9,9 @@ import time
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from bench.data.scenes import scenes_dataset
 from bench.data.stream import in_memory_batches
@@ -317,6 +320,77 @@ def test_beside_other_cells_the_timed_steps_wait_for_their_turn_and_the_warm_up_
     (asked, got), = result.turn_waits
     assert got - asked >= 0.45
     assert max(result.step_times[2:]) < got - asked  # the wait is not in a step's time
+
+
+def traced_fit(base, encoded, settings, monkeypatch):
+    """fit() with a log of the loop's order: ("batch", turn held?) per micro-batch drawn, ("step", s, turn held?) per
+    finished step, "turn" per turn taken."""
+    from contextlib import contextmanager
+
+    import bench.train as train_module
+    from bench.turns import taking_turns
+
+    log, held = [], [False]
+    real = train_module.timed_turn
+
+    @contextmanager
+    def watched(waits):
+        with real(waits):
+            if taking_turns():  # alone the timed steps enter it too, and it holds nothing
+                log.append("turn")
+                held[0] = True
+            try:
+                yield
+            finally:
+                held[0] = False
+
+    def drawn(batches):
+        for batch in batches:
+            log.append(("batch", held[0]))
+            yield batch
+
+    monkeypatch.setattr(train_module, "timed_turn", watched)
+    loaded, model = fresh(base)
+    inner = in_memory_batches(encoded, lambda chunk: task.collate(chunk, loaded), batch_size=settings["batch_size"], seed=0)
+    result = train(model, task, drawn(inner), settings, n_samples=len(encoded), device="cpu",
+                   on_step=lambda s, n, loss: log.append(("step", s, held[0])))
+    return result, log
+
+
+@pytest.mark.parametrize("taking_turns", [True, False])
+@given(steps=st.integers(1, 7), warmup=st.integers(0, 3), grad_accum=st.integers(1, 2), budget=st.sampled_from([1, 10**5, 10**9]))
+@hsettings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_beside_other_cells_a_turn_is_held_by_timed_steps_alone_and_their_batches_are_made_before_it(
+        base, encoded, tmp_path, monkeypatch, taking_turns, steps, warmup, grad_accum, budget):
+    """Beside other cells (a turn file named) every timed step runs in the turn and no batch is made while it is held:
+    the batches of a run of timed steps are made first, up to AHEAD_BYTES (then the turn is left and taken again). The
+    same batches in the same order: the loss curve of a cell alone. Alone, each step's batches are made just before it."""
+    import bench.train as train_module
+    from bench.turns import ENV
+
+    settings = {**SETTINGS, "steps": steps, "timing_warmup_steps": warmup, "grad_accum": grad_accum, "batch_size": 2}
+    monkeypatch.delenv(ENV, raising=False)
+    alone, _ = traced_fit(base, encoded, settings, monkeypatch)
+    if taking_turns:
+        monkeypatch.setenv(ENV, str(tmp_path / "turns.lock"))
+    monkeypatch.setattr(train_module, "AHEAD_BYTES", budget)
+    result, log = traced_fit(base, encoded, settings, monkeypatch)
+
+    assert result.losses == alone.losses and len(result.data_waits) == steps
+    first_timed = warmup + 1 if steps > warmup else 1
+    assert [(s, held) for _, s, held in (e for e in log if e[0] == "step")] == [(s, taking_turns and s >= first_timed)
+                                                                              for s in range(1, steps + 1)]
+    assert not any(held for kind, held, *_ in (e for e in log if e[0] == "batch"))  # never made in a turn
+    drawn_before = [sum(1 for e in log[:i] if e[0] == "batch") for i, e in enumerate(log) if e[0] == "step"]
+    if not taking_turns or budget == 1:  # made step by step: a step's batches just before it
+        assert drawn_before == [grad_accum * s for s in range(1, steps + 1)]
+    if taking_turns and budget == 10**9:  # all the timed steps' batches before the one turn
+        assert log.count("turn") == 1 and drawn_before[first_timed - 1] == grad_accum * steps
+    assert log.count("turn") == len(result.turn_waits) == (0 if not taking_turns else
+                                                          1 if budget == 10**9 else log.count("turn"))
+    if taking_turns and budget == 1:  # a turn per timed step
+        assert log.count("turn") == steps - first_timed + 1
+    assert (result.ahead_bytes > 0) == taking_turns
 
 
 def test_the_wait_for_a_turn_is_kept_when_training_then_diverges(base, encoded, tmp_path, monkeypatch):

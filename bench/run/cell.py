@@ -311,7 +311,7 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
         out["cost"]["estimate_mb"] = (out["cost"]["estimate"] or {}).get("total_mb")
         out["cost"].update(_throughput(result, settings))
         out["cost"].update(_data_cost(result, settings, ts.stream, skipped))
-        out["cost"]["data_held_mb"] = _data_held_mb(splits, batches)
+        out["cost"]["data_held_mb"] = _data_held_mb(splits, batches, result.ahead_bytes)
         out["cost"].update(_mfu(out["params"], out["cost"], settings, device))
         if "breakdown_mb" not in out["cost"]:
             out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
@@ -500,12 +500,14 @@ def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int | N
         return None
 
 
-def _data_held_mb(splits, batches) -> float:
+def _data_held_mb(splits, batches, ahead_bytes: int = 0) -> float:
     """Data the cell holds beside the training's tensors (not in peak_memory_mb): the splits' images in memory (decoded
-    pixels or encoded bytes; files on disk hold none) and the encoded samples cached for later passes."""
+    pixels or encoded bytes; files on disk hold none), the encoded samples cached for later passes and, beside other
+    cells, the most batches made ahead of the timed steps at once (bench/train.py)."""
     from bench.data.sample import held_bytes
 
-    return round((held_bytes(splits.train) + held_bytes(splits.eval) + batches.cached_bytes) / 2**20, 3)
+    held = held_bytes(splits.train) + held_bytes(splits.eval) + batches.cached_bytes + ahead_bytes
+    return round(held / 2**20, 3)
 
 
 def _data_cost(result, settings: dict, stream, skipped) -> dict:
