@@ -195,7 +195,9 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     tracked = TRACKED_STEP if track_tensors and settings["timing_warmup_steps"] >= TRACKED_STEP <= steps else None
     tracking, turn = ExitStack(), ExitStack()
     made: deque = deque()  # (micro-batches, seconds they took to make) of the steps to come
-    ahead, held = taking_turns(), False
+    # where the process's RSS is the cell's memory figure (no tensors tracked) or its cap, batches are not held ahead:
+    # a neighbour would then change what the cell reports or refuses
+    ahead, held = taking_turns() and tracked is not None and not cap, False
     model.train()
     with turn, tracking:  # tracking closed after the tracked step, or here when training stops early
         for step in range(1, steps + 1):

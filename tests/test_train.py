@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -352,23 +352,30 @@ def traced_fit(base, encoded, settings, monkeypatch):
     monkeypatch.setattr(train_module, "timed_turn", watched)
     loaded, model = fresh(base)
     inner = in_memory_batches(encoded, lambda chunk: task.collate(chunk, loaded), batch_size=settings["batch_size"], seed=0)
-    result = train(model, task, drawn(inner), settings, n_samples=len(encoded), device="cpu",
+    result = train(model, task, drawn(inner), settings, n_samples=len(encoded), device="cpu", track_tensors=True,
                    on_step=lambda s, n, loss: log.append(("step", s, held[0])))
     return result, log
 
 
 @pytest.mark.parametrize("taking_turns", [True, False])
-@given(steps=st.integers(1, 7), warmup=st.integers(0, 3), grad_accum=st.integers(1, 2), budget=st.sampled_from([1, 10**5, 10**9]))
-@hsettings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.integers(1, 7), warmup=st.integers(0, 4), grad_accum=st.integers(1, 2), budget=st.sampled_from([1, 10**5, 10**9]),
+       cap=st.sampled_from([None, 10**6]))
+@example(steps=6, warmup=2, grad_accum=2, budget=1, cap=None)  # a turn per timed step, left between them
+@example(steps=6, warmup=3, grad_accum=1, budget=10**9, cap=None)  # one turn, every batch made before it
+@example(steps=6, warmup=3, grad_accum=1, budget=10**9, cap=10**6)  # a cap: made in the turn, as alone
+@hsettings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_beside_other_cells_a_turn_is_held_by_timed_steps_alone_and_their_batches_are_made_before_it(
-        base, encoded, tmp_path, monkeypatch, taking_turns, steps, warmup, grad_accum, budget):
+        base, encoded, tmp_path, monkeypatch, taking_turns, steps, warmup, grad_accum, budget, cap):
     """Beside other cells (a turn file named) every timed step runs in the turn and no batch is made while it is held:
     the batches of a run of timed steps are made first, up to AHEAD_BYTES (then the turn is left and taken again). The
-    same batches in the same order: the loss curve of a cell alone. Alone, each step's batches are made just before it."""
+    same batches in the same order: the loss curve of a cell alone. Alone, each step's batches are made just before it;
+    so too where the process's RSS is the cell's memory figure (no step tracked) or its cap (memory_cap_mb), which
+    batches held ahead would change."""
     import bench.train as train_module
     from bench.turns import ENV
 
-    settings = {**SETTINGS, "steps": steps, "timing_warmup_steps": warmup, "grad_accum": grad_accum, "batch_size": 2}
+    settings = {**SETTINGS, "steps": steps, "timing_warmup_steps": warmup, "grad_accum": grad_accum, "batch_size": 2,
+                "memory_cap_mb": cap}
     monkeypatch.delenv(ENV, raising=False)
     alone, _ = traced_fit(base, encoded, settings, monkeypatch)
     if taking_turns:
@@ -378,19 +385,22 @@ def test_beside_other_cells_a_turn_is_held_by_timed_steps_alone_and_their_batche
 
     assert result.losses == alone.losses and len(result.data_waits) == steps
     first_timed = warmup + 1 if steps > warmup else 1
+    ahead = taking_turns and warmup >= 2 and steps >= 2 and cap is None  # tensors tracked on step 2, no cap
     assert [(s, held) for _, s, held in (e for e in log if e[0] == "step")] == [(s, taking_turns and s >= first_timed)
                                                                               for s in range(1, steps + 1)]
-    assert not any(held for kind, held, *_ in (e for e in log if e[0] == "batch"))  # never made in a turn
+    made_in_turn = any(held for kind, held, *_ in (e for e in log if e[0] == "batch"))
+    assert not (ahead and made_in_turn)  # held ahead: never made in a turn
     drawn_before = [sum(1 for e in log[:i] if e[0] == "batch") for i, e in enumerate(log) if e[0] == "step"]
-    if not taking_turns or budget == 1:  # made step by step: a step's batches just before it
+    if not ahead or budget == 1:  # made step by step: a step's batches just before it
         assert drawn_before == [grad_accum * s for s in range(1, steps + 1)]
-    if taking_turns and budget == 10**9:  # all the timed steps' batches before the one turn
+    if ahead and budget == 10**9:  # all the timed steps' batches before the one turn
         assert log.count("turn") == 1 and drawn_before[first_timed - 1] == grad_accum * steps
-    assert log.count("turn") == len(result.turn_waits) == (0 if not taking_turns else
-                                                          1 if budget == 10**9 else log.count("turn"))
-    if taking_turns and budget == 1:  # a turn per timed step
+    if taking_turns and not ahead:  # one turn from the first timed step to the last
+        assert log.count("turn") == 1
+    if ahead and budget == 1:  # a turn per timed step
         assert log.count("turn") == steps - first_timed + 1
-    assert (result.ahead_bytes > 0) == taking_turns
+    assert log.count("turn") == len(result.turn_waits) and (log.count("turn") > 0) == taking_turns
+    assert (result.ahead_bytes > 0) == ahead
 
 
 def test_the_wait_for_a_turn_is_kept_when_training_then_diverges(base, encoded, tmp_path, monkeypatch):
