@@ -95,8 +95,8 @@ MEMORY_KINDS = {
         "rss_peak_mb (it also holds the libraries' pages and the data)", True),
     "cpu_rss_hwm": MemoryKind(
         "process RSS high-water mark", "the process's resident-set high-water mark above its baseline before the model: "
-        "CPU runs with no untimed warm-up step to track (timing_warmup_steps < 2); it includes pages of code and data "
-        "the training touched first, and moves between runs with the allocator", False),
+        "CPU runs with no untimed warm-up step to track (timing_warmup_steps < 2, or no more steps than that); it "
+        "includes pages of code and data the training touched first, and moves between runs with the allocator", False),
 }
 
 # where a number was measured: a difference in the first group makes cost numbers incomparable

@@ -39,7 +39,7 @@ class TrainResult:
     optimizer_state_bytes: int = 0
     lrs: list[float] = field(default_factory=list)  # the learning rate each optimizer step used (the schedule as run)
     data_waits: list[float] = field(default_factory=list)  # per step, the wait for its batches (a starved device shows here)
-    ahead_bytes: int = 0  # the most bytes of batches made ahead of the timed steps at once (beside other cells only)
+    ahead_bytes: int = 0  # bytes of batches made before the turn beyond one step's (beside other cells only)
     longest_input: int = 0  # the most real (unpadded) positions of any training input met
     tracked_input: int = 0  # the same over the tracked step's batches: the shape the tensor peak was measured at
     tracked_step_s: float = 0.0  # the tracked step's time (slowed by MemTracker's hooks; a warm-up step, never timed)
@@ -154,7 +154,7 @@ TRACKED_STEP = 2  # the steady state: the first step creates the optimizer state
 
 def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
           probe: MemoryProbe | None = None, on_step=None, track_tensors: bool = False, ranks=None,
-          turn_waits: list | None = None) -> TrainResult:
+          turn_waits: list | None = None, make_ahead: bool = False) -> TrainResult:
     """Train `model` in place for the cell's steps on micro-batches drawn from `batches` (CPU tensors, in the seed's
     order: bench/data/stream.py); raises Diverged or MemoryCapExceeded, lets OOM propagate. The step timer covers the
     forward, backward and update passes; the wait for the step's batches is measured on its own.
@@ -164,9 +164,10 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     and token counts are the whole cell's.
 
     Beside other cells on the CPU the timed steps wait for their turn (bench/turns.py; the warm-up steps run beside the
-    others' work), and their batches are made before it (`_make_ahead`), so the turn is held by the steps alone:
-    `turn_waits` (also result.turn_waits) receives when each turn was asked for and came, even when training then
-    raises."""
+    others' work): `turn_waits` (also result.turn_waits) receives when the turn was asked for and came, even when
+    training then raises. With `make_ahead` (batches made in this process, not by DataLoader workers) the batches of
+    the first timed steps are made before the turn, so it is held by the steps (`_make_ahead`: where the cell's memory
+    figure counts tensors and no memory cap is set)."""
     from transformers import get_scheduler
 
     steps = total_steps(settings, n_samples)
@@ -192,26 +193,22 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     # tensor memory on the CPU: torch's MemTracker over one step, the second (the first with optimizer state), and only
     # when it is left out of the timing: its dispatch hooks slow every op. Garbage collection is paused meanwhile, so
     # the peak does not depend on when the collector runs.
-    tracked = TRACKED_STEP if track_tensors and settings["timing_warmup_steps"] >= TRACKED_STEP <= steps else None
+    tracked = TRACKED_STEP if track_tensors and TRACKED_STEP <= settings["timing_warmup_steps"] < steps else None
     tracking, turn = ExitStack(), ExitStack()
-    made: deque = deque()  # (micro-batches, seconds they took to make) of the steps to come
-    # where the process's RSS is the cell's memory figure (no tensors tracked) or its cap, batches are not held ahead:
-    # a neighbour would then change what the cell reports or refuses
-    ahead, held = taking_turns() and tracked is not None and not cap, False
+    # where the process's RSS is the cell's memory figure (no tensors tracked) or its cap, no batch is held ahead: a
+    # neighbour would then change what the cell reports or refuses
+    ahead = make_ahead and taking_turns() and tracked is not None and not cap
+    made: deque = deque()  # (micro-batches or the error making them raised, seconds) of the steps made ahead
     model.train()
     with turn, tracking:  # tracking closed after the tracked step, or here when training stops early
         for step in range(1, steps + 1):
-            if not made:
-                if ahead and step >= first_timed:  # the turn is held for timed steps only: their batches are made first
-                    turn.close()
-                    held = False
+            if step == first_timed:
+                if ahead:
                     made.extend(_make_ahead(batches, settings["grad_accum"], steps - step + 1, result))
-                else:
-                    made.append(_make_step(batches, settings["grad_accum"]))
-            if step >= first_timed and not held:
                 turn.enter_context(timed_turn(result.turn_waits))
-                held = True
-            micro, made_s = made.popleft()
+            micro, made_s = made.popleft() if made else _make_step(batches, settings["grad_accum"])
+            if isinstance(micro, Exception):  # raised at its own step, as alone: the steps before it have trained
+                raise micro
             result.data_waits.append(made_s)
             result.longest_input = max([result.longest_input] + [int(b["attention_mask"].sum(1).max()) for b in micro])
             if step > settings["timing_warmup_steps"]:
@@ -255,7 +252,7 @@ def train(model, task, batches, settings: dict, *, n_samples: int, device: str,
     return result
 
 
-AHEAD_BYTES = 32 * 2**20  # batches made ahead of a run of timed steps at most (the turn is taken again after each run)
+AHEAD_BYTES = 32 * 2**20  # batches made before the turn: steps are made until they hold this much (at least one step)
 
 
 def _make_step(batches, grad_accum: int) -> tuple[list, float]:
@@ -265,22 +262,39 @@ def _make_step(batches, grad_accum: int) -> tuple[list, float]:
     return micro, time.perf_counter() - started
 
 
-def _make_ahead(batches, grad_accum: int, steps: int, result: TrainResult) -> list[tuple[list, float]]:
-    """The micro-batches of up to `steps` steps, made before a run of timed steps takes its turn: beside other cells
-    the turn is then held by the timed steps alone, while making batches runs beside the others' timed steps (as the
-    untimed work does). Stops once they hold AHEAD_BYTES; each step's making time is kept as its data wait."""
-    made, held = [], 0
-    while len(made) < steps and (not made or held < AHEAD_BYTES):
-        micro, seconds = _make_step(batches, grad_accum)
+def _make_ahead(batches, grad_accum: int, steps: int, result: TrainResult) -> list[tuple[list | Exception, float]]:
+    """The micro-batches of up to `steps` timed steps, made before the turn is taken: beside other cells the turn is
+    then held by the steps, while making their batches runs beside the others' timed steps (as the untimed work does).
+    The turn is taken once, as alone (no neighbour's step between two of this cell's): the steps are made until they
+    hold AHEAD_BYTES, and the rest in the turn. Each step's making time is its data wait; an error making one is kept
+    at its place (its step raises it). result.ahead_bytes: what they hold beyond the one step a cell alone holds."""
+    made, held, first = [], 0, None
+    while len(made) < steps and held < AHEAD_BYTES:
+        try:
+            micro, seconds = _make_step(batches, grad_accum)
+        except Exception as exc:  # noqa: BLE001  a bad sample, the end of a finite stream: its step's, not before
+            made.append((exc, 0.0))
+            break
         made.append((micro, seconds))
-        held += sum(_batch_bytes(b) for b in micro)
-    result.ahead_bytes = max(result.ahead_bytes, held)
+        held += _held_bytes(micro, set())
+        first = held if first is None else first
+    result.ahead_bytes = held - (first or 0)
     return made
 
 
-def _batch_bytes(batch) -> int:
-    values = batch.values() if isinstance(batch, dict) else [batch]
-    return sum(v.numel() * v.element_size() for v in values if hasattr(v, "element_size"))
+def _held_bytes(value, seen: set) -> int:
+    """Bytes of the tensors in a batch (dicts, lists, tuples), each storage once: a view keeps its whole storage."""
+    if isinstance(value, dict):
+        return sum(_held_bytes(v, seen) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_held_bytes(v, seen) for v in value)
+    if not hasattr(value, "untyped_storage"):
+        return 0
+    storage = value.untyped_storage()
+    if storage.data_ptr() in seen:
+        return 0
+    seen.add(storage.data_ptr())
+    return storage.nbytes()
 
 
 def _scaler(settings: dict, device: str, ranks):

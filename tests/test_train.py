@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from bench.data.scenes import scenes_dataset
 from bench.data.stream import in_memory_batches
-from bench.errors import BenchError
+from bench.errors import BenchError, DataError
 from bench.methods import apply_method
 from bench.models import llava
 from bench.models.base import ModelSpec
@@ -285,6 +285,7 @@ def test_tensor_memory_on_the_cpu_is_measured_on_an_untimed_step_and_repeats_exa
     full, again, lora = peak(FULL, 2), peak(FULL, 2), peak(LORA, 2)
     assert full["Total"] == again["Total"] > lora["Total"] > 0
     assert peak(FULL, 1) is None
+    assert peak(FULL, SETTINGS["steps"]) is None  # no more steps than the warm-up: every step is timed, step 2 too
 
 
 def test_beside_other_cells_the_timed_steps_wait_for_their_turn_and_the_warm_up_does_not(base, encoded, tmp_path,
@@ -322,9 +323,10 @@ def test_beside_other_cells_the_timed_steps_wait_for_their_turn_and_the_warm_up_
     assert max(result.step_times[2:]) < got - asked  # the wait is not in a step's time
 
 
-def traced_fit(base, encoded, settings, monkeypatch):
-    """fit() with a log of the loop's order: ("batch", turn held?) per micro-batch drawn, ("step", s, turn held?) per
-    finished step, "turn" per turn taken."""
+def traced_fit(base, encoded, settings, monkeypatch, *, track: bool, make_ahead: bool, slow: int, fail_at: int | None):
+    """fit() with a log of the loop's order: ("batch", turn held?, bytes) per micro-batch drawn, ("step", s, turn held?,
+    loss) per finished step, "turn" per turn taken. The micro-batches of step `slow` take 40 ms more to make; drawing
+    the `fail_at`-th micro-batch raises a DataError. Returns (result or the error raised, log)."""
     from contextlib import contextmanager
 
     import bench.train as train_module
@@ -345,62 +347,89 @@ def traced_fit(base, encoded, settings, monkeypatch):
                 held[0] = False
 
     def drawn(batches):
-        for batch in batches:
-            log.append(("batch", held[0]))
+        for n, batch in enumerate(batches, 1):
+            if n == fail_at:
+                raise DataError("an image that cannot be read", file="data.jsonl", where=f"batch {n}")
+            if (n - 1) // settings["grad_accum"] + 1 == slow:
+                time.sleep(0.04)
+            log.append(("batch", held[0], sum(v.numel() * v.element_size() for v in batch.values())))
             yield batch
 
     monkeypatch.setattr(train_module, "timed_turn", watched)
     loaded, model = fresh(base)
     inner = in_memory_batches(encoded, lambda chunk: task.collate(chunk, loaded), batch_size=settings["batch_size"], seed=0)
-    result = train(model, task, drawn(inner), settings, n_samples=len(encoded), device="cpu", track_tensors=True,
-                   on_step=lambda s, n, loss: log.append(("step", s, held[0])))
+    try:
+        result = train(model, task, drawn(inner), settings, n_samples=len(encoded), device="cpu", track_tensors=track,
+                       make_ahead=make_ahead, on_step=lambda s, n, loss: log.append(("step", s, held[0], loss)))
+    except BenchError as exc:
+        result = exc
+    finally:
+        monkeypatch.setattr(train_module, "timed_turn", real)
     return result, log
 
 
 @pytest.mark.parametrize("taking_turns", [True, False])
-@given(steps=st.integers(1, 7), warmup=st.integers(0, 4), grad_accum=st.integers(1, 2), budget=st.sampled_from([1, 10**5, 10**9]),
-       cap=st.sampled_from([None, 10**6]))
-@example(steps=6, warmup=2, grad_accum=2, budget=1, cap=None)  # a turn per timed step, left between them
-@example(steps=6, warmup=3, grad_accum=1, budget=10**9, cap=None)  # one turn, every batch made before it
-@example(steps=6, warmup=3, grad_accum=1, budget=10**9, cap=10**6)  # a cap: made in the turn, as alone
+@given(steps=st.integers(1, 7), warmup=st.integers(0, 4), grad_accum=st.integers(1, 2),
+       budget=st.sampled_from([1, 10**5, 10**9]), cap=st.sampled_from([None, 10**6]), track=st.booleans(),
+       make_ahead=st.booleans(), slow=st.integers(1, 7), fail_at=st.one_of(st.none(), st.integers(1, 14)))
+@example(steps=6, warmup=2, grad_accum=2, budget=10**5, cap=None, track=True, make_ahead=True, slow=5, fail_at=None)
+@example(steps=6, warmup=3, grad_accum=1, budget=10**9, cap=None, track=True, make_ahead=True, slow=6, fail_at=None)
+@example(steps=6, warmup=3, grad_accum=1, budget=10**9, cap=None, track=True, make_ahead=True, slow=1, fail_at=6)
+@example(steps=6, warmup=3, grad_accum=1, budget=10**9, cap=10**6, track=True, make_ahead=True, slow=5, fail_at=None)
 @hsettings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_beside_other_cells_a_turn_is_held_by_timed_steps_alone_and_their_batches_are_made_before_it(
-        base, encoded, tmp_path, monkeypatch, taking_turns, steps, warmup, grad_accum, budget, cap):
-    """Beside other cells (a turn file named) every timed step runs in the turn and no batch is made while it is held:
-    the batches of a run of timed steps are made first, up to AHEAD_BYTES (then the turn is left and taken again). The
-    same batches in the same order: the loss curve of a cell alone. Alone, each step's batches are made just before it;
-    so too where the process's RSS is the cell's memory figure (no step tracked) or its cap (memory_cap_mb), which
-    batches held ahead would change."""
+def test_beside_other_cells_the_first_timed_steps_batches_are_made_before_the_turn_and_nothing_else_changes(
+        base, encoded, tmp_path, monkeypatch, taking_turns, steps, warmup, grad_accum, budget, cap, track, make_ahead,
+        slow, fail_at):
+    """Beside other cells (a turn file named), with batches made in the cell's process (make_ahead) and a tensor-counted
+    memory figure (a tracked step, no memory cap), the batches of the first timed steps are made before the one turn,
+    until they hold AHEAD_BYTES; the rest in the turn. Otherwise, and alone, each step's batches are made just before
+    it. Whatever the case: the same batches in the same order (the loss curve of a cell alone), every timed step in
+    the turn, each step's making time its own data wait, an error making a batch raised at its own step (the steps
+    before it trained), and the bytes held beyond one step counted."""
     import bench.train as train_module
     from bench.turns import ENV
 
     settings = {**SETTINGS, "steps": steps, "timing_warmup_steps": warmup, "grad_accum": grad_accum, "batch_size": 2,
                 "memory_cap_mb": cap}
+    how = dict(track=track, make_ahead=make_ahead, slow=slow, fail_at=fail_at)
     monkeypatch.delenv(ENV, raising=False)
-    alone, _ = traced_fit(base, encoded, settings, monkeypatch)
+    alone, alone_log = traced_fit(base, encoded, settings, monkeypatch, **how)
     if taking_turns:
         monkeypatch.setenv(ENV, str(tmp_path / "turns.lock"))
     monkeypatch.setattr(train_module, "AHEAD_BYTES", budget)
-    result, log = traced_fit(base, encoded, settings, monkeypatch)
+    result, log = traced_fit(base, encoded, settings, monkeypatch, **how)
 
-    assert result.losses == alone.losses and len(result.data_waits) == steps
+    finished = [(e[1], e[3]) for e in log if e[0] == "step"]
+    assert finished == [(e[1], e[3]) for e in alone_log if e[0] == "step"]  # the same steps, the same losses
+    failed_at = None if fail_at is None or fail_at > steps * grad_accum else (fail_at - 1) // grad_accum + 1
+    if failed_at is not None:
+        assert isinstance(result, DataError) and type(alone) is type(result) and [s for s, _ in finished] == list(
+            range(1, failed_at))
+        return
+    assert len(result.data_waits) == steps
     first_timed = warmup + 1 if steps > warmup else 1
-    ahead = taking_turns and warmup >= 2 and steps >= 2 and cap is None  # tensors tracked on step 2, no cap
-    assert [(s, held) for _, s, held in (e for e in log if e[0] == "step")] == [(s, taking_turns and s >= first_timed)
-                                                                              for s in range(1, steps + 1)]
-    made_in_turn = any(held for kind, held, *_ in (e for e in log if e[0] == "batch"))
-    assert not (ahead and made_in_turn)  # held ahead: never made in a turn
+    ahead = taking_turns and make_ahead and track and 2 <= warmup < steps and cap is None
+    assert [(e[1], e[2]) for e in log if e[0] == "step"] == [(s, taking_turns and s >= first_timed)
+                                                             for s in range(1, steps + 1)]
+    assert log.count("turn") == len(result.turn_waits) == int(taking_turns)  # one turn, from the first timed step
+    batches = [e for e in log if e[0] == "batch"]
     drawn_before = [sum(1 for e in log[:i] if e[0] == "batch") for i, e in enumerate(log) if e[0] == "step"]
-    if not ahead or budget == 1:  # made step by step: a step's batches just before it
-        assert drawn_before == [grad_accum * s for s in range(1, steps + 1)]
-    if ahead and budget == 10**9:  # all the timed steps' batches before the one turn
-        assert log.count("turn") == 1 and drawn_before[first_timed - 1] == grad_accum * steps
-    if taking_turns and not ahead:  # one turn from the first timed step to the last
-        assert log.count("turn") == 1
-    if ahead and budget == 1:  # a turn per timed step
-        assert log.count("turn") == steps - first_timed + 1
-    assert log.count("turn") == len(result.turn_waits) and (log.count("turn") > 0) == taking_turns
-    assert (result.ahead_bytes > 0) == ahead
+    for s in range(1, first_timed):  # warm-up steps: made just before each
+        assert drawn_before[s - 1] == grad_accum * s
+    made_ahead = sum(1 for e in log[:log.index("turn")] if e[0] == "batch") // grad_accum - (first_timed - 1) if (
+        "turn" in log) else 0
+    if not ahead:  # made step by step, and in the turn from the first timed step
+        assert drawn_before == [grad_accum * s for s in range(1, steps + 1)] and made_ahead == 0
+    else:  # made until they held the budget (at least one step), the rest in the turn
+        sizes = [sum(b[2] for b in batches[(s - 1) * grad_accum:s * grad_accum]) for s in range(first_timed, steps + 1)]
+        reach = next((k for k in range(1, len(sizes) + 1) if sum(sizes[:k]) >= budget), len(sizes))
+        assert made_ahead == reach and not any(b[1] for b in batches[:(first_timed - 1 + reach) * grad_accum])
+        assert result.ahead_bytes == sum(sizes[1:reach])
+    if not ahead:
+        assert result.ahead_bytes == 0
+    if slow <= steps:  # each step's making time is its own
+        assert result.data_waits[slow - 1] >= 0.04
+    assert all(w < 0.04 for s, w in enumerate(result.data_waits, 1) if s != slow)
 
 
 def test_the_wait_for_a_turn_is_kept_when_training_then_diverges(base, encoded, tmp_path, monkeypatch):

@@ -290,7 +290,8 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
         began, waits = time.monotonic(), []
         try:
             result = train(trained, task, batches, settings, n_samples=len(splits.train), device=device, probe=probe,
-                           on_step=on_step, track_tensors=device == "cpu", ranks=ranks, turn_waits=waits)
+                           on_step=on_step, track_tensors=device == "cpu", ranks=ranks, turn_waits=waits,
+                           make_ahead=not ts.stream.num_workers)
         finally:
             batches.close()  # the workers stop here, not when the garbage collector gets to them
             phases["train"], clock = round(time.perf_counter() - clock - waited_s(waits), 4), time.perf_counter()
@@ -503,7 +504,7 @@ def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int | N
 def _data_held_mb(splits, batches, ahead_bytes: int = 0) -> float:
     """Data the cell holds beside the training's tensors (not in peak_memory_mb): the splits' images in memory (decoded
     pixels or encoded bytes; files on disk hold none), the encoded samples cached for later passes and, beside other
-    cells, the most batches made ahead of the timed steps at once (bench/train.py)."""
+    cells, the batches made before the turn beyond the one step a cell alone holds (bench/train.py)."""
     from bench.data.sample import held_bytes
 
     held = held_bytes(splits.train) + held_bytes(splits.eval) + batches.cached_bytes + ahead_bytes
@@ -574,7 +575,7 @@ TENSOR_KINDS = {"param": "weights", "buffer": "buffers", "grad": "gradients", "o
 def _tensor_memory(result, cost: dict) -> dict:
     """On the CPU, the training's own memory: live tensor bytes at their peak over the tracked warm-up steps (torch's
     MemTracker: weights, gradients, optimizer state, activations, temporaries) as `peak_memory_mb`, the process's RSS
-    high-water mark above its baseline kept beside it. Without tracked steps (timing_warmup_steps = 0): RSS only."""
+    high-water mark above its baseline kept beside it. Without a tracked step (step 2 timed): RSS only."""
     if not result.tensor_peak:
         return {}
     mb = 1024 * 1024
