@@ -3,10 +3,10 @@
 A cell's timed work (its timed training steps, serving's latency rounds) holds an exclusive lock on a file the runner
 names in the cell's environment; the rest (model build, warm-up steps, evaluation, the serving models' merges and
 memory counts, process start and exit, and where it can the making of the first timed steps' batches: bench/train.py)
-runs beside another cell's timed work. So no two cells are timed at once, while the
-machine's other cores do the harness's untimed work. The lock is the kernel's (flock): a cell killed while timing
-(timeout, out-of-memory killer, Ctrl-C) releases it with its process. A process waiting for its turn says so to whoever
-listens (the cell's process tells the runner, which stops the cell's timeout clock meanwhile).
+runs beside another cell's timed work. So no two cells are timed at once, while the machine's other cores do the
+harness's untimed work. The lock is the kernel's (flock): a cell killed while timing (timeout, out-of-memory killer,
+Ctrl-C) releases it with its process. A process waiting for its turn says so to whoever listens (the cell's process
+tells the runner, which stops the cell's timeout clock meanwhile).
 """
 
 from __future__ import annotations

@@ -501,7 +501,7 @@ def _estimate(cell, loaded, params: dict, settings: dict, longest_input: int | N
         return None
 
 
-def _data_held_mb(splits, batches, ahead_bytes: int = 0) -> float:
+def _data_held_mb(splits, batches, ahead_bytes: int) -> float:
     """Data the cell holds beside the training's tensors (not in peak_memory_mb): the splits' images in memory (decoded
     pixels or encoded bytes; files on disk hold none), the encoded samples cached for later passes and, beside other
     cells, the batches made before the turn beyond the one step a cell alone holds (bench/train.py)."""
