@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import os
 import pickle
 import queue
@@ -191,7 +192,6 @@ class Runner:
         self._cancel = threading.Event()  # set when the run is interrupted: running cells are killed
         self.cluster = cluster  # bench.run.cluster.ClusterOptions: cells as submitit jobs instead of forked here
         self._picks: dict[str, threading.Event] = {}  # sweep cells whose repeat 0 runs now: set once it is recorded
-        self._gpus_seen: list[str] | None = None  # the GPUs the cells may use, once asked (_gpus)
 
     def _start_processes(self, families: set[str]) -> None:
         """Start the server that forks cells (it imports torch and the model libraries, once) before the first job,
@@ -396,7 +396,7 @@ class Runner:
             raise BenchError(f"{self.jobs} cells at once (--jobs or the suite's jobs) run each in a process of its own, but "
                              f"suite '{self.suite.name}' sets isolate = false (cells run inside this process)",
                              fix="run one cell at a time (--jobs 1), or drop isolate = false")
-        gpus = self._gpus()
+        gpus = self._gpus
         cores = len(os.sched_getaffinity(0))  # the cores this process may use, as jobs = 0 counts them
         if s["device"] == "cuda" and not gpus:
             raise BenchError('the suite sets device = "cuda", and no GPU is visible here',
@@ -423,23 +423,22 @@ class Runner:
         a core per device at least (one where threads is 0: torch's default takes every core)."""
         if self.jobs or not self.isolate:  # isolate = false: cells run inside this process, one at a time
             return self.jobs or 1
-        s, gpus = self.suite.settings, self._gpus()
+        s, gpus = self.suite.settings, self._gpus
         need = max(job.cell.train["devices"] for job in jobs)
         if gpus:
             return max(1, len(gpus) // need)
         return max(1, len(os.sched_getaffinity(0)) // max(s["threads"], need)) if s["threads"] else 1
 
+    @functools.cached_property
     def _gpus(self) -> list[str]:
         """The GPUs this run's cells may use, asked of nvidia-smi once per run (jobs = 0 and the slots both need them):
         none where the suite says device = "cpu"; with device = "auto" none unless nvidia-smi lists one, whatever a
         CUDA_VISIBLE_DEVICES says (no GPU behind it)."""
-        if self._gpus_seen is None:
-            from bench.profile import listed_gpus, visible_gpus
+        from bench.profile import listed_gpus, visible_gpus
 
-            device = self.suite.settings["device"]
-            listed = [] if device == "cpu" else listed_gpus()
-            self._gpus_seen = [] if device == "cpu" or (device == "auto" and not listed) else visible_gpus(listed)
-        return self._gpus_seen
+        device = self.suite.settings["device"]
+        listed = [] if device == "cpu" else listed_gpus()
+        return [] if device == "cpu" or (device == "auto" and not listed) else visible_gpus(listed)
 
     def _asked(self, need: int) -> str:
         cells = f"--jobs {self.jobs} runs {self.jobs} cells at once" if self.jobs > 1 else "one cell at a time"
