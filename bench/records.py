@@ -92,8 +92,11 @@ def _finite(value, where: str, found: dict):
     if isinstance(value, float) and not math.isfinite(value):
         found[where] = str(value)
         return None
+    if isinstance(value, str):
+        return plain_text(value)
     if isinstance(value, dict):
-        return {k: _finite(v, f"{where}.{k}" if where else str(k), found) for k, v in value.items()}
+        return {plain_text(k) if isinstance(k, str) else k: _finite(v, f"{where}.{k}" if where else str(k), found)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_finite(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy / torch scalars
@@ -170,10 +173,37 @@ def _ends_without_newline(path: Path, size: int) -> bool:
         return f.read(1) != b"\n"
 
 
+def plain_text(text: str) -> str:
+    """`text` as UTF-8 can hold it: a lone surrogate (a file name's byte that is not UTF-8, as os.fsdecode keeps it, or
+    a `\\udcff` escape in a hand-edited line) becomes an escape in the text itself (\\xff, \\ud800), so no record
+    bench writes or reads breaks a page, a plot or a terminal."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # an undecodable file name's byte as it was (\xff); any other lone surrogate as \ud800
+        return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else
+                       f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+
+
+def _plain(value):
+    if isinstance(value, str):
+        return plain_text(value)
+    if isinstance(value, dict):
+        return {plain_text(k) if isinstance(k, str) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # how json writes a surrogate (a lone one, or half of a pair)
+
+
 def _json_default(value):
     # paths end up in records; store them as plain JSON
     if isinstance(value, Path):
-        return str(value)
+        return plain_text(str(value))
     raise TypeError(f"cannot store {type(value).__name__} in a record")
 
 
@@ -211,7 +241,9 @@ class _Skipped:
 
 def _parse(line: bytes, lineno: int, skipped: _Skipped) -> dict | None:
     try:
-        return migrate(json.loads(line.decode("utf-8", errors="replace")))
+        text = line.decode("utf-8", errors="replace")
+        value = json.loads(text)
+        return migrate(_plain(value) if _SURROGATE_ESCAPE.search(text) else value)
     except (ValueError, TypeError) as exc:
         skipped.add(lineno, str(exc))
     except RecursionError:

@@ -117,6 +117,23 @@ def test_an_output_folder_that_cannot_be_written_stops_the_run_before_training(t
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.parametrize("where", ["file", "under-a-file", "unmakeable"])
+def test_an_artifacts_dir_that_cannot_be_written_stops_the_run_before_training(tmp_path, where):
+    """Found at preflight (exit 2, nothing run or written), not as an `error` record per cell once each had trained."""
+    suite = _suite(tmp_path)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    artifacts = {"file": blocker, "under-a-file": blocker / "sub", "unmakeable": Path("/proc/bench-cannot-be-made")}[where]
+    start = time.monotonic()
+    code, err = cli(["run", suite, "--results-dir", tmp_path / "results", "--reports-dir", tmp_path / "reports",
+                     "--artifacts-dir", artifacts, "--no-progress"])
+    assert code == 2, err
+    assert "--artifacts-dir" in err and "nothing was run" in err and "Traceback" not in err and "unexpected" not in err
+    assert time.monotonic() - start < 5  # refused at preflight, not after a cell trained
+    assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists()
+    assert blocker.read_text() == "a file, not a folder"
+
+
 def test_a_full_filesystem_at_preflight_is_refused(tmp_path, monkeypatch):
     import shutil
 

@@ -223,3 +223,101 @@ def test_the_lazy_reader_gives_what_reading_every_line_gives(lines):
     assert {key(r): r for r in lazy} == {key(r): r for r in full}
     if all(isinstance(item, tuple) for item in lines):
         assert [key(r) for r in lazy] == [key(r) for r in full]
+
+
+# ---------------------------------------------------------------- file names that are not UTF-8
+
+IMAGE_FOLDER_SUITE = """
+[suite]
+name = "bytes"
+isolate = false
+threads = 1
+
+[defaults]
+steps = 1
+batch_size = 4
+eval_batch_size = 8
+timing_warmup_steps = 0
+serve = false
+
+[models.clip]
+family = "clip"
+preset = "tiny"
+weights = "random"
+
+[datasets.folder]
+format = "image_folder"
+task = "classification"
+path = "data"
+eval_path = "data"
+
+[methods.lora]
+kind = "lora"
+r = 4
+
+[[grid]]
+models = ["clip"]
+datasets = ["folder"]
+methods = ["lora"]
+"""
+
+
+def _image_folder(root: Path, classes: dict[bytes, list[bytes]]) -> Path:
+    """root/<class>/<file> from raw byte names (not all valid UTF-8), each a small PNG."""
+    from PIL import Image
+
+    for i, (cls, files) in enumerate(classes.items()):
+        folder = os.fsencode(root) + b"/" + cls
+        os.makedirs(folder, exist_ok=True)
+        for j, name in enumerate(files):
+            Image.new("RGB", (8, 8), (40 * i, 30 * j, 200)).save(os.fsdecode(folder + b"/" + name), "PNG")
+    return root
+
+
+def test_an_image_folder_with_names_that_are_not_utf8_loads_with_the_bytes_escaped(tmp_path):
+    from bench.data import formats
+    from bench.data.loader import load_dataset
+
+    root = _image_folder(tmp_path / "data", {b"cat\xff": [b"a.png", b"b\xfe.png"], b"dog": [b"a.png", b"b.png"]})
+    records = formats.read_image_folder(root)
+    assert sorted({r.label for r in records}) == ["cat\\xff", "dog"]  # the class shown with its byte escaped
+    assert any("cat\\xff/b\\xfe.png" in r.where for r in records)
+    for r in records:  # every text bench keeps or prints encodes as UTF-8 (no lone surrogate)
+        (r.label + r.where + r.file).encode("utf-8")
+    table = {"format": "image_folder", "task": "classification", "path": str(root), "eval_fraction": 0.5}
+    splits = load_dataset(table, base_dir=tmp_path)  # computes the fingerprint: once a UnicodeEncodeError
+    assert splits.classnames == ("cat\\xff", "dog") and splits.fingerprint == load_dataset(table, base_dir=tmp_path).fingerprint
+    assert splits.train[0].decoded().image.size == (8, 8)  # the image itself still opens by its real bytes
+
+
+def test_class_folders_that_read_the_same_once_escaped_are_named(tmp_path):
+    from bench.data import formats
+    from bench.errors import DataError
+
+    root = _image_folder(tmp_path / "data", {b"cat\xff": [b"a.png"], b"cat\\xff": [b"a.png"]})
+    with pytest.raises(DataError) as info:
+        formats.read_image_folder(root)
+    assert "same name" in info.value.message and "cat\\xff" in str(info.value) and info.value.fix
+
+
+def test_validate_and_run_an_image_folder_whose_names_are_not_utf8_end_to_end(tmp_path):
+    root = _image_folder(tmp_path / "data", {b"cat\xff": [b"1.png", b"2\xfe.png", b"3.png"],
+                                             b"dog": [b"1.png", b"2.png", b"3.png"]})
+    suite = tmp_path / "bytes.toml"
+    suite.write_text(IMAGE_FOLDER_SUITE)
+    os.mkdir(os.fsencode(root) + b"/empty\xfd")  # first: a class folder with no images, named in the message
+    code, err, _ = run_cli(["validate", suite], tmp_path)
+    assert code == 2 and "empty\\xfd" in err and "Traceback" not in err, err
+    os.rmdir(os.fsencode(root) + b"/empty\xfd")
+    code, err, out = run_cli(["validate", suite], tmp_path)
+    assert code == 0, err
+    code, err, out = run_cli(["run", suite, "--results-dir", tmp_path / "results", "--reports-dir", tmp_path / "reports",
+                              "--no-progress"], tmp_path)
+    assert code == 0, err
+    assert "Traceback" not in err and "unexpected" not in err and "UnicodeEncodeError" not in err
+    text = (tmp_path / "results" / "bytes.jsonl").read_bytes().decode("utf-8")  # strict UTF-8, no escaped surrogate
+    assert "\\udc" not in text
+    (record,) = [json.loads(line) for line in text.splitlines()]
+    assert record["status"] == "ok", record["message"]
+    assert record["dataset"]["fingerprint"]
+    (tmp_path / "reports" / "bytes.md").read_bytes().decode("utf-8")

@@ -111,3 +111,50 @@ def test_a_record_whose_schema_version_is_not_an_integer_is_not_a_record_anywher
         with pytest.raises(ValueError, match="schema_version"):
             validate_record({**copy.deepcopy(EXAMPLE_RECORD), "schema_version": bad})
     validate_record(copy.deepcopy(EXAMPLE_RECORD))
+
+
+# ---------------------------------------------------------------- text that UTF-8 cannot hold
+
+
+def test_a_lone_surrogate_is_written_and_read_as_an_escape_and_the_report_renders(tmp_path):
+    """A file name's byte that is not UTF-8 (os.fsdecode keeps it as a lone surrogate) in a record's message, and a
+    hand-edited `\\udcff` escape, become escapes in the text: the file is strict UTF-8 and a page renders from it."""
+    from conftest import record, run_cli
+
+    written = tmp_path / "written.jsonl"
+    append_record(written, make_record(message="cannot open /data/cat\udcff/1.png", model={"name": "m\udcfe"},
+                                       dataset={"name": "d", "classes": {"cat\udcff": 1}}))
+    text = written.read_bytes().decode("utf-8")
+    assert "\\udc" not in text
+    (r,) = read_records(written)
+    assert r["message"] == "cannot open /data/cat\\xff/1.png" and r["model"]["name"] == "m\\xfe"
+    assert r["dataset"]["classes"] == {"cat\\xff": 1}
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text(json.dumps(record(cell_id="e1", message="x\udcff y\ud800 😀")) + "\n")  # json escapes them
+    (e,) = read_records(edited)
+    assert e["message"] == "x\\xff y\\ud800 😀"
+    from bench.records import read_latest
+
+    assert read_latest([edited])[0]["message"] == e["message"]  # the lazy reader too
+    for results in (written, edited):
+        code, err, _ = run_cli(["report", results, "-o", tmp_path / f"{results.stem}.md"])
+        assert code == 0 and "Traceback" not in err and "unexpected" not in err, err
+        (tmp_path / f"{results.stem}.md").read_bytes().decode("utf-8")
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=()), max_size=20))
+def test_plain_text_always_encodes_and_leaves_valid_text_as_it_is(text):
+    from bench.records import plain_text
+
+    out = plain_text(text)
+    out.encode("utf-8")
+    try:
+        text.encode("utf-8")
+        assert out == text
+    except UnicodeEncodeError:
+        assert out != text

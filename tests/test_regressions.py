@@ -238,7 +238,7 @@ def test_report_of_a_folder_and_plan_params_on_a_broken_checkpoint(tmp_path):
     for checkpoint, words in ((ckpt, "config.json"), ("/etc", "no config.json")):
         text = MINI_SUITE.replace('weights = "random"', f'weights = "random"\ncheckpoint = "{checkpoint}"')
         code, err, out = run_cli(["plan", suite_file(tmp_path, text), "--params", "--json"])
-        assert code == 0 and "Traceback" not in err, err
+        assert code == 2 and "Traceback" not in err and words in err and "SECRET" not in err, err  # bad input: exit 2
         errors = [c["params"]["error"] for c in json.loads(out)["cells"]]  # each cell says why it was not counted
         assert errors and all(words in e and "SECRET" not in e for e in errors), errors
 

@@ -8,13 +8,15 @@ is kept in memory but the current chunk. Only DIR is written, and DIR must be ne
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import os
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.errors import BenchError, OutputError
 
 # format -> (the task view it holds, its data file in DIR; None for an image folder)
 MAKE_FORMATS = {
@@ -26,6 +28,8 @@ MAKE_FORMATS = {
 }
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}
 _CHUNK = 256  # scenes per task handed to a pool worker
+MAX_SEED = 2**63 - 1  # as every seed in bench
+MAX_PROCESSES = 1024
 
 
 def make_scenes(out: str | Path, *, n: int, fmt: str, image_size: int = 224, split: str = "target", seed: int = 0,
@@ -41,7 +45,14 @@ def make_scenes(out: str | Path, *, n: int, fmt: str, image_size: int = 224, spl
         raise BenchError(f"unknown split {split!r}", where="--split", fix=f"use one of {', '.join(SPLITS)}")
     if not 1 <= n <= 10**7 or not 8 <= image_size <= 1024:
         raise BenchError(f"--n {n} / --image-size {image_size} out of range", fix="1 ≤ n ≤ 10,000,000 and 8 ≤ image size ≤ 1,024")
-    out = _empty_folder(Path(out))
+    for flag, value, most in (("--seed", seed, MAX_SEED), ("--processes", processes, MAX_PROCESSES)):
+        least = 0 if flag == "--seed" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most):
+            raise BenchError(f"{flag} {value} is out of range", where=flag, fix=f"give a whole number from {least} to {most:,}"
+                             + (" (or leave it out: the usable cores)" if flag == "--processes" else ""))
+    out = Path(out)
+    made = not out.exists() and not out.is_symlink()
+    out = _empty_folder(out)
     task, data_file = MAKE_FORMATS[fmt]
     scenes = generate_scenes(n, split=split, seed=seed, part="train")
     jobs = [(start, scenes[start:start + _CHUNK], fmt, image_size, image_format, str(out))
@@ -50,24 +61,57 @@ def make_scenes(out: str | Path, *, n: int, fmt: str, image_size: int = 224, spl
     import multiprocessing
 
     processes = processes or len(os.sched_getaffinity(0))
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        for chunk_rows in pool.imap(_render_chunk, jobs):
-            rows += chunk_rows
-            if on_progress:
-                on_progress(len(rows), n)
-    if data_file is None:
-        return out
-    target = out / data_file
-    _write_data_file(target, fmt, rows)
+    try:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            for chunk_rows in pool.imap(_render_chunk, jobs):
+                rows += chunk_rows
+                if on_progress:
+                    on_progress(len(rows), n)
+        if data_file is None:
+            return out
+        target = out / data_file
+        _write_data_file(target, fmt, rows)
+    except OSError as exc:  # a full disk, a folder gone read-only: nothing half-made is left behind
+        _remove_written(out, made)
+        done = f"after {len(rows):,} of {n:,} images; what was written is removed"
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(f"the disk holding --out {out} is full (ENOSPC) {done}", where="--out",
+                              fix="free space or choose a folder on another disk (a smaller --n or --image-size needs "
+                                  "less)") from None
+        raise OutputError(f"writing into --out {out} failed ({exc.strerror or exc}) {done}", where="--out",
+                          fix="choose a folder you can write") from None
     return target
 
 
 def _empty_folder(out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BenchError(f"{out} exists and is not an empty folder", where="--out",
-                         fix="name a new folder; bench data make never writes over files")
-    out.mkdir(parents=True, exist_ok=True)
+    """--out as a new or empty folder, made: never through a link, never under a file (exit 2 naming --out)."""
+    fix = "name a new folder; bench data make never writes over files"
+    if out.is_symlink():
+        raise BenchError(f"{out} is a symbolic link; bench data make writes through no link", where="--out", fix=fix)
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise BenchError(f"{out} exists and is not an empty folder", where="--out", fix=fix)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        above = next((p for p in out.absolute().parents if p.exists() or p.is_symlink()), None)
+        why = (f"it lies under {above}, which is not a folder" if above is not None and not above.is_dir()
+               else f"it cannot be made ({exc.strerror or exc})")
+        raise BenchError(f"--out {out}: {why}", where="--out", fix="name a new folder in a folder you can write") from None
     return out
+
+
+def _remove_written(out: Path, made: bool) -> None:
+    """What this run wrote into `out`, which was new or empty: all of it (and `out` itself when this run made it)."""
+    import shutil
+
+    for child in list(out.iterdir()) if out.is_dir() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if made:
+        with contextlib.suppress(OSError):
+            out.rmdir()
 
 
 def _render_chunk(job) -> list[dict]:
@@ -84,11 +128,16 @@ def _render_chunk(job) -> list[dict]:
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         render(scene, image_size).save(buffer, IMAGE_FORMATS[image_format], **({"quality": 90} if image_format == "jpg" else {}))
-        path.write_bytes(buffer.getvalue())
+        _save_image(path, buffer.getvalue())
         question, answers = question_answers(scene)
         rows.append({"id": i, "image": name, "label": scene.shape, "captions": list(captions(scene)),
                      "question": question, "answers": list(answers)})
     return rows
+
+
+def _save_image(path: Path, data: bytes) -> None:
+    """One encoded image written (a pool worker's only write; its OSError reaches make_scenes)."""
+    path.write_bytes(data)
 
 
 def _write_data_file(target: Path, fmt: str, rows: list[dict]) -> None:

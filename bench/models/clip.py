@@ -298,7 +298,11 @@ def _open_clip_cfg_for(spec: ModelSpec) -> tuple[dict, str | None, str]:
     """(model config, open_clip registry name or None, where the config came from)."""
     if spec.checkpoint:
         raw = local_config(spec.checkpoint, revision=spec.revision, config_name="open_clip_config.json")
-        if raw is not None and "model_cfg" in raw:
+        if raw is not None and not isinstance(raw.get("model_cfg"), dict):  # not a model's config: never the preset
+            raise checkpoint_error(spec.checkpoint, "its open_clip_config.json has no model_cfg object: it is not an "
+                                   "open_clip model's config", where=f"models.{spec.name}",
+                                   config_name="open_clip_config.json")
+        if raw is not None:
             return raw["model_cfg"], None, f"open_clip_config.json of {spec.checkpoint}"
     preset = hf.preset(spec, PRESETS, "CLIP")
     name = OPEN_CLIP_NAMES.get(spec.preset)

@@ -78,6 +78,11 @@ def config_for(spec: ModelSpec, arch: Arch):
     """(config, where it came from): the checkpoint's config.json when it is here, else the preset."""
     if spec.checkpoint:
         raw = local_config(spec.checkpoint, revision=spec.revision)
+        if raw is not None and not (isinstance(raw.get("model_type"), str) and raw["model_type"]):
+            # save_pretrained always writes model_type: without one it is not a model's config (the defaults would
+            # silently build some other model)
+            raise checkpoint_error(spec.checkpoint, "its config.json names no model_type: it is not a transformers "
+                                   "model's config", where=f"models.{spec.name}")
         if raw is not None:
             if arch.model_type is not None and raw.get("model_type") not in (None, arch.model_type):
                 raise SuiteError(

@@ -48,6 +48,13 @@ def local_config(checkpoint: str, *, revision: str | None = None, config_name: s
     if not isinstance(raw, dict):
         raise CheckpointError(f"{config_name} of checkpoint {checkpoint!r} is not a JSON object", file=str(path),
                               fix="point `checkpoint` at a directory saved with save_pretrained")
+    from bench.models.config_size import size_problem
+
+    too_large = size_problem(raw)  # before anything is built from it, even on the meta device
+    if too_large:
+        raise CheckpointError(f"{config_name} of checkpoint {checkpoint!r} is refused: {too_large}", file=str(path),
+                              fix="point `checkpoint` at a real model's directory (its config.json as save_pretrained "
+                                  "wrote it)")
     return raw
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from pathlib import Path
 
@@ -115,3 +117,87 @@ def test_a_cell_that_cannot_be_counted_gets_an_error_entry(write_suite):
     assert counts[cells["ok"].cell_id]["trainable"] > 0
     error = counts[cells["typo"].cell_id]["error"]
     assert "q_prj" in error and "q_proj" in error  # names the typo and offers the real leaf names
+
+
+# ---------------------------------------------------------------- `bench plan --params` on a checkpoint it cannot use
+
+CHECKPOINT_SUITE = """
+[suite]
+name = "ck"
+
+[models.llava]
+family = "llava"
+checkpoint = "{checkpoint}"
+weights = "random"
+
+[datasets.vqa]
+format = "scenes"
+task = "vqa"
+
+[methods.lora]
+kind = "lora"
+
+[[grid]]
+models = ["llava"]
+datasets = ["vqa"]
+methods = ["lora"]
+"""
+
+
+def _checkpoint(folder: Path, config) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    return folder
+
+
+def _tiny_llava(**text) -> dict:
+    config = {**copy.deepcopy(llava.PRESETS["tiny"]), "model_type": "llava"}
+    config["text_config"].update(text)
+    return config
+
+
+@pytest.mark.parametrize("config, words", [
+    (_tiny_llava(num_hidden_layers=1_000_000), ["1,000,0", "layers", "2,000"]),
+    (_tiny_llava(hidden_size=10**7, intermediate_size=10**7), ["parameters", "1e+13"]),
+    ({"hello": "world"}, ["no model_type", "not a transformers model's config"]),  # once built the 7B default config
+    ("SECRET=1 not json", ["cannot be read"]),
+    ("[1, 2, 3]", ["not a JSON object"]),
+])
+def test_plan_params_on_an_unusable_or_absurd_checkpoint_exits_2_with_the_reason_before_building(
+        tmp_path, monkeypatch, config, words):
+    from conftest import run_cli
+
+    from bench.models import hf
+
+    real, built = hf.config_for, []
+
+    def config_for(spec, arch):  # a model built from this checkpoint's config is the failure (and never built here)
+        config, source = real(spec, arch)
+        if source.startswith("config.json of"):
+            built.append(source)
+            raise AssertionError(f"a model was about to be built from {source}")
+        return config, source
+
+    monkeypatch.setattr(hf, "config_for", config_for)
+    checkpoint = _checkpoint(tmp_path / "ckpt", config)
+    suite = tmp_path / "ck.toml"
+    suite.write_text(CHECKPOINT_SUITE.format(checkpoint=checkpoint))
+    for extra in ([], ["--json"]):
+        code, err, out = run_cli(["plan", suite, "--params", "--results-dir", tmp_path / "r", *extra])
+        assert code == 2, err
+        assert "Traceback" not in err and "unexpected" not in err and "SECRET" not in err + out
+        assert "--params" in err and str(checkpoint) in err and "fix:" in err
+        for word in words:
+            assert word in err, (word, err)
+    assert not built  # refused from the config, before any module was made
+
+
+def test_plan_params_on_a_real_shaped_checkpoint_counts_it(tmp_path):
+    from conftest import run_cli
+
+    checkpoint = _checkpoint(tmp_path / "ckpt", _tiny_llava())
+    suite = tmp_path / "ck.toml"
+    suite.write_text(CHECKPOINT_SUITE.format(checkpoint=checkpoint))
+    code, err, out = run_cli(["plan", suite, "--params", "--json", "--results-dir", tmp_path / "r"])
+    assert code == 0, err
+    assert json.loads(out)["cells"][0]["params"]["total"] > 0

@@ -53,11 +53,62 @@ def test_the_command_reports_what_it_wrote_and_how_to_use_it(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--n", "0"], "out of range"),
     (["--n", "5", "--image-size", "4"], "out of range"),
+    (["--n", "5", "--processes", "-1"], "--processes"),
+    (["--n", "5", "--processes", "0"], "--processes"),
+    (["--n", "5", "--seed", "-1"], "--seed"),
+    (["--n", "5", "--seed", str(2**63)], "--seed"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, args, message):
     code, err, out = run_cli(["data", "make", "scenes", "--format", "csv", "--out", str(tmp_path / "d"), *args])
-    assert code == 2 and message in err and "Traceback" not in err
+    assert code == 2 and message in err and "Traceback" not in err and "unexpected" not in err, err
+    assert "fix:" in err
     assert not (tmp_path / "d").exists()
+
+
+def test_too_many_processes_are_refused_before_any_is_started(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from bench.data.make import MAX_PROCESSES
+
+    monkeypatch.setattr(multiprocessing, "get_context", lambda *a: pytest.fail("a pool was started"))
+    with pytest.raises(BenchError) as info:
+        make_scenes(tmp_path / "d", n=4, fmt="csv", processes=MAX_PROCESSES + 1)
+    assert info.value.where == "--processes" and f"{MAX_PROCESSES:,}" in info.value.fix
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("out", ["file/sub", "file", "dangling", "dangling/sub"])
+def test_an_out_that_cannot_be_a_new_folder_is_named(tmp_path, out):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    code, err, _ = run_cli(["data", "make", "scenes", "--n", "4", "--format", "csv", "--out", str(tmp_path / out)])
+    assert code == 2 and "--out" in err and "fix:" in err, err
+    assert "Traceback" not in err and "unexpected" not in err
+    assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("when", ["images", "data file"])
+def test_a_full_disk_is_named_as_such_and_what_was_written_is_removed(tmp_path, monkeypatch, when):
+    """ENOSPC injected where the images (in the pool's forked workers) or the data file are written: exit 1 (work was
+    done, its output could not be written), the message says the disk is full, and --out is left as it was."""
+    import errno
+    import os
+
+    import bench.data.make as make
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(make, "_save_image" if when == "images" else "_write_data_file", full)
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        code, err, _ = run_cli(["data", "make", "scenes", "--n", "6", "--format", "csv", "--image-size", "16",
+                                "--processes", "1", "--out", str(out)])
+        assert code == 1, err
+        assert "full (ENOSPC)" in err and "--out" in err and "fix:" in err
+        assert "Traceback" not in err and "unexpected" not in err and "bench bug" not in err
+    assert not (tmp_path / "new").exists()
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
 
 
 def test_the_fingerprint_follows_image_files_and_texts_without_reading_pixels(tmp_path, monkeypatch):
