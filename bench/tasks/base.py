@@ -23,6 +23,9 @@ A task module defines at module level:
     def serving_request(loaded: LoadedModel, samples: list[Sample], settings: TaskSettings, device: str)
         # one inference request over `samples` as it is served (CLIP: image embeddings; captioning and VQA: generation
         # of exactly max_new_tokens), inputs prepared once: a callable(model) -> how many SERVED units it made
+    def truncated(loaded: LoadedModel, samples: list[Sample], settings: TaskSettings) -> list[bool | None]
+        # per training sample, whether encode cuts it at max_seq_len (None: encode refuses it), told from its text
+        # alone, by encode's own length rule, no image read: quality.text_coverage (bench/tasks/coverage.py)
 """
 
 from __future__ import annotations

@@ -186,10 +186,29 @@ def truncate(ids, *, keep: int, max_text: int, image_token_id: int | None):
     import torch
 
     n_image = int((ids == image_token_id).sum()) if image_token_id is not None else 0
-    limit = max(n_image + max_text, keep + 1)
+    limit = kept_length(n_image=n_image, keep=keep, max_text=max_text)
     if len(ids) <= limit:
         return ids
     return torch.cat([ids[: limit - 1], ids[-1:]])
+
+
+def kept_length(*, n_image: int, keep: int, max_text: int) -> int:
+    """How many tokens truncate leaves a sequence of `n_image` image tokens: max_text text tokens besides them, and
+    never fewer than the `keep` prefix tokens and one more."""
+    return max(n_image + max_text, keep + 1)
+
+
+def truncated(loaded, samples: list[Sample], settings: TaskSettings) -> list[bool | None]:
+    """Per training sample, whether encode cuts its caption at max_seq_len (None: encode refuses the sample), from the
+    text alone, no image read: the processor puts its image tokens before the tokenizer's encoding of caption + eos,
+    and the prefix prompt_ids finds is those image tokens and the tokenizer's encoding of ""."""
+    tokenizer = loaded.processor.tokenizer
+    eos = tokenizer.eos_token or ""
+    keep = len(tokenizer("")["input_ids"])
+    limit = kept_length(n_image=0, keep=keep, max_text=settings.max_seq_len)
+    captions = [s.captions[0].strip() if s.captions else "" for s in samples]
+    lengths = iter(len(ids) for ids in tokenizer([c + eos for c in captions if c])["input_ids"]) if any(captions) else None
+    return [next(lengths) > limit if c else None for c in captions]
 
 
 def image_token_id(loaded) -> int | None:

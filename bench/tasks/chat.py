@@ -80,10 +80,15 @@ def answer_spans(processor, conversation: list[dict], ids, *, where: str) -> lis
             raise DataError("the answer's tokens differ between the processor's encoding and the text's, so the answer "
                             "cannot be found by length (an image after an answer?)", where=where,
                             fix="put the image in the first user turn")
-        while end > start and not tokenizer.decode(ids[end - 1: end]).strip():
-            end -= 1
-        spans.append((start, end))
+        spans.append((start, _trimmed(tokenizer, ids, start, end)))
     return spans
+
+
+def _trimmed(tokenizer, ids, start: int, end: int) -> int:
+    """`end` moved back past the tokens that decode to whitespace alone (what a template writes after an answer)."""
+    while end > start and not tokenizer.decode(ids[end - 1: end]).strip():
+        end -= 1
+    return end
 
 
 def encode(loaded, samples: list[Sample], settings: TaskSettings) -> list[dict]:
@@ -116,6 +121,46 @@ def encode(loaded, samples: list[Sample], settings: TaskSettings) -> list[dict]:
         row["labels"] = labels[:limit]
         out.append(row)
     return out
+
+
+def truncated(loaded, samples: list[Sample], settings: TaskSettings) -> list[bool | None]:
+    """Per training sample, whether encode cuts its last answer at max_seq_len (None: encode refuses the sample), from
+    the text, no image of the data read: encode keeps max_seq_len tokens besides the image tokens, so the answer is cut
+    when the rendered conversation's other tokens up to its end, with the text tokens the processor's image expansion
+    adds (Idefics3's markers around the image), exceed it. Those are counted once, on a blank image the size of the
+    first sample's (its header read): exact where every image expands alike (Qwen2-VL, the tiny presets' SmolVLM,
+    which does not split images into tiles), the first image's tiles standing for all where a processor splits."""
+    import torch
+
+    processor = loaded.processor
+    image_id = image_token_id(loaded)
+    extra, out = None, []
+    for i, s in enumerate(samples):
+        try:
+            conversation = messages(training_turns(s, i))
+            text = render(processor, conversation)
+            ids = torch.tensor(processor.tokenizer(text)["input_ids"], dtype=torch.long)
+            if extra is None:
+                extra = _expansion_text_tokens(processor, s.image, text, ids, image_id)
+            end = _trimmed(processor.tokenizer, ids, 0, len(ids))  # the last answer's end, as answer_spans finds it
+            others = end - (int((ids[:end] == image_id).sum()) if image_id is not None else 0)
+            out.append(others + extra > settings.max_seq_len)
+        except (DataError, ValueError):  # encode's own refusals, and a processor's (an image it cannot take)
+            out.append(None)
+    return out
+
+
+def _expansion_text_tokens(processor, image, text: str, ids, image_id: int | None) -> int:
+    """How many tokens other than image tokens the processor's encoding of (an image of `image`'s size, `text`) has
+    beyond the tokenizer's `ids` of the text alone."""
+    from PIL import Image
+
+    size = image.size if hasattr(image, "getbands") else image.header_size()
+    enc = processor(images=[Image.new("RGB", size)], text=[text], return_tensors="pt")
+    full = enc["input_ids"][0][enc["attention_mask"][0].bool()]
+    if image_id is None:
+        return len(full) - len(ids)
+    return int((full != image_id).sum()) - int((ids != image_id).sum())
 
 
 def collate(encoded: list[dict], loaded) -> dict:

@@ -158,10 +158,36 @@ def pixel_values(processor, images):
 def tokenize(processor, texts: list[str], max_length: int, model=None):
     """(input_ids, attention_mask) as right-padded LongTensors, truncated to max_length (end token kept), and never past
     the text model's positions (CLIP's 77): a longer text would index past its position embeddings."""
-    limit = text_positions(model) if model is not None else None
-    length = min(max_length, limit) if limit else max_length
-    out = processor(text=texts, padding=True, truncation=True, max_length=length, return_tensors="pt")
+    out = processor(text=texts, padding=True, truncation=True, max_length=text_length(max_length, model),
+                    return_tensors="pt")
     return out["input_ids"], out["attention_mask"]
+
+
+def text_length(max_length: int, model=None) -> int:
+    """The most text tokens tokenize keeps: max_length, never past the text model's positions."""
+    limit = text_positions(model) if model is not None else None
+    return min(max_length, limit) if limit else max_length
+
+
+def truncated(loaded, samples: list[Sample], settings: TaskSettings, classnames=()) -> list[bool | None]:
+    """Per training sample, whether encode cuts its text (first caption or class prompt) at max_seq_len or the text
+    model's positions (None: encode refuses the sample): its tokens with the tokenizer's start and end tokens, against
+    tokenize's length (and open_clip's context length, which its processor keeps to as well)."""
+    from bench.tasks.coverage import text_tokenizer, token_ids
+
+    processor = loaded.processor
+    limit = text_length(settings.max_seq_len, loaded.model)
+    context = getattr(processor, "context_length", None)
+    limit = min(limit, context) if context else limit
+    texts = []
+    for i, s in enumerate(samples):
+        try:
+            texts.append(training_text(s, i, settings, classnames))
+        except DataError:
+            texts.append(None)
+    lengths = iter(len(ids) for ids in token_ids(text_tokenizer(processor), [t for t in texts if t is not None],
+                                                 special=True))
+    return [None if t is None else next(lengths) > limit for t in texts]
 
 
 def text_positions(model) -> int | None:

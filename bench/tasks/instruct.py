@@ -71,6 +71,33 @@ def training_turns(sample: Sample, index: int) -> tuple[tuple[str, str], ...]:
     return turns
 
 
+def conversation(sample: Sample, index: int, eos: str) -> list[tuple[str, bool]]:
+    """The training conversation's text as (segment, learned?) in order: user turns, then answers with their eos."""
+    segments = []
+    for t, (user, assistant) in enumerate(training_turns(sample, index)):
+        segments += [(user_text(user, first=t == 0), False), (assistant_text(assistant, eos), True)]
+    return segments
+
+
+def truncated(loaded, samples: list[Sample], settings: TaskSettings) -> list[bool | None]:
+    """Per training sample, whether encode cuts its conversation at max_seq_len (None: encode refuses the sample), from
+    the text alone, no image read: encode keeps max_seq_len tokens besides the image tokens, which the processor makes
+    of the `<image>` placeholder, and the conversation ends in an answer's eos, so any cut cuts an answer."""
+    tokenizer = loaded.processor.tokenizer
+    eos = tokenizer.eos_token or ""
+    image_id = image_token_id(loaded)
+    out = []
+    for i, s in enumerate(samples):
+        try:
+            text = "".join(seg for seg, _ in conversation(s, i, eos))
+        except DataError:
+            out.append(None)
+            continue
+        ids = tokenizer(text)["input_ids"]
+        out.append(sum(t != image_id for t in ids) > settings.max_seq_len)
+    return out
+
+
 def encode(loaded, samples: list[Sample], settings: TaskSettings) -> list[dict]:
     """Per-sample CPU tensors: pixel values, the conversation's input ids, and labels on the answers only."""
     processor = loaded.processor
@@ -79,9 +106,7 @@ def encode(loaded, samples: list[Sample], settings: TaskSettings) -> list[dict]:
     image_id = image_token_id(loaded)
     out = []
     for i, s in enumerate(samples):
-        segments = []  # (text, learned?) in conversation order
-        for t, (user, assistant) in enumerate(training_turns(s, i)):
-            segments += [(user_text(user, first=t == 0), False), (assistant_text(assistant, eos), True)]
+        segments = conversation(s, i, eos)
         enc = processor(images=[s.image], text=["".join(seg for seg, _ in segments)], return_tensors="pt")
         ids = enc["input_ids"][0][enc["attention_mask"][0].bool()]
         image_positions = (ids == image_id).nonzero().flatten()

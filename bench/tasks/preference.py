@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 
+from bench.fields import PREFERENCE_ITEMS
+
 # what the eval pairs' reward statistics are called in a record's quality.extra, and TRL's names for them
 PREFERENCE_METRICS = {"preference_accuracy": "rewards/accuracies", "reward_margin": "rewards/margins"}
 
@@ -85,17 +87,30 @@ class Dpo:
         return count_tokens(batch)
 
     def evaluate(self, loaded, model, splits, settings):
-        """The family task's quality, with TRL's reward statistics on the eval pairs in extra."""
+        """The family task's quality, with TRL's reward statistics on the eval pairs in extra, and each pair's
+        (`preference_items`: what the report's intervals resample, bench/analysis/intervals.py)."""
         quality = self.task.evaluate(loaded, model, splits, settings)
-        quality.extra.update(self.preference(loaded, model, splits.eval, settings))
+        per_pair: dict = {}
+        quality.extra.update(self.preference(loaded, model, splits.eval, settings, per_pair=per_pair))
+        if per_pair:
+            quality.extra[PREFERENCE_ITEMS] = per_pair
         return quality
 
-    def preference(self, loaded, model, samples: list, settings) -> dict:
-        """preference_accuracy (0-100) and reward_margin over `samples`, by TRL's loss in eval mode."""
+    def preference(self, loaded, model, samples: list, settings, per_pair: dict | None = None) -> dict:
+        """preference_accuracy (0-100) and reward_margin over `samples`, by TRL's loss in eval mode. `per_pair` receives
+        each pair's, in the order of `samples`: {"accuracy": [0 or 100, ...], "margin": [...]} (left empty where TRL's
+        rewards could not be read back per pair)."""
         import torch
 
         metrics = self.trainer._metrics["eval"]
         totals, n = dict.fromkeys(PREFERENCE_METRICS, 0.0), 0
+        pairs: dict[str, list] | None = {"accuracy": [], "margin": []} if per_pair is not None else None
+        # TRL's loss hands each batch's per-pair rewards (chosen, then rejected) to accelerator.gather before it logs their
+        # means: read them there, on the way through
+        accelerator, gathered = self.trainer.accelerator, []
+        own, gather = "gather" in vars(accelerator), accelerator.gather
+        if pairs is not None:
+            accelerator.gather = lambda tensor: gathered.append(tensor) or gather(tensor)
         was_training = model.training
         model.eval()
         try:
@@ -104,15 +119,44 @@ class Dpo:
                     chunk = samples[start:start + settings.eval_batch_size]
                     batch = {k: v.to(settings.device) for k, v in self.collate(self.encode(loaded, chunk, settings),
                                                                                  loaded).items()}
+                    gathered.clear()
                     self.trainer.compute_loss(model, batch)
                     for ours, theirs in PREFERENCE_METRICS.items():
                         totals[ours] += metrics[theirs][-1] * len(chunk)  # TRL logs each batch's mean
                     n += len(chunk)
+                    if pairs is not None:
+                        pairs = _per_pair(pairs, gathered, len(chunk), metrics)
         finally:
+            if per_pair is not None:  # TRL's own gather back
+                if own:
+                    accelerator.gather = gather
+                else:
+                    del accelerator.gather
             model.train(was_training)
             metrics.clear()
+        if pairs and per_pair is not None:
+            per_pair.update(pairs)
         scale = {"preference_accuracy": 100.0, "reward_margin": 1.0}
         return {k: round(scale[k] * v / n, 6) for k, v in totals.items()} if n else {}
+
+
+def _per_pair(pairs: dict | None, gathered: list, size: int, metrics: dict) -> dict | None:
+    """`pairs` with one batch's pairs added: the chosen and rejected rewards, the first two per-pair tensors TRL gathered
+    (its other figures are gathered as totals), their accuracy and margin checked against the means TRL logged (None,
+    for good, when they are not those: TRL changed its order)."""
+    rows = [t for t in gathered if getattr(t, "shape", None) == (size,)]
+    if pairs is None or len(rows) < 2:
+        return None
+    chosen, rejected = (t.detach().float().cpu() for t in rows[:2])
+    accuracy = ((chosen > rejected).float() * 100).tolist()
+    margin = (chosen - rejected).tolist()
+    logged = metrics["rewards/accuracies"][-1] * 100, metrics["rewards/margins"][-1]
+    for values, mean in zip((accuracy, margin), logged):
+        if abs(sum(values) / size - mean) > 1e-4 * max(1.0, abs(mean)):
+            return None
+    pairs["accuracy"] += [round(v, 1) for v in accuracy]
+    pairs["margin"] += [round(v, 6) for v in margin]
+    return pairs
 
 
 # per-token rows of TRL's batch, cut together at max_seq_len

@@ -370,6 +370,39 @@ def test_preference_metrics_are_in_range_and_weighted_by_pairs_whatever_the_eval
     assert one["preference_accuracy"] in (0.0, 100.0)
 
 
+def test_each_held_out_pairs_accuracy_and_margin_are_kept_in_order_whatever_the_eval_batch(splits):
+    """evaluate() keeps every eval pair's accuracy (0 or 100) and reward margin (quality.extra.preference_items, what
+    the report's intervals resample): they average to TRL's statistics and are each pair's own, in batches or alone."""
+    from bench.fields import PREFERENCE_ITEMS, PREFERENCE_STATS
+    from bench.tasks.base import Quality
+
+    loaded, model = build(LORA)
+    dpo = dpo_for(loaded, model, splits)
+    train_steps(dpo, model, batch_of(dpo, loaded, splits.train), steps=4)
+    per_pair: dict = {}
+    whole = dpo.preference(loaded, model, splits.eval, TaskSettings(eval_batch_size=3), per_pair=per_pair)
+    assert "gather" not in vars(dpo.trainer.accelerator)  # TRL's own gather is back
+    assert set(per_pair) == set(PREFERENCE_STATS.values())  # the names the report reads (bench/fields.py)
+    accuracy, margin = per_pair["accuracy"], per_pair["margin"]
+    assert len(accuracy) == len(margin) == len(splits.eval) and set(accuracy) <= {0.0, 100.0}
+    assert sum(accuracy) / len(accuracy) == pytest.approx(whole["preference_accuracy"], abs=1e-3)
+    assert sum(margin) / len(margin) == pytest.approx(whole["reward_margin"], rel=1e-3, abs=1e-5)
+    assert len(set(margin)) > 1  # each pair its own, not the batch's mean
+    for i in (0, len(splits.eval) - 1):
+        alone: dict = {}
+        dpo.preference(loaded, model, splits.eval[i:i + 1], SETTINGS, per_pair=alone)
+        assert alone["accuracy"] == [accuracy[i]] and alone["margin"][0] == pytest.approx(margin[i], rel=1e-3, abs=1e-5)
+
+    class Family:  # the family task's own evaluation (generation) is not what this checks
+        def evaluate(self, loaded, model, splits, settings):
+            return Quality(metric="vqa_acc", value=50.0, higher_is_better=True, extra={"exact_match": 40.0}, n=1)
+
+    dpo.task = Family()
+    extra = dpo.evaluate(loaded, model, splits, TaskSettings(eval_batch_size=8)).extra
+    assert extra[PREFERENCE_ITEMS]["margin"] == pytest.approx(margin, rel=1e-3, abs=1e-5)
+    assert extra["exact_match"] == 40.0 and extra["reward_margin"] == pytest.approx(whole["reward_margin"], rel=1e-3)
+
+
 # ------------------------------------------------------------------------------------------------- full fine-tuning
 
 
