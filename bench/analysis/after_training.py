@@ -12,7 +12,7 @@ import statistics
 from typing import TYPE_CHECKING
 
 from bench.analysis import stats
-from bench.analysis.report import _pm, _status_label, _table, cell_text, fmt_mb, fmt_rate
+from bench.analysis.markdown import cell_text, fmt_mb, fmt_rate, pm, status_label, table
 from bench.analysis.stats import Group
 from bench.fields import SERVING_MEMORY_KINDS
 from bench.models.catalog import METHOD_KINDS
@@ -98,7 +98,7 @@ def _artifact_text(records: list[dict]) -> str:
 def _merge_delta_text(g: Group, records: list[dict]) -> str:
     if g.random_weights:
         return "—"
-    return _pm(stats.summarize(records, "quality.merged_delta"), None, signed=True)
+    return pm(stats.summarize(records, "quality.merged_delta"), None, signed=True)
 
 
 def _serving_row(page: _Page, g: Group, records: list[dict]) -> list[str]:
@@ -158,7 +158,7 @@ def serving_section(page: _Page) -> list[str]:
              "latencies); *Δ after merge* is the merged model's quality − the tuned one's (QLoRA: the 4-bit model it trained on), in points "
              "(mean over repeats).", ""]
     if rows:
-        lines += _table(["Model", "Dataset", "Method", "Adapter size", "Unmerged ms", "Merged ms", "4-bit ms", "Merged ÷ unmerged",
+        lines += table(["Model", "Dataset", "Method", "Adapter size", "Unmerged ms", "Merged ms", "4-bit ms", "Merged ÷ unmerged",
                          "Throughput unmerged / merged", "Memory unmerged / merged / 4-bit", "Δ after merge"], rows) + [""]
     if errors:
         lines += ["Serving not measured (`serving.error`):", "", *errors, ""]
@@ -206,10 +206,10 @@ def _quality_text(page: _Page, g: Group | None) -> str:
     if g is None:
         return "—"
     if not g.ok:
-        return _status_label(g.status)
+        return status_label(g.status)
     if g.random_weights:
         return "n/a (random weights)"
-    return _pm(g.summary("quality.tuned"), lambda v: f"{v:.1f}") + page.repeats_note(g)
+    return pm(g.summary("quality.tuned"), lambda v: f"{v:.1f}") + page.repeats_note(g)
 
 
 def _base_text(groups: list[Group]) -> str:
@@ -267,7 +267,7 @@ def _composition_table(page: _Page, model: str, groups: list[Group], trained: di
     for c in composed:
         if c.groups:
             rows.append([c.label(model), *(_quality_text(page, c.groups.get(d)) for d in datasets)])
-    return [f"### {cell_text(model)}", ""] + _table(["Adapter / combination", *map(header, datasets)], rows) + [""]
+    return [f"### {cell_text(model)}", ""] + table(["Adapter / combination", *map(header, datasets)], rows) + [""]
 
 
 def composition_section(page: _Page) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.analysis import stats
-from bench.analysis.report import cell_text
+from bench.analysis.markdown import cell_text
 from bench.analysis.stats import Group, Summary
 from bench.fields import ENV_COMPARED
 from bench.fields import FIELDS as ALL_FIELDS

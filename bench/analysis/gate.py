@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from bench.analysis import stats
 from bench.analysis.compare import env_differences, fmt_value, terminal_table
-from bench.analysis.report import cell_text
+from bench.analysis.markdown import cell_text
 from bench.analysis.stats import Group, Summary
 from bench.suite.rules import DEFAULT_RULES, Rule, StatusRule, Threshold, parse_rule
 

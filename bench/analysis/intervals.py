@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bench.fields import PREFERENCE_ITEMS, PREFERENCE_STATS
+
 ROUNDS = 2000  # bootstrap resamples: the interval's ends move by well under 0.1 point between seeds of the resampling
 LEVEL = 0.95
 SEED = 0
@@ -104,6 +106,42 @@ def difference_interval(a: list[dict], b: list[dict]) -> tuple[float, float] | N
     if ids is None:
         return None
     return _interval(_bootstrap([_deltas(a, ids), _deltas(b, ids)], [1.0, -1.0], np.random.default_rng(SEED)))
+
+
+def pair_values(record: dict, name: str, section: str = "extra") -> list[float] | None:
+    """A DPO record's value of one reward statistic (`name`: "accuracy" or "margin") for each held-out pair, from
+    quality.<section>.preference_items (section "extra": the tuned model; "base_extra": the untuned one), or None."""
+    kept = ((record.get("quality") or {}).get(section) or {})
+    kept = kept.get(PREFERENCE_ITEMS) if isinstance(kept, dict) else None
+    values = kept.get(name) if isinstance(kept, dict) else None
+    if not isinstance(values, list) or not values or not all(_finite(v) for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def pair_interval(records: list[dict], name: str, *, delta: bool) -> tuple[float, float] | None:
+    """The 95 % interval of a DPO cell's reward statistic over its ok records (one per seed), bootstrapped over the
+    held-out pairs (the same resample for every seed, all scored on the same pairs) and the seeds, as `delta_interval`:
+    of the tuned model's (`delta` false), or of tuned − base (`delta` true), paired by pair. The base is the model as
+    DPO starts, which is its own reference: every reward 0, so its statistics are 0 pair by pair, unless the records
+    kept the untuned model's (base_extra). None where a record kept no pairs, or their counts differ."""
+    tuned = [pair_values(r, name) for r in records]
+    if not tuned or any(t is None for t in tuned) or len({len(t) for t in tuned}) != 1:
+        return None
+    matrix = np.array(tuned, dtype=np.float64)
+    if delta:
+        base = [pair_values(r, name, "base_extra") for r in records]
+        if all(b is not None and len(b) == matrix.shape[1] for b in base):
+            matrix = matrix - np.array(base, dtype=np.float64)
+        elif any(_base_measured(r, name) for r in records):
+            return None  # the base measured, pair by pair not kept: nothing to pair with
+    return _interval(_bootstrap([matrix], [1.0], np.random.default_rng(SEED)))
+
+
+def _base_measured(record: dict, name: str) -> bool:
+    extra = (record.get("quality") or {}).get("base_extra")
+    return isinstance(extra, dict) and any(_finite(extra.get(stat)) for stat, short in PREFERENCE_STATS.items()
+                                           if short == name)
 
 
 def contains_zero(interval: tuple[float, float] | None) -> bool:

@@ -14,78 +14,25 @@ import re
 from pathlib import Path
 
 from bench.analysis import intervals, stats
+from bench.analysis.markdown import (
+    cell_text,
+    fmt_count,
+    fmt_mb,
+    fmt_rate,
+    fmt_time,
+    pm,
+    status_label,
+    table,
+)
 from bench.analysis.stats import Group
 from bench.fields import ENV_KEYS, MEMORY_KINDS
 from bench.paths import PAGE_MARK, inside, page_target, write_atomic
 from bench.suite.keys import TRAIN_KEYS
 
-STATUS_LABELS = {"oom": "OOM", "timeout": "timeout", "error": "error", "diverged": "diverged", "skipped": "skipped"}
 STAR = "★"
 NEAR = "≈"
 REMOTE_CODE = "⚠"
 META_RE = re.compile(r"^<!-- bench-report (\{.*\}) -->$", re.MULTILINE)
-
-
-# ---------------------------------------------------------------- formatting
-
-
-def fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
-    if seconds < 3600:
-        m, s = divmod(round(seconds), 60)
-        return f"{m} min {s:02d} s"
-    h, m = divmod(round(seconds / 60), 60)
-    return f"{h} h {m:02d} min"
-
-
-def fmt_mb(mb: float | None) -> str:
-    if mb is None:
-        return "—"
-    return f"{mb:,.0f} MB" if mb >= 100 else f"{mb:.1f} MB"
-
-
-def fmt_count(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f}"
-
-
-def fmt_rate(v: float | None) -> str:
-    return "—" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.1f}")
-
-
-def _pm(summary: stats.Summary | None, fmt, *, signed: bool = False) -> str:
-    """mean, with ± sample std when repeats exist."""
-    if summary is None:
-        return "—"
-    text = f"{summary.mean:+.1f}" if signed else fmt(summary.mean)
-    if summary.std is not None:
-        text += f" ± {summary.std:.1f}" if signed else f" ± {fmt(summary.std)}"
-    return text
-
-
-def cell_text(text: str, limit: int | None = None) -> str:
-    """Safe inside a Markdown table cell: no pipes or newlines; optionally shortened."""
-    text = " ".join(str(text).split())
-    if limit and len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text.replace("|", "\\|")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
-def _status_label(status: str) -> str:
-    return f"**{STATUS_LABELS.get(status, status)}**"
 
 
 def _slug(text: str) -> str:
@@ -148,7 +95,7 @@ class _Page:
         s = g.summary("quality.delta")
         if s is None:
             return "—"
-        text = f"{_pm(s, None, signed=True)} {g.metric or ''}".rstrip()
+        text = f"{pm(s, None, signed=True)} {g.metric or ''}".rstrip()
         if s.n > 1:
             text += f" (n={s.n})"
         interval = self.intervals.get(g.cell_id)
@@ -174,6 +121,8 @@ def _device(record: dict) -> str:
 
 
 def _results_section(page: _Page) -> list[str]:
+    from bench.analysis import preferences  # it formats with this module's helpers: imported once both exist
+
     metrics = sorted({g.metric for g in page.groups if g.metric})
     header = ["Model", "Dataset", "Method", "Device", "Time", f"Δ {metrics[0]}" if len(metrics) == 1 else "Δ quality"]
     retention = any(g.summary("quality.retention.delta") is not None for g in page.groups)
@@ -182,16 +131,17 @@ def _results_section(page: _Page) -> list[str]:
     rows = []
     for g in page.groups:
         if g.ok:
-            time = _pm(g.summary("cost.train_wall_s"), fmt_time)
+            time = pm(g.summary("cost.train_wall_s"), fmt_time)
             if g.cell_id in page.front_time:
                 time += f" {STAR}"
         else:
-            time = _status_label(g.status)
+            time = status_label(g.status)
         method = cell_text(g.method) + (f" ({cell_text(picked)})" if (picked := _picked(g)) else "")
-        rows.append([page.model_label(g), cell_text(g.dataset), method, cell_text(_device(g.first)), time, page.delta_text(g)])
+        delta = page.delta_text(g) + preferences.results_suffix(g)  # a DPO cell: its reward statistics beside
+        rows.append([page.model_label(g), cell_text(g.dataset), method, cell_text(_device(g.first)), time, delta])
         if retention:
             rows[-1].append(_retention_text(g))
-    return ["## Results", ""] + _table(header, rows) + [""]
+    return ["## Results", ""] + table(header, rows) + [""]
 
 
 def _retention_text(g: Group) -> str:
@@ -201,7 +151,7 @@ def _retention_text(g: Group) -> str:
         return "—"
     where = stats.get(g.first, "quality.retention.dataset")
     metric = stats.get(g.first, "quality.retention.metric") or ""
-    return f"{_pm(s, None, signed=True)} {metric}".rstrip() + (f" on {cell_text(str(where))}" if where else "")
+    return f"{pm(s, None, signed=True)} {metric}".rstrip() + (f" on {cell_text(str(where))}" if where else "")
 
 
 def _values_text(values) -> str:
@@ -230,7 +180,7 @@ def _sweeps_section(page: _Page) -> list[str]:
             if not isinstance(t, dict):  # a record is data: a hand-edited trial is left out
                 continue
             score = t.get("validation")
-            shown = f"{score:.1f}" if isinstance(score, (int, float)) else _status_label(str(t.get("status", "?")))
+            shown = f"{score:.1f}" if isinstance(score, (int, float)) else status_label(str(t.get("status", "?")))
             tried.append(f"{_values_text(t.get('values'))}: {shown}")
         rows.append([page.model_label(g), cell_text(g.dataset), cell_text(g.method), cell_text(" · ".join(tried)),
                      cell_text(_values_text(sweep.get("chosen")) or "—"), cell_text(f"{sweep.get('metric') or '?'}, "
@@ -239,7 +189,7 @@ def _sweeps_section(page: _Page) -> list[str]:
         return []
     return ["## Sweeps", "", "Each combination trained on the training split less a validation split carved from it, "
             "scored there; the pick alone was evaluated on the evaluation split (repeats after the first trained "
-            "the pick).", ""] + _table(["Model", "Dataset", "Method", "Tried: validation score", "Picked", "Picked by"],
+            "the pick).", ""] + table(["Model", "Dataset", "Method", "Tried: validation score", "Picked", "Picked by"],
                                        rows) + [""]
 
 
@@ -265,24 +215,24 @@ def _block_section(page: _Page, key, groups: list[Group], loss_png: str | None) 
             pct, trainable = stats.get(g.first, "params.trainable_pct"), stats.get(g.first, "params.trainable")
         params = "—" if pct is None else f"{pct:.2f} % ({fmt_count(trainable)})"
         if g.ok:
-            memory = _pm(g.summary("cost.peak_memory_mb"), fmt_mb)
+            memory = pm(g.summary("cost.peak_memory_mb"), fmt_mb)
             if g.cell_id in page.front_memory:
                 memory += f" {STAR}"
             if g.random_weights:
                 quality = "n/a (random weights)"
             else:
                 tuned, delta = g.summary("quality.tuned"), g.summary("quality.delta")
-                quality = _pm(tuned, lambda v: f"{v:.1f}")
+                quality = pm(tuned, lambda v: f"{v:.1f}")
                 if tuned is not None and delta is not None:
                     quality += f" ({delta.mean:+.1f})"
                 if g.cell_id in page.near_best:
                     quality = f"{NEAR} {quality}"
             quality += page.repeats_note(g)
         else:
-            memory = _status_label(g.status)
+            memory = status_label(g.status)
             quality = cell_text(g.message or "no message", 80)
         rows.append([cell_text(g.method), params, memory, quality])
-    lines += _table(["Method", "% params trainable", "Peak memory", "Quality"], rows) + [""]
+    lines += table(["Method", "% params trainable", "Peak memory", "Quality"], rows) + [""]
     if loss_png:
         lines += [f"![Training loss, {model} / {dataset}]({loss_png})", ""]
     return lines
@@ -325,7 +275,7 @@ def _cost_section(page: _Page) -> list[str]:
             row.append("—" if mfu is None else f"{mfu * 100:.1f} %")
         rows.append(row)
     kinds = sorted({stats.get(r, "cost.memory_kind") for g in ok for r in g.ok} - {None})
-    lines = ["## Cost details", ""] + _table(header, rows) + [""]
+    lines = ["## Cost details", ""] + table(header, rows) + [""]
     lines += [f"Peak memory is measured as {' and '.join(f'`{k}`' for k in kinds) or 'nothing'}: "
               + " ".join(f"`{k}` is {MEMORY_KINDS[k].counts}." for k in kinds if k in MEMORY_KINDS) + " "
               "Step time excludes warm-up steps and the wait for batches; *Data wait* is the time the timed steps "
@@ -354,14 +304,24 @@ def _tensor_bytes(kind) -> bool:
 
 
 def _failures_section(page: _Page) -> list[str]:
+    """The cells that did not finish, and the measured parts that failed inside those that did (never "every cell
+    finished" alone while one did)."""
+    from bench.analysis import caveats
+
     failed = [r for r in page.records if r.get("status") != "ok"]
+    parts = caveats.part_failures(page)
     lines = ["## Failures", ""]
-    if not failed:
+    if not failed and not parts:
         return lines + ["Every cell finished.", ""]
-    rows = [[cell_text(stats.get(r, "model.name")), cell_text(stats.get(r, "dataset.name")),
-             cell_text(stats.get(r, "method.name")), str(r.get("repeat", 0)), _status_label(r["status"]),
-             cell_text(r.get("message") or "no message")] for r in failed]
-    return lines + _table(["Model", "Dataset", "Method", "Repeat", "Status", "Message"], rows) + [""]
+    if failed:
+        rows = [[cell_text(stats.get(r, "model.name")), cell_text(stats.get(r, "dataset.name")),
+                 cell_text(stats.get(r, "method.name")), str(r.get("repeat", 0)), status_label(r["status"]),
+                 cell_text(r.get("message") or "no message")] for r in failed]
+        lines += table(["Model", "Dataset", "Method", "Repeat", "Status", "Message"], rows) + [""]
+    if parts:
+        lead = "Every cell finished; " if not failed else "Inside the cells that finished, "
+        lines += [f"{lead}{caveats.failures_summary(parts)}:", ""] + caveats.failures_table(parts) + [""]
+    return lines
 
 
 def env_key(record: dict) -> tuple:
@@ -387,7 +347,7 @@ def _env_section(page: _Page) -> list[str]:
                   f"{', '.join(differing)}): numbers from different rows below are not directly comparable.", ""]
     if any(dict(zip(ENV_KEYS, k))["git_dirty"] for k in envs):
         lines += ["> ⚠ Some records were produced from a working tree with uncommitted changes (dirty).", ""]
-    lines += _table(["Device", "Count", "torch", "transformers", "peft", "bitsandbytes", "git", "Records"], rows) + [""]
+    lines += table(["Device", "Count", "torch", "transformers", "peft", "bitsandbytes", "git", "Records"], rows) + [""]
     if page.remote_code:
         lines += [f"{REMOTE_CODE} Loaded with `trust_remote_code=True` (code shipped with the checkpoint ran): "
                   f"{', '.join(page.remote_code)}.", ""]
@@ -409,7 +369,11 @@ LEGEND = f"""## Legend
 - {STAR} next to a time or a peak memory: Pareto-optimal for that cost — no other method of the same
   model × dataset is both cheaper and better in Δ.
 - **OOM / timeout / error / diverged / skipped**: the cell did not finish; its message is shown instead
-  of numbers, and in full under *Failures*.
+  of numbers, and in full under *Failures* — beside the measured parts (serving, retention, an evaluation that
+  skipped samples, ...) that failed inside cells that finished.
+- **preference accuracy / Δ reward margin** (DPO cells, after the task metric's Δ): TRL's reward statistics on the
+  held-out pairs with their 95 % intervals over the pairs — the accuracy read against 50 (chance), the margin's
+  tuned − base against 0; _italic_ where the interval holds chance. In full under *Preferences (DPO)*.
 - n/a (random weights): the model was built with random weights, so its cost is real and its quality
   is not meaningful.
 - {REMOTE_CODE}: the model was loaded with `trust_remote_code=True`.
@@ -461,8 +425,13 @@ def _render(records: list[dict], title: str, plots_dir: Path | None, rel_to: Pat
     lines = [_meta_line(meta), f"# {title}", ""]
     if not page.groups:
         return "\n".join(lines + ["No records.", ""]), written
+    from bench.analysis import after_training, caveats, preferences  # they format with this module's helpers
+
+    parts = caveats.part_failures(page)
+    broken = f"; {len(parts)} failed measurement{'s' if len(parts) > 1 else ''} inside finished cells (see *Failures*)"
     lines += [f"{meta['cells']} cells ({meta['cells_ok']} finished), {meta['records']} records; "
-              f"last run {meta['last_run'] or '?'} on {', '.join(meta['devices'])}.", ""]
+              f"last run {meta['last_run'] or '?'} on {', '.join(meta['devices'])}{broken if parts else ''}.", ""]
+    lines += caveats.coverage_banner(page)
 
     def link(path: Path | None) -> str | None:
         if path is None:
@@ -472,6 +441,8 @@ def _render(records: list[dict], title: str, plots_dir: Path | None, rel_to: Pat
 
     saved = _plots(page, plots_dir) if plots_dir is not None else {}
     lines += _results_section(page)
+    lines += preferences.preferences_section(page)
+    lines += caveats.data_section(page)
     lines += _sweeps_section(page)
     lines += ["## Cost and quality per model × dataset", ""]
     for key, groups in page.blocks.items():
@@ -480,8 +451,6 @@ def _render(records: list[dict], title: str, plots_dir: Path | None, rel_to: Pat
     if pngs:
         lines += ["## Cost vs quality", ""] + [f"![{label}]({p})" for label, p in pngs] + [""]
     lines += _cost_section(page)
-    from bench.analysis import after_training  # it formats with this module's helpers: imported once both exist
-
     lines += after_training.serving_section(page)
     lines += after_training.composition_section(page)
     lines += _failures_section(page)
@@ -543,7 +512,7 @@ def write_index(reports_dir: str | Path) -> Path:
                      cell_text(meta.get("last_run") or "?"), cell_text(", ".join(meta.get("devices", [])) or "?"), cells])
     lines = [f"{PAGE_MARK} index -->", "# Benchmark reports", ""]
     if rows:
-        lines += _table(["Page", "Suite", "Last run", "Device", "Cells finished"], rows)
+        lines += table(["Page", "Suite", "Last run", "Device", "Cells finished"], rows)
     else:
         lines += ["No report pages yet: run `bench report`."]
     index = write_atomic(page_target(reports_dir, "README.md"), "\n".join(lines) + "\n")
