@@ -36,6 +36,9 @@ def cmd_validate(args) -> int:
         suite = load_suite(path)
         cells = expand(suite)
         print(f"{path}: ok — suite '{suite.name}', {len(cells)} cells × {len(suite.seeds)} repeat(s)")
+        for name, counts in suite.left_out.items():  # on_bad_sample = "skip": what the cells will leave out, and why
+            reasons = ", ".join(f"{n} {reason}" for reason, n in counts.items())
+            print(f"  [datasets.{name}]: {sum(counts.values())} record(s) will be left out ({reasons})")
     return 0
 
 
@@ -103,11 +106,23 @@ def cmd_plan(args) -> int:
         print(f"written: {args.markdown}", file=sys.stderr)
     if args.json:
         print(json.dumps({"suite": suite.name, "results": str(results), "cells": rows}, indent=2))
-        return 0
+        return _all_counted(rows)
     from bench.suite.plan_view import render_plan
 
     _console().print(render_plan(suite.name, rows, params=args.params, estimate=args.estimate, trace=args.trace))
-    return 0
+    return _all_counted(rows)
+
+
+def _all_counted(rows: list[dict]) -> int:
+    """0 when every cell's parameters could be counted (or none were asked for); else exit 2 with the first reason (an
+    unusable checkpoint: no config, a config that is not a model's, one too large to build), after the table."""
+    bad = [row for row in rows if "error" in row.get("params", {})]
+    if not bad:
+        return 0
+    first = bad[0]
+    reason, _, fix = first["params"]["error"].partition("\n  fix: ")
+    raise BenchError(f"{len(bad)} cell(s) cannot be built, so not counted; {first['cell_id']} ({first['model']}/"
+                     f"{first['method']}): {reason}", where="--params", fix=fix or "see the table above")
 
 
 def _trace(suite, cells) -> dict:
@@ -154,6 +169,8 @@ def cmd_run(args) -> int:
     failed = sum(n for s, n in summary.statuses.items() if s not in ("ok", "skipped"))
     if failed:  # a cell's failure is a measurement (its record says why), not a failed run: exit 0
         console.print(escape(f"{failed} cell-run(s) did not finish ok; their records say why (see the report's failures)"))
+    if summary.text_coverage_warning:  # once for the run: the cells whose quality does not measure their method
+        console.print(f"[yellow]warning:[/] {escape(summary.text_coverage_warning)}", highlight=False)
     console.print(escape(f"records: {summary.results}"))
     if summary.report:
         console.print(escape(f"report:  {summary.report}"))
@@ -278,7 +295,10 @@ def cmd_export(args) -> int:
     from bench.run.export import export, find_record
 
     records = read_results([args.results], what="results file")
-    out = export(find_record(records, args.cell_id, args.repeat), Path(args.out), merged=args.merged)
+    # the folder `bench run` kept the artifacts in: a record's artifact.path must lie inside it
+    root = Path(args.artifacts_dir) if args.artifacts_dir else Path(args.results).parent / "artifacts"
+    out = export(find_record(records, args.cell_id, args.repeat), Path(args.out), merged=args.merged, artifacts_root=root,
+                 results=args.results, trust_remote_code=args.trust_remote_code)
     print(f"written: {out}")
     return 0
 
@@ -424,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=int, default=0, help="which repeat's artifact (default 0)")
     s.add_argument("--merged", action="store_true", help="merge the adapter into its base (merge_and_unload)")
     s.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    s.add_argument("--artifacts-dir", default=None, metavar="DIR",
+                   help="the folder `bench run --artifacts-dir` kept the artifacts in (default: artifacts/ beside the "
+                        "results file); a record's artifact must lie inside it")
+    s.add_argument("--trust-remote-code", action="store_true",
+                   help="with --merged: allow rebuilding a base whose record says trust_remote_code (runs its code)")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("report", help="render the Markdown page (and plots) from records")

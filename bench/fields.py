@@ -49,6 +49,8 @@ FIELDS = (
     Field("quality.retention.delta", "points", "quality", compared=True, kind="quality.retention.version",
           short="retention_delta"),
     Field("quality.merged_delta", "points", "quality", kind="quality.version"),
+    Field("quality.text_coverage.unknown_token_pct", "%", "lower"),
+    Field("quality.text_coverage.truncated_pct", "%", "lower"),
     Field("serving.variants.unmerged.latency_ms", "ms", "lower", short="unmerged_latency_ms"),
     Field("serving.variants.merged.latency_ms", "ms", "lower", short="merged_latency_ms"),
     Field("serving.variants.4bit.latency_ms", "ms", "lower", short="quantized_latency_ms"),
@@ -110,3 +112,14 @@ SERVING_MEMORY_KINDS = {
     "cpu_tensors": "live tensor bytes at their peak during the request, counted by torch's MemTracker (the process's RSS "
                    "does not move once earlier requests touched the pages)",
 }
+
+# quality.text_coverage: how much of a dataset's target text (answers, captions, class names) the model's tokenizer
+# maps to its unknown token, and how many training answers max_seq_len cut. Above this share (percent) a Δ on the data
+# does not measure the method: the run warns once and the report shows a banner
+TEXT_COVERAGE_WARN_PCT = 5.0
+
+# a DPO cell's quality.extra (bench/tasks/preference.py): TRL's reward statistics on the held-out pairs -> the name of
+# each pair's value in quality.extra.preference_items ({"accuracy": [0 or 100, ...], "margin": [...]}, in the order of
+# the evaluation split), which the report's intervals resample
+PREFERENCE_ITEMS = "preference_items"
+PREFERENCE_STATS = {"preference_accuracy": "accuracy", "reward_margin": "margin"}

@@ -25,13 +25,15 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from bench.data import formats
-from bench.data.hf_format import HF_COLUMNS, read_hf
+from bench.data.formats.hf import HF_COLUMNS, is_parquet, read_hf
+from bench.data.problems import POLICIES, Problems
 from bench.data.sample import TASKS, DatasetSplits
 from bench.errors import DataError, SuiteError
 from bench.keyspec import SEED_MAX, Key, short, type_name
@@ -43,6 +45,7 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "digits": ("classification", "caption", "vqa"),
     "charts": ("vqa", "preference"),
     "llava": ("vqa",),
+    "vqa_v2": ("vqa",),
     "coco_captions": ("caption",),
     "image_folder": ("classification",),
     "csv": ("classification",),
@@ -68,7 +71,16 @@ DATASET_KEYS: dict[str, Key] = {
     "path": Key(str, None, "data file or folder, relative to the suite file; for hf, a save_to_disk folder; for chartqa "
                 "and preference, a data file or a save_to_disk folder"),
     "eval_path": Key(str, None, "a separate evaluation file or folder of the same format (else eval_fraction is held out)"),
-    "image_root": Key(str, None, "folder that image paths in the data file are relative to (default: the file's folder)"),
+    "image_root": Key(str, None, "folder that image paths in the data file are relative to (default: where the publisher "
+                      "keeps them — COCO's and VQA's split folder, ChartQA's png/ — else the file's folder)"),
+    "eval_image_root": Key(str, None, "folder that image paths in eval_path are relative to, where the evaluation split's "
+                           "images are elsewhere (COCO val2017/; default: image_root if set, else as for image_root)"),
+    "annotations": Key(str, None, "vqa_v2: the annotations file of `path`'s questions (default: the official name beside "
+                       "it, e.g. v2_mscoco_train2014_annotations.json)"),
+    "eval_annotations": Key(str, None, "vqa_v2: the annotations file of eval_path's questions (default: the official "
+                            "name beside it)"),
+    "complementary_pairs": Key(str, None, "vqa_v2: the complementary pairs file (default: the official name beside the "
+                               "questions, when there); a pair is held out for evaluation together, never split"),
     "split": Key(str, None, "scenes, charts: 'source' or the shifted 'target' distribution (default 'target')",
                  choices=("source", "target")),
     "train_size": Key(int, None, "training samples: exactly this many for bundled data (default 256), at most for files",
@@ -94,7 +106,7 @@ DATASET_KEYS: dict[str, Key] = {
 }
 
 _COMMON = {"format", "task", "train_size", "eval_size", "seed"}
-_FILES = _COMMON | {"path", "eval_path", "image_root", "eval_fraction", "shuffle"}
+_FILES = _COMMON | {"path", "eval_path", "image_root", "eval_image_root", "eval_fraction", "shuffle"}
 _HF = {"hf_name", "hf_split", "hf_eval_split", "columns"}
 FORMAT_KEYS: dict[str, set[str]] = {
     "scenes": _COMMON | {"split", "image_size", "label"},
@@ -102,12 +114,13 @@ FORMAT_KEYS: dict[str, set[str]] = {
     "charts": _COMMON | {"split", "image_size"},
     "llava": _FILES,
     "coco_captions": _FILES,
-    "image_folder": _FILES - {"image_root"},
+    "image_folder": _FILES - {"image_root", "eval_image_root"},
+    "vqa_v2": _FILES | {"annotations", "eval_annotations", "complementary_pairs"},
     "csv": _FILES,
     "vqa_jsonl": _FILES,
     "chartqa": _FILES | _HF,  # eval_path with a data file, the hf keys with a Hugging Face dataset
     "preference": _FILES | _HF,
-    "hf": (_FILES - {"eval_path"}) | _HF,
+    "hf": (_FILES - {"eval_image_root"}) | _HF,  # eval_path: with a .parquet file as path (one split a file)
     "mix": {"format", "of", "task"},  # sizes and seeds are the parts' own
 }
 _READERS = {
@@ -204,7 +217,8 @@ def _path(value: str, base_dir: Path) -> Path:
 
 def _check_paths(cfg: dict, base_dir: Path, *, file: str | None, where: str) -> None:
     """The table's paths exist: a wrong path is the suite's mistake, so it is named by its key."""
-    for key in ("path", "eval_path", "image_root"):
+    for key in ("path", "eval_path", "image_root", "eval_image_root", "annotations", "eval_annotations",
+                "complementary_pairs"):
         if key not in cfg:
             continue
         path = _path(cfg[key], base_dir)
@@ -217,60 +231,96 @@ def _check_paths(cfg: dict, base_dir: Path, *, file: str | None, where: str) -> 
             raise SuiteError(f"{key} {cfg[key]!r} does not exist (looked for {str(path)!r})", file=file,
                              where=f"{where}, key '{key}'",
                              fix="relative paths start at the suite file's folder; check the spelling")
-        if key == "image_root" and not path.is_dir():
-            raise SuiteError(f"image_root {str(path)!r} is not a folder", file=file, where=f"{where}, key '{key}'",
-                             fix="point image_root at the folder that image paths are relative to")
+        if key.endswith("image_root") and not path.is_dir():
+            raise SuiteError(f"{key} {str(path)!r} is not a folder", file=file, where=f"{where}, key '{key}'",
+                             fix=f"point {key} at the folder that image paths are relative to")
+    if "eval_image_root" in cfg and "eval_path" not in cfg:
+        raise SuiteError("'eval_image_root' names where eval_path's images are, and there is no eval_path", file=file,
+                         where=f"{where}, key 'eval_image_root'", fix="add eval_path, or remove eval_image_root")
+    for key in ("eval_annotations",):
+        if key in cfg and "eval_path" not in cfg:
+            raise SuiteError(f"'{key}' belongs to eval_path's questions, and there is no eval_path", file=file,
+                             where=f"{where}, key '{key}'", fix="add eval_path, or remove it")
 
 
 def _reads_hf(cfg: dict, base_dir: Path) -> bool:
-    """Whether the table names a Hugging Face dataset: format hf, or chartqa / preference with hf_name or a folder."""
+    """Whether the table names a Hugging Face dataset: format hf, or chartqa / preference with hf_name, a folder (a
+    save_to_disk folder, or the Hub's files; for chartqa not a split folder of ChartQA as distributed) or a .parquet
+    file."""
     fmt = cfg["format"]
     if fmt not in HF_FORMATS:
         return False
-    return fmt == "hf" or "hf_name" in cfg or _path(cfg["path"], base_dir).is_dir()
+    if fmt == "hf" or "hf_name" in cfg:
+        return True
+    path = _path(cfg["path"], base_dir)
+    if fmt == "chartqa" and formats.is_chartqa_folder(path):
+        return False
+    return path.is_dir() or is_parquet(path)
 
 
 def _check_source(cfg: dict, base_dir: Path, *, file: str | None, where: str) -> None:
-    """chartqa / preference: the keys fit what `path` is, a data file (eval_path) or a Hugging Face dataset (hf_*)."""
-    if cfg["format"] not in HF_FORMATS or cfg["format"] == "hf":
+    """hf, chartqa, preference: the keys fit what `path` is, a data file (eval_path) or a Hugging Face dataset (hf_*;
+    eval_path for a .parquet file, which holds one split)."""
+    if cfg["format"] not in HF_FORMATS or "path" not in cfg:
         return
     if _reads_hf(cfg, base_dir):
-        if "eval_path" in cfg:
-            raise SuiteError("path is a Hugging Face save_to_disk folder, whose evaluation split is named by "
-                             "hf_eval_split, not eval_path", file=file, where=f"{where}, key 'eval_path'",
+        single = is_parquet(_path(cfg["path"], base_dir))  # one split per file: eval_path names the evaluation's
+        if "eval_path" in cfg and not single:
+            raise SuiteError("path is a Hugging Face dataset folder, whose evaluation split is named by hf_eval_split, "
+                             "not eval_path", file=file, where=f"{where}, key 'eval_path'",
                              fix="remove eval_path and set hf_eval_split = \"<split>\" (or let eval_fraction hold out records)")
+        if "eval_path" in cfg and not is_parquet(_path(cfg["eval_path"], base_dir)):
+            raise SuiteError("path is a .parquet file, so eval_path must be one too", file=file,
+                             where=f"{where}, key 'eval_path'", fix="point eval_path at the evaluation split's .parquet file")
+        if single and "hf_eval_split" in cfg:
+            raise SuiteError("a .parquet file holds one split, so hf_eval_split has nothing to pick", file=file,
+                             where=f"{where}, key 'hf_eval_split'", fix="set eval_path to the evaluation split's .parquet "
+                             "file, or point path at the folder of the Hub's files")
         return
     for key in ("hf_split", "hf_eval_split", "columns"):
         if key in cfg:
-            raise SuiteError(f"{key!r} applies to a Hugging Face dataset (hf_name, or path a save_to_disk folder), but "
-                             f"path {cfg['path']!r} is a data file", file=file, where=f"{where}, key '{key}'",
-                             fix="remove it, or point path at a save_to_disk folder")
+            raise SuiteError(f"{key!r} applies to a Hugging Face dataset (hf_name, or path a save_to_disk folder, a "
+                             f".parquet file or a folder of the Hub's files), but path {cfg['path']!r} is "
+                             f"{'a ChartQA split folder' if _path(cfg['path'], base_dir).is_dir() else 'a data file'}",
+                             file=file, where=f"{where}, key '{key}'",
+                             fix="remove it, or point path at a Hugging Face dataset")
 
 
 # ---------------------------------------------------------------- records
 
 
-def _read(cfg: dict, task: str, path_key: str, base_dir: Path) -> list[formats.Record]:
+def _read(cfg: dict, task: str, path_key: str, base_dir: Path, problems: Problems) -> list[formats.Record]:
     fmt = cfg["format"]
-    image_root = _path(cfg["image_root"], base_dir) if "image_root" in cfg else None
+    evaluation = path_key != "path"
+    root_key = "eval_image_root" if evaluation and "eval_image_root" in cfg else "image_root"
+    image_root = _path(cfg[root_key], base_dir) if root_key in cfg else None
     if fmt == "image_folder":
         return formats.read_image_folder(_path(cfg[path_key], base_dir))
     if _reads_hf(cfg, base_dir):
-        split = cfg.get("hf_split", "train") if path_key == "path" else cfg["hf_eval_split"]
-        local = _path(cfg["path"], base_dir) if "path" in cfg else None
+        split = cfg.get("hf_split", "train") if path_key != "hf_eval_split" else cfg["hf_eval_split"]
+        local = _path(cfg["eval_path" if path_key == "eval_path" else "path"], base_dir) if "path" in cfg else None
         columns = {**HF_DEFAULT_COLUMNS.get(fmt, {}), **cfg.get("columns", {})}
         return read_hf(task=task, name=cfg.get("hf_name"), path=local, split=split, columns=columns,
-                       image_root=image_root)
-    return _READERS[fmt](_path(cfg[path_key], base_dir), image_root)
+                       image_root=image_root, problems=problems)
+    if fmt == "vqa_v2":
+        from bench.data.formats.vqa_v2 import read_vqa_v2
+
+        keys = ("eval_annotations", None) if evaluation else ("annotations", "complementary_pairs")
+        named = {key: _path(cfg[key], base_dir) if key in cfg else None for key in keys if key}
+        return read_vqa_v2(_path(cfg[path_key], base_dir), image_root, problems,
+                           annotations=named[keys[0]], pairs=named.get("complementary_pairs"))
+    return _READERS[fmt](_path(cfg[path_key], base_dir), image_root, problems)
 
 
-def _records(cfg: dict, task: str, base_dir: Path):
-    """(train records, eval records or None when eval is held out of train)."""
-    train = _read(cfg, task, "path", base_dir)
+def _records(cfg: dict, task: str, base_dir: Path, problems: Problems | None = None):
+    """(train records, eval records or None when eval is held out of train); each record's problems go to `problems`
+    (raised at once without)."""
+    problems = problems or Problems(strict=True)
+    train = _read(cfg, task, "path", base_dir, problems)
     if "eval_path" in cfg:
-        return train, _read(cfg, task, "eval_path", base_dir)
+        return train, _read(cfg, task, "eval_path", base_dir, problems)
     if "hf_eval_split" in cfg:  # only with a Hugging Face dataset (_check_source)
-        return train, _read(cfg, task, "hf_eval_split", base_dir)
+        return train, _read(cfg, task, "hf_eval_split", base_dir, problems)
     return train, None
 
 
@@ -284,46 +334,86 @@ def _classnames(records: list[formats.Record], task: str, file: str) -> tuple[st
     return names
 
 
-def check_dataset(cfg: dict, *, base_dir: Path, file: str, where: str) -> None:
-    """Everything that can be checked before a model is built; raises SuiteError / DataError."""
+def check_dataset(cfg: dict, *, base_dir: Path, file: str, where: str, on_bad_sample: str = "error") -> Problems:
+    """Everything that can be checked before a model is built: the table, the data files, every record and every
+    image's header. A problem of the table or a file raises SuiteError / DataError. The records a cell cannot use
+    (bench/data/problems.py) raise one DataError listing them all under on_bad_sample = "error"; under "skip" they are
+    returned, counted by reason (a suite checks with "skip" and decides per cell)."""
     check_keys(cfg, file=file, where=where, require_task=isinstance(cfg, dict) and cfg.get("format") == "hf")
-    if cfg["format"] == "mix":
+    problems = Problems()
+    if cfg["format"] == "mix":  # its parts are entries of the suite, checked as such
         _check_mix_data(cfg, Path(base_dir), file=file, where=where)
-        return
+        return problems
     if cfg["format"] in GENERATED:
-        return
+        return problems
     _check_paths(cfg, Path(base_dir), file=file, where=where)
     _check_source(cfg, Path(base_dir), file=file, where=where)
     task = cfg.get("task") or FORMATS[cfg["format"]][0]
-    train, evals = _records(cfg, task, Path(base_dir))
-    if evals is None and len(train) < 2:
-        raise DataError(f"{len(train)} record(s) cannot be split into train and eval", file=train[0].file,
-                        fix="add records, or give eval_path")
-    all_records = train + (evals or [])
-    _classnames(all_records, task, train[0].file)
-    formats.check_images(all_records)
+    train, evals = _records(cfg, task, Path(base_dir), problems)
+    train = formats.check_images(train, problems)
+    evals = formats.check_images(evals, problems) if evals is not None else None
+    _usable(train, evals, problems, file=_data_file(cfg, base_dir))
+    if on_bad_sample == "error":
+        problems.raise_if_any()
+    _classnames(train + (evals or []), task, train[0].file)
+    return problems
+
+
+def _data_file(cfg: dict, base_dir: Path) -> str:
+    return str(_path(cfg["path"], base_dir)) if "path" in cfg else f"hf:{cfg.get('hf_name')}"
+
+
+def _usable(train: list, evals: list | None, problems: Problems, *, file: str) -> None:
+    """Enough records left to train and evaluate on, once the problems' records are left out."""
+    held_out = evals is None
+    enough = len(train) >= 2 if held_out else (train and evals)
+    if enough:
+        return
+    what = (f"{len(train)} usable record(s) cannot be split into train and eval" if held_out else
+            f"{'no training' if not train else 'no evaluation'} record is usable")
+    if problems.errors:
+        listed = problems_listing(problems)
+        raise DataError(f"{what}: {listed.message}", file=listed.file or file, fix=listed.fix)
+    left = f" ({', '.join(f'{n} {r}' for r, n in problems.counts().items())} left out)" if problems.items else ""
+    raise DataError(f"{what}{left}", file=file, fix="add records, or give eval_path")
+
+
+def problems_listing(problems: Problems) -> DataError:
+    from bench.data.problems import listing
+
+    return listing(problems.errors)
 
 
 def load_dataset(
-    cfg: dict, *, base_dir: Path, seed: int = 0, file: str | None = None, where: str = "dataset"
+    cfg: dict, *, base_dir: Path, seed: int = 0, file: str | None = None, where: str = "dataset",
+    on_bad_sample: str = "error",
 ) -> DatasetSplits:
     """Train/eval samples of one [datasets.NAME] table. The table's own `seed` wins over `seed`.
 
     Files: eval is eval_path (or hf_eval_split), else the last eval_fraction of the (shuffled)
-    records; then train_size/eval_size cut each part. Class indices come from all records, so
-    they do not depend on the limits. `file`/`where` name the suite table in error messages."""
+    records (records of one group — VQA's complementary pairs — on one side); then train_size/eval_size cut each part.
+    Class indices come from all records, so they do not depend on the limits. Records a cell cannot use
+    (bench/data/problems.py) raise one DataError listing them all under `on_bad_sample = "error"`; under "skip" they
+    are left out and counted by reason in info["skipped"]. `file`/`where` name the suite table in error messages."""
+    if on_bad_sample not in POLICIES:
+        raise ValueError(f"on_bad_sample must be one of {POLICIES}")
     check_keys(cfg, file=file, where=where, require_task=True)
     task = _task(cfg, file=file, where=where)
     data_seed = cfg.get("seed", seed)
     fmt = cfg["format"]
     if fmt == "mix":
-        return _load_mix(cfg, task, base_dir=Path(base_dir), seed=seed, file=file, where=where)
+        return _load_mix(cfg, task, base_dir=Path(base_dir), seed=seed, file=file, where=where,
+                         on_bad_sample=on_bad_sample)
     if fmt in GENERATED:
         return _generated(cfg, task, data_seed)
     _check_paths(cfg, Path(base_dir), file=file, where=where)
     _check_source(cfg, Path(base_dir), file=file, where=where)
 
-    train, evals = _records(cfg, task, Path(base_dir))
+    problems = Problems()
+    train, evals = _records(cfg, task, Path(base_dir), problems)
+    if on_bad_sample == "error":
+        problems.raise_if_any()
+    _usable(train, evals, problems, file=_data_file(cfg, base_dir))
     data_file = train[0].file
     classnames = _classnames(train + (evals or []), task, data_file)
     shuffle = cfg.get("shuffle", True)
@@ -341,7 +431,10 @@ def load_dataset(
         if len(pool) - n_eval < 1:
             raise DataError(f"{len(pool)} record(s) cannot be split into train and eval", file=data_file,
                             fix="add records, or give eval_path")
-        train, evals = pool[: len(pool) - n_eval], pool[len(pool) - n_eval :]
+        train, evals = _held_out(pool, n_eval)
+        if not train:
+            raise DataError(f"the {len(pool)} records form too few groups (complementary pairs) to hold {n_eval} out "
+                            "and keep some for training", file=data_file, fix="add records, or give eval_path")
     else:
         eval_from = f"{evals[0].file} [{cfg['hf_eval_split']}]" if "hf_eval_split" in cfg else evals[0].file
         train, evals = order(train), order(evals)
@@ -351,15 +444,31 @@ def load_dataset(
     train_samples = formats.to_samples(train, classnames)
     eval_samples = formats.to_samples(evals, classnames)
     info = {"format": fmt, "path": data_file, "eval_from": eval_from, "seed": data_seed, "shuffle": shuffle,
-            "n_records": n_records}
+            "n_records": n_records, "skipped": problems.counts()}
     return formats.dataset_splits(task, train_samples, eval_samples, classnames, info,
                                   answer_metric=ANSWER_METRICS.get(fmt, ""))
 
 
-def load_suite_dataset(dataset: dict, base_dir: Path) -> DatasetSplits:
-    """A cell's `dataset` (its [datasets.NAME] table with the name added) as train/eval splits."""
+def _held_out(pool: list, n_eval: int) -> tuple[list, list]:
+    """(train, eval): the last records of `pool` held out, at least n_eval of them; the records of one group
+    (Record.group: VQA's complementary pairs) stay together, on one side, where the group's first record is."""
+    if not any(r.group for r in pool):
+        return pool[: len(pool) - n_eval], pool[len(pool) - n_eval:]
+    groups: dict = {}
+    for r in pool:
+        groups.setdefault(r.group if r.group is not None else id(r), []).append(r)
+    members = list(groups.values())
+    evals: list = []
+    while members and len(evals) < n_eval:
+        evals = members.pop() + evals
+    return [r for group in members for r in group], evals
+
+
+def load_suite_dataset(dataset: dict, base_dir: Path, on_bad_sample: str = "error") -> DatasetSplits:
+    """A cell's `dataset` (its [datasets.NAME] table with the name added) as train/eval splits; records a cell cannot
+    use raise or are left out as the cell's on_bad_sample says."""
     cfg = {k: v for k, v in dataset.items() if k != "name"}
-    return load_dataset(cfg, base_dir=base_dir, seed=dataset.get("seed") or 0)
+    return load_dataset(cfg, base_dir=base_dir, seed=dataset.get("seed") or 0, on_bad_sample=on_bad_sample)
 
 
 def _generated(cfg: dict, task: str, seed: int) -> DatasetSplits:
@@ -578,10 +687,12 @@ def _check_mix_data(cfg: dict, base_dir: Path, *, file: str | None, where: str) 
         _same_classnames([(name, _part_classnames(part, task, base_dir)) for name, part in parts], file=file, where=where)
 
 
-def _load_mix(cfg: dict, task: str, *, base_dir: Path, seed: int, file: str | None, where: str) -> DatasetSplits:
+def _load_mix(cfg: dict, task: str, *, base_dir: Path, seed: int, file: str | None, where: str,
+              on_bad_sample: str = "error") -> DatasetSplits:
     """The parts loaded as each loads alone (its own seed, else `seed`), their train splits concatenated in `of`'s
     order, and their eval splits. The fingerprint hashes the parts' fingerprints, in order."""
-    loaded = [(name, load_dataset(part, base_dir=base_dir, seed=seed, file=file, where=f"[datasets.{name}]"))
+    loaded = [(name, load_dataset(part, base_dir=base_dir, seed=seed, file=file, where=f"[datasets.{name}]",
+                                  on_bad_sample=on_bad_sample))
               for name, part in _mix_parts(cfg, file=file, where=where)]
     classnames = loaded[0][1].classnames
     answer_metric = _same_answer_metric([(name, s.answer_metric) for name, s in loaded], file=file, where=where)
@@ -595,9 +706,12 @@ def _load_mix(cfg: dict, task: str, *, base_dir: Path, seed: int, file: str | No
         train = [replace(s, label=None) for s in train]
         evals = [replace(s, label=None) for s in evals]
     blob = json.dumps(["mix", task, list(classnames), [splits.fingerprint for _, splits in loaded]])
+    skipped: Counter = Counter()
+    for _, splits in loaded:
+        skipped.update(splits.info.get("skipped", {}))
     info = {"format": "mix",
             "of": [{"name": name, "fingerprint": splits.fingerprint, **splits.info} for name, splits in loaded],
-            "n_train": len(train), "n_eval": len(evals)}
+            "n_train": len(train), "n_eval": len(evals), "skipped": dict(skipped)}
     return DatasetSplits(task=task, train=train, eval=evals, classnames=classnames,
                          fingerprint=hashlib.sha256(blob.encode()).hexdigest()[:16], info=info,
                          answer_metric=answer_metric)

@@ -19,6 +19,7 @@ import dataclasses
 import io
 from dataclasses import dataclass, field
 
+from bench.data.problems import UnreadableImage
 from bench.errors import DataError
 
 TASKS = ("classification", "caption", "vqa", "preference")
@@ -34,13 +35,18 @@ class ImageFile:
     where: str  # e.g. "record 3, field 'image'"
 
     def open(self):
-        """The image as RGB PIL, fully decoded; a DataError naming the data file, record and image if it cannot be."""
-        return self._read(lambda im: im.convert("RGB"),
-                          fix="re-save it as PNG or JPEG, or remove the record (or set on_bad_sample = \"skip\")")
+        """The image as 8-bit RGB PIL, fully decoded as a model should see it (upright, 16-bit scaled, transparency on
+        white: bench/data/images.py); a DataError naming the data file, record and image if it cannot be."""
+        from bench.data.images import to_rgb
+
+        return self._read(to_rgb, fix="re-save it as PNG or JPEG, or remove the record (or set on_bad_sample = \"skip\")")
 
     def header_size(self) -> tuple[int, int]:
-        """(width, height) from the header alone, as validation checks it; the pixels are not decoded."""
-        return self._read(lambda im: im.size, fix="re-save it as PNG or JPEG, or remove the record")
+        """(width, height) as the model will see it (turned by the EXIF orientation), from the header alone, as
+        validation checks it; the pixels are not decoded."""
+        from bench.data.images import seen_size
+
+        return self._read(seen_size, fix="re-save it as PNG or JPEG, or remove the record")
 
     def _read(self, use, *, fix: str):
         from PIL import Image
@@ -50,8 +56,8 @@ class ImageFile:
                 return use(im)
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError or DecompressionBombError
             name = f" {self.source!r}" if isinstance(self.source, str) else ""
-            raise DataError(f"image{name} cannot be read: {type(e).__name__}: {e}", file=self.file, where=self.where,
-                            fix=fix) from None
+            raise UnreadableImage(f"image{name} cannot be read: {type(e).__name__}: {e}", file=self.file,
+                                  where=self.where, fix=fix) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,22 @@ class Sample:
     def decoded(self) -> Sample:
         """This sample with its image as PIL (read now if it is an ImageFile)."""
         return dataclasses.replace(self, image=self.image.open()) if isinstance(self.image, ImageFile) else self
+
+
+def readable(samples, n: int, *, skip: bool) -> list[Sample]:
+    """The first `n` samples with their images read (`Sample.decoded`), for work outside the batch stream (serving's
+    requests): with `skip`, a sample whose image cannot be read is passed over, as the stream leaves it out; else its
+    DataError is raised."""
+    out = []
+    for sample in samples:
+        if len(out) == n:
+            break
+        try:
+            out.append(sample.decoded())
+        except DataError:
+            if not skip:
+                raise
+    return out
 
 
 def held_bytes(samples) -> int:

@@ -176,6 +176,8 @@ def run_cell(cell, *, seed: int, device: str, splits, base: dict | None, zoo_pat
     if cell.sources:  # the cells whose adapters it built on
         outcome.setdefault("composition", {"sources": sources or []})
     outcome["quality"] = _quality_record(cell, base, outcome.pop("tuned", None))
+    if outcome.get("text_coverage") is not None:  # how much of the data's text the model reads (bench/tasks/coverage.py)
+        outcome["quality"]["text_coverage"] = outcome.pop("text_coverage")
     merged = (outcome.get("serving") or {}).pop("merged_quality", None)
     if merged is not None and outcome["quality"].get("tuned") is not None:  # what merging the adapter changed
         outcome["quality"].update(merged=merged["value"], merged_delta=round(merged["value"] - outcome["quality"]["tuned"], 4))
@@ -317,6 +319,8 @@ def attempt(cell, settings: dict, *, seed: int, device: str, splits, zoo_path, o
         if "breakdown_mb" not in out["cost"]:
             out["cost"]["breakdown_mb"] = _breakdown(model, result, out["cost"]["peak_memory_mb"])
         out["loss_curve"] = _subsample(result.losses)
+        if keep is None and (ranks is None or ranks.main):  # a sweep's trial is not the cell: its pick's after_training is
+            out["text_coverage"] = _text_coverage(cell, loaded, splits, ts)
         if keep is not None:
             keep["state"] = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
         evaluated = _evaluable(ranks, trained, model, loaded, build) if cell.model["weights"] != "random" else None
@@ -384,7 +388,8 @@ def after_training(cell, settings: dict, *, task, loaded, model, splits, retenti
     random weights) and on `retention`'s ("retained"), what bench/run/artifacts.py keeps ("artifact"), what serving it
     costs ("serving"), and the seconds those took ("phases": evaluate, serve)."""
     clock = time.perf_counter()
-    out: dict = {"tuned": None, "retained": None}
+    out: dict = {"tuned": None, "retained": None,
+                 "text_coverage": _text_coverage(cell, loaded, splits, task_settings(settings, device, splits))}
     if cell.model["weights"] != "random":
         out["tuned"] = _evaluate(task, loaded, model, splits, settings, device)
         if retention is not None:
@@ -395,6 +400,19 @@ def after_training(cell, settings: dict, *, task, loaded, model, splits, retenti
                             zoo_path=zoo_path, seed=seed, state=state)
     out["phases"] = {"evaluate": round(evaluated, 4), **serving_phases(out["serving"])}
     return out
+
+
+def _text_coverage(cell, loaded, splits, ts) -> dict:
+    """How much of the data's target text the model's tokenizer knows and max_seq_len keeps (bench/tasks/coverage.py),
+    counted once the model is trained, outside the timed and memory-measured steps; a failure to count is the field's
+    (its `error`), never the cell's."""
+    from bench.tasks import task_for_family
+    from bench.tasks.coverage import text_coverage
+
+    try:
+        return text_coverage(task_for_family(cell.model["family"]), loaded, splits, ts)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": failure_message(exc)}
 
 
 def _apart(start: float, end: float, waits: list[tuple[float, float]]) -> list[tuple[float, float]]:

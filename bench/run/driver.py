@@ -96,7 +96,7 @@ class ClusterDriver:
             self._finish(record, claim)
             return None
         try:
-            splits = self.runner.splits(cell.dataset)
+            splits = self.runner.splits(cell.dataset, cell.train["on_bad_sample"])
         except BenchError as exc:
             record = self.runner._record_head(job, _now())
             record.update(status="error", message=f"loading dataset '{cell.dataset['name']}' failed: {exc.render()}")
@@ -120,8 +120,8 @@ class ClusterDriver:
         record = self.runner._record_head(job, sub.started_at)
         record["cost"].update(concurrent_cells=at_once, timed_alone=at_once == 1)
         with contextlib.suppress(BenchError):  # a job re-attached after its data changed: the record still comes
-            splits = self.runner.splits(cell.dataset)
-            record["dataset"].update(fingerprint=splits.fingerprint, train_size=splits.train_size, eval_size=splits.eval_size)
+            splits = self.runner.splits(cell.dataset, cell.train["on_bad_sample"])
+            record["dataset"].update(splits.provenance)
         status, value, why = cluster.outcome(sub)
         key = base_key(cell)
         if value is not None:

@@ -28,6 +28,8 @@ from bench.records import SCHEMA_VERSION, RecordNotSaved, append_record, latest_
 from bench.run.claims import Claims
 from bench.suite.compose import waves
 from bench.suite.plan import Cell, base_key, expand, results_path, retention_cell
+from bench.tasks.coverage import low_coverage
+from bench.tasks.coverage import warning as coverage_warning
 from bench.train import effective_batch
 from bench.turns import ENV as TURNS_ENV
 
@@ -80,6 +82,7 @@ class RunSummary:
     jobs: int = 1  # cells run at once
     turns: bool = False  # side by side, their timed work took turns (bench/turns.py)
     training_s: float = 0.0  # wall time during which at least one cell was training
+    text_coverage_warning: str | None = None  # cells whose data the model's tokenizer misses or max_seq_len cuts
 
     def count(self, status: str) -> None:
         """One more cell-run recorded with this status."""
@@ -192,6 +195,7 @@ class Runner:
         self._cancel = threading.Event()  # set when the run is interrupted: running cells are killed
         self.cluster = cluster  # bench.run.cluster.ClusterOptions: cells as submitit jobs instead of forked here
         self._picks: dict[str, threading.Event] = {}  # sweep cells whose repeat 0 runs now: set once it is recorded
+        self._low_coverage: list[dict] = []  # records' text coverage above the warning's threshold (tasks/coverage.py)
 
     def _start_processes(self, families: set[str]) -> None:
         """Start the server that forks cells (it imports torch and the model libraries, once) before the first job,
@@ -228,28 +232,29 @@ class Runner:
         return out
 
     # -- data ------------------------------------------------------------------------------
-    def splits(self, dataset: dict):
-        """Each dataset loaded once per run and handed to its cells. The data file is parsed in a process of its own:
-        parsing 100k records leaves the parser's heap fragmented, and only the compact result comes back here."""
-        key = dataset["name"]
+    def splits(self, dataset: dict, on_bad_sample: str = "error"):
+        """Each dataset loaded once per run (and per on_bad_sample its cells say) and handed to its cells. The data file
+        is parsed in a process of its own: parsing 100k records leaves the parser's heap fragmented, and only the
+        compact result comes back here."""
+        key = (dataset["name"], on_bad_sample)
         with self._key_lock(("data", key)):
             return self._load_splits(dataset, key)
 
-    def _load_splits(self, dataset: dict, key: str):
+    def _load_splits(self, dataset: dict, key: tuple[str, str]):
         from bench.isolate import call_isolated
 
         if key in self._split_errors:
             raise BenchError(self._split_errors[key])
         if key not in self._splits:
             # cancellable: side by side a slot's thread loads, and an interrupt must not wait for a big file's last record
-            out = call_isolated(load_job, dataset, self.suite.base_dir, timeout_s=LOAD_TIMEOUT_S, isolate=self.isolate,
-                                cancel=self._cancel)
+            out = call_isolated(load_job, dataset, self.suite.base_dir, key[1], timeout_s=LOAD_TIMEOUT_S,
+                                isolate=self.isolate, cancel=self._cancel)
             self._took("reading data", out.elapsed_s)
             if out.kind == "cancelled":  # nothing learnt about the data: no error kept for its cells
                 raise Cancelled(out.message)
             error = out.value[1] if out.kind == "ok" and out.value[0] == "error" else None
             if out.kind != "ok":
-                error = BenchError(f"loading dataset '{key}' failed: {out.message}")
+                error = BenchError(f"loading dataset '{key[0]}' failed: {out.message}")
             if error is not None:  # data met mid-run (a file changed since validation): this dataset's cells fail
                 self._split_errors[key] = error.render()
                 raise error
@@ -312,6 +317,7 @@ class Runner:
         summary.turns = self.turns is not None
         summary.training_s = turns.busy_s(self._training)
         summary.phases_s = self.phases(summary.wall_s)
+        summary.text_coverage_warning = coverage_warning(self._low_coverage)
         return summary
 
     def _run_one(self, job: Job, bases: dict, progress, slot: Slot, retry_before: int, summary: RunSummary) -> None:
@@ -462,17 +468,26 @@ class Runner:
         folders take files and have room; the results file, its lock, the claims folder, the pages and the
         plots folder are what they should be."""
         made = [f for f in (self.results.parent, self.reports_dir) if not f.exists()]
+        # the artifacts folder too (cells keep their adapters there as they finish): a file there, or a folder that
+        # cannot be written, is found now rather than once every cell has trained; made only for the check
+        kept = {p for f in (self.results.parent, self.reports_dir) for p in (f.absolute(), *f.absolute().parents)}
+        artifacts_made = [f for f in (self.artifacts, *self.artifacts.parents)
+                          if f not in kept and not f.exists() and not f.is_symlink()]
         try:
             ensure_writable_folder(self.results.parent, what="results", flag="--results-dir")
             ensure_writable_folder(self.reports_dir, what="reports", flag="--reports-dir")
+            ensure_writable_folder(self.artifacts, what="artifacts", flag="--artifacts-dir")
             for page in (f"{self.suite.name}.md", "README.md"):
                 page_target(self.reports_dir, page, flag="--reports-dir")
             self._check_files()
         except BenchError:
-            for folder in reversed(made):
+            for folder in [*artifacts_made, *reversed(made)]:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only if still empty: "nothing was written"
             raise
+        for folder in artifacts_made:  # the first cell that keeps an adapter makes it again
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def _check_files(self) -> None:
         fix = "move it away, or choose other folders with --results-dir / --reports-dir"
@@ -583,7 +598,7 @@ class Runner:
         if cell.retention is None or cell.model["weights"] == "random":
             return None, ""
         try:
-            splits = self.splits(cell.retention)
+            splits = self.splits(cell.retention, cell.train["on_bad_sample"])
         except BenchError as exc:
             return None, f"retention dataset '{cell.retention['name']}' could not be loaded: {exc.render()}"
         _, base, note = self._base_for(retention_cell(cell), bases, progress, slot)
@@ -595,7 +610,8 @@ class Runner:
 
         progress.start_item(f"{cell.model['name']} × {cell.dataset['name']}: untuned quality", 0, slot.index)
         zpath = str(zoo.zoo_path(cell.model["family"])) if cell.model["weights"] == "zoo" else None
-        out = call_isolated(_base_job, cell, self.suite.settings["device"], self.splits(cell.dataset), zpath,
+        out = call_isolated(_base_job, cell, self.suite.settings["device"],
+                            self.splits(cell.dataset, cell.train["on_bad_sample"]), zpath,
                             slot.threads, timeout_s=cell.train["timeout_s"], isolate=self.isolate, env=slot.env,
                             cancel=self._cancel)
         self._took("untuned evaluation", out.elapsed_s)
@@ -621,11 +637,11 @@ class Runner:
             record.update(status="skipped", message=cell.skip_reason or missing)
             return self._append(record, progress)
         try:
-            splits = self.splits(cell.dataset)
+            splits = self.splits(cell.dataset, cell.train["on_bad_sample"])
         except BenchError as exc:  # this cell's data cannot be read now: its record says why, the suite goes on
             record.update(status="error", message=f"loading dataset '{cell.dataset['name']}' failed: {exc.render()}")
             return self._append(record, progress)
-        record["dataset"].update(fingerprint=splits.fingerprint, train_size=splits.train_size, eval_size=splits.eval_size)
+        record["dataset"].update(splits.provenance)
         key, base, base_note = self._base_for(cell, bases, progress, slot)
         retention, retention_note = self._retention_for(cell, bases, progress, slot)
         progress.start_item(f"{cell.label} (repeat {job.repeat})" if len(self.suite.seeds) > 1 else cell.label, None,
@@ -758,6 +774,8 @@ class Runner:
         if not record["env"]:
             record["env"] = _light_env()
         append_record(self.results, record)  # the claim made this process the only writer of this cell-run
+        if (low := low_coverage(record)) is not None:
+            self._low_coverage.append(low)
         progress.finish_item(record)
         return record
 
@@ -853,22 +871,31 @@ class SharedSplits:
     fingerprint: str
     train_size: int
     eval_size: int
+    skipped: dict = field(default_factory=dict)  # {reason: records} left out as the data was read (on_bad_sample)
 
     @classmethod
     def of(cls, splits) -> SharedSplits:
         return cls(pickle.dumps(splits, protocol=pickle.HIGHEST_PROTOCOL), splits.fingerprint, len(splits.train),
-                   len(splits.eval))
+                   len(splits.eval), dict(splits.info.get("skipped") or {}))
 
     def load(self):
         return pickle.loads(self.payload)
 
+    @property
+    def provenance(self) -> dict:
+        """What a record's `dataset` says of the data the cell read: its fingerprint, split sizes and the records left
+        out by reason as it was read (samples whose image fails to decode in a batch are the cell's own count:
+        cost.skipped_samples)."""
+        return {"fingerprint": self.fingerprint, "train_size": self.train_size, "eval_size": self.eval_size,
+                "skipped": dict(self.skipped)}
 
-def load_job(dataset: dict, base_dir, *, emit):
+
+def load_job(dataset: dict, base_dir, on_bad_sample: str = "error", *, emit):
     """("ok", SharedSplits) or ("error", the BenchError that names the file and record): run in a process of its own."""
     from bench.data.loader import load_suite_dataset
 
     try:
-        return "ok", SharedSplits.of(load_suite_dataset(dataset, base_dir))
+        return "ok", SharedSplits.of(load_suite_dataset(dataset, base_dir, on_bad_sample))
     except BenchError as exc:
         return "error", exc
 

@@ -23,6 +23,8 @@ import copy
 import statistics
 import time
 
+from bench.data.sample import readable
+from bench.errors import BenchError
 from bench.models.catalog import METHOD_KINDS
 from bench.profile import MB
 from bench.turns import timed_turn
@@ -38,7 +40,10 @@ def serve(cell, settings: dict, *, task, loaded, model, splits, device: str, zoo
     kind = cell.method["kind"]
     variants, notes = _variants(cell, settings, loaded=loaded, model=model, device=device, zoo_path=zoo_path, seed=seed,
                                 state=state)
-    samples = list(splits.eval[: settings["serve_batch_size"]])
+    # a request holds decoded images, as a server receives them: an image file of the data is read here
+    samples = readable(splits.eval, settings["serve_batch_size"], skip=settings["on_bad_sample"] == "skip")
+    if not samples:
+        raise BenchError("no evaluation sample has a readable image to serve", fix="check the evaluation split's images")
     one, batch = (task.serving_request(loaded, s, _task_settings(settings, device, splits), device)
                   for s in (samples[:1], samples))
     if "4bit" in variants and kind != "qlora":  # built, yet PEFT may have no 4-bit forward for the kind (LoKr)

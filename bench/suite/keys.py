@@ -6,6 +6,7 @@ resolved config, so a documented key and a checked key cannot drift apart.
 
 from __future__ import annotations
 
+from bench.data.problems import POLICIES
 from bench.keyspec import NUMBER, SEED_MAX, Key  # noqa: F401  (SEED_MAX: the key tables' bound)
 from bench.models.catalog import FAMILIES, METHOD_KINDS
 from bench.suite.compose import COMBINATIONS
@@ -59,8 +60,11 @@ TRAIN_KEYS = {
     "cache_mb": Key(NUMBER, None, "with num_workers = 0: encoded training samples kept up to this many MB, so later passes "
                     "skip reading and processing (default: 512 for the bundled in-memory data, 0 for images on disk)",
                     min=0, max=1e7, in_id="never"),
-    "on_bad_sample": Key(str, "error", "an image that cannot be read: error (the cell fails, naming it) or skip (left out "
-                         "and counted in the record)", choices=("error", "skip"), in_id="unless_default"),
+    "on_bad_sample": Key(str, "error", "a record a cell cannot use (a missing or unreadable image, an empty answer, a "
+                         "malformed record), from `bench validate` to the end of the run: error (validation lists every "
+                         "such record of the data at once, and nothing runs) or skip (left out, counted by reason in "
+                         "the record's dataset.skipped and on the report). Text-only records are always left out and "
+                         "counted", choices=POLICIES, in_id="unless_default"),
     "max_new_tokens": Key(int, 8, "generation length for captioning and VQA evaluation", min=1, max=65536),
     "num_beams": Key(int, 1, "beam width for generation (1 = greedy)", min=1, max=64),
     "prompt_template": Key(str, "a photo of a {}", "CLIP zero-shot class prompt; {} is the class name"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,8 @@ class Suite:
     grids: tuple[Grid, ...]
     gate: dict
     cluster: dict = field(default_factory=dict)  # [cluster] with defaults: cells as submitit jobs when it names an executor
+    # dataset name -> {reason: records} its cells leave out under on_bad_sample = "skip" (bench/data/problems.py)
+    left_out: dict = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
@@ -81,6 +83,7 @@ class _Checker:
 
     def __init__(self, file: str):
         self.file = file
+        self.problems: dict = {}  # dataset name -> the records its files hold that a cell cannot use (Problems)
 
     def fail(self, where: str, message: str, fix: str | None = None) -> SuiteError:
         return SuiteError(message, file=self.file, where=where, fix=fix)
@@ -246,7 +249,7 @@ def parse_suite(raw: dict, path: Path, *, display: str | None = None) -> Suite:
     for cell in cells:
         _check_devices(c, cell, settings)
         _check_sweep(c, cell)
-    return suite
+    return replace(suite, left_out=_bad_records(c, cells, defaults))
 
 
 def _check_sweep(c: _Checker, cell) -> None:
@@ -408,15 +411,42 @@ def _dataset(c: _Checker, name: str, table: dict, base_dir: Path) -> Entry:
     elif cfg["task"] not in tasks:
         raise c.fail(f"[{where}] key 'task'", f"format {cfg['format']} has no task '{cfg['task']}'", f"use one of: {', '.join(tasks)}")
     train = _train(c, cfg.pop("train", None), f"{where}.train")
-    try:
-        check_dataset(cfg, base_dir=base_dir, file=c.file, where=f"[{where}]")
+    try:  # every record's problems collected: the cells' on_bad_sample decides once the grids expand (_bad_records)
+        c.problems[name] = check_dataset(cfg, base_dir=base_dir, file=c.file, where=f"[{where}]", on_bad_sample="skip")
     except DataError as exc:
-        if exc.file == c.file:
-            raise
-        # a problem inside a data file: name the suite entry that points at it, then the file and record
-        inner = ": ".join(p for p in (exc.file, exc.where, exc.message) if p)
-        raise DataError(inner, file=c.file, where=f"[{where}]", fix=exc.fix) from None
+        raise _in_entry(c, exc, where) from None
     return Entry(name, {"name": name, **cfg}, train)
+
+
+def _in_entry(c: _Checker, exc: DataError, where: str) -> DataError:
+    """A problem inside a data file, named by the suite entry that points at it, then the file and record."""
+    if exc.file == c.file:
+        return exc
+    inner = ": ".join(p for p in (exc.file, exc.where, exc.message) if p)
+    return DataError(inner, file=c.file, where=f"[{where}]", fix=exc.fix)
+
+
+def _bad_records(c: _Checker, cells, defaults: dict) -> dict:
+    """One policy from validation to the end of the run: a dataset's records that a cell cannot use stop the suite
+    where a cell reading them (as its data, a mix's part or its retention data) says on_bad_sample = "error", every
+    problem listed at once; under "skip" they are left out when the cell loads its data. Returns, per dataset, what
+    the cells will leave out by reason."""
+    from bench.data.problems import listing
+
+    policies: dict[str, set[str]] = {}
+    for cell in cells:
+        names = [cell.dataset["name"], *(p["name"] for p in cell.dataset.get("of") or () if isinstance(p, dict))]
+        if cell.retention:
+            names.append(cell.retention["name"])
+        for name in names:
+            policies.setdefault(name, set()).add(cell.train["on_bad_sample"])
+    left_out = {}
+    for name, problems in c.problems.items():
+        if problems.errors and "error" in policies.get(name, {defaults["on_bad_sample"]}):
+            raise _in_entry(c, listing(problems.errors), f"datasets.{name}")
+        if problems.items:
+            left_out[name] = problems.counts()
+    return left_out
 
 
 def _method(c: _Checker, name: str, table: dict) -> Entry:

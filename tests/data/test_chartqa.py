@@ -91,12 +91,13 @@ def test_missing_image_name_and_bad_files(folder):
     raises_at(lambda: formats.read_chartqa(folder / "nothing.json"), "does not exist")
 
 
-def test_chartqas_png_folder_is_suggested_when_images_are_not_found(tmp_path):
+def test_chartqas_png_folder_is_where_images_are_read_as_distributed(tmp_path):
+    """ChartQA keeps a split's images in png/ beside its JSON files: found there without image_root."""
     png(tmp_path / "png" / "0.png")
     path = write(tmp_path / "train_human.json", [record(0)])
-    err = raises_at(lambda: formats.read_chartqa(path), "record 0, field 'imgname'", "does not exist")
-    assert "png/" in err.fix
-    assert formats.read_chartqa(path, image_root=tmp_path / "png")[0].image == tmp_path / "png" / "0.png"
+    assert formats.read_chartqa(path)[0].image == tmp_path / "png" / "0.png"
+    assert formats.read_chartqa(tmp_path)[0].image == tmp_path / "png" / "0.png"  # the split folder itself
+    raises_at(lambda: formats.read_chartqa(path, image_root=tmp_path), "record 0, field 'imgname'", "does not exist")
 
 
 _VALUE = st.recursive(st.none() | st.booleans() | st.integers(-5, 20) | st.floats(allow_nan=True)

@@ -10,7 +10,8 @@ from conftest import HAS_DATASETS, png, raises_at
 from PIL import Image
 
 from bench.data import formats
-from bench.data.hf_format import read_hf
+from bench.data.formats.hf import read_hf
+from bench.data.problems import Problems
 from bench.data.sample import ImageFile
 from bench.errors import DataError
 
@@ -76,11 +77,16 @@ def test_llava_missing_image_file(llava_dir):
     raises_at(lambda: formats.read_llava(path), "record 1", "field 'image'", "does not exist")
 
 
-def test_llava_missing_image_field(llava_dir):
+def test_llava_text_only_records_are_left_out_and_counted(llava_dir):
+    """LLaVA-1.5's mix665k holds conversations without an image: they are not errors, under either policy."""
     record = llava_record()
     del record["image"]
-    path = write_json(llava_dir / "d.json", [llava_record(), llava_record(), record])
-    raises_at(lambda: formats.read_llava(path), "record 2", "missing field 'image'")
+    path = write_json(llava_dir / "d.json", [llava_record(), llava_record(), record, llava_record(image=None)])
+    assert len(formats.read_llava(path)) == 2  # strict: still no error
+    problems = Problems()
+    assert [r.where for r in formats.read_llava(path, problems=problems)] == ["record 0 (id 'r')", "record 1 (id 'r')"]
+    assert problems.counts() == {"text-only record": 2} and not problems.errors
+    problems.raise_if_any()  # nothing to raise under "error"
 
 
 def test_llava_unreadable_image_is_found_by_check_images(llava_dir):

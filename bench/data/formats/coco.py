@@ -1,0 +1,94 @@
+"""COCO captions (2014, 2017) as COCO distributes them: annotations/captions_<split>.json beside <split>/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.data.formats.common import Record, fail, json_type_name, located, read_json, resolve_image, split_folder
+from bench.data.problems import EmptyAnswer, Problems
+
+
+def read_coco_captions(path: str | Path, image_root: str | Path | None = None, problems: Problems | None = None) -> list[Record]:
+    """{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]} -> caption records,
+    all references of an image together, in the order of 'images'. As COCO distributes it
+    (annotations/captions_train2017.json beside train2017/), the images are found in the split's folder when
+    image_root is not given. An image's problem leaves it (and its captions) out; an empty caption leaves that
+    caption out."""
+    problems = problems or Problems(strict=True)
+    path = Path(path)
+    if image_root is None:
+        image_root = coco_image_root(path)
+    path, root, file = located(path, image_root)
+    data = read_json(path)
+    fix = ('COCO captions: {"images": [{"id": 1, "file_name": "a.jpg"}], '
+           '"annotations": [{"image_id": 1, "caption": "..."}]}')
+    if not isinstance(data, dict):
+        fail(f"expected a JSON object with 'images' and 'annotations', got {json_type_name(data)}", file=file,
+              where="top level", fix=fix)
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            fail(f"'{key}' must be a list, got {json_type_name(data.get(key))}", file=file, where=f"field '{key}'",
+                  fix=fix)
+    if not data["images"]:
+        fail("'images' is empty", file=file, where="field 'images'", fix=fix)
+
+    images: dict[Any, tuple[int, Path]] = {}
+    seen: dict[Any, int] = {}  # every image id of 'images', usable or not: its captions are not orphans
+    for i, im in enumerate(data["images"]):
+        where = f"record {i} of 'images'"
+        with problems.record():
+            if not isinstance(im, dict):
+                fail(f"expected an object, got {json_type_name(im)}", file=file, where=where, fix=fix)
+            image_id = im.get("id")
+            if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+                fail(f"'id' must be an integer or string, got {json_type_name(image_id)}", file=file,
+                      where=f"{where}, field 'id'", fix=fix)
+            if image_id in seen:
+                fail(f"duplicate image id {str(image_id)[:60]!r} (also record {seen[image_id]})", file=file,
+                      where=f"{where}, field 'id'", fix="give every image a unique id")
+            seen[image_id] = i
+            images[image_id] = (i, resolve_image(im.get("file_name"), root=root, file=file, where=where,
+                                                 field="file_name"))
+
+    captions: dict[Any, list[str]] = {k: [] for k in images}
+    for j, ann in enumerate(data["annotations"]):
+        where = f"record {j} of 'annotations'"
+        with problems.record():
+            if not isinstance(ann, dict):
+                fail(f"expected an object, got {json_type_name(ann)}", file=file, where=where, fix=fix)
+            image_id = ann.get("image_id")
+            if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+                fail(f"'image_id' must be an integer or string, got {json_type_name(image_id)}", file=file,
+                      where=f"{where}, field 'image_id'", fix=fix)
+            if image_id not in seen:
+                fail(f"image_id {str(image_id)[:60]!r} is not the id of any entry in 'images'", file=file,
+                      where=f"{where}, field 'image_id'", fix="add the image to 'images' or remove the annotation")
+            if image_id not in images:  # its image was left out already, and counted there
+                continue
+            caption = ann.get("caption")
+            if not isinstance(caption, str):
+                fail(f"'caption' must be a non-empty string, got {json_type_name(caption)}", file=file,
+                      where=f"{where}, field 'caption'", fix="remove the annotation or write its caption")
+            if not caption.strip():
+                fail("'caption' is empty", file=file, where=f"{where}, field 'caption'", kind=EmptyAnswer,
+                     fix="remove the annotation or write its caption")
+            captions[image_id].append(" ".join(caption.split()))
+
+    records = []
+    for image_id, (i, image) in images.items():
+        with problems.record():
+            if not captions[image_id]:
+                fail(f"image id {str(image_id)[:60]!r} has no captions in 'annotations'", file=file,
+                      where=f"record {i} of 'images', field 'id'", fix="add its captions or remove it from 'images'")
+            records.append(Record(file, f"record {i} of 'images'", image, "file_name", captions=tuple(captions[image_id])))
+    return records
+
+
+def coco_image_root(path: Path) -> Path:
+    """COCO's images of a captions file: the split's folder (annotations/captions_val2017.json -> val2017/), else
+    the file's folder."""
+    import re
+
+    match = re.fullmatch(r"captions_(\w+)\.json", path.name)
+    return (split_folder(path, match.group(1)) if match else None) or path.parent

@@ -1,0 +1,151 @@
+"""Public datasets as their publishers distribute them (tests/layouts.py) are read from their own files, without
+conversion: the records, fields and image folders each publisher uses; the odd records they hold left out and counted
+by reason under on_bad_sample = "skip", or all listed at once under "error"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import needs_datasets, run_cli
+from datasources import toml_table
+from layouts import LAYOUTS, llava_mix, vqa_v2
+
+from bench.data.loader import check_dataset, load_dataset
+from bench.data.problems import MAX_LISTED
+from bench.data.sample import ImageFile
+from bench.errors import DataError
+
+pytestmark = needs_datasets
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    base = tmp_path_factory.mktemp("layouts")
+    return base, {name: build(base / name) for name, build in LAYOUTS.items()}
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_each_layout_loads_from_its_own_files_with_what_it_left_out_counted(built, name):
+    base, layouts = built
+    layout = layouts[name]
+    problems = check_dataset(layout["table"], base_dir=base, file="suite.toml", where=f"[datasets.{name}]",
+                             on_bad_sample="skip")
+    assert problems.counts() == layout["left_out"]
+    splits = load_dataset(layout["table"], base_dir=base, on_bad_sample="skip")
+    assert splits.task == layout["task"] and splits.info["skipped"] == layout["left_out"]
+    assert splits.train and splits.eval
+    for sample in splits.train + splits.eval:  # every image that is left reads as the RGB a model takes
+        assert isinstance(sample.image, ImageFile)
+        assert sample.decoded().image.mode == "RGB"
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_under_error_every_problem_of_a_layout_is_listed_at_once(built, name):
+    base, layouts = built
+    layout = layouts[name]
+    errors = {reason: n for reason, n in layout["left_out"].items() if reason != "text-only record"}
+    with pytest.raises(DataError) as info:
+        check_dataset(layout["table"], base_dir=base, file="suite.toml", where=f"[datasets.{name}]")
+    text = str(info.value)
+    assert f"{sum(errors.values())} record(s) cannot be used" in text
+    for reason, n in errors.items():
+        assert f"{n} {reason}" in text
+    assert text.count("\n  - ") == sum(errors.values())
+    assert 'on_bad_sample = "skip"' in info.value.fix
+
+
+def test_vqa_v2_keeps_all_ten_answers_trains_on_the_publishers_answer_and_holds_pairs_together(built):
+    base, layouts = built
+    table = dict(layouts["vqa_v2"]["table"])
+    splits = load_dataset(table, base_dir=base, on_bad_sample="skip")
+    first = splits.eval[0]
+    assert len(first.answers) == 10 and first.turns[0][1] == first.answers[0]  # multiple_choice_answer
+    assert "Images/mscoco/val2014/COCO_val2014_" in first.image.source
+    # without eval_path, a held-out split keeps each complementary pair on one side
+    del table["eval_path"]
+    for seed in range(5):
+        splits = load_dataset({**table, "eval_fraction": 0.3}, base_dir=base, seed=seed, on_bad_sample="skip")
+        train_q = {(s.image.source, s.question) for s in splits.train}
+        eval_images = {s.image.source for s in splits.eval}
+        assert not eval_images & {image for image, _ in train_q}  # the pairs share an image: none on both sides
+
+
+def test_vqa_v2_finds_coco_2017_names_and_says_where_it_looked(tmp_path):
+    layout = vqa_v2(tmp_path / "vqa")
+    for image in (tmp_path / "vqa" / "Images" / "mscoco" / "val2014").iterdir():  # COCO 2017 names the same images so
+        image.rename(image.with_name(image.name.split("_")[-1]))
+    assert load_dataset(layout["table"], base_dir=tmp_path, on_bad_sample="skip").eval
+    (tmp_path / "vqa" / "Annotations" / "v2_mscoco_val2014_annotations.json").unlink()
+    with pytest.raises(DataError, match="v2_mscoco_val2014_annotations.json"):
+        load_dataset(layout["table"], base_dir=tmp_path, on_bad_sample="skip")
+
+
+def test_llava_mix_reads_image_after_text_several_turns_and_leaves_text_only_records_out(built):
+    base, layouts = built
+    splits = load_dataset({**layouts["llava_mix"]["table"], "shuffle": False}, base_dir=base, on_bad_sample="skip")
+    samples = splits.train + splits.eval
+    assert all("<image>" not in s.question for s in samples)
+    assert any(len(s.turns) == 2 for s in samples)
+    assert {s.image.source.split("/data/")[1].split("/")[0] for s in samples} == {"coco", "gqa", "ocr_vqa", "textvqa",
+                                                                                   "vg"}
+
+
+def _suite(folder: Path, layout: dict, policy: str) -> Path:
+    suite = folder / f"{policy}.toml"
+    suite.write_text(f"""
+[suite]
+name = "layout"
+
+[defaults]
+on_bad_sample = "{policy}"
+
+[models.llava]
+family = "llava"
+preset = "tiny"
+weights = "random"
+
+[methods.lora]
+kind = "lora"
+r = 4
+
+[[grid]]
+models = ["llava"]
+datasets = ["data"]
+methods = ["lora"]
+
+""" + toml_table("data", layout["table"]))
+    return suite
+
+
+def test_validate_lists_every_problem_in_one_run_or_counts_them_under_skip(tmp_path):
+    """3 missing images and 2 empty answers: "error" exits 2 naming all 5; "skip" exits 0 and says what is left out."""
+    layout = llava_mix(tmp_path / "mix", n=30)
+    data = json.loads((tmp_path / "mix" / "llava_v1_5_mix665k.json").read_text())
+    with_images = [r for r in data if "image" in r]
+    for r in with_images[10:12]:  # two more images gone (one is already): 3
+        (tmp_path / "mix" / "data" / r["image"]).unlink()
+    with_images[14]["conversations"][1]["value"] = "  "  # a second empty answer: 2
+    (tmp_path / "mix" / "llava_v1_5_mix665k.json").write_text(json.dumps(data))
+    code, err, out = run_cli(["validate", _suite(tmp_path, layout, "error")])
+    assert code == 2 and "Traceback" not in err
+    assert "5 record(s) cannot be used (3 missing image, 2 empty answer)" in err
+    assert err.count("\n  - ") == 5 and err.count("does not exist") == 3 and err.count("empty answer") >= 2
+    code, err, out = run_cli(["validate", _suite(tmp_path, layout, "skip")])
+    assert code == 0, err
+    assert "[datasets.data]: 9 record(s) will be left out (3 missing image, 2 empty answer, 4 text-only record)" in out
+
+
+def test_a_listing_is_capped_with_the_total(tmp_path):
+    layout = llava_mix(tmp_path / "mix", n=30)
+    data = json.loads((tmp_path / "mix" / "llava_v1_5_mix665k.json").read_text())
+    for r in data:
+        r.setdefault("image", "gone.jpg")
+        r["image"] = "nowhere/" + r["image"]
+    (tmp_path / "mix" / "llava_v1_5_mix665k.json").write_text(json.dumps(data * 2))
+    with pytest.raises(DataError) as info:
+        load_dataset(layout["table"], base_dir=tmp_path)
+    text = str(info.value)
+    assert "60 record(s) cannot be used (58 missing image, 2 empty answer)" in text
+    assert text.count("\n  - ") == MAX_LISTED and f"... and {60 - MAX_LISTED} more" in text
