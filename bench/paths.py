@@ -7,6 +7,7 @@ refuses anything that resolves (symlinks included) outside the folder. Nothing h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -147,3 +148,17 @@ def suite_name_problem(name: str) -> str | None:
     if name.lower() in RESERVED_NAMES or name.lower().split(".")[0] in RESERVED_NAMES:
         return f"{name!r} is reserved: reports/README.md is the index of report pages"
     return None
+
+
+def remove_written(out: Path, made: bool) -> None:
+    """Everything in `out`, a folder that was new or empty before a command wrote into it and failed (a full disk),
+    and `out` itself when the command made it: what was half written goes, nothing else (links are removed, never
+    followed)."""
+    for child in list(out.iterdir()) if out.is_dir() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if made:
+        with contextlib.suppress(OSError):
+            out.rmdir()

@@ -124,3 +124,47 @@ def toml_table(name: str, table: dict) -> str:
         else:
             lines.append(f"{key} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
+
+
+LLAVA_SUITE = """
+[suite]
+name = "{name}"
+isolate = false
+threads = 1
+
+[defaults]
+steps = 2
+batch_size = 4
+max_seq_len = 32
+eval_batch_size = 8
+max_new_tokens = 2
+timing_warmup_steps = 0
+serve_batch_size = 2
+serve_rounds = 2
+save = false
+on_bad_sample = "{policy}"
+
+[models.llava]
+family = "llava"
+preset = "tiny"
+weights = "random"
+
+[methods.lora]
+kind = "lora"
+r = 4
+
+[[grid]]
+models = ["llava"]
+datasets = {datasets}
+methods = ["lora"]
+
+"""
+
+
+def tiny_llava_suite(folder: Path, name: str, tables: dict, policy: str = "error") -> Path:
+    """A suite file in `folder`: LoRA on the tiny LLaVA (random weights, a few steps, serving measured) over the dataset
+    `tables` ({name: table}), with on_bad_sample = `policy`."""
+    path = folder / f"{name}.toml"
+    path.write_text(LLAVA_SUITE.format(name=name, policy=policy, datasets=json.dumps(list(tables)))
+                    + "".join(toml_table(n, t) for n, t in tables.items()))
+    return path

@@ -68,8 +68,9 @@ DATASET_KEYS: dict[str, Key] = {
     "format": Key(str, None, f"the dataset format: {', '.join(FORMATS)}"),
     "task": Key(str, None, "the view to load: classification | caption | vqa | preference (optional when the format has "
                 "one; a mix's is its datasets')"),
-    "path": Key(str, None, "data file or folder, relative to the suite file; for hf, a save_to_disk folder; for chartqa "
-                "and preference, a data file or a save_to_disk folder"),
+    "path": Key(str, None, "the publisher's data file or folder, relative to the suite file (docs/datasets.md); for hf, "
+                "chartqa and preference also the Hub's parquet files (their folder, or one .parquet file) or a "
+                "save_to_disk folder; for chartqa also a split folder of ChartQA as distributed"),
     "eval_path": Key(str, None, "a separate evaluation file or folder of the same format (else eval_fraction is held out)"),
     "image_root": Key(str, None, "folder that image paths in the data file are relative to (default: where the publisher "
                       "keeps them — COCO's and VQA's split folder, ChartQA's png/ — else the file's folder)"),

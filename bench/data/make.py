@@ -8,7 +8,6 @@ is kept in memory but the current chunk. Only DIR is written, and DIR must be ne
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import io
@@ -17,6 +16,7 @@ import os
 from pathlib import Path
 
 from bench.errors import BenchError, OutputError
+from bench.paths import remove_written
 
 # format -> (the task view it holds, its data file in DIR; None for an image folder)
 MAKE_FORMATS = {
@@ -72,7 +72,7 @@ def make_scenes(out: str | Path, *, n: int, fmt: str, image_size: int = 224, spl
         target = out / data_file
         _write_data_file(target, fmt, rows)
     except OSError as exc:  # a full disk, a folder gone read-only: nothing half-made is left behind
-        _remove_written(out, made)
+        remove_written(out, made)
         done = f"after {len(rows):,} of {n:,} images; what was written is removed"
         if exc.errno == errno.ENOSPC:
             raise OutputError(f"the disk holding --out {out} is full (ENOSPC) {done}", where="--out",
@@ -98,20 +98,6 @@ def _empty_folder(out: Path) -> Path:
                else f"it cannot be made ({exc.strerror or exc})")
         raise BenchError(f"--out {out}: {why}", where="--out", fix="name a new folder in a folder you can write") from None
     return out
-
-
-def _remove_written(out: Path, made: bool) -> None:
-    """What this run wrote into `out`, which was new or empty: all of it (and `out` itself when this run made it)."""
-    import shutil
-
-    for child in list(out.iterdir()) if out.is_dir() else []:
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-    if made:
-        with contextlib.suppress(OSError):
-            out.rmdir()
 
 
 def _render_chunk(job) -> list[dict]:

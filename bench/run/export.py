@@ -11,7 +11,6 @@ link (O_NOFOLLOW) into a file created new (O_EXCL)."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from bench.errors import BenchError, OutputError
 from bench.models.catalog import METHOD_KINDS
+from bench.paths import remove_written
 
 # the names PEFT's and transformers' save_pretrained and bench/run/artifacts.py write into a kept folder: an adapter
 # (adapter_config.json, adapter_model.safetensors, PEFT's README.md model card), a full fine-tune (config.json,
@@ -88,20 +88,9 @@ def export(record: dict, out: Path, *, merged: bool, artifacts_root: Path, resul
         except OSError as exc:
             raise write_error(out, exc) from None
     except BenchError:  # out was new or empty: what this export wrote there goes, not half an adapter
-        _remove_written(out, made)
+        remove_written(out, made)
         raise
     return out
-
-
-def _remove_written(out: Path, made: bool) -> None:
-    for child in list(out.iterdir()):
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-    if made:
-        with contextlib.suppress(OSError):
-            out.rmdir()
 
 
 def merged_model(record: dict, adapter: Path):

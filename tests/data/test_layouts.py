@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_datasets, run_cli
-from datasources import toml_table
+from datasources import tiny_llava_suite
 from layouts import LAYOUTS, llava_mix, vqa_v2
 
 from bench.data.loader import check_dataset, load_dataset
@@ -93,30 +93,7 @@ def test_llava_mix_reads_image_after_text_several_turns_and_leaves_text_only_rec
 
 
 def _suite(folder: Path, layout: dict, policy: str) -> Path:
-    suite = folder / f"{policy}.toml"
-    suite.write_text(f"""
-[suite]
-name = "layout"
-
-[defaults]
-on_bad_sample = "{policy}"
-
-[models.llava]
-family = "llava"
-preset = "tiny"
-weights = "random"
-
-[methods.lora]
-kind = "lora"
-r = 4
-
-[[grid]]
-models = ["llava"]
-datasets = ["data"]
-methods = ["lora"]
-
-""" + toml_table("data", layout["table"]))
-    return suite
+    return tiny_llava_suite(folder, policy, {"data": layout["table"]}, policy)
 
 
 def test_validate_lists_every_problem_in_one_run_or_counts_them_under_skip(tmp_path):

@@ -10,54 +10,13 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_datasets, run_cli, section
-from datasources import toml_table, write_hf
+from datasources import tiny_llava_suite as suite
+from datasources import write_hf
 
 from bench.data.loader import load_dataset
 from bench.records import read_latest
 
 pytestmark = pytest.mark.slow
-
-HEAD = """
-[suite]
-name = "{name}"
-isolate = false
-threads = 1
-
-[defaults]
-steps = 2
-batch_size = 4
-max_seq_len = 32
-eval_batch_size = 8
-max_new_tokens = 2
-timing_warmup_steps = 0
-serve_batch_size = 2
-serve_rounds = 2
-save = false
-on_bad_sample = "{policy}"
-
-[models.llava]
-family = "llava"
-preset = "tiny"
-weights = "random"
-
-[methods.lora]
-kind = "lora"
-r = 4
-
-[[grid]]
-models = ["llava"]
-datasets = {datasets}
-methods = ["lora"]
-
-"""
-
-
-def suite(folder: Path, name: str, tables: dict, policy: str = "error") -> Path:
-    path = folder / f"{name}.toml"
-    path.write_text(HEAD.format(name=name, policy=policy, datasets=json.dumps(list(tables)))
-                    + "".join(toml_table(n, t) for n, t in tables.items()))
-    return path
-
 
 def run(path: Path) -> tuple[int, str, list[dict]]:
     out = path.parent / "out"

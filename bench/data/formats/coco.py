@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.data.formats.common import Record, fail, json_type_name, located, read_json, resolve_image, split_folder
+from bench.data.formats.common import Record, fail, id_of, json_type_name, located, read_json, resolve_image, split_folder
 from bench.data.problems import EmptyAnswer, Problems
 
 
@@ -38,12 +38,7 @@ def read_coco_captions(path: str | Path, image_root: str | Path | None = None, p
     for i, im in enumerate(data["images"]):
         where = f"record {i} of 'images'"
         with problems.record():
-            if not isinstance(im, dict):
-                fail(f"expected an object, got {json_type_name(im)}", file=file, where=where, fix=fix)
-            image_id = im.get("id")
-            if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
-                fail(f"'id' must be an integer or string, got {json_type_name(image_id)}", file=file,
-                      where=f"{where}, field 'id'", fix=fix)
+            image_id = id_of(im, "id", file=file, where=where, fix=fix)
             if image_id in seen:
                 fail(f"duplicate image id {str(image_id)[:60]!r} (also record {seen[image_id]})", file=file,
                       where=f"{where}, field 'id'", fix="give every image a unique id")
@@ -55,12 +50,7 @@ def read_coco_captions(path: str | Path, image_root: str | Path | None = None, p
     for j, ann in enumerate(data["annotations"]):
         where = f"record {j} of 'annotations'"
         with problems.record():
-            if not isinstance(ann, dict):
-                fail(f"expected an object, got {json_type_name(ann)}", file=file, where=where, fix=fix)
-            image_id = ann.get("image_id")
-            if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
-                fail(f"'image_id' must be an integer or string, got {json_type_name(image_id)}", file=file,
-                      where=f"{where}, field 'image_id'", fix=fix)
+            image_id = id_of(ann, "image_id", file=file, where=where, fix=fix)
             if image_id not in seen:
                 fail(f"image_id {str(image_id)[:60]!r} is not the id of any entry in 'images'", file=file,
                       where=f"{where}, field 'image_id'", fix="add the image to 'images' or remove the annotation")

@@ -48,6 +48,18 @@ def json_type_name(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def id_of(item: Any, key: str, *, file: str, where: str, fix: str) -> int | str:
+    """The id field `key` of a record that must be an object (COCO's images and annotations, VQA's questions): an
+    integer or a string, never a boolean; a DataError naming the record and field otherwise."""
+    if not isinstance(item, dict):
+        fail(f"expected an object, got {json_type_name(item)}", file=file, where=where, fix=fix)
+    value = item.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        fail(f"'{key}' must be an integer or string, got {json_type_name(value)}", file=file,
+             where=f"{where}, field '{key}'", fix=fix)
+    return value
+
+
 def read_text(path: Path) -> str:
     try:
         exists, is_file = path.exists(), path.is_file()

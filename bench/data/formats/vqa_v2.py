@@ -24,6 +24,7 @@ from typing import Any
 from bench.data.formats.common import (
     Record,
     fail,
+    id_of,
     json_type_name,
     located,
     majority_answer,
@@ -76,12 +77,7 @@ def read_vqa_v2(path: str | Path, image_root: str | Path | None = None, problems
     for i, q in enumerate(questions):
         where = f"record {i} of 'questions'"
         with problems.record():
-            if not isinstance(q, dict):
-                fail(f"expected an object, got {json_type_name(q)}", file=file, where=where, fix=FIX)
-            qid = q.get("question_id")
-            if isinstance(qid, bool) or not isinstance(qid, (int, str)):
-                fail(f"'question_id' must be an integer, got {json_type_name(qid)}", file=file,
-                     where=f"{where}, field 'question_id'", fix=FIX)
+            qid = id_of(q, "question_id", file=file, where=where, fix=FIX)
             where = f"{where} (question_id {qid})"
             question = prompt_text(q.get("question"), "question", file=file, where=where, fix=FIX)
             if qid not in answers:
