@@ -169,12 +169,26 @@ def cmd_run(args) -> int:
     failed = sum(n for s, n in summary.statuses.items() if s not in ("ok", "skipped"))
     if failed:  # a cell's failure is a measurement (its record says why), not a failed run: exit 0
         console.print(escape(f"{failed} cell-run(s) did not finish ok; their records say why (see the report's failures)"))
+    earlier = _failed_records(suite, summary.results, args.only) - failed if summary.skipped_done and not args.retry else 0
+    if earlier > 0:  # left as recorded: a fixed input does not run them again by itself
+        console.print(escape(f"{earlier} cell-run(s) recorded earlier did not finish ok; `bench run --retry` runs them "
+                             "again"))
     if summary.text_coverage_warning:  # once for the run: the cells whose quality does not measure their method
         console.print(f"[yellow]warning:[/] {escape(summary.text_coverage_warning)}", highlight=False)
     console.print(escape(f"records: {summary.results}"))
     if summary.report:
         console.print(escape(f"report:  {summary.report}"))
     return 0
+
+
+def _failed_records(suite, results, only: str | None) -> int:
+    """The suite's cell-runs (those --only matches) whose latest record in `results` is not ok (nor skipped)."""
+    from bench.run.runner import recorded
+    from bench.suite.plan import expand
+
+    cells = {c.cell_id for c in expand(suite) if not only or c.matches(only)}
+    return sum(1 for (cell_id, _), (_, status) in recorded(results).items()
+               if cell_id in cells and status not in ("ok", "skipped"))
 
 
 def input_files(paths, *, what: str) -> list[str]:

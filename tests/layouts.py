@@ -63,26 +63,27 @@ def question(i: int) -> tuple[str, str]:
 # ---------------------------------------------------------------- VQA v2
 
 
-def vqa_v2(root: Path, n_train: int = 24, n_val: int = 12) -> dict:
-    """VQA v2 in the VQA API's folders; one question of each split whose COCO image is not there."""
-    for split, n, offset in (("train2014", n_train, 0), ("val2014", n_val, 1000)):
+def vqa_v2(root: Path, n_images: int = 10, n_val: int = 5) -> dict:
+    """VQA v2 in the VQA API's folders: three questions per image; complementary pairs join the same question on two
+    similar images (images 2k and 2k+1); the last training image is not there (its three questions left out)."""
+    for split, n, offset in (("train2014", n_images, 0), ("val2014", n_val, 1000)):
         questions, annotations, pairs = [], [], []
-        for i in range(n):
-            image_id = 9 + offset + i // 2  # two questions per image, as VQA asks several
-            qid = image_id * 1000 + i % 2
-            text, answer = question(i)
-            questions.append({"image_id": image_id, "question": text, "question_id": qid})
-            answers = [answer] * 7 + [COLORS[(i + 1) % len(COLORS)]] * 2 + ["yes"]
-            annotations.append({"question_type": "what color is the", "multiple_choice_answer": answer,
-                                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
-                                            for k, a in enumerate(answers)],
-                                "image_id": image_id, "answer_type": "other", "question_id": qid})
-            if i % 2:
-                pairs.append([qid - 1, qid])
-            name = f"Images/mscoco/{split}/COCO_{split}_{image_id:012d}.jpg"
-            last = i // 2 == (n - 1) // 2
-            if not (root / name).exists() and not (split == "train2014" and last):  # train's last image is missing
-                write(root / name, image_bytes(i // 2 + (len(KINDS) if offset else 0), len(KINDS)))
+        for image in range(n):
+            image_id = 9 + offset + image
+            for k in range(3):
+                qid = image_id * 1000 + k
+                text, answer = question(image + k)
+                questions.append({"image_id": image_id, "question": text, "question_id": qid})
+                answers = [answer] * 7 + [COLORS[(image + k + 1) % len(COLORS)]] * 2 + ["yes"]
+                annotations.append({"question_type": "what color is the", "multiple_choice_answer": answer,
+                                    "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
+                                                for j, a in enumerate(answers)],
+                                    "image_id": image_id, "answer_type": "other", "question_id": qid})
+                if image % 2 and k == 0:  # this image's first question and its similar neighbour's
+                    pairs.append([qid - 1000, qid])
+            if not (split == "train2014" and image == n - 1):
+                write(root / f"Images/mscoco/{split}/COCO_{split}_{image_id:012d}.jpg",
+                      image_bytes(image + (len(KINDS) if offset else 0), len(KINDS)))
         info = {"description": "This is v2.0 of the VQA dataset.", "url": "http://visualqa.org", "version": "2.0",
                 "year": 2017, "contributor": "VQA Team", "date_created": "2017-04-26 17:07:13"}
         license = {"url": "http://creativecommons.org/licenses/by/4.0/", "name": "Creative Commons Attribution 4.0"}
@@ -94,15 +95,15 @@ def vqa_v2(root: Path, n_train: int = 24, n_val: int = 12) -> dict:
         write(root / f"Annotations/v2_mscoco_{split}_complementary_pairs.json", json.dumps(pairs))
     return {"table": {"format": "vqa_v2", "path": f"{root.name}/Questions/v2_OpenEnded_mscoco_train2014_questions.json",
                       "eval_path": f"{root.name}/Questions/v2_OpenEnded_mscoco_val2014_questions.json"},
-            "task": "vqa", "left_out": {"missing image": 2}}
+            "task": "vqa", "left_out": {"missing image": 3}}
 
 
 # ---------------------------------------------------------------- COCO captions
 
 
 def coco_captions(root: Path, year: int = 2017, n_train: int = 16, n_val: int = 8) -> dict:
-    """COCO captions: annotations/captions_<split><year>.json beside <split><year>/; five captions per image, one of
-    them empty in the training split, one training image not there."""
+    """COCO captions: annotations/captions_<split><year>.json beside <split><year>/; five captions per image; in the
+    training split one caption empty (its image kept), one image whose every caption is empty, one image not there."""
     for part, n, offset in (("train", n_train, 0), ("val", n_val, 500)):
         split = f"{part}{year}"
         images, annotations = [], []
@@ -116,7 +117,7 @@ def coco_captions(root: Path, year: int = 2017, n_train: int = 16, n_val: int = 
             color, thing = COLORS[i % len(COLORS)], THINGS[i % len(THINGS)]
             for k in range(5):
                 caption = f"A {color} {thing} on a table next to a window{'.' if k % 2 else ''}\n"
-                if part == "train" and i == 3 and k == 2:
+                if part == "train" and (i == 3 and k == 2 or i == 5):  # one empty caption; every caption of image 5
                     caption = " "
                 annotations.append({"image_id": image_id, "id": image_id * 10 + k, "caption": caption})
             if not (part == "train" and i == n - 1):
@@ -127,7 +128,7 @@ def coco_captions(root: Path, year: int = 2017, n_train: int = 16, n_val: int = 
              "images": images, "annotations": annotations}))
     return {"table": {"format": "coco_captions", "path": f"{root.name}/annotations/captions_train{year}.json",
                       "eval_path": f"{root.name}/annotations/captions_val{year}.json"},
-            "task": "caption", "left_out": {"missing image": 1, "empty answer": 1}}
+            "task": "caption", "left_out": {"missing image": 1, "empty answer": 1, "empty caption": 1}}
 
 
 # ---------------------------------------------------------------- ChartQA
@@ -135,7 +136,8 @@ def coco_captions(root: Path, year: int = 2017, n_train: int = 16, n_val: int = 
 
 def chartqa(root: Path, n: int = 12) -> dict:
     """ChartQA Dataset/{train,val,test}/ as distributed: each split's human and augmented questions, its png/ charts,
-    annotations/ and tables/; in train, one label empty and one chart missing."""
+    annotations/ and tables/; in train, one label empty and one chart missing; in val, one chart cut short and one
+    corrupt inside."""
     base = root / "ChartQA Dataset"
     for split, offset in (("train", 0), ("val", 100), ("test", 200)):
         for part, first in (("human", 0), ("augmented", n // 2)):
@@ -147,7 +149,13 @@ def chartqa(root: Path, n: int = 12) -> dict:
                     label = ""
                 rows.append({"imgname": imgname, "query": f"What is the value of the {THINGS[i % len(THINGS)]} bar?",
                              "label": label})
-                if not (split == "train" and i == n - 1):
+                if split == "val" and i == 2:  # cut short: found when its header and tail are read
+                    write(base / split / "png" / imgname, png(i)[:300])
+                elif split == "val" and i == 3:  # whole, but corrupt inside: found when a batch decodes it
+                    data = bytearray(png(i))
+                    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+                    write(base / split / "png" / imgname, bytes(data))
+                elif not (split == "train" and i == n - 1):
                     write(base / split / "png" / imgname, image_bytes(i, len(KINDS), png))
                 write(base / split / "annotations" / imgname.replace(".png", ".json"), json.dumps(
                     {"type": "v_bar", "general_figure_info": {"title": {"text": "Share"}}, "models": []}))
@@ -155,7 +163,7 @@ def chartqa(root: Path, n: int = 12) -> dict:
             write(base / split / f"{split}_{part}.json", json.dumps(rows, indent=4))
     return {"table": {"format": "chartqa", "path": f"{root.name}/ChartQA Dataset/train",
                       "eval_path": f"{root.name}/ChartQA Dataset/val"},
-            "task": "vqa", "left_out": {"missing image": 1, "empty answer": 1}}
+            "task": "vqa", "left_out": {"missing image": 1, "unreadable image": 1, "empty answer": 1}, "corrupt": 1}
 
 
 # ---------------------------------------------------------------- LLaVA-1.5 instruction mix
@@ -163,7 +171,7 @@ def chartqa(root: Path, n: int = 12) -> dict:
 
 def llava_mix(root: Path, n: int = 30) -> dict:
     """llava_v1_5_mix665k.json over the folders its image paths name: <image> before or after the question, several
-    turns, conversations without an image (ShareGPT's), an empty answer, a missing image."""
+    turns, conversations without an image (ShareGPT's), an empty answer, a missing image, a file that is no image."""
     sources = ("coco/train2017/{:012d}.jpg", "gqa/images/{}.jpg", "ocr_vqa/images/{}.jpg",
                "textvqa/train_images/{:016x}.jpg", "vg/VG_100K/{}.jpg")
     records = []
@@ -182,12 +190,15 @@ def llava_mix(root: Path, n: int = 30) -> dict:
         if i == 8:
             conversations[1]["value"] = ""
         records.append({"id": f"{33471 + i:012d}", "image": image, "conversations": conversations})
-        if i != 4:
+        if i == 11:  # not an image at all: its header does not read
+            write(root / "data" / image, b"<html>404 Not Found</html>")
+        elif i != 4:
             write(root / "data" / image, image_bytes(i, len(KINDS)))
     write(root / "llava_v1_5_mix665k.json", json.dumps(records))
     text_only = sum(1 for i in range(n) if i % 7 == 5)
     return {"table": {"format": "llava", "path": f"{root.name}/llava_v1_5_mix665k.json", "image_root": f"{root.name}/data"},
-            "task": "vqa", "left_out": {"missing image": 1, "empty answer": 1, "text-only record": text_only}}
+            "task": "vqa", "left_out": {"missing image": 1, "unreadable image": 1, "empty answer": 1,
+                                        "text-only record": text_only}}
 
 
 # ---------------------------------------------------------------- the Hub's parquet files

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from bench.cli import main
 
@@ -233,3 +234,18 @@ def test_jobs_takes_zero_for_as_many_as_fit_and_refuses_the_rest_with_a_message(
         parser.parse_args(["run", "s.toml", "--jobs", given])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--jobs" in err and "0 (as many as fit)" in err and "Traceback" not in err
+
+
+def test_a_run_with_nothing_left_points_at_retry_for_the_cells_that_did_not_finish(mini_suite, tmp_path):
+    """A fixed input does not run a failed cell again by itself: the run says which flag does."""
+    suite = mini_suite.parent / "diverges.toml"
+    suite.write_text(mini_suite.read_text().replace('[suite]\nname = "mini"', '[suite]\nname = "mini"\nisolate = false')
+                     .replace("[methods.full]\nkind = \"full\"", "[methods.full]\nkind = \"full\"\ntrain = { diverge_loss = 1e-9 }"))
+    args = ["run", suite, "--results-dir", tmp_path / "r", "--reports-dir", tmp_path / "p", "--no-progress"]
+    code, err, _ = run_cli(args)
+    assert code == 0 and "1 cell-run(s) did not finish ok" in err and "--retry" not in err
+    code, err, _ = run_cli(args)
+    assert code == 0 and "ran 0 cell-run(s)" in err
+    assert "1 cell-run(s) recorded earlier did not finish ok; `bench run --retry` runs them again" in " ".join(err.split())
+    code, err, _ = run_cli([*args, "--retry"])
+    assert code == 0 and "recorded earlier" not in err

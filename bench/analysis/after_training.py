@@ -18,7 +18,7 @@ from bench.fields import SERVING_MEMORY_KINDS
 from bench.models.catalog import METHOD_KINDS
 
 if TYPE_CHECKING:  # report imports this module from its page renderer; the page type is only named here
-    from bench.analysis.report import _Page
+    from bench.analysis.report import Page
 
 VARIANTS = ("unmerged", "merged", "4bit")
 COMPOSING = tuple(k for k, m in METHOD_KINDS.items() if m.composes)  # merge, and X-LoRA's fusion
@@ -101,7 +101,7 @@ def _merge_delta_text(g: Group, records: list[dict]) -> str:
     return pm(stats.summarize(records, "quality.merged_delta"), None, signed=True)
 
 
-def _serving_row(page: _Page, g: Group, records: list[dict]) -> list[str]:
+def _serving_row(page: Page, g: Group, records: list[dict]) -> list[str]:
     latency = {v: _numbers(records, f"serving.variants.{v}.latency_ms") for v in VARIANTS}
     throughput = {v: _median(_numbers(records, f"serving.variants.{v}.throughput")) for v in ("unmerged", "merged")}
     memory = [_median(_numbers(records, f"serving.variants.{v}.peak_memory_mb")) for v in VARIANTS]
@@ -122,7 +122,7 @@ def _listed(values) -> str:
     return " or ".join(str(v) for v in sorted(values)) or "?"
 
 
-def serving_section(page: _Page) -> list[str]:
+def serving_section(page: Page) -> list[str]:
     """## Serving: one row per cell whose (finished) records measured serving; failures and left-out variants below."""
     rows, errors, notes = [], [], []
     served: list[dict] = []
@@ -202,7 +202,7 @@ class _Composed:
         return cell_text(f"{self.name} = {self.combination} of {' + '.join(parts) or '?'}")
 
 
-def _quality_text(page: _Page, g: Group | None) -> str:
+def _quality_text(page: Page, g: Group | None) -> str:
     if g is None:
         return "—"
     if not g.ok:
@@ -240,7 +240,7 @@ def _reused(composed: list[_Composed]) -> dict[tuple, dict[str, Group]]:
     return out
 
 
-def _composition_table(page: _Page, model: str, groups: list[Group], trained: dict[tuple, Group]) -> list[str]:
+def _composition_table(page: Page, model: str, groups: list[Group], trained: dict[tuple, Group]) -> list[str]:
     by_name: dict[str, list[Group]] = {}
     for g in groups:
         by_name.setdefault(g.method, []).append(g)
@@ -270,7 +270,7 @@ def _composition_table(page: _Page, model: str, groups: list[Group], trained: di
     return [f"### {cell_text(model)}", ""] + table(["Adapter / combination", *map(header, datasets)], rows) + [""]
 
 
-def composition_section(page: _Page) -> list[str]:
+def composition_section(page: Page) -> list[str]:
     """## Composition: per model, the sources' and the combinations' quality on each dataset; skipped cells below."""
     merged = [g for g in page.groups if stats.get(g.first, "method.kind") in COMPOSING]
     if not merged:

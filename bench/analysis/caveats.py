@@ -24,7 +24,7 @@ from bench.data.problems import REASONS
 from bench.fields import TEXT_COVERAGE_WARN_PCT
 
 if TYPE_CHECKING:  # report imports this module from its page renderer; the page type is only named here
-    from bench.analysis.report import _Page
+    from bench.analysis.report import Page
 
 
 # ---------------------------------------------------------------- text coverage
@@ -62,7 +62,7 @@ def _coverage_line(model: str, dataset: str, record: dict) -> str:
     return f"> - {cell_text(model)} / {cell_text(dataset)}: " + "; ".join(parts)
 
 
-def coverage_banner(page: _Page) -> list[str]:
+def coverage_banner(page: Page) -> list[str]:
     """The warning at the top of the page, or no lines: each model × dataset with a record above the threshold, its
     worst record's figures (random weights measure no quality and are left out)."""
     worst: dict[tuple[str, str], tuple[float, dict]] = {}  # (model, dataset) -> (its highest figure, that record)
@@ -121,7 +121,7 @@ def _batches_text(records: list[dict]) -> str:
     return ", ".join(parts) or "—"
 
 
-def data_section(page: _Page) -> list[str]:
+def data_section(page: Page) -> list[str]:
     """## Data left out: per dataset that lost anything, what and why; no lines when none did (or records predate it)."""
     by_dataset: dict[str, list[dict]] = {}
     for g in page.groups:
@@ -193,7 +193,7 @@ def _record_failures(g: Group, r: dict) -> list[PartFailure]:
     return out
 
 
-def part_failures(page: _Page) -> list[PartFailure]:
+def part_failures(page: Page) -> list[PartFailure]:
     """Every failure of a measured part in the finished records of the page (a failed cell's own is its status)."""
     return [f for g in page.groups for r in g.ok for f in _record_failures(g, r)]
 

@@ -19,7 +19,7 @@ from bench.analysis.stats import Group
 from bench.fields import PREFERENCE_STATS
 
 if TYPE_CHECKING:  # report imports this module from its page renderer; the page type is only named here
-    from bench.analysis.report import _Page
+    from bench.analysis.report import Page
 
 # each statistic's label, and how many significant digits its largest figure is written with (accuracy: 0.1 point)
 LABELS = {"preference_accuracy": "preference accuracy", "reward_margin": "reward margin"}
@@ -110,7 +110,7 @@ def results_suffix(g: Group) -> str:
     return "".join(f" · {s.headline()}" for s in shown)
 
 
-def preferences_section(page: _Page) -> list[str]:
+def preferences_section(page: Page) -> list[str]:
     """## Preferences (DPO): one row per DPO cell, the task metric's Δ beside the reward statistics."""
     rows = []
     for g in page.groups:

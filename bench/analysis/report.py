@@ -42,7 +42,7 @@ def _slug(text: str) -> str:
 # ---------------------------------------------------------------- page pieces
 
 
-class _Page:
+class Page:
     """Everything derived once from the records, used by the sections."""
 
     def __init__(self, records: list[dict]):
@@ -120,7 +120,7 @@ def _device(record: dict) -> str:
     return f"{int(count)} × {name}" if plausible else name
 
 
-def _results_section(page: _Page) -> list[str]:
+def _results_section(page: Page) -> list[str]:
     from bench.analysis import preferences  # it formats with this module's helpers: imported once both exist
 
     metrics = sorted({g.metric for g in page.groups if g.metric})
@@ -168,7 +168,7 @@ def _picked(g: Group) -> str:
     return " / ".join(sorted(picks))
 
 
-def _sweeps_section(page: _Page) -> list[str]:
+def _sweeps_section(page: Page) -> list[str]:
     """Per sweep cell: every combination tried, its validation score, and the pick."""
     rows = []
     for g in page.groups:
@@ -193,7 +193,7 @@ def _sweeps_section(page: _Page) -> list[str]:
                                        rows) + [""]
 
 
-def _block_section(page: _Page, key, groups: list[Group], loss_png: str | None) -> list[str]:
+def _block_section(page: Page, key, groups: list[Group], loss_png: str | None) -> list[str]:
     model, dataset = key
     lines = [f"### {model} / {dataset}", ""]
     first = groups[0]
@@ -238,7 +238,7 @@ def _block_section(page: _Page, key, groups: list[Group], loss_png: str | None) 
     return lines
 
 
-def _cost_section(page: _Page) -> list[str]:
+def _cost_section(page: Page) -> list[str]:
     ok = [g for g in page.groups if g.ok]
     if not ok:
         return []
@@ -303,7 +303,7 @@ def _tensor_bytes(kind) -> bool:
     return kind in MEMORY_KINDS and MEMORY_KINDS[kind].tensor_bytes
 
 
-def _failures_section(page: _Page) -> list[str]:
+def _failures_section(page: Page) -> list[str]:
     """The cells that did not finish, and the measured parts that failed inside those that did (never "every cell
     finished" alone while one did)."""
     from bench.analysis import caveats
@@ -330,7 +330,7 @@ def env_key(record: dict) -> tuple:
     return tuple(bool(env.get(k)) if k == "git_dirty" else None if env.get(k) is None else str(env.get(k)) for k in ENV_KEYS)
 
 
-def _env_section(page: _Page) -> list[str]:
+def _env_section(page: Page) -> list[str]:
     envs: dict[tuple, int] = {}
     for r in page.records:
         envs[env_key(r)] = envs.get(env_key(r), 0) + 1
@@ -419,7 +419,7 @@ def read_page_meta(path: str | Path) -> dict | None:
 
 
 def _render(records: list[dict], title: str, plots_dir: Path | None, rel_to: Path) -> tuple[str, list[Path]]:
-    page = _Page(records)
+    page = Page(records)
     written: list[Path] = []
     meta = page_meta(records)
     lines = [_meta_line(meta), f"# {title}", ""]
@@ -463,7 +463,7 @@ def _render(records: list[dict], title: str, plots_dir: Path | None, rel_to: Pat
 PARETO_PLOTS = {"memory": ("Peak memory vs Δ quality", "peak_memory_mb"), "time": ("Training time vs Δ quality", "train_wall_s")}
 
 
-def _plots(page: _Page, plots_dir: Path) -> dict:
+def _plots(page: Page, plots_dir: Path) -> dict:
     """The page's PNGs, saved together (bench.analysis.plots.save_figures): a loss-curve plot per model x dataset block
     (keyed by the block) and the cost vs quality plots (keyed by name); a plot with nothing to draw is left out."""
     from bench.analysis import plots

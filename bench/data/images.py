@@ -71,6 +71,25 @@ def seen_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in _SWAPS_SIDES else (width, height)
 
 
+# how a whole file of a format ends: a file cut short (an interrupted copy or download, the most common broken image)
+# lacks it, and is found when validation reads its header and tail rather than when a batch decodes it. JPEG's EOI
+# marker cannot occur inside its entropy-coded data (0xFF is stuffed there), and may be followed by a little data
+# (some cameras write it); PNG's IEND chunk, its CRC constant, is its last 12 bytes; GIF's trailer is its last byte
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82", "GIF": b";"}
+TAIL_BYTES = 1024
+
+
+def ends_whole(fmt: str | None, tail: bytes) -> bool:
+    """Whether a file of PIL format `fmt` whose last TAIL_BYTES are `tail` ends as a whole file of its format does;
+    True for formats without such a marker."""
+    marker = END_MARKERS.get(fmt or "")
+    if marker is None:
+        return True
+    if fmt == "JPEG":
+        return marker in tail
+    return tail.rstrip(b"\x00").endswith(marker)  # zero padding after the end is harmless
+
+
 def rgb_of(image: Image.Image, *, file: str, where: str, fix: str = FIX) -> Image.Image:
     """`to_rgb` of an image already in memory (a Hugging Face `datasets` column), its failure an UnreadableImage (a
     DataError: bench/data/problems.py counts the record as one)."""

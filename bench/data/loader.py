@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.data import formats
 from bench.data.formats.hf import HF_COLUMNS, is_parquet, read_hf
-from bench.data.problems import POLICIES, Problems
+from bench.data.problems import POLICIES, Problems, listing
 from bench.data.sample import TASKS, DatasetSplits
 from bench.errors import DataError, SuiteError
 from bench.keyspec import SEED_MAX, Key, short, type_name
@@ -309,7 +309,7 @@ def _read(cfg: dict, task: str, path_key: str, base_dir: Path, problems: Problem
         keys = ("eval_annotations", None) if evaluation else ("annotations", "complementary_pairs")
         named = {key: _path(cfg[key], base_dir) if key in cfg else None for key in keys if key}
         return read_vqa_v2(_path(cfg[path_key], base_dir), image_root, problems,
-                           annotations=named[keys[0]], pairs=named.get("complementary_pairs"))
+                           annotations=named[keys[0]], pairs=named.get("complementary_pairs"), find_pairs=not evaluation)
     return _READERS[fmt](_path(cfg[path_key], base_dir), image_root, problems)
 
 
@@ -353,7 +353,7 @@ def check_dataset(cfg: dict, *, base_dir: Path, file: str, where: str, on_bad_sa
     train, evals = _records(cfg, task, Path(base_dir), problems)
     train = formats.check_images(train, problems)
     evals = formats.check_images(evals, problems) if evals is not None else None
-    _usable(train, evals, problems, file=_data_file(cfg, base_dir))
+    _usable(train, evals, problems, file=_data_file(cfg, base_dir), on_bad_sample=on_bad_sample)
     if on_bad_sample == "error":
         problems.raise_if_any()
     _classnames(train + (evals or []), task, train[0].file)
@@ -364,25 +364,30 @@ def _data_file(cfg: dict, base_dir: Path) -> str:
     return str(_path(cfg["path"], base_dir)) if "path" in cfg else f"hf:{cfg.get('hf_name')}"
 
 
-def _usable(train: list, evals: list | None, problems: Problems, *, file: str) -> None:
-    """Enough records left to train and evaluate on, once the problems' records are left out."""
-    held_out = evals is None
-    enough = len(train) >= 2 if held_out else (train and evals)
+def _usable(train: list, evals: list | None, problems: Problems, *, file: str, on_bad_sample: str) -> None:
+    """Enough records left to train and evaluate on, once the problems' records are left out. Without: under
+    on_bad_sample = "error" the listing of every problem; under "skip" how many were left out and why, with a fix that
+    fits (an evaluation split without answers cannot be scored)."""
+    held_out = evals is None  # then the records of one group go to one side (_held_out): two sets at least
+    enough = len(_together(train)) >= 2 if held_out else (train and evals)
     if enough:
         return
+    side = "training" if not train else "evaluation"
     what = (f"{len(train)} usable record(s) cannot be split into train and eval" if held_out else
-            f"{'no training' if not train else 'no evaluation'} record is usable")
-    if problems.errors:
-        listed = problems_listing(problems)
+            f"no {side} record is usable")
+    if problems.errors and on_bad_sample == "error":
+        listed = listing(problems.errors)
         raise DataError(f"{what}: {listed.message}", file=listed.file or file, fix=listed.fix)
-    left = f" ({', '.join(f'{n} {r}' for r, n in problems.counts().items())} left out)" if problems.items else ""
-    raise DataError(f"{what}{left}", file=file, fix="add records, or give eval_path")
-
-
-def problems_listing(problems: Problems) -> DataError:
-    from bench.data.problems import listing
-
-    return listing(problems.errors)
+    if not problems.items:
+        raise DataError(what, file=file, fix="add records, or give eval_path")
+    first = problems.items[0].error
+    example = ": ".join(p for p in (first.file, first.where, first.message) if p)
+    counts = ", ".join(f"{n} {r}" for r, n in problems.counts().items())
+    fix = ("an evaluation split needs records with their images and answers (a test split published without answers "
+           "cannot be scored): name another split or file, or hold records out of the training data with "
+           "eval_fraction" if side == "evaluation" and not held_out else
+           'fix the records (with on_bad_sample = "error", `bench validate` lists them all), or add usable ones')
+    raise DataError(f"{what}: {len(problems.items)} left out ({counts}), e.g. {example}", file=file, fix=fix)
 
 
 def load_dataset(
@@ -414,7 +419,10 @@ def load_dataset(
     train, evals = _records(cfg, task, Path(base_dir), problems)
     if on_bad_sample == "error":
         problems.raise_if_any()
-    _usable(train, evals, problems, file=_data_file(cfg, base_dir))
+    else:  # what validation left out, the run leaves out: images whose header does not read too
+        train = formats.check_images(train, problems)
+        evals = formats.check_images(evals, problems) if evals is not None else None
+    _usable(train, evals, problems, file=_data_file(cfg, base_dir), on_bad_sample=on_bad_sample)
     data_file = train[0].file
     classnames = _classnames(train + (evals or []), task, data_file)
     shuffle = cfg.get("shuffle", True)
@@ -434,8 +442,9 @@ def load_dataset(
                             fix="add records, or give eval_path")
         train, evals = _held_out(pool, n_eval)
         if not train:
-            raise DataError(f"the {len(pool)} records form too few groups (complementary pairs) to hold {n_eval} out "
-                            "and keep some for training", file=data_file, fix="add records, or give eval_path")
+            raise DataError(f"the {len(pool)} records form too few groups (VQA's pictures and their complementary "
+                            f"pairs) to hold {n_eval} out and keep some for training", file=data_file,
+                            fix="add records, or give eval_path")
     else:
         eval_from = f"{evals[0].file} [{cfg['hf_eval_split']}]" if "hf_eval_split" in cfg else evals[0].file
         train, evals = order(train), order(evals)
@@ -452,17 +461,23 @@ def load_dataset(
 
 def _held_out(pool: list, n_eval: int) -> tuple[list, list]:
     """(train, eval): the last records of `pool` held out, at least n_eval of them; the records of one group
-    (Record.group: VQA's complementary pairs) stay together, on one side, where the group's first record is."""
-    if not any(r.group for r in pool):
-        return pool[: len(pool) - n_eval], pool[len(pool) - n_eval:]
-    groups: dict = {}
-    for r in pool:
-        groups.setdefault(r.group if r.group is not None else id(r), []).append(r)
-    members = list(groups.values())
+    (Record.group: VQA v2's questions about one picture and its complementary pair's) stay together on one side, where
+    the first of them is, so evaluation is on pictures the model never trained on. Without groups, the split is the
+    plain cut of the shuffled records."""
+    members = _together(pool)
     evals: list = []
     while members and len(evals) < n_eval:
         evals = members.pop() + evals
     return [r for group in members for r in group], evals
+
+
+def _together(pool: list) -> list[list]:
+    """The records of `pool` in the sets that must stay on one side of a split: one set per group, in the order of its
+    first record, its records in pool order; a record without a group alone."""
+    sets: dict = {}
+    for i, record in enumerate(pool):
+        sets.setdefault(("group", record.group) if record.group is not None else ("record", i), []).append(record)
+    return list(sets.values())
 
 
 def load_suite_dataset(dataset: dict, base_dir: Path, on_bad_sample: str = "error") -> DatasetSplits:
@@ -661,7 +676,11 @@ def _part_classnames(cfg: dict, task: str, base_dir: Path) -> tuple[str, ...]:
         from bench.data.digits import CLASSNAMES
 
         return CLASSNAMES
-    train, evals = _records(cfg, task, base_dir)
+    problems = Problems()  # the classes of the usable records: the suite decides on its parts' problems per cell
+    train, evals = _records(cfg, task, base_dir, problems)
+    train = formats.check_images(train, problems)
+    evals = formats.check_images(evals, problems) if evals is not None else None
+    _usable(train, evals, problems, file=_data_file(cfg, base_dir), on_bad_sample="skip")
     return _classnames(train + (evals or []), task, train[0].file)
 
 

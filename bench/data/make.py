@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from bench.errors import BenchError, OutputError
+from bench.keyspec import SEED_MAX
 from bench.paths import remove_written
 
 # format -> (the task view it holds, its data file in DIR; None for an image folder)
@@ -28,7 +29,6 @@ MAKE_FORMATS = {
 }
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG"}
 _CHUNK = 256  # scenes per task handed to a pool worker
-MAX_SEED = 2**63 - 1  # as every seed in bench
 MAX_PROCESSES = 1024
 
 
@@ -45,7 +45,7 @@ def make_scenes(out: str | Path, *, n: int, fmt: str, image_size: int = 224, spl
         raise BenchError(f"unknown split {split!r}", where="--split", fix=f"use one of {', '.join(SPLITS)}")
     if not 1 <= n <= 10**7 or not 8 <= image_size <= 1024:
         raise BenchError(f"--n {n} / --image-size {image_size} out of range", fix="1 ≤ n ≤ 10,000,000 and 8 ≤ image size ≤ 1,024")
-    for flag, value, most in (("--seed", seed, MAX_SEED), ("--processes", processes, MAX_PROCESSES)):
+    for flag, value, most in (("--seed", seed, SEED_MAX), ("--processes", processes, MAX_PROCESSES)):
         least = 0 if flag == "--seed" else 1
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most):
             raise BenchError(f"{flag} {value} is out of range", where=flag, fix=f"give a whole number from {least} to {most:,}"

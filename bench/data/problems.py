@@ -43,6 +43,12 @@ class EmptyAnswer(DataError):
     reason = "empty answer"
 
 
+class EmptyCaption(DataError):
+    """A caption left out of an image that keeps its other captions (COCO's five per image): not a record."""
+
+    reason = "empty caption"
+
+
 class TextOnly(DataError):
     """A record without an image: left out under every policy (see the module's doc)."""
 
@@ -50,7 +56,7 @@ class TextOnly(DataError):
 
 
 MALFORMED = "malformed record"
-REASONS = (MissingImage.reason, UnreadableImage.reason, EmptyAnswer.reason, TextOnly.reason, MALFORMED)
+REASONS = (MissingImage.reason, UnreadableImage.reason, EmptyAnswer.reason, EmptyCaption.reason, TextOnly.reason, MALFORMED)
 
 
 def reason_of(error: DataError) -> str:

@@ -25,6 +25,10 @@ from bench.errors import DataError
 TASKS = ("classification", "caption", "vqa", "preference")
 
 
+UNREADABLE_FIX = ('replace the file with a whole copy (it is cut short or corrupt), or remove the record, or set '
+                  'on_bad_sample = "skip" to leave it out')
+
+
 @dataclass(frozen=True, slots=True)  # slots: 100k of them are held by the runner, the cell and each worker
 class ImageFile:
     """An image not read yet: a path (a str: a Path object costs ~0.5 kB more) or encoded bytes, and where the data
@@ -39,14 +43,28 @@ class ImageFile:
         white: bench/data/images.py); a DataError naming the data file, record and image if it cannot be."""
         from bench.data.images import to_rgb
 
-        return self._read(to_rgb, fix="re-save it as PNG or JPEG, or remove the record (or set on_bad_sample = \"skip\")")
+        return self._read(to_rgb, fix=UNREADABLE_FIX)
 
     def header_size(self) -> tuple[int, int]:
-        """(width, height) as the model will see it (turned by the EXIF orientation), from the header alone, as
-        validation checks it; the pixels are not decoded."""
-        from bench.data.images import seen_size
+        """(width, height) as the model will see it (turned by the EXIF orientation), from the header, as validation
+        checks it, with the file's last bytes: a JPEG, PNG or GIF cut short is unreadable too. The pixels are not
+        decoded (an image corrupt inside a whole file is found when a batch decodes it)."""
+        from bench.data.images import TAIL_BYTES, ends_whole, seen_size
 
-        return self._read(seen_size, fix="re-save it as PNG or JPEG, or remove the record")
+        def whole(im):
+            size = seen_size(im)
+            if not ends_whole(im.format, self._tail(TAIL_BYTES)):
+                raise OSError(f"the {im.format} file is cut short: it does not end with its format's end marker")
+            return size
+
+        return self._read(whole, fix=UNREADABLE_FIX)
+
+    def _tail(self, n: int) -> bytes:
+        if isinstance(self.source, bytes):
+            return self.source[-n:]
+        with open(self.source, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - n))
+            return f.read()
 
     def _read(self, use, *, fix: str):
         from PIL import Image

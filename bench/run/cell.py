@@ -404,8 +404,8 @@ def after_training(cell, settings: dict, *, task, loaded, model, splits, retenti
 
 def _text_coverage(cell, loaded, splits, ts) -> dict:
     """How much of the data's target text the model's tokenizer knows and max_seq_len keeps (bench/tasks/coverage.py),
-    counted once the model is trained, outside the timed and memory-measured steps; a failure to count is the field's
-    (its `error`), never the cell's."""
+    counted once the model is trained, outside the timed steps and the memory-measured region (its time counts in the
+    evaluate phase); a failure to count is the field's (its `error`), never the cell's."""
     from bench.tasks import task_for_family
     from bench.tasks.coverage import text_coverage
 

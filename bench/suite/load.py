@@ -440,12 +440,18 @@ def _bad_records(c: _Checker, cells, defaults: dict) -> dict:
             names.append(cell.retention["name"])
         for name in names:
             policies.setdefault(name, set()).add(cell.train["on_bad_sample"])
-    left_out = {}
+    left_out, refused = {}, []
     for name, problems in c.problems.items():
         if problems.errors and "error" in policies.get(name, {defaults["on_bad_sample"]}):
-            raise _in_entry(c, listing(problems.errors), f"datasets.{name}")
-        if problems.items:
+            refused.append(_in_entry(c, listing(problems.errors), f"datasets.{name}"))
+        elif problems.items:
             left_out[name] = problems.counts()
+    if len(refused) == 1:
+        raise refused[0]
+    if refused:  # every dataset's problems in one round
+        text = "\n".join(f"[{e.where.strip('[]')}]: {e.message}" if e.where else e.message for e in refused)
+        raise DataError(f"{len(refused)} datasets hold records a cell cannot use:\n{text}", file=c.file,
+                        fix=refused[0].fix)
     return left_out
 
 

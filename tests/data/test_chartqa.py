@@ -217,7 +217,7 @@ def test_a_saved_chartqa_dataset_reads_its_own_columns(tmp_path, label_as_list):
 def test_a_saved_chartqa_dataset_with_other_columns_and_wrong_keys(tmp_path):
     import datasets
 
-    ds = datasets.Dataset.from_dict({"img": [Image.new("RGB", (4, 4))] * 3, "q": ["a ?", "b ?", "c ?"],
+    ds = datasets.Dataset.from_dict({"img": [Image.new("RGB", (4, 4), (i, 0, 0)) for i in range(3)], "q": ["a ?", "b ?", "c ?"],
                                      "a": ["1", "2", "3"]}).cast_column("img", datasets.Image())
     ds.save_to_disk(str(tmp_path / "other"))
     with pytest.raises(DataError, match="column 'image' .* not in the dataset"):

@@ -190,7 +190,14 @@ def test_coco_missing_image_and_empty_caption(tmp_path):
     path = coco(tmp_path, [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "gone.png"}], [])
     raises_at(lambda: formats.read_coco_captions(path), "record 1 of 'images'", "field 'file_name'", "does not exist")
     path = coco(tmp_path, [{"id": 1, "file_name": "a.png"}], [{"image_id": 1, "caption": "  "}])
+    raises_at(lambda: formats.read_coco_captions(path), "record 0 of 'images'", "only empty captions")
+    # an empty caption beside good ones: the caption is left out, counted as one (not a record); strict raises it
+    path = coco(tmp_path, [{"id": 1, "file_name": "a.png"}], [{"image_id": 1, "caption": "  "},
+                                                              {"image_id": 1, "caption": "a red circle"}])
     raises_at(lambda: formats.read_coco_captions(path), "record 0 of 'annotations'", "field 'caption'")
+    problems = Problems()
+    (record,) = formats.read_coco_captions(path, problems=problems)
+    assert record.captions == ("a red circle",) and problems.counts() == {"empty caption": 1}
 
 
 def test_coco_not_an_object(tmp_path):

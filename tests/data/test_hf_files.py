@@ -94,3 +94,44 @@ def test_a_hub_name_not_in_the_cache_says_how_to_get_it_here(tmp_path, monkeypat
     with pytest.raises(DataError) as info:
         load_dataset({"format": "hf", "task": "vqa", "hf_name": "nobody/nothing"}, base_dir=tmp_path)
     assert "hf_name" in str(info.value) and "copy the dataset's files here" in info.value.fix
+
+
+def test_rows_without_an_image_are_text_only_under_either_policy(tmp_path, vqa_splits):
+    import datasets
+
+    ds = hf_dataset_dict(vqa_splits)["train"]
+    rows = ds.to_list()
+    rows[1]["image"], rows[4]["image"] = None, None
+    datasets.Dataset.from_list(rows, features=ds.features).save_to_disk(str(tmp_path / "saved"))
+    table = {"format": "hf", "task": "vqa", "path": "saved"}
+    splits = load_dataset(table, base_dir=tmp_path)  # "error": text-only rows are no error
+    assert splits.info["skipped"] == {"text-only record": 2} and len(splits.train) + len(splits.eval) == 4
+    pairs = load_dataset({"format": "scenes", "task": "preference", "train_size": 4, "eval_size": 2}, base_dir=".")
+    rows = hf_dataset_dict(pairs)["train"].to_list()
+    features = datasets.Features({"images": datasets.List(datasets.Image()), **{k: datasets.Value("string") for k in
+                                                                             ("prompt", "chosen", "rejected")}})
+    listed = [{"images": [] if i == 0 else [r["image"]], **{k: r[k] for k in ("prompt", "chosen", "rejected")}}
+              for i, r in enumerate(rows)]
+    datasets.Dataset.from_list(listed, features=features).save_to_disk(str(tmp_path / "trl"))
+    before = sorted(p.name for p in (tmp_path / "trl").iterdir())
+    splits = load_dataset({"format": "preference", "path": "trl"}, base_dir=tmp_path)
+    assert splits.info["skipped"] == {"text-only record": 1}
+    # a list-of-images column is cast in memory: nothing is written beside the user's data
+    assert sorted(p.name for p in (tmp_path / "trl").iterdir()) == before
+
+
+def test_image_paths_in_a_parquet_file_start_at_its_folder(tmp_path, vqa_splits, monkeypatch):
+    import datasets
+
+    (tmp_path / "d" / "img").mkdir(parents=True)
+    rows = []
+    for i, s in enumerate(vqa_splits.train):
+        s.image.save(tmp_path / "d" / "img" / f"{i}.png")
+        rows.append({"image": {"bytes": None, "path": f"img/{i}.png"}, "question": s.question, "answers": list(s.answers)})
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "answers": datasets.List(datasets.Value("string"))})
+    monkeypatch.chdir(tmp_path / "d")  # datasets reads a path-only image as it writes the row
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(tmp_path / "d" / "train.parquet"))
+    monkeypatch.chdir(tmp_path)
+    splits = load_dataset({"format": "hf", "task": "vqa", "path": "d/train.parquet", "shuffle": False}, base_dir=tmp_path)
+    assert [s.image.source for s in splits.train][:2] == [str(tmp_path / "d" / "img" / f"{i}.png") for i in range(2)]

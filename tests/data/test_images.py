@@ -274,3 +274,27 @@ def tiny_llava_processor():
 
     vision = llava.PRESETS["tiny"]["vision_config"]
     return llava.tiny_processor(vision["image_size"], vision["patch_size"])
+
+
+@pytest.mark.parametrize("kind", ["gray-jpeg", "rgba-png", "animated-gif", "jpeg-orientation-6"])
+@pytest.mark.parametrize("path", ["file", "bytes"])
+def test_a_file_cut_short_is_found_by_its_header_and_tail_and_a_whole_one_is_not(kind, path, tmp_path):
+    """Validation reads a header and the file's last bytes: an interrupted copy (no JPEG EOI, PNG IEND or GIF
+    trailer) is an unreadable image before anything trains; a whole file, even with bytes after its end marker
+    (some cameras write them), is not."""
+    data, suffix = corpus(kind)
+
+    def image(content: bytes) -> ImageFile:
+        if path == "bytes":
+            return ImageFile(content, "data.json", WHERE)
+        file = tmp_path / f"{len(content)}{suffix}"
+        file.write_bytes(content)
+        return ImageFile(str(file), "data.json", WHERE)
+
+    assert image(data).header_size()[0] > 0
+    if suffix == ".jpg":
+        assert image(data + b"\0" * 100).header_size()[0] > 0
+    for cut in (len(data) // 2, len(data) - 3):
+        error = raises_at(lambda c=cut: image(data[:c]).header_size(), "data.json", WHERE)
+        assert "cut short" in error.message or "truncated" in error.message
+        assert "whole copy" in error.fix

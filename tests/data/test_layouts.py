@@ -13,7 +13,7 @@ from datasources import tiny_llava_suite
 from layouts import LAYOUTS, llava_mix, vqa_v2
 
 from bench.data.loader import check_dataset, load_dataset
-from bench.data.problems import MAX_LISTED
+from bench.data.problems import MAX_LISTED, UnreadableImage
 from bench.data.sample import ImageFile
 from bench.errors import DataError
 
@@ -36,9 +36,14 @@ def test_each_layout_loads_from_its_own_files_with_what_it_left_out_counted(buil
     splits = load_dataset(layout["table"], base_dir=base, on_bad_sample="skip")
     assert splits.task == layout["task"] and splits.info["skipped"] == layout["left_out"]
     assert splits.train and splits.eval
+    corrupt = 0
     for sample in splits.train + splits.eval:  # every image that is left reads as the RGB a model takes
         assert isinstance(sample.image, ImageFile)
-        assert sample.decoded().image.mode == "RGB"
+        try:
+            assert sample.decoded().image.mode == "RGB"
+        except UnreadableImage:  # but a whole file corrupt inside, found only when its pixels are decoded
+            corrupt += 1
+    assert corrupt == layout.get("corrupt", 0)
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
@@ -63,13 +68,20 @@ def test_vqa_v2_keeps_all_ten_answers_trains_on_the_publishers_answer_and_holds_
     first = splits.eval[0]
     assert len(first.answers) == 10 and first.turns[0][1] == first.answers[0]  # multiple_choice_answer
     assert "Images/mscoco/val2014/COCO_val2014_" in first.image.source
-    # without eval_path, a held-out split keeps each complementary pair on one side
+    # without eval_path, a held-out split keeps an image's questions, and each complementary pair (the same question
+    # on two similar images: 2k and 2k+1 here), on one side
     del table["eval_path"]
-    for seed in range(5):
+    for seed in range(8):
         splits = load_dataset({**table, "eval_fraction": 0.3}, base_dir=base, seed=seed, on_bad_sample="skip")
-        train_q = {(s.image.source, s.question) for s in splits.train}
-        eval_images = {s.image.source for s in splits.eval}
-        assert not eval_images & {image for image, _ in train_q}  # the pairs share an image: none on both sides
+        side = {}
+        for part, samples in (("train", splits.train), ("eval", splits.eval)):
+            for s in samples:
+                image_id = int(s.image.source.rsplit("_", 1)[1].split(".")[0])
+                assert side.setdefault(image_id, part) == part, (seed, image_id)  # one image, one side
+        for image_id, part in side.items():
+            partner = image_id + 1 if (image_id - 9) % 2 == 0 else image_id - 1
+            assert side.get(partner, part) == part, (seed, image_id, partner)  # one pair, one side
+        assert len(splits.eval) >= round(0.3 * (len(splits.train) + len(splits.eval)))
 
 
 def test_vqa_v2_finds_coco_2017_names_and_says_where_it_looked(tmp_path):
@@ -126,3 +138,34 @@ def test_a_listing_is_capped_with_the_total(tmp_path):
     text = str(info.value)
     assert "60 record(s) cannot be used (58 missing image, 2 empty answer)" in text
     assert text.count("\n  - ") == MAX_LISTED and f"... and {60 - MAX_LISTED} more" in text
+
+
+def test_a_chart_cut_short_is_found_by_validation_and_one_corrupt_inside_when_decoded(built):
+    """A file cut short (no PNG end chunk) is an unreadable image as soon as the data is read; a whole file corrupt
+    inside passes its header and tail and fails when decoded (the batch stream leaves it out under skip, per split)."""
+    base, layouts = built
+    problems = check_dataset(layouts["chartqa"]["table"], base_dir=base, file="s.toml", where="[datasets.c]",
+                             on_bad_sample="skip")
+    (cut,) = [p for p in problems.items if p.reason == "unreadable image"]
+    assert "val_human.json" in cut.error.file and "cut short" in cut.error.message
+    splits = load_dataset({**layouts["chartqa"]["table"], "shuffle": False}, base_dir=base, on_bad_sample="skip")
+    failed = []
+    for sample in splits.eval:
+        try:
+            sample.decoded()
+        except UnreadableImage as e:
+            failed.append(e.where)
+    assert len(failed) == 1 and "record 3" in failed[0]
+
+
+@pytest.mark.parametrize("pairs", ['[[[1], [2]]]', '[[1, 2, 3]]', '{"a": 1}', '[[true, 2]]'])
+def test_a_malformed_pairs_file_is_named_and_an_evaluation_files_pairs_are_not_read(tmp_path, pairs):
+    layout = vqa_v2(tmp_path / "vqa")
+    train_pairs = tmp_path / "vqa" / "Annotations" / "v2_mscoco_train2014_complementary_pairs.json"
+    val_pairs = train_pairs.with_name("v2_mscoco_val2014_complementary_pairs.json")
+    val_pairs.write_text(pairs)  # the evaluation file is never split: its pairs do not matter
+    assert load_dataset(layout["table"], base_dir=tmp_path, on_bad_sample="skip").eval
+    train_pairs.write_text(pairs)
+    with pytest.raises(DataError) as info:
+        load_dataset(layout["table"], base_dir=tmp_path, on_bad_sample="skip")
+    assert str(train_pairs) in str(info.value) and "as distributed" in info.value.fix

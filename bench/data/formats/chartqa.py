@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.formats.common import (
+    EMPTY_ANSWER_FIX,
     IMAGE_TOKEN,
     Record,
     fail,
@@ -75,7 +76,8 @@ def _chartqa_labels(value: Any, *, file: str, where: str) -> tuple[str, ...]:
     if value is None:
         fail("missing field 'label'", file=file, where=f"{where}, field 'label'", fix=CHARTQA_FIX)
     if isinstance(value, list) and not value:
-        fail("'label' is an empty list", file=file, where=f"{where}, field 'label'", fix=CHARTQA_FIX)
+        fail("'label' is an empty list: the question has no answer", file=file, where=f"{where}, field 'label'",
+             fix=EMPTY_ANSWER_FIX, kind=EmptyAnswer)
     items = [(f"label[{k}]", v) for k, v in enumerate(value)] if isinstance(value, list) else [("label", value)]
     answers = []
     for field, v in items:
@@ -83,7 +85,7 @@ def _chartqa_labels(value: Any, *, file: str, where: str) -> tuple[str, ...]:
             v = json.dumps(v)
         if isinstance(v, str) and not v.strip():
             fail(f"'{field}' must be a non-empty string or a number, got an empty one", file=file,
-                 where=f"{where}, field '{field}'", fix=CHARTQA_FIX, kind=EmptyAnswer)
+                 where=f"{where}, field '{field}'", fix=EMPTY_ANSWER_FIX, kind=EmptyAnswer)
         if not isinstance(v, str) or IMAGE_TOKEN in v:
             got = "the <image> placeholder" if isinstance(v, str) else json_type_name(v)
             fail(f"'{field}' must be a non-empty string or a number, got {got}", file=file,

@@ -6,15 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.formats.common import Record, fail, id_of, json_type_name, located, read_json, resolve_image, split_folder
-from bench.data.problems import EmptyAnswer, Problems
+from bench.data.problems import EmptyAnswer, EmptyCaption, Problems
+from bench.errors import DataError
 
 
 def read_coco_captions(path: str | Path, image_root: str | Path | None = None, problems: Problems | None = None) -> list[Record]:
     """{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]} -> caption records,
     all references of an image together, in the order of 'images'. As COCO distributes it
     (annotations/captions_train2017.json beside train2017/), the images are found in the split's folder when
-    image_root is not given. An image's problem leaves it (and its captions) out; an empty caption leaves that
-    caption out."""
+    image_root is not given. An image's problem leaves it (and its captions) out, counted once; an empty caption
+    leaves that caption out of an image that keeps its others (counted as an empty caption, not a record); an image
+    whose every caption is empty is left out as an empty answer."""
     problems = problems or Problems(strict=True)
     path = Path(path)
     if image_root is None:
@@ -47,6 +49,7 @@ def read_coco_captions(path: str | Path, image_root: str | Path | None = None, p
                                                  field="file_name"))
 
     captions: dict[Any, list[str]] = {k: [] for k in images}
+    empty: dict[Any, list[DataError]] = {k: [] for k in images}  # an image's empty captions, counted once it is kept
     for j, ann in enumerate(data["annotations"]):
         where = f"record {j} of 'annotations'"
         with problems.record():
@@ -60,18 +63,23 @@ def read_coco_captions(path: str | Path, image_root: str | Path | None = None, p
             if not isinstance(caption, str):
                 fail(f"'caption' must be a non-empty string, got {json_type_name(caption)}", file=file,
                       where=f"{where}, field 'caption'", fix="remove the annotation or write its caption")
-            if not caption.strip():
-                fail("'caption' is empty", file=file, where=f"{where}, field 'caption'", kind=EmptyAnswer,
-                     fix="remove the annotation or write its caption")
-            captions[image_id].append(" ".join(caption.split()))
+            if caption.strip():
+                captions[image_id].append(" ".join(caption.split()))
+            else:
+                empty[image_id].append(EmptyCaption("'caption' is empty", file=file, where=f"{where}, field 'caption'",
+                                                    fix="remove the annotation or write its caption"))
 
     records = []
     for image_id, (i, image) in images.items():
+        where = f"record {i} of 'images'"
         with problems.record():
             if not captions[image_id]:
-                fail(f"image id {str(image_id)[:60]!r} has no captions in 'annotations'", file=file,
-                      where=f"record {i} of 'images', field 'id'", fix="add its captions or remove it from 'images'")
-            records.append(Record(file, f"record {i} of 'images'", image, "file_name", captions=tuple(captions[image_id])))
+                fail(f"image id {str(image_id)[:60]!r} has {'only empty captions' if empty[image_id] else 'no captions'}"
+                     " in 'annotations'", file=file, where=f"{where}, field 'id'",
+                     fix="add its captions or remove it from 'images'", kind=EmptyAnswer if empty[image_id] else DataError)
+            for error in empty[image_id]:  # the image is kept with its other captions
+                problems.add(error)
+            records.append(Record(file, where, image, "file_name", captions=tuple(captions[image_id])))
     return records
 
 

@@ -128,8 +128,8 @@ def resolve_image(value: Any, *, root: Path, file: str, where: str, field: str =
         is_file = False
     if not is_file:
         fail(f"image file {str(path)[:300]!r} does not exist", file=file, where=at, kind=MissingImage,
-              fix="check the path and image_root (image paths are relative to image_root, "
-              "by default the data file's folder)")
+              fix=f"image paths here start at {str(root)[:300]!r}: put the image there, correct the path, or set "
+              "image_root (eval_image_root for eval_path) to the folder they start at")
     if not inside_root(path, root):
         fail(f"image path {rel[:300]!r} resolves outside the image root {str(root)!r} (a symbolic link)", file=file,
               where=at, fix="copy the image under the image root, or set image_root to a folder that really holds it")
@@ -214,19 +214,28 @@ def prompt_text(value: Any, field: str, *, file: str, where: str, fix: str) -> s
     return text
 
 
-def vqa_answers(value: Any, *, file: str, where: str, fix: str) -> tuple[str, ...]:
-    at = f"{where}, field 'answers'"
-    if not isinstance(value, list) or not value:
-        fail(f"'answers' must be a non-empty list, got {json_type_name(value) if value != [] else 'an empty one'}", file=file, where=at, fix=fix)
+EMPTY_ANSWER_FIX = "write the answer, or remove the record"
+
+
+def vqa_answers(value: Any, *, file: str, where: str, fix: str, field: str = "answers") -> tuple[str, ...]:
+    """The reference answers of a record's `field`: a non-empty list of strings or {"answer": ...} objects. No answer
+    at all, or an empty one, is an EmptyAnswer; another shape is a malformed record (`fix` shows the format)."""
+    at = f"{where}, field '{field}'"
+    if value == []:
+        fail(f"'{field}' is an empty list: the question has no answer", file=file, where=at, fix=EMPTY_ANSWER_FIX,
+             kind=EmptyAnswer)
+    if not isinstance(value, list):
+        fail(f"'{field}' must be a non-empty list, got {json_type_name(value)}", file=file, where=at, fix=fix)
     answers = []
     for k, a in enumerate(value):
         text = a.get("answer") if isinstance(a, dict) else a
         if isinstance(text, str) and not text.strip():
-            fail(f"answer {k} is empty", file=file, where=f"{where}, field 'answers[{k}]'", fix=fix, kind=EmptyAnswer)
+            fail(f"answer {k} is empty", file=file, where=f"{where}, field '{field}[{k}]'", fix=EMPTY_ANSWER_FIX,
+                 kind=EmptyAnswer)
         if not isinstance(text, str) or IMAGE_TOKEN in text:
             got = "the <image> placeholder" if isinstance(text, str) and IMAGE_TOKEN in text else json_type_name(text)
             fail(f"answer {k} must be a non-empty string or {{\"answer\": ...}} of text, got {got}", file=file,
-                  where=f"{where}, field 'answers[{k}]'", fix=fix)
+                  where=f"{where}, field '{field}[{k}]'", fix=fix)
         answers.append(text.strip())
     return tuple(answers)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.data.formats.common import Record, fail, json_type_name, majority_answer, resolve_image, vqa_answers
 from bench.data.formats.preference import preference_record, preference_texts
-from bench.data.problems import EmptyAnswer, Problems
+from bench.data.problems import EmptyAnswer, Problems, TextOnly
 from bench.errors import DataError
 
 SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes in its folder
@@ -63,7 +63,10 @@ def read_hf(
                   where=f"columns.{key}", fix=f"map it in the suite: columns = {{{key} = \"<column name>\"}}")
     ds = _undecoded_images(ds, cols["image"], datasets)
     label_names = getattr(ds.features.get(cols["label"]), "names", None)
-    root = Path(image_root) if image_root is not None else (Path(path) if path is not None else Path.cwd())
+    if image_root is not None:
+        root = Path(image_root)
+    else:  # image paths in a dataset start at its folder (a .parquet file's own folder)
+        root = (Path(path).parent if Path(path).is_file() else Path(path)) if path is not None else Path.cwd()
 
     records = []
     for i, row in enumerate(ds.select_columns(list(dict.fromkeys(cols[k] for k in needed)))):  # a column mapped twice
@@ -99,7 +102,7 @@ def _record(task: str, row: dict, cols: dict, label_names, *, root: Path, file: 
             fail(f"question must be a non-empty string, got {got}", file=file,
                   where=f"{where}, field '{cols['question']}'", fix="drop rows without a question")
         value = row[cols["answers"]]
-        answers = vqa_answers([value] if isinstance(value, str) else value, file=file, where=where,
+        answers = vqa_answers([value] if isinstance(value, str) else value, file=file, where=where, field=cols["answers"],
                                fix="answers are a string, a list of strings or of {answer: ...} objects")
         return Record(file, where, image, cols["image"], question=question.strip(), answers=answers,
                       turns=((question.strip(), majority_answer(answers)),))
@@ -167,11 +170,17 @@ def _undecoded_images(ds, column: str, datasets):
     if isinstance(feature, datasets.Image):
         return ds.cast_column(column, datasets.Image(decode=False))
     if isinstance(feature, getattr(datasets, "List", ())) and isinstance(feature.feature, datasets.Image):
-        return ds.cast_column(column, datasets.List(datasets.Image(decode=False)))
+        # a list of images is cast by rewriting the column: in memory, never as a cache file beside the user's data
+        features = ds.features.copy()
+        features[column] = datasets.List(datasets.Image(decode=False))
+        return ds.cast(features, keep_in_memory=True)
     return ds
 
 
 def _hf_image(value: Any, *, root: Path, file: str, where: str, field: str) -> Any:
+    if value is None or value == []:  # a row without an image: text-only, left out under every policy
+        fail("no image: a text-only row", file=file, where=f"{where}, field '{field}'", kind=TextOnly,
+             fix="none needed: text-only rows are left out and counted")
     if isinstance(value, list):  # TRL's "images": one image per row is what a sample holds
         if len(value) != 1:
             fail(f"the image column holds a list of {len(value)} images; a sample has exactly one", file=file,

@@ -17,6 +17,7 @@ different answers) are kept on one side of a held-out split: Record.group.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,16 @@ def _found(candidates: list[Path]) -> Path:
 
 
 def read_vqa_v2(path: str | Path, image_root: str | Path | None = None, problems: Problems | None = None, *,
-                annotations: str | Path | None = None, pairs: str | Path | None = None) -> list[Record]:
-    """The questions of `path` with their answers from `annotations` -> vqa records, in the questions file's order."""
+                annotations: str | Path | None = None, pairs: str | Path | None = None,
+                find_pairs: bool = True) -> list[Record]:
+    """The questions of `path` with their answers from `annotations` -> vqa records, in the questions file's order.
+    Complementary pairs (`pairs`, else the official file beside the questions when `find_pairs`) only matter where
+    records are held out of this file for evaluation: an evaluation file's are not read."""
     problems = problems or Problems(strict=True)
     path = Path(path)
-    questions = _object_field(read_json(path), "questions", file=str(path))
-    subtype = _subtype(read_json(path), file=str(path))
+    data = read_json(path)
+    questions = _object_field(data, "questions", file=str(path))
+    subtype = _subtype(data, file=str(path))
     looked = [Path(annotations)] if annotations is not None else beside(path, "annotations")
     annotations = _found(looked)
     if not annotations.is_file():
@@ -70,8 +75,10 @@ def read_vqa_v2(path: str | Path, image_root: str | Path | None = None, problems
     if image_root is None:
         image_root = (split_folder(path, subtype) if subtype else None) or path.parent
     path, root, file = located(path, image_root)
-    group = _pairs(Path(pairs) if pairs is not None else _found(beside(path, "complementary_pairs")),
-                   required=pairs is not None)
+    group = {}
+    if pairs is not None or find_pairs:
+        group = _pairs(Path(pairs) if pairs is not None else _found(beside(path, "complementary_pairs")),
+                       required=pairs is not None)
 
     records = []
     for i, q in enumerate(questions):
@@ -89,8 +96,29 @@ def read_vqa_v2(path: str | Path, image_root: str | Path | None = None, problems
             target = ann.get("multiple_choice_answer")
             target = target.strip() if isinstance(target, str) and target.strip() else majority_answer(refs)
             records.append(Record(file, where, image, "image_id", question=question, answers=refs,
-                                  turns=((question, target),), group=group.get(qid)))
-    return records
+                                  turns=((question, target),), group=str(q.get("image_id"))))
+    return _joined(records, questions, group)
+
+
+def _joined(records: list[Record], questions: list, pairs: dict) -> list[Record]:
+    """The records with Record.group one name per set of questions that share a picture or are complementary pairs
+    (the same question on two similar pictures), joined as far as they reach: a held-out split keeps each set on one
+    side (union-find over image ids and pair names)."""
+    parent: dict = {}
+
+    def root(key):
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    image_of = {q["question_id"]: str(q.get("image_id")) for q in questions
+                if isinstance(q, dict) and isinstance(q.get("question_id"), (int, str))}
+    for qid, pair in pairs.items():
+        if qid in image_of:
+            parent[root(("image", image_of[qid]))] = root(("pair", pair))
+    return [dataclasses.replace(r, group=":".join(map(str, root(("image", r.group))))) for r in records]
 
 
 def _object_field(data: Any, key: str, *, file: str) -> list:
@@ -134,13 +162,18 @@ def _pairs(path: Path, *, required: bool) -> dict:
     if not isinstance(data, list):
         fail(f"expected a JSON list of [question_id, question_id] pairs, got {json_type_name(data)}", file=str(path),
              where="top level", fix="use the complementary pairs file as distributed")
-    group = {}
+    group: dict = {}
     for k, pair in enumerate(data):
         if not isinstance(pair, list) or len(pair) != 2:
             fail(f"a pair must be a list of two question ids, got {json_type_name(pair)}", file=str(path),
                  where=f"record {k}", fix="use the complementary pairs file as distributed")
+        for j, qid in enumerate(pair):
+            if isinstance(qid, bool) or not isinstance(qid, (int, str)):
+                fail(f"a question id must be an integer or string, got {json_type_name(qid)}", file=str(path),
+                     where=f"record {k}, item {j}", fix="use the complementary pairs file as distributed")
+        name = next((group[qid] for qid in pair if qid in group), f"pair {k}")  # a question in two pairs joins them
         for qid in pair:
-            group[qid] = f"pair {k}"
+            group[qid] = name
     return group
 
 
@@ -155,4 +188,5 @@ def _image(image_id: Any, subtype: str, *, root: Path, file: str, where: str) ->
             return resolve_image(name, root=root, file=file, where=where, field="image_id")
     fail(f"no image file for image_id {image_id}: looked for {' and '.join(repr(n) for n in names)} in {str(root)!r}",
          file=file, where=f"{where}, field 'image_id'", kind=MissingImage,
-         fix="set image_root to the folder of COCO's images of this split (e.g. train2014/)")
+         fix="put the image there, or set image_root (eval_image_root for eval_path) to the folder of COCO's images "
+             "of this split (e.g. train2014/)")
