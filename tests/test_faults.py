@@ -19,6 +19,7 @@ from PIL import Image
 from test_records import make_record
 
 import bench.records as records_mod
+from bench.errors import DataError
 from bench.records import RecordNotSaved, append_record, read_records
 
 
@@ -252,7 +253,8 @@ methods = ["lora", "lora-skip"]
 
 
 def test_a_corrupt_image_in_the_middle_of_200_on_disk_is_an_error_record_naming_it(tmp_path):
-    """Cut short after its header, the image passes validation; the streamed run meets it in a worker."""
+    """Corrupt inside a whole file (header and end marker intact), the image passes validation; the streamed run meets
+    it in a worker. Cut short, validation finds it (its PNG end chunk is missing)."""
     from bench.data.make import make_scenes
     from bench.run.runner import Runner
     from bench.suite.load import load_suite
@@ -260,7 +262,13 @@ def test_a_corrupt_image_in_the_middle_of_200_on_disk_is_an_error_record_naming_
     make_scenes(tmp_path / "train", n=200, fmt="coco_captions", image_size=16, image_format="png", processes=1)
     make_scenes(tmp_path / "eval", n=8, fmt="coco_captions", image_size=16, image_format="png", seed=1, processes=1)
     broken = tmp_path / "train" / "images" / "0000100.png"
-    broken.write_bytes(broken.read_bytes()[:100])
+    whole = broken.read_bytes()
+    broken.write_bytes(whole[:100])
+    with pytest.raises(DataError, match=r"record 100 of 'images'.*0000100.png.*cut short"):
+        load_suite(_suite(tmp_path, STREAMED, "streamed.toml"))
+    corrupt = bytearray(whole)
+    corrupt[41:len(whole) - 12] = bytes(len(whole) - 53)  # the pixels' zlib stream zeroed; header and IEND kept
+    broken.write_bytes(bytes(corrupt))
     suite = load_suite(_suite(tmp_path, STREAMED, "streamed.toml"))
     summary = Runner(suite, results_dir=tmp_path / "results", reports_dir=tmp_path / "reports", show_progress=False).run()
     records = {(r["dataset"]["name"], r["method"]["name"]): r for r in read_records(tmp_path / "results" / "streamed.jsonl")}
