@@ -238,10 +238,9 @@ def _check_paths(cfg: dict, base_dir: Path, *, file: str | None, where: str) -> 
     if "eval_image_root" in cfg and "eval_path" not in cfg:
         raise SuiteError("'eval_image_root' names where eval_path's images are, and there is no eval_path", file=file,
                          where=f"{where}, key 'eval_image_root'", fix="add eval_path, or remove eval_image_root")
-    for key in ("eval_annotations",):
-        if key in cfg and "eval_path" not in cfg:
-            raise SuiteError(f"'{key}' belongs to eval_path's questions, and there is no eval_path", file=file,
-                             where=f"{where}, key '{key}'", fix="add eval_path, or remove it")
+    if "eval_annotations" in cfg and "eval_path" not in cfg:
+        raise SuiteError("'eval_annotations' belongs to eval_path's questions, and there is no eval_path", file=file,
+                         where=f"{where}, key 'eval_annotations'", fix="add eval_path, or remove eval_annotations")
 
 
 def _reads_hf(cfg: dict, base_dir: Path) -> bool:
@@ -350,14 +349,19 @@ def check_dataset(cfg: dict, *, base_dir: Path, file: str, where: str, on_bad_sa
     _check_paths(cfg, Path(base_dir), file=file, where=where)
     _check_source(cfg, Path(base_dir), file=file, where=where)
     task = cfg.get("task") or FORMATS[cfg["format"]][0]
-    train, evals = _records(cfg, task, Path(base_dir), problems)
-    train = formats.check_images(train, problems)
-    evals = formats.check_images(evals, problems) if evals is not None else None
+    train, evals = _readable_records(cfg, task, Path(base_dir), problems)
     _usable(train, evals, problems, file=_data_file(cfg, base_dir), on_bad_sample=on_bad_sample)
     if on_bad_sample == "error":
         problems.raise_if_any()
     _classnames(train + (evals or []), task, train[0].file)
     return problems
+
+
+def _readable_records(cfg: dict, task: str, base_dir: Path, problems: Problems):
+    """_records, less those whose image's header and tail do not read (formats.check_images): what validation checks,
+    and what a run under on_bad_sample = "skip" keeps."""
+    train, evals = _records(cfg, task, base_dir, problems)
+    return formats.check_images(train, problems), formats.check_images(evals, problems) if evals is not None else None
 
 
 def _data_file(cfg: dict, base_dir: Path) -> str:
@@ -416,12 +420,11 @@ def load_dataset(
     _check_source(cfg, Path(base_dir), file=file, where=where)
 
     problems = Problems()
-    train, evals = _records(cfg, task, Path(base_dir), problems)
-    if on_bad_sample == "error":
+    if on_bad_sample == "error":  # validation read the images' headers: a run it passed reads the records only
+        train, evals = _records(cfg, task, Path(base_dir), problems)
         problems.raise_if_any()
-    else:  # what validation left out, the run leaves out: images whose header does not read too
-        train = formats.check_images(train, problems)
-        evals = formats.check_images(evals, problems) if evals is not None else None
+    else:  # what validation left out, the run leaves out: images whose header or tail does not read too
+        train, evals = _readable_records(cfg, task, Path(base_dir), problems)
     _usable(train, evals, problems, file=_data_file(cfg, base_dir), on_bad_sample=on_bad_sample)
     data_file = train[0].file
     classnames = _classnames(train + (evals or []), task, data_file)
@@ -677,9 +680,7 @@ def _part_classnames(cfg: dict, task: str, base_dir: Path) -> tuple[str, ...]:
 
         return CLASSNAMES
     problems = Problems()  # the classes of the usable records: the suite decides on its parts' problems per cell
-    train, evals = _records(cfg, task, base_dir, problems)
-    train = formats.check_images(train, problems)
-    evals = formats.check_images(evals, problems) if evals is not None else None
+    train, evals = _readable_records(cfg, task, base_dir, problems)
     _usable(train, evals, problems, file=_data_file(cfg, base_dir), on_bad_sample="skip")
     return _classnames(train + (evals or []), task, train[0].file)
 

@@ -449,7 +449,7 @@ def _bad_records(c: _Checker, cells, defaults: dict) -> dict:
     if len(refused) == 1:
         raise refused[0]
     if refused:  # every dataset's problems in one round
-        text = "\n".join(f"[{e.where.strip('[]')}]: {e.message}" if e.where else e.message for e in refused)
+        text = "\n".join(f"{e.where}: {e.message}" for e in refused)
         raise DataError(f"{len(refused)} datasets hold records a cell cannot use:\n{text}", file=c.file,
                         fix=refused[0].fix)
     return left_out
