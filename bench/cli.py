@@ -29,6 +29,7 @@ def _console(stderr: bool = False):
 
 
 def cmd_validate(args) -> int:
+    from bench.data.problems import reasons_text
     from bench.suite.load import load_suite
     from bench.suite.plan import expand
 
@@ -37,8 +38,7 @@ def cmd_validate(args) -> int:
         cells = expand(suite)
         print(f"{path}: ok — suite '{suite.name}', {len(cells)} cells × {len(suite.seeds)} repeat(s)")
         for name, counts in suite.left_out.items():  # on_bad_sample = "skip": what the cells will leave out, and why
-            reasons = ", ".join(f"{n} {reason}" for reason, n in counts.items())
-            print(f"  [datasets.{name}]: {sum(counts.values())} record(s) will be left out ({reasons})")
+            print(f"  [datasets.{name}]: {sum(counts.values())} record(s) will be left out ({reasons_text(counts)})")
     return 0
 
 

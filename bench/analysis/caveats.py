@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from bench.analysis import stats
 from bench.analysis.markdown import cell_text, table
 from bench.analysis.stats import Group
-from bench.data.problems import REASONS
+from bench.data.problems import reasons_text
 from bench.fields import TEXT_COVERAGE_WARN_PCT
 
 if TYPE_CHECKING:  # report imports this module from its page renderer; the page type is only named here
@@ -104,8 +104,7 @@ def _read_text(records: list[dict]) -> str:
     counts = _counts(stats.get(newest, "dataset.skipped"))
     if not counts:
         return "—"
-    ordered = sorted(counts.items(), key=lambda item: REASONS.index(item[0]) if item[0] in REASONS else len(REASONS))
-    return cell_text(f"{sum(counts.values())}: " + ", ".join(f"{n} {reason}" for reason, n in ordered))
+    return cell_text(f"{sum(counts.values())}: {reasons_text(counts)}")
 
 
 def _batches_text(records: list[dict]) -> str:

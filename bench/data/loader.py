@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.data import formats
 from bench.data.formats.hf import HF_COLUMNS, is_parquet, read_hf
-from bench.data.problems import POLICIES, Problems, listing
+from bench.data.problems import POLICIES, Problems, listing, reasons_text
 from bench.data.sample import TASKS, DatasetSplits
 from bench.errors import DataError, SuiteError
 from bench.keyspec import SEED_MAX, Key, short, type_name
@@ -386,7 +386,7 @@ def _usable(train: list, evals: list | None, problems: Problems, *, file: str, o
         raise DataError(what, file=file, fix="add records, or give eval_path")
     first = problems.items[0].error
     example = ": ".join(p for p in (first.file, first.where, first.message) if p)
-    counts = ", ".join(f"{n} {r}" for r, n in problems.counts().items())
+    counts = reasons_text(problems.counts())
     fix = ("an evaluation split needs records with their images and answers (a test split published without answers "
            "cannot be scored): name another split or file, or hold records out of the training data with "
            "eval_fraction" if side == "evaluation" and not held_out else

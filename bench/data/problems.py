@@ -59,6 +59,13 @@ MALFORMED = "malformed record"
 REASONS = (MissingImage.reason, UnreadableImage.reason, EmptyAnswer.reason, EmptyCaption.reason, TextOnly.reason, MALFORMED)
 
 
+def reasons_text(counts: dict[str, int]) -> str:
+    """Counts by reason as every message and page says them: "3 missing image, 2 empty answer", in REASONS' order (a
+    reason this version does not know, from a newer record, last)."""
+    order = sorted(counts.items(), key=lambda item: REASONS.index(item[0]) if item[0] in REASONS else len(REASONS))
+    return ", ".join(f"{n} {reason}" for reason, n in order)
+
+
 def reason_of(error: DataError) -> str:
     return getattr(error, "reason", MALFORMED)
 
@@ -111,8 +118,7 @@ class Problems:
 
 def listing(problems: list[Problem]) -> DataError:
     """One DataError naming every problem (the first MAX_LISTED), grouped under the file they are in."""
-    counts = Counter(p.reason for p in problems)
-    summary = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+    summary = reasons_text(Counter(p.reason for p in problems))
     files = list(dict.fromkeys(p.error.file or "" for p in problems))
     lines = [f"{len(problems)} record(s) cannot be used ({summary}):"]
     for file in files:
